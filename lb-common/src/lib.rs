@@ -1,0 +1,310 @@
+//! Types shared by the XDP program (`lb-ebpf`) and the daemon (`lb-userspace`).
+//!
+//! Every type that crosses the kernel boundary lives here, `#[repr(C)]`, with
+//! explicit padding and a compile-time size check, so both sides agree on the
+//! layout byte for byte. Addresses and ports are kept in network byte order,
+//! exactly as they appear in the packet, so the data path never swaps bytes.
+//!
+//! With the `user` feature the types implement `aya::Pod` for use in map calls.
+#![no_std]
+
+/// The most virtual services (VIP:port:protocol) one load balancer serves.
+pub const MAX_SERVICES: u32 = 256;
+
+/// The most real servers over all services (one entry per service and server).
+pub const MAX_REALS: u32 = 4096;
+
+/// Entries in one service's Maglev lookup table: a prime (as Maglev needs),
+/// and at least 100 x the real servers of a service (Cilium's default size).
+pub const MAGLEV_RING_SIZE: u32 = 16_381;
+
+/// The most real servers in one service, so that the ring keeps >= 100 entries each.
+pub const MAX_REALS_PER_SERVICE: u32 = MAGLEV_RING_SIZE / 100;
+
+/// Ring slots: two per service, so a new ring is written beside the live one
+/// and switched in by one update of the service entry.
+pub const MAGLEV_RING_SLOTS: u32 = MAX_SERVICES * 2;
+
+/// Capacity of the client affinity (persistence) table: over a million
+/// clients, with room for the kernel LRU's per-CPU free lists.
+pub const MAX_AFFINITY_ENTRIES: u32 = 1_250_000;
+
+/// Real-server index meaning "no real server" in a Maglev ring or service entry.
+pub const NO_REAL: u32 = 0;
+
+/// A live affinity entry's last-seen time is refreshed at most this often, so
+/// a busy client does not write the shared table on every packet.
+pub const AFFINITY_REFRESH_NS: u64 = 1_000_000_000;
+
+/// IP protocol numbers used in [`ServiceKey::protocol`].
+pub const IPPROTO_TCP: u8 = 6;
+/// See [`IPPROTO_TCP`].
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Key of the services map: a virtual service as the packet names it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    /// Virtual IP address, network byte order.
+    pub vip: u32,
+    /// Destination port, network byte order.
+    pub port: u16,
+    /// [`IPPROTO_TCP`] or [`IPPROTO_UDP`].
+    pub protocol: u8,
+    /// Always zero.
+    pub pad: u8,
+}
+
+/// Value of the services map: how to pick a real server for the service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Service {
+    /// Index into the per-service counters and part of every affinity key.
+    pub id: u32,
+    /// The live Maglev ring slot (`0..MAGLEV_RING_SLOTS`).
+    pub ring_slot: u32,
+    /// Mask applied to the client's source address, network byte order.
+    pub netmask: u32,
+    /// Real-server index used while the ring is empty, or [`NO_REAL`].
+    pub fallback_real: u32,
+    /// Affinity timeout: an entry not seen for longer no longer counts.
+    pub timeout_ns: u64,
+}
+
+/// Real-server flag: its MAC address is known; without it frames are dropped.
+pub const REAL_F_RESOLVED: u32 = 1 << 0;
+/// Real-server flag: clients that have an affinity entry for it keep it
+/// (online or drain). Cleared when it is halted, down or removed.
+pub const REAL_F_KEEP_CLIENTS: u32 = 1 << 1;
+
+/// Value of the real-servers array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Real {
+    /// The real server's address, network byte order. An affinity entry only
+    /// counts while it names the same address as the slot it points to.
+    pub address: u32,
+    /// `REAL_F_*` bits.
+    pub flags: u32,
+    /// Destination MAC address for frames sent to it.
+    pub mac: [u8; 6],
+    /// Always zero.
+    pub pad: [u8; 2],
+}
+
+/// Key of the affinity (persistence) table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    /// [`Service::id`].
+    pub service_id: u32,
+    /// Client source address masked by the service netmask, network byte order.
+    pub client: u32,
+}
+
+/// Value of the affinity table: where a client goes and when it was last seen.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Affinity {
+    /// Real-server index.
+    pub real: u32,
+    /// That real server's address when the entry was made, network byte order.
+    pub real_address: u32,
+    /// `CLOCK_MONOTONIC` nanoseconds of the last packet (refreshed at most every
+    /// [`AFFINITY_REFRESH_NS`]).
+    pub last_seen_ns: u64,
+}
+
+/// Traffic counters kept per CPU for each service and each real server.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Frames forwarded.
+    pub packets: u64,
+    /// Bytes forwarded (whole Ethernet frames).
+    pub bytes: u64,
+    /// Clients that got a real server from the Maglev ring (no live affinity entry).
+    pub new_clients: u64,
+}
+
+/// Settings of the whole data path, in slot 0 of the globals array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Globals {
+    /// MAC address of the interface the program is attached to: only frames
+    /// addressed to it are forwarded, and forwarded frames leave with it as source.
+    pub iface_mac: [u8; 6],
+    /// Always zero.
+    pub pad: [u8; 2],
+}
+
+/// Why the program returned what it returned: one per-CPU counter each.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Forwarded to a real server (`XDP_TX`).
+    Forwarded = 0,
+    /// Passed: not IPv4 and not IPv6 (ARP, LLDP, ...).
+    PassNotIpv4,
+    /// Passed: IPv6 (not served yet).
+    PassIpv6,
+    /// Passed: VLAN-tagged (802.1Q / 802.1ad).
+    PassVlan,
+    /// Passed: frame shorter than its Ethernet header.
+    PassTruncatedEthernet,
+    /// Passed: frame ends inside the IPv4 header or before its total length.
+    PassTruncatedIp,
+    /// Passed: IPv4 header malformed (IHL < 5, total length shorter than the header).
+    PassBadIp,
+    /// Passed: a fragment (all fragments go to the kernel alike).
+    PassFragment,
+    /// Passed: neither TCP nor UDP (ICMP, VRRP, ...).
+    PassNotTcpUdp,
+    /// Passed: frame ends inside the TCP or UDP header.
+    PassTruncatedL4,
+    /// Passed: TCP data offset below 5 words.
+    PassBadL4,
+    /// Passed: no service for this destination address, port and protocol.
+    PassNotService,
+    /// Passed: service traffic in a frame not addressed to this interface's MAC.
+    PassNotForUs,
+    /// Dropped: no real server in the ring and no fallback.
+    DropNoReal,
+    /// Dropped: the chosen real server's MAC address is not known yet.
+    DropRealUnresolved,
+    /// Dropped: a map the daemon fills had no entry where one must be.
+    DropInternal,
+    /// Informational: a live affinity entry chose the real server.
+    AffinityHit,
+    /// Informational: no affinity entry; the Maglev ring chose.
+    AffinityMiss,
+    /// Informational: an entry older than the timeout was replaced.
+    AffinityExpired,
+    /// Informational: an entry for a halted, down or removed server was replaced.
+    AffinityStale,
+    /// Informational: the fallback server was used.
+    Fallback,
+}
+
+/// Number of [`Reason`] counters.
+pub const REASON_COUNT: u32 = Reason::Fallback as u32 + 1;
+
+impl Reason {
+    /// Every reason, in counter order.
+    pub const ALL: [Reason; REASON_COUNT as usize] = [
+        Reason::Forwarded,
+        Reason::PassNotIpv4,
+        Reason::PassIpv6,
+        Reason::PassVlan,
+        Reason::PassTruncatedEthernet,
+        Reason::PassTruncatedIp,
+        Reason::PassBadIp,
+        Reason::PassFragment,
+        Reason::PassNotTcpUdp,
+        Reason::PassTruncatedL4,
+        Reason::PassBadL4,
+        Reason::PassNotService,
+        Reason::PassNotForUs,
+        Reason::DropNoReal,
+        Reason::DropRealUnresolved,
+        Reason::DropInternal,
+        Reason::AffinityHit,
+        Reason::AffinityMiss,
+        Reason::AffinityExpired,
+        Reason::AffinityStale,
+        Reason::Fallback,
+    ];
+
+    /// A stable snake-case name for logs, `lbctl status` and metrics labels.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::Forwarded => "forwarded",
+            Reason::PassNotIpv4 => "pass_not_ipv4",
+            Reason::PassIpv6 => "pass_ipv6",
+            Reason::PassVlan => "pass_vlan",
+            Reason::PassTruncatedEthernet => "pass_truncated_ethernet",
+            Reason::PassTruncatedIp => "pass_truncated_ip",
+            Reason::PassBadIp => "pass_bad_ip",
+            Reason::PassFragment => "pass_fragment",
+            Reason::PassNotTcpUdp => "pass_not_tcp_udp",
+            Reason::PassTruncatedL4 => "pass_truncated_l4",
+            Reason::PassBadL4 => "pass_bad_l4",
+            Reason::PassNotService => "pass_not_service",
+            Reason::PassNotForUs => "pass_not_for_us",
+            Reason::DropNoReal => "drop_no_real",
+            Reason::DropRealUnresolved => "drop_real_unresolved",
+            Reason::DropInternal => "drop_internal",
+            Reason::AffinityHit => "affinity_hit",
+            Reason::AffinityMiss => "affinity_miss",
+            Reason::AffinityExpired => "affinity_expired",
+            Reason::AffinityStale => "affinity_stale",
+            Reason::Fallback => "fallback",
+        }
+    }
+
+    /// Whether this reason is a verdict (pass, drop or forward) rather than a
+    /// note on how the real server was chosen. Exactly one verdict reason is
+    /// counted per frame.
+    #[must_use]
+    pub const fn is_verdict(self) -> bool {
+        (self as u32) <= Reason::DropInternal as u32
+    }
+}
+
+/// The hash of a (masked) client address that indexes the Maglev ring.
+///
+/// Shared by the XDP program and the daemon (`lbctl affinity`, `lbctl plan`),
+/// and independent of the host, so both nodes of a pair pick the same server.
+/// The input is the address in network byte order as stored in
+/// [`AffinityKey::client`]; it is read as a big-endian number first.
+/// `MurmurHash3`'s 32-bit finaliser: cheap, and every input bit moves the output.
+#[must_use]
+#[inline(always)]
+pub const fn client_hash(client_be: u32) -> u32 {
+    let mut h = u32::from_be(client_be) ^ 0x9e37_79b9;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
+/// Index into the ring array of entry `index` of `slot`.
+#[must_use]
+#[inline(always)]
+pub const fn ring_index(slot: u32, index: u32) -> u32 {
+    slot * MAGLEV_RING_SIZE + index
+}
+
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
+const _: () = assert!(core::mem::size_of::<Service>() == 24);
+const _: () = assert!(core::mem::size_of::<Real>() == 16);
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
+const _: () = assert!(core::mem::size_of::<Affinity>() == 16);
+const _: () = assert!(core::mem::size_of::<Counters>() == 24);
+const _: () = assert!(core::mem::size_of::<Globals>() == 8);
+const _: () = assert!((MAGLEV_RING_SLOTS as u64) * (MAGLEV_RING_SIZE as u64) < u32::MAX as u64);
+
+#[cfg(feature = "user")]
+mod pod {
+    //! `aya::Pod` for the map types: each is `#[repr(C)]`, `Copy`, and has no
+    //! implicit padding (the size assertions above pin the layout).
+    use super::{Affinity, AffinityKey, Counters, Globals, Real, Service, ServiceKey};
+
+    // SAFETY: plain-old-data structs with explicit padding fields, checked sizes.
+    unsafe impl aya::Pod for ServiceKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Service {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Real {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for AffinityKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Affinity {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Counters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Globals {}
+}

@@ -1,0 +1,61 @@
+//! `lbd`: the load-balancer daemon. See the README and shared contract.
+
+use std::{io::Write as _, path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+use lb_userspace::config::{check_key_file, Config};
+
+/// The XDP load-balancer daemon: forwards VIP traffic to sticky real servers.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The YAML configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Validate the configuration, print its errors, and exit (0 valid, 1 not).
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format(|f, record| writeln!(f, "lbd[{}]: {}", record.level(), record.args()))
+        .init();
+
+    let config = match Config::load(&args.config) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            if !args.check {
+                eprintln!("lbd: the configuration is invalid; nothing was started");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(sync) = config.cluster.as_ref().and_then(|c| c.sync.as_ref()) {
+        if let Err(message) = check_key_file(&sync.key_file) {
+            eprintln!("{}: cluster.sync.key_file: {message}", args.config.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if args.check {
+        println!("{}: valid ({} services)", args.config.display(), config.services.len());
+        return ExitCode::SUCCESS;
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            log::error!("cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(lb_userspace::daemon::run(args.config, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            log::error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

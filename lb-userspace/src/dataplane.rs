@@ -1,0 +1,424 @@
+//! The XDP program and its maps: the only code that touches aya.
+//!
+//! [`Maps`] is the narrow interface the control plane writes through;
+//! [`EbpfMaps`] implements it over the kernel's maps and [`FakeMaps`] in
+//! memory, so the control plane is tested without root. [`Program`] loads
+//! and attaches the XDP program itself.
+
+use std::collections::HashMap as StdHashMap;
+
+use aya::{
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
+    programs::{ProgramError, Xdp, XdpMode},
+    Ebpf, EbpfError,
+};
+use lb_common::{
+    ring_index, Affinity, AffinityKey, Counters, Globals, Real, Reason, Service, ServiceKey,
+    MAGLEV_RING_SIZE, REASON_COUNT,
+};
+
+/// The compiled XDP object, embedded at build time by `build.rs` from
+/// `cargo xtask build-ebpf`'s output (empty when it was not built).
+static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf.o"));
+
+/// Name of the XDP entry point in the object.
+const PROGRAM_NAME: &str = "lb_xdp";
+
+/// Errors of the data path.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// The binary was built without the XDP object.
+    #[error("this lbd was built without its XDP program: run `cargo xtask build` (which builds lb-ebpf first)")]
+    NoObject,
+    /// The kernel refused the object or a map.
+    #[error("cannot load the XDP program: {0}")]
+    Load(#[source] EbpfError),
+    /// The object lacks an expected map or program.
+    #[error("the XDP object has no {0}; rebuild it with `cargo xtask build-ebpf`")]
+    Missing(&'static str),
+    /// Loading into the kernel or attaching failed.
+    #[error("{what}: {source}")]
+    Program {
+        /// What was being done.
+        what: String,
+        /// The kernel's answer.
+        #[source]
+        source: ProgramError,
+    },
+    /// A map operation failed.
+    #[error("map {map}: {source}")]
+    Map {
+        /// The map's name.
+        map: &'static str,
+        /// aya's error.
+        #[source]
+        source: MapError,
+    },
+    /// A value for the per-CPU maps could not be built.
+    #[error("per-CPU value: {0}")]
+    PerCpu(#[source] std::io::Error),
+}
+
+type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+/// How the program is attached (the configuration's `xdp_mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// In the driver (fast path); fails where the driver has no XDP support.
+    Native,
+    /// In the generic networking path (works everywhere, slower).
+    Generic,
+    /// Native, else generic with a warning.
+    Auto,
+}
+
+/// The loaded XDP program, attached to one interface while it lives.
+pub struct Program {
+    ebpf: Ebpf,
+    attached_mode: Option<&'static str>,
+}
+
+impl Program {
+    /// Loads the embedded object into the kernel (maps created, program
+    /// verified) without attaching it.
+    ///
+    /// # Errors
+    /// When the object is missing or the kernel refuses it.
+    pub fn load() -> Result<Self> {
+        if PROGRAM_OBJECT.is_empty() {
+            return Err(DataplaneError::NoObject);
+        }
+        Self::load_bytes(PROGRAM_OBJECT)
+    }
+
+    /// Loads an object from bytes (the tests load the same embedded object).
+    ///
+    /// # Errors
+    /// When the kernel refuses the object.
+    pub fn load_bytes(object: &[u8]) -> Result<Self> {
+        let mut ebpf = Ebpf::load(object).map_err(DataplaneError::Load)?;
+        let program = Self::xdp(&mut ebpf)?;
+        program.load().map_err(|source| DataplaneError::Program {
+            what: "the kernel's verifier refused the XDP program".into(),
+            source,
+        })?;
+        Ok(Self {
+            ebpf,
+            attached_mode: None,
+        })
+    }
+
+    /// The embedded object, for tests that load it themselves.
+    #[must_use]
+    pub fn object() -> &'static [u8] {
+        PROGRAM_OBJECT
+    }
+
+    fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+        ebpf.program_mut(PROGRAM_NAME)
+            .and_then(|p| <&mut Xdp>::try_from(p).ok())
+            .ok_or(DataplaneError::Missing("XDP program lb_xdp"))
+    }
+
+    /// The loaded program, for `test_run`.
+    ///
+    /// # Errors
+    /// Never for an object this crate built.
+    pub fn xdp_program(&mut self) -> Result<&mut Xdp> {
+        Self::xdp(&mut self.ebpf)
+    }
+
+    /// Attaches the program to `interface`. Returns the mode used ("native" or
+    /// "generic"); the program stays attached until this value is dropped.
+    ///
+    /// # Errors
+    /// When the interface does not exist or already has an XDP program.
+    pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<&'static str> {
+        let program = Self::xdp(&mut self.ebpf)?;
+        let attempt = |program: &mut Xdp, xdp_mode: XdpMode, name: &'static str| {
+            program
+                .attach(interface, xdp_mode)
+                .map(|_| name)
+                .map_err(|source| DataplaneError::Program {
+                    what: format!(
+                        "cannot attach the XDP program to {interface} in {name} mode (does the \
+                         interface exist, and is no other XDP program attached? \
+                         `ip link show dev {interface}` tells; `ip link set dev {interface} xdp off` \
+                         removes a leftover)"
+                    ),
+                    source,
+                })
+        };
+        let used = match mode {
+            AttachMode::Native => attempt(program, XdpMode::Driver, "native")?,
+            AttachMode::Generic => attempt(program, XdpMode::Skb, "generic")?,
+            AttachMode::Auto => match attempt(program, XdpMode::Driver, "native") {
+                Ok(used) => used,
+                Err(error) => {
+                    log::warn!("{error}; falling back to generic mode, which is slower");
+                    attempt(program, XdpMode::Skb, "generic")?
+                }
+            },
+        };
+        self.attached_mode = Some(used);
+        Ok(used)
+    }
+
+    /// Detaches the program from its interface (also done on drop).
+    pub fn detach(&mut self) {
+        if self.attached_mode.take().is_some() {
+            if let Ok(program) = Self::xdp(&mut self.ebpf) {
+                // Unloading closes every link the program holds.
+                if let Err(error) = program.unload() {
+                    log::warn!("detaching the XDP program: {error}");
+                }
+            }
+        }
+    }
+
+    /// Takes the maps out of the object, for the control plane to fill.
+    ///
+    /// # Errors
+    /// When a map is missing or of the wrong kind (a stale object).
+    pub fn take_maps(&mut self) -> Result<EbpfMaps> {
+        let mut take = |name: &'static str| {
+            self.ebpf
+                .take_map(name)
+                .ok_or(DataplaneError::Missing(name))
+        };
+        let map_err = |map: &'static str| move |source| DataplaneError::Map { map, source };
+        Ok(EbpfMaps {
+            services: HashMap::try_from(take("SERVICES")?).map_err(map_err("SERVICES"))?,
+            rings: Array::try_from(take("MAGLEV_RINGS")?).map_err(map_err("MAGLEV_RINGS"))?,
+            reals: Array::try_from(take("REALS")?).map_err(map_err("REALS"))?,
+            affinity: HashMap::try_from(take("AFFINITY")?).map_err(map_err("AFFINITY"))?,
+            service_stats: PerCpuArray::try_from(take("SERVICE_STATS")?)
+                .map_err(map_err("SERVICE_STATS"))?,
+            real_stats: PerCpuArray::try_from(take("REAL_STATS")?)
+                .map_err(map_err("REAL_STATS"))?,
+            reasons: PerCpuArray::try_from(take("REASONS")?).map_err(map_err("REASONS"))?,
+            globals: Array::try_from(take("GLOBALS")?).map_err(map_err("GLOBALS"))?,
+        })
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
+/// What the control plane reads and writes in the data path.
+pub trait Maps {
+    /// Sets the data path's global settings.
+    ///
+    /// # Errors
+    /// On a failed map update (as for every method here).
+    fn set_globals(&mut self, globals: Globals) -> Result<()>;
+    /// Writes a real-server slot.
+    fn set_real(&mut self, index: u32, real: Real) -> Result<()>;
+    /// Writes a whole Maglev ring into `slot`.
+    fn set_ring(&mut self, slot: u32, ring: &[u32]) -> Result<()>;
+    /// Adds or replaces a service.
+    fn set_service(&mut self, key: ServiceKey, service: Service) -> Result<()>;
+    /// Removes a service (absent is fine).
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<()>;
+    /// Zeroes the counters of a service id (on reuse).
+    fn reset_service_counters(&mut self, id: u32) -> Result<()>;
+    /// Zeroes the counters of a real-server index (on reuse).
+    fn reset_real_counters(&mut self, index: u32) -> Result<()>;
+    /// A service's counters, summed over CPUs.
+    fn service_counters(&self, id: u32) -> Result<Counters>;
+    /// A real server's counters, summed over CPUs.
+    fn real_counters(&self, index: u32) -> Result<Counters>;
+    /// Every [`Reason`] counter, summed over CPUs, in [`Reason::ALL`] order.
+    fn reasons(&self) -> Result<Vec<u64>>;
+    /// One client's affinity entry.
+    fn affinity(&self, key: &AffinityKey) -> Result<Option<Affinity>>;
+    /// Calls `f` for every affinity entry.
+    fn for_each_affinity(&self, f: &mut dyn FnMut(&AffinityKey, &Affinity)) -> Result<()>;
+    /// Adds or replaces an affinity entry (tests; HA sync later).
+    fn set_affinity(&mut self, key: AffinityKey, value: Affinity) -> Result<()>;
+}
+
+/// The kernel's maps, taken from a loaded [`Program`].
+pub struct EbpfMaps {
+    services: HashMap<MapData, ServiceKey, Service>,
+    rings: Array<MapData, u32>,
+    reals: Array<MapData, Real>,
+    affinity: HashMap<MapData, AffinityKey, Affinity>,
+    service_stats: PerCpuArray<MapData, Counters>,
+    real_stats: PerCpuArray<MapData, Counters>,
+    reasons: PerCpuArray<MapData, u64>,
+    globals: Array<MapData, Globals>,
+}
+
+fn map_error(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { map, source }
+}
+
+fn sum(values: &PerCpuValues<Counters>) -> Counters {
+    values.iter().fold(Counters::default(), |acc, c| Counters {
+        packets: acc.packets + c.packets,
+        bytes: acc.bytes + c.bytes,
+        new_clients: acc.new_clients + c.new_clients,
+    })
+}
+
+fn zeroes() -> Result<PerCpuValues<Counters>> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::PerCpu(e))?;
+    PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(DataplaneError::PerCpu)
+}
+
+impl Maps for EbpfMaps {
+    fn set_globals(&mut self, globals: Globals) -> Result<()> {
+        self.globals.set(0, globals, 0).map_err(map_error("GLOBALS"))
+    }
+
+    fn set_real(&mut self, index: u32, real: Real) -> Result<()> {
+        self.reals.set(index, real, 0).map_err(map_error("REALS"))
+    }
+
+    fn set_ring(&mut self, slot: u32, ring: &[u32]) -> Result<()> {
+        for (i, real) in (0..MAGLEV_RING_SIZE).zip(ring) {
+            self.rings
+                .set(ring_index(slot, i), *real, 0)
+                .map_err(map_error("MAGLEV_RINGS"))?;
+        }
+        Ok(())
+    }
+
+    fn set_service(&mut self, key: ServiceKey, service: Service) -> Result<()> {
+        self.services.insert(key, service, 0).map_err(map_error("SERVICES"))
+    }
+
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        match self.services.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound | MapError::ElementNotFound) => Ok(()),
+            Err(e) => Err(map_error("SERVICES")(e)),
+        }
+    }
+
+    fn reset_service_counters(&mut self, id: u32) -> Result<()> {
+        self.service_stats
+            .set(id, zeroes()?, 0)
+            .map_err(map_error("SERVICE_STATS"))
+    }
+
+    fn reset_real_counters(&mut self, index: u32) -> Result<()> {
+        self.real_stats
+            .set(index, zeroes()?, 0)
+            .map_err(map_error("REAL_STATS"))
+    }
+
+    fn service_counters(&self, id: u32) -> Result<Counters> {
+        Ok(sum(&self.service_stats.get(&id, 0).map_err(map_error("SERVICE_STATS"))?))
+    }
+
+    fn real_counters(&self, index: u32) -> Result<Counters> {
+        Ok(sum(&self.real_stats.get(&index, 0).map_err(map_error("REAL_STATS"))?))
+    }
+
+    fn reasons(&self) -> Result<Vec<u64>> {
+        (0..REASON_COUNT)
+            .map(|i| {
+                let values = self.reasons.get(&i, 0).map_err(map_error("REASONS"))?;
+                Ok(values.iter().sum())
+            })
+            .collect()
+    }
+
+    fn affinity(&self, key: &AffinityKey) -> Result<Option<Affinity>> {
+        match self.affinity.get(key, 0) {
+            Ok(value) => Ok(Some(value)),
+            Err(MapError::KeyNotFound | MapError::ElementNotFound) => Ok(None),
+            Err(e) => Err(map_error("AFFINITY")(e)),
+        }
+    }
+
+    fn for_each_affinity(&self, f: &mut dyn FnMut(&AffinityKey, &Affinity)) -> Result<()> {
+        for entry in self.affinity.iter() {
+            match entry {
+                Ok((key, value)) => f(&key, &value),
+                // An entry evicted between listing and reading is simply gone.
+                Err(MapError::KeyNotFound | MapError::ElementNotFound) => {}
+                Err(e) => return Err(map_error("AFFINITY")(e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn set_affinity(&mut self, key: AffinityKey, value: Affinity) -> Result<()> {
+        self.affinity.insert(key, value, 0).map_err(map_error("AFFINITY"))
+    }
+}
+
+/// An in-memory stand-in for [`EbpfMaps`], for control-plane tests.
+#[derive(Debug, Default)]
+pub struct FakeMaps {
+    /// Global settings.
+    pub globals: Globals,
+    /// Real-server slots written.
+    pub reals: StdHashMap<u32, Real>,
+    /// Rings by slot.
+    pub rings: StdHashMap<u32, Vec<u32>>,
+    /// Services.
+    pub services: StdHashMap<ServiceKey, Service>,
+    /// Service counters by id.
+    pub service_stats: StdHashMap<u32, Counters>,
+    /// Real-server counters by index.
+    pub real_stats: StdHashMap<u32, Counters>,
+    /// Affinity entries.
+    pub affinity: StdHashMap<AffinityKey, Affinity>,
+}
+
+impl Maps for FakeMaps {
+    fn set_globals(&mut self, globals: Globals) -> Result<()> {
+        self.globals = globals;
+        Ok(())
+    }
+    fn set_real(&mut self, index: u32, real: Real) -> Result<()> {
+        self.reals.insert(index, real);
+        Ok(())
+    }
+    fn set_ring(&mut self, slot: u32, ring: &[u32]) -> Result<()> {
+        self.rings.insert(slot, ring.to_vec());
+        Ok(())
+    }
+    fn set_service(&mut self, key: ServiceKey, service: Service) -> Result<()> {
+        self.services.insert(key, service);
+        Ok(())
+    }
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        self.services.remove(key);
+        Ok(())
+    }
+    fn reset_service_counters(&mut self, id: u32) -> Result<()> {
+        self.service_stats.remove(&id);
+        Ok(())
+    }
+    fn reset_real_counters(&mut self, index: u32) -> Result<()> {
+        self.real_stats.remove(&index);
+        Ok(())
+    }
+    fn service_counters(&self, id: u32) -> Result<Counters> {
+        Ok(self.service_stats.get(&id).copied().unwrap_or_default())
+    }
+    fn real_counters(&self, index: u32) -> Result<Counters> {
+        Ok(self.real_stats.get(&index).copied().unwrap_or_default())
+    }
+    fn reasons(&self) -> Result<Vec<u64>> {
+        Ok(vec![0; Reason::ALL.len()])
+    }
+    fn affinity(&self, key: &AffinityKey) -> Result<Option<Affinity>> {
+        Ok(self.affinity.get(key).copied())
+    }
+    fn for_each_affinity(&self, f: &mut dyn FnMut(&AffinityKey, &Affinity)) -> Result<()> {
+        self.affinity.iter().for_each(|(k, v)| f(k, v));
+        Ok(())
+    }
+    fn set_affinity(&mut self, key: AffinityKey, value: Affinity) -> Result<()> {
+        self.affinity.insert(key, value);
+        Ok(())
+    }
+}

@@ -1,0 +1,27 @@
+//! `lbd`, the load-balancer daemon, and `lbctl`, its control tool.
+//!
+//! One module per concern: [`config`] reads and validates the YAML file,
+//! [`maglev`] builds consistent-hash tables, [`balancer`] holds the control
+//! plane's truth and projects it onto the XDP maps through [`dataplane`] (the
+//! only module that touches aya), [`neighbour`] follows real-server MAC
+//! addresses, [`vip`] holds the virtual addresses, [`control`] is the socket
+//! `lbctl` talks to, and [`daemon`] ties them together.
+
+pub mod balancer;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod dataplane;
+pub mod maglev;
+pub mod neighbour;
+pub mod vip;
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock the XDP program stamps
+/// affinity entries with (`bpf_ktime_get_ns`).
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}

@@ -1,0 +1,61 @@
+"""Tiny HTTP/1.1 server for a lab real server.
+
+Usage: http_server.py NAME PORT
+
+Answers every GET and HEAD with 200 and the body "NAME\\n". Binds 0.0.0.0 so
+that a VIP configured on lo is served too. Exits cleanly on SIGTERM.
+"""
+
+import signal
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "lab-http/1"
+    body = b""
+
+    def _send_head(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+
+    def do_GET(self):
+        self._send_head()
+        self.wfile.write(self.body)
+
+    def do_HEAD(self):
+        self._send_head()
+
+    def log_message(self, format, *args):
+        pass
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 1024
+
+
+def main():
+    if len(sys.argv) != 3:
+        sys.exit("usage: http_server.py NAME PORT")
+    name, port = sys.argv[1], int(sys.argv[2])
+    Handler.body = (name + "\n").encode()
+
+    def stop(_signum, _frame):
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    server = Server(("0.0.0.0", port), Handler)
+    print(f"{name}: listening on 0.0.0.0:{port}", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.5)
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+//! `cargo xtask build-ebpf` and `cargo xtask build`.
+
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::sh;
+
+/// Builds the XDP objects into `target/bpfel-unknown-none/release/`.
+pub fn ebpf() -> Result<()> {
+    sh(Command::new("cargo")
+        .args([
+            "+nightly",
+            "build",
+            "--package",
+            "lb-ebpf",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
+        // The host toolchain's flags (if any) are not for the BPF target.
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS"))
+}
+
+/// Builds the XDP objects, then every binary and test in release mode (lbd
+/// embeds the XDP object, so it is built second).
+pub fn all() -> Result<()> {
+    ebpf()?;
+    sh(Command::new("cargo").args(["build", "--release", "--all-targets"]))
+}

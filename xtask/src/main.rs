@@ -1,0 +1,93 @@
+//! `cargo xtask`: set up, build, test and demonstrate the load balancer.
+//!
+//! One module per subcommand; CI (`.ci/run`) runs `cargo xtask test`, the
+//! same command a developer runs.
+
+mod build;
+mod demo;
+mod setup;
+mod test;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, test and demonstrate the XDP load balancer")]
+struct Args {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build needs (apt packages, rust-src, bpf-linker); idempotent.
+    Setup,
+    /// Build the XDP program (lb-ebpf) for bpfel-unknown-none.
+    BuildEbpf,
+    /// Setup, then build the XDP program and every binary (release).
+    Build,
+    /// Setup, build, and run every test (unit, packet fixtures, namespaces).
+    Test {
+        /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+    /// Setup, build, and run the network-namespace demo lab.
+    Demo {
+        /// How long the demo runs, in seconds.
+        #[arg(long, default_value_t = 20)]
+        duration: u64,
+    },
+}
+
+fn main() -> Result<()> {
+    match Args::parse().command {
+        Task::Setup => setup::run(),
+        Task::BuildEbpf => build::ebpf(),
+        Task::Build => {
+            setup::run()?;
+            build::all()
+        }
+        Task::Test { cargo_args } => {
+            setup::run()?;
+            build::all()?;
+            test::run(&cargo_args)
+        }
+        Task::Demo { duration } => {
+            setup::run()?;
+            build::all()?;
+            demo::run(duration)
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+fn root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map_or(manifest.clone(), PathBuf::from)
+}
+
+/// Runs a command in the workspace root, failing with its command line.
+fn sh(command: &mut Command) -> Result<()> {
+    let line = format!("{command:?}");
+    let status = command
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("cannot start {line}"))?;
+    if !status.success() {
+        bail!("{line} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Whether `program` runs and exits 0 with these arguments.
+fn succeeds(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
