@@ -3,4 +3,5 @@
 
 pub mod frames;
 pub mod lab;
+pub mod lbd;
 pub mod paths;

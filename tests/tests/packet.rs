@@ -438,3 +438,60 @@ fn property_every_forwarded_frame_is_a_service_frame_with_only_its_macs_changed(
     assert_eq!(drop_total, dropped, "every drop has a counted reason");
     assert!(forwarded > 10_000 && passed > 10_000 && dropped > 1_000, "the generator covers all verdicts: {forwarded} {passed} {dropped}");
 }
+
+/// The kernel's accounting of an affinity map's memory (`memlock` in the
+/// map's fdinfo), found among this process's descriptors.
+fn affinity_map_memlock() -> Option<u64> {
+    let fds = std::fs::read_dir("/proc/self/fdinfo").ok()?;
+    for fd in fds.flatten() {
+        let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+        };
+        if field("map_type:").as_deref() == Some("9")
+            && field("max_entries:").as_deref() == Some(&lb_common::MAX_AFFINITY_ENTRIES.to_string())
+        {
+            return field("memlock:").and_then(|v| v.parse().ok());
+        }
+    }
+    None
+}
+
+#[test]
+fn the_affinity_table_holds_a_million_clients() {
+    const CLIENTS: u32 = 1_000_000;
+    let mut h = Harness::new();
+    let state = h.balancer.service("web").unwrap_or_else(|e| panic!("{e}")).clone();
+    let rs2 = state.reals.iter().find(|r| r.name == "rs2").unwrap_or_else(|| panic!("rs2"));
+    let now = monotonic_ns();
+    let base = u32::from(Ipv4Addr::new(10, 0, 0, 0));
+    for i in 0..CLIENTS {
+        let client = Ipv4Addr::from(base + i);
+        let entry = Affinity {
+            real: rs2.index,
+            real_address: u32::from_ne_bytes(rs2.address.octets()),
+            last_seen_ns: now,
+        };
+        h.balancer
+            .maps_mut()
+            .set_affinity(state.client_key(client), entry)
+            .unwrap_or_else(|e| panic!("entry {i}: {e}"));
+    }
+    // The first client written is still there and still wins over the hash.
+    let first = Ipv4Addr::from(base);
+    let frame = FrameSpec::tcp(IFACE_MAC, first, VIP, 80).build();
+    let (verdict, out) = h.run(&frame);
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(out[0..6], mac_of(rs2.address), "the oldest of a million entries still counts");
+    let active = h.balancer.active_clients(monotonic_ns()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(active.get(&rs2.index).copied(), Some(u64::from(CLIENTS)), "no entry was evicted");
+    if let Some(bytes) = affinity_map_memlock() {
+        eprintln!(
+            "affinity table: {} entries, {} MiB locked ({} bytes per entry)",
+            lb_common::MAX_AFFINITY_ENTRIES,
+            bytes >> 20,
+            bytes / u64::from(lb_common::MAX_AFFINITY_ENTRIES)
+        );
+    }
+}
