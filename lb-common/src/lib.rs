@@ -260,6 +260,10 @@ impl Reason {
 /// [`AffinityKey::client`]; it is read as a big-endian number first.
 /// `MurmurHash3`'s 32-bit finaliser: cheap, and every input bit moves the output.
 #[must_use]
+#[expect(
+    clippy::inline_always,
+    reason = "called from the XDP program, which must not make calls"
+)]
 #[inline(always)]
 pub const fn client_hash(client_be: u32) -> u32 {
     let mut h = u32::from_be(client_be) ^ 0x9e37_79b9;
@@ -273,6 +277,10 @@ pub const fn client_hash(client_be: u32) -> u32 {
 
 /// Index into the ring array of entry `index` of `slot`.
 #[must_use]
+#[expect(
+    clippy::inline_always,
+    reason = "called from the XDP program, which must not make calls"
+)]
 #[inline(always)]
 pub const fn ring_index(slot: u32, index: u32) -> u32 {
     slot * MAGLEV_RING_SIZE + index
@@ -307,4 +315,33 @@ mod pod {
     unsafe impl aya::Pod for Counters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Globals {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_listed_in_counter_order_with_unique_names() {
+        for (i, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "{}", reason.name());
+            for other in &Reason::ALL[..i] {
+                assert_ne!(other.name(), reason.name());
+            }
+        }
+        assert!(Reason::DropInternal.is_verdict());
+        assert!(!Reason::AffinityHit.is_verdict());
+    }
+
+    #[test]
+    fn client_hash_is_stable_across_releases() {
+        const PINNED_A: u32 = 90_643_849;
+        // Both nodes of a pair and every lbd version must agree: pinned values.
+        let a = u32::from_ne_bytes([198, 18, 1, 7]);
+        let b = u32::from_ne_bytes([198, 18, 1, 8]);
+        assert_ne!(client_hash(a), client_hash(b));
+        assert_eq!(client_hash(a), client_hash(a));
+        assert_eq!(client_hash(0), 2_462_723_854);
+        assert_eq!(client_hash(a), PINNED_A);
+    }
 }

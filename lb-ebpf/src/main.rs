@@ -26,9 +26,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     client_hash, ring_index, Affinity, AffinityKey, Counters, Globals, Real, Reason, Service,
-    ServiceKey, AFFINITY_REFRESH_NS, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_RING_SIZE,
-    MAGLEV_RING_SLOTS, MAX_AFFINITY_ENTRIES, MAX_REALS, MAX_SERVICES, NO_REAL, REAL_F_KEEP_CLIENTS,
-    REAL_F_RESOLVED, REASON_COUNT,
+    ServiceKey, AFFINITY_REFRESH_NS, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_RING_SIZE, MAGLEV_RING_SLOTS,
+    MAX_AFFINITY_ENTRIES, MAX_REALS, MAX_SERVICES, NO_REAL, REAL_F_KEEP_CLIENTS, REAL_F_RESOLVED,
+    REASON_COUNT,
 };
 
 // ---------------------------------------------------------------- constants
@@ -53,8 +53,7 @@ static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MAX_SE
 /// Maglev rings, `MAGLEV_RING_SIZE` real-server indexes per slot, two slots per
 /// service (live and next). Written by lbd; read on every affinity miss.
 #[map]
-static MAGLEV_RINGS: Array<u32> =
-    Array::with_max_entries(MAGLEV_RING_SLOTS * MAGLEV_RING_SIZE, 0);
+static MAGLEV_RINGS: Array<u32> = Array::with_max_entries(MAGLEV_RING_SLOTS * MAGLEV_RING_SIZE, 0);
 
 /// Real servers by index (0 is "none"): address, MAC, flags. Written by lbd.
 #[map]
@@ -169,8 +168,7 @@ fn parse(ctx: &XdpContext) -> Result<Flow, Reason> {
     let l4 = ETH_HDR_LEN + header_len;
     let l4_len = match protocol {
         IPPROTO_TCP => {
-            let offset_byte: *const u8 =
-                ptr_at(ctx, l4 + 12).ok_or(Reason::PassTruncatedL4)?;
+            let offset_byte: *const u8 = ptr_at(ctx, l4 + 12).ok_or(Reason::PassTruncatedL4)?;
             // SAFETY: checked by `ptr_at`.
             let data_offset = usize::from(unsafe { *offset_byte } >> 4) * 4;
             if data_offset < TCP_MIN_HDR_LEN {

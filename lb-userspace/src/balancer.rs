@@ -146,9 +146,9 @@ impl ServiceState {
     }
 
     fn map_entry(&self) -> MapService {
-        let (timeout_s, netmask) = self
-            .forward()
-            .map_or((0, 32), |f| (f.persistence.timeout_s, f.persistence.netmask));
+        let (timeout_s, netmask) = self.forward().map_or((0, 32), |f| {
+            (f.persistence.timeout_s, f.persistence.netmask)
+        });
         MapService {
             id: self.id,
             ring_slot: self.live_slot,
@@ -193,7 +193,9 @@ fn service_key(service: &config::Service) -> ServiceKey {
 
 /// A prefix length as a mask in network byte order.
 fn netmask_be(prefix: u8) -> u32 {
-    let mask = u32::MAX.checked_shl(32 - u32::from(prefix.min(32))).unwrap_or(0);
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix.min(32)))
+        .unwrap_or(0);
     mask.to_be()
 }
 
@@ -309,6 +311,10 @@ impl<M: Maps> Balancer<M> {
     ///
     /// # Errors
     /// When the data path's capacity is exceeded or a map write fails.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one transaction: work out the next state, then write it in order"
+    )]
     pub fn apply(&mut self, config: &Config) -> Result<()> {
         let mut next: BTreeMap<String, ServiceState> = BTreeMap::new();
         let mut used_ids: BTreeSet<u32> = BTreeSet::new();
@@ -316,15 +322,25 @@ impl<M: Maps> Balancer<M> {
 
         // Keep the ids and indexes of what stays.
         for service in &config.services {
-            let ServiceKind::Forward(forward) = &service.kind else { continue };
+            let ServiceKind::Forward(forward) = &service.kind else {
+                continue;
+            };
             if let Some(old) = self.services.get(&service.name) {
                 used_ids.insert(old.id);
                 for r in &old.reals {
-                    if forward.real_servers.iter().any(|rs| rs.address == r.address) {
+                    if forward
+                        .real_servers
+                        .iter()
+                        .any(|rs| rs.address == r.address)
+                    {
                         reals_in_use.insert(r.index, (service.name.clone(), r.address));
                     }
                 }
-                if let Some(f) = old.fallback.as_ref().filter(|f| Some(f.address) == forward.fallback) {
+                if let Some(f) = old
+                    .fallback
+                    .as_ref()
+                    .filter(|f| Some(f.address) == forward.fallback)
+                {
                     reals_in_use.insert(f.index, (service.name.clone(), f.address));
                 }
             }
@@ -343,7 +359,9 @@ impl<M: Maps> Balancer<M> {
         let mut new_indexes = Vec::new();
 
         for service in &config.services {
-            let ServiceKind::Forward(forward) = &service.kind else { continue };
+            let ServiceKind::Forward(forward) = &service.kind else {
+                continue;
+            };
             let old = self.services.get(&service.name);
             let id = match old {
                 Some(old) => old.id,
@@ -352,54 +370,51 @@ impl<M: Maps> Balancer<M> {
             let mut reals = Vec::with_capacity(forward.real_servers.len());
             for rs in &forward.real_servers {
                 let previous = old.and_then(|o| o.reals.iter().find(|r| r.address == rs.address));
-                let state = match previous {
-                    Some(p) => RealState {
+                let state = if let Some(p) = previous {
+                    RealState {
                         name: rs.name.clone(),
                         weight: rs.weight,
                         ..p.clone()
-                    },
-                    None => {
-                        let index = fresh_reals.next().ok_or(BalancerError::TooManyReals)?;
-                        new_indexes.push(index);
-                        RealState {
-                            index,
-                            name: rs.name.clone(),
-                            address: rs.address,
-                            weight: rs.weight,
-                            admin: rs.state,
-                            health: Health::Up,
-                            mac: self.macs.get(&rs.address).copied(),
-                        }
+                    }
+                } else {
+                    let index = fresh_reals.next().ok_or(BalancerError::TooManyReals)?;
+                    new_indexes.push(index);
+                    RealState {
+                        index,
+                        name: rs.name.clone(),
+                        address: rs.address,
+                        weight: rs.weight,
+                        admin: rs.state,
+                        health: Health::Up,
+                        mac: self.macs.get(&rs.address).copied(),
                     }
                 };
                 reals_in_use.insert(state.index, (service.name.clone(), state.address));
                 reals.push(state);
             }
-            let fallback = match forward.fallback {
-                None => None,
-                Some(address) => {
-                    let previous = old
-                        .and_then(|o| o.fallback.as_ref())
-                        .filter(|f| f.address == address);
-                    let index = match previous {
-                        Some(p) => p.index,
-                        None => {
-                            let index = fresh_reals.next().ok_or(BalancerError::TooManyReals)?;
-                            new_indexes.push(index);
-                            index
-                        }
-                    };
-                    reals_in_use.insert(index, (service.name.clone(), address));
-                    Some(RealState {
-                        index,
-                        name: "fallback".into(),
-                        address,
-                        weight: 0,
-                        admin: AdminState::Online,
-                        health: Health::Up,
-                        mac: self.macs.get(&address).copied(),
-                    })
-                }
+            let fallback = if let Some(address) = forward.fallback {
+                let previous = old
+                    .and_then(|o| o.fallback.as_ref())
+                    .filter(|f| f.address == address);
+                let index = if let Some(p) = previous {
+                    p.index
+                } else {
+                    let index = fresh_reals.next().ok_or(BalancerError::TooManyReals)?;
+                    new_indexes.push(index);
+                    index
+                };
+                reals_in_use.insert(index, (service.name.clone(), address));
+                Some(RealState {
+                    index,
+                    name: "fallback".into(),
+                    address,
+                    weight: 0,
+                    admin: AdminState::Online,
+                    health: Health::Up,
+                    mac: self.macs.get(&address).copied(),
+                })
+            } else {
+                None
             };
             let (live_slot, ring) = match old {
                 Some(old) => (old.live_slot, old.ring.clone()),
@@ -449,7 +464,15 @@ impl<M: Maps> Balancer<M> {
         }
         for index in self.reals_in_use.keys() {
             if !reals_in_use.contains_key(index) {
-                self.maps.set_real(*index, Real { address: 0, flags: 0, mac: [0; 6], pad: [0; 2] })?;
+                self.maps.set_real(
+                    *index,
+                    Real {
+                        address: 0,
+                        flags: 0,
+                        mac: [0; 6],
+                        pad: [0; 2],
+                    },
+                )?;
             }
         }
         self.services = next;
@@ -462,7 +485,11 @@ impl<M: Maps> Balancer<M> {
     fn project_service(maps: &mut M, state: &mut ServiceState, force: bool) -> Result<()> {
         let ring = ring_for(&state.reals);
         if ring != state.ring || force {
-            let idle = if state.live_slot == state.id * 2 { state.id * 2 + 1 } else { state.id * 2 };
+            let idle = if state.live_slot == state.id * 2 {
+                state.id * 2 + 1
+            } else {
+                state.id * 2
+            };
             maps.set_ring(idle, &ring)?;
             state.live_slot = idle;
             state.ring = ring;
@@ -471,7 +498,11 @@ impl<M: Maps> Balancer<M> {
         Ok(())
     }
 
-    fn real_mut(&mut self, service: &str, server: &str) -> Result<(&mut M, &mut ServiceState, usize)> {
+    fn real_mut(
+        &mut self,
+        service: &str,
+        server: &str,
+    ) -> Result<(&mut M, &mut ServiceState, usize)> {
         let state = self
             .services
             .get_mut(service)
@@ -491,7 +522,12 @@ impl<M: Maps> Balancer<M> {
     ///
     /// # Errors
     /// Unknown service or server; a failed map write.
-    pub fn set_admin_state(&mut self, service: &str, server: &str, admin: AdminState) -> Result<()> {
+    pub fn set_admin_state(
+        &mut self,
+        service: &str,
+        server: &str,
+        admin: AdminState,
+    ) -> Result<()> {
         let (maps, state, i) = self.real_mut(service, server)?;
         state.reals[i].admin = admin;
         maps.set_real(state.reals[i].index, state.reals[i].slot())?;
@@ -555,12 +591,17 @@ impl<M: Maps> Balancer<M> {
         let mut slots: BTreeMap<u32, (u32, bool)> = BTreeMap::new();
         for s in self.services.values() {
             for r in &s.reals {
-                slots.insert(r.index, (u32::from_ne_bytes(r.address.octets()), r.keeps_clients()));
+                slots.insert(
+                    r.index,
+                    (u32::from_ne_bytes(r.address.octets()), r.keeps_clients()),
+                );
             }
         }
         let mut counts = BTreeMap::new();
         self.maps.for_each_affinity(&mut |key, value| {
-            let Some(timeout) = timeouts.get(&key.service_id) else { return };
+            let Some(timeout) = timeouts.get(&key.service_id) else {
+                return;
+            };
             let live = now_ns.saturating_sub(value.last_seen_ns) <= *timeout;
             let valid = slots
                 .get(&value.real)
@@ -576,21 +617,33 @@ impl<M: Maps> Balancer<M> {
     ///
     /// # Errors
     /// Unknown service; a failed map read.
-    pub fn affinity_of(&self, service: &str, client: Ipv4Addr, now_ns: u64) -> Result<AffinityAnswer> {
+    pub fn affinity_of(
+        &self,
+        service: &str,
+        client: Ipv4Addr,
+        now_ns: u64,
+    ) -> Result<AffinityAnswer> {
         let state = self.service(service)?;
         let key = state.client_key(client);
-        if let Some(Affinity { real, real_address, last_seen_ns }) = self.maps.affinity(&key)? {
+        if let Some(Affinity {
+            real,
+            real_address,
+            last_seen_ns,
+        }) = self.maps.affinity(&key)?
+        {
             let age_ns = now_ns.saturating_sub(last_seen_ns);
             let holder = state.reals.iter().find(|r| {
-                r.index == real && u32::from_ne_bytes(r.address.octets()) == real_address && r.keeps_clients()
+                r.index == real
+                    && u32::from_ne_bytes(r.address.octets()) == real_address
+                    && r.keeps_clients()
             });
             if let (Some(holder), true) = (holder, age_ns <= state.timeout_ns()) {
                 #[expect(clippy::cast_precision_loss, reason = "an age in seconds")]
-                let age_s = age_ns as f64 / 1e9;
+                let age = age_ns as f64 / 1e9;
                 return Ok(AffinityAnswer {
                     server: Some(holder.name.clone()),
                     source: "table",
-                    age_s: Some(age_s),
+                    age_s: Some(age),
                 });
             }
         }
@@ -637,7 +690,9 @@ impl<M: Maps> Balancer<M> {
 pub fn plan<M: Maps>(current: &Balancer<M>, next: &Config) -> Vec<(String, f64)> {
     let mut out = Vec::new();
     for service in &next.services {
-        let ServiceKind::Forward(forward) = &service.kind else { continue };
+        let ServiceKind::Forward(forward) = &service.kind else {
+            continue;
+        };
         let Ok(state) = current.service(&service.name) else {
             out.push((service.name.clone(), 1.0));
             continue;
@@ -646,7 +701,10 @@ pub fn plan<M: Maps>(current: &Balancer<M>, next: &Config) -> Vec<(String, f64)>
         let by_address = |reals: &[RealState]| -> Vec<u32> {
             let keyed: Vec<RealState> = reals
                 .iter()
-                .map(|r| RealState { index: u32::from(r.address), ..r.clone() })
+                .map(|r| RealState {
+                    index: u32::from(r.address),
+                    ..r.clone()
+                })
                 .collect();
             ring_for(&keyed)
         };
@@ -677,6 +735,7 @@ pub fn plan<M: Maps>(current: &Balancer<M>, next: &Config) -> Vec<(String, f64)>
 mod tests {
     use super::*;
     use crate::dataplane::FakeMaps;
+    use std::fmt::Write as _;
 
     const MAC: [u8; 6] = [2, 0, 0, 0, 0, 10];
 
@@ -685,7 +744,7 @@ mod tests {
             "node: { name: lb1, interface: eth0 }\nservices:\n  - name: web\n    vip: 198.18.0.100\n    port: 80\n    real_servers:\n",
         );
         for (name, address) in reals {
-            yaml.push_str(&format!("      - {{ name: {name}, address: {address} }}\n"));
+            let _ = writeln!(yaml, "      - {{ name: {name}, address: {address} }}");
         }
         match Config::from_yaml(&yaml, "test.yaml") {
             Ok(c) => c,
@@ -700,7 +759,12 @@ mod tests {
     }
 
     fn live_ring(b: &Balancer<FakeMaps>) -> Vec<u32> {
-        let (_, service) = b.maps().services.iter().next().unwrap_or_else(|| panic!("no service"));
+        let (_, service) = b
+            .maps()
+            .services
+            .iter()
+            .next()
+            .unwrap_or_else(|| panic!("no service"));
         b.maps().rings[&service.ring_slot].clone()
     }
 
@@ -735,26 +799,46 @@ mod tests {
     fn a_reload_keeps_indexes_and_a_new_ring_goes_to_the_idle_slot() {
         let mut b = balancer(&THREE);
         let slot_before = b.maps().services.values().next().map(|s| s.ring_slot);
-        let indexes: Vec<u32> = b.service("web").unwrap_or_else(|e| panic!("{e}")).reals.iter().map(|r| r.index).collect();
-        b.apply(&config(&THREE[..2])).unwrap_or_else(|e| panic!("{e}"));
-        let after: Vec<u32> = b.service("web").unwrap_or_else(|e| panic!("{e}")).reals.iter().map(|r| r.index).collect();
+        let indexes: Vec<u32> = b
+            .service("web")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .reals
+            .iter()
+            .map(|r| r.index)
+            .collect();
+        b.apply(&config(&THREE[..2]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let after: Vec<u32> = b
+            .service("web")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .reals
+            .iter()
+            .map(|r| r.index)
+            .collect();
         assert_eq!(after, indexes[..2]);
         let slot_after = b.maps().services.values().next().map(|s| s.ring_slot);
         assert_ne!(slot_before, slot_after, "the new ring is switched in");
         assert!(!live_ring(&b).contains(&indexes[2]));
-        assert_eq!(b.maps().reals[&indexes[2]].flags, 0, "the removed server's slot is cleared");
+        assert_eq!(
+            b.maps().reals[&indexes[2]].flags,
+            0,
+            "the removed server's slot is cleared"
+        );
     }
 
     #[test]
     fn drain_leaves_the_ring_but_keeps_clients_and_halt_drops_them() {
         let mut b = balancer(&THREE);
         let rs2 = b.service("web").unwrap_or_else(|e| panic!("{e}")).reals[1].index;
-        b.set_admin_state("web", "rs2", AdminState::Drain).unwrap_or_else(|e| panic!("{e}"));
+        b.set_admin_state("web", "rs2", AdminState::Drain)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(!live_ring(&b).contains(&rs2));
         assert_ne!(b.maps().reals[&rs2].flags & REAL_F_KEEP_CLIENTS, 0);
-        b.set_admin_state("web", "rs2", AdminState::Halt).unwrap_or_else(|e| panic!("{e}"));
+        b.set_admin_state("web", "rs2", AdminState::Halt)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(b.maps().reals[&rs2].flags & REAL_F_KEEP_CLIENTS, 0);
-        b.set_admin_state("web", "rs2", AdminState::Online).unwrap_or_else(|e| panic!("{e}"));
+        b.set_admin_state("web", "rs2", AdminState::Online)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(live_ring(&b).contains(&rs2));
         assert!(matches!(
             b.set_admin_state("web", "nope", AdminState::Drain),
@@ -771,7 +855,12 @@ mod tests {
         let mut b = balancer(&THREE);
         assert_eq!(b.unresolved().len(), 3);
         let mac = [2, 0, 0, 0, 0, 21];
-        assert!(b.set_mac("198.18.0.21".parse().unwrap_or_else(|_| panic!()), Some(mac)).unwrap_or_else(|e| panic!("{e}")));
+        assert!(b
+            .set_mac(
+                "198.18.0.21".parse().unwrap_or_else(|_| panic!()),
+                Some(mac)
+            )
+            .unwrap_or_else(|e| panic!("{e}")));
         let rs1 = b.service("web").unwrap_or_else(|e| panic!("{e}")).reals[0].index;
         assert_eq!(b.maps().reals[&rs1].mac, mac);
         assert_ne!(b.maps().reals[&rs1].flags & REAL_F_RESOLVED, 0);
@@ -782,21 +871,37 @@ mod tests {
     fn affinity_answers_from_the_table_then_the_hash() {
         let mut b = balancer(&THREE);
         let client: Ipv4Addr = "198.18.1.7".parse().unwrap_or_else(|_| panic!());
-        let hashed = b.affinity_of("web", client, 0).unwrap_or_else(|e| panic!("{e}"));
+        let hashed = b
+            .affinity_of("web", client, 0)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(hashed.source, "hash");
         let state = b.service("web").unwrap_or_else(|e| panic!("{e}")).clone();
         let rs3 = &state.reals[2];
         let key = state.client_key(client);
-        b.maps_mut().set_affinity(key, Affinity {
-            real: rs3.index,
-            real_address: u32::from_ne_bytes(rs3.address.octets()),
-            last_seen_ns: 1_000_000_000,
-        }).unwrap_or_else(|e| panic!("{e}"));
-        let table = b.affinity_of("web", client, 3_000_000_000).unwrap_or_else(|e| panic!("{e}"));
+        b.maps_mut()
+            .set_affinity(
+                key,
+                Affinity {
+                    real: rs3.index,
+                    real_address: u32::from_ne_bytes(rs3.address.octets()),
+                    last_seen_ns: 1_000_000_000,
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        let table = b
+            .affinity_of("web", client, 3_000_000_000)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(table.server.as_deref(), Some("rs3"));
         assert_eq!(table.source, "table");
-        assert_eq!(b.active_clients(3_000_000_000).unwrap_or_else(|e| panic!("{e}")).get(&rs3.index), Some(&1));
-        let expired = b.affinity_of("web", client, 302_000_000_000).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            b.active_clients(3_000_000_000)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .get(&rs3.index),
+            Some(&1)
+        );
+        let expired = b
+            .affinity_of("web", client, 302_000_000_000)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(expired.source, "hash");
     }
 
@@ -807,7 +912,10 @@ mod tests {
         assert_eq!(same, vec![("web".to_owned(), 0.0)]);
         let fewer = plan(&b, &config(&THREE[..2]));
         let share = fewer[0].1;
-        assert!((0.30..0.40).contains(&share), "removing 1 of 3 moves about a third: {share}");
+        assert!(
+            (0.30..0.40).contains(&share),
+            "removing 1 of 3 moves about a third: {share}"
+        );
     }
 
     #[test]

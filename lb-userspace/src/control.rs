@@ -89,7 +89,11 @@ impl Reply {
     /// A successful reply.
     #[must_use]
     pub fn ok(result: Value) -> Self {
-        Self { ok: true, result, error: None }
+        Self {
+            ok: true,
+            result,
+            error: None,
+        }
     }
 
     /// A failed reply.
@@ -168,31 +172,34 @@ async fn connection(stream: UnixStream, requests: mpsc::Sender<Pending>) {
     let mut line = String::new();
     loop {
         line.clear();
-        let reply = match tokio::time::timeout(Duration::from_secs(30), lines.read_line(&mut line)).await {
-            Err(_) | Ok(Ok(0)) => return,
-            Ok(Err(error)) => Reply::error(format!("unreadable request: {error}")),
-            Ok(Ok(_)) if !line.ends_with('\n') => {
-                Reply::error(format!("request too long (the limit is {MAX_REQUEST_BYTES} bytes)"))
-            }
-            Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
-                Err(error) => Reply::error(format!("malformed request: {error}")),
-                Ok(request) => {
-                    let (tx, rx) = oneshot::channel();
-                    if requests.send((request, tx)).await.is_err() {
-                        return;
+        let reply =
+            match tokio::time::timeout(Duration::from_secs(30), lines.read_line(&mut line)).await {
+                Err(_) | Ok(Ok(0)) => return,
+                Ok(Err(error)) => Reply::error(format!("unreadable request: {error}")),
+                Ok(Ok(_)) if !line.ends_with('\n') => Reply::error(format!(
+                    "request too long (the limit is {MAX_REQUEST_BYTES} bytes)"
+                )),
+                Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
+                    Err(error) => Reply::error(format!("malformed request: {error}")),
+                    Ok(request) => {
+                        let (tx, rx) = oneshot::channel();
+                        if requests.send((request, tx)).await.is_err() {
+                            return;
+                        }
+                        rx.await
+                            .unwrap_or_else(|_| Reply::error("lbd is shutting down"))
                     }
-                    rx.await.unwrap_or_else(|_| Reply::error("lbd is shutting down"))
-                }
-            },
+                },
+            };
+        let Ok(mut bytes) = serde_json::to_vec(&reply) else {
+            return;
         };
-        let Ok(mut bytes) = serde_json::to_vec(&reply) else { return };
         bytes.push(b'\n');
         if write.write_all(&bytes).await.is_err() || !line.ends_with('\n') {
             return;
         }
     }
 }
-
 
 /// Errors of a client call.
 #[derive(Debug, thiserror::Error)]
@@ -239,7 +246,9 @@ pub fn call(path: &Path, request: &Request, timeout: Duration) -> Result<Reply, 
     bytes.push(b'\n');
     (&stream).write_all(&bytes).map_err(io_error)?;
     let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line).map_err(io_error)?;
+    BufReader::new(&stream)
+        .read_line(&mut line)
+        .map_err(io_error)?;
     serde_json::from_str(&line).map_err(|e| ClientError::Reply(format!("{e}: {line:?}")))
 }
 
@@ -255,7 +264,10 @@ mod tests {
             state: "drain".into(),
         };
         let text = serde_json::to_string(&r).unwrap_or_default();
-        assert_eq!(text, r#"{"command":"set_state","service":"web","server":"rs1","state":"drain"}"#);
+        assert_eq!(
+            text,
+            r#"{"command":"set_state","service":"web","server":"rs1","state":"drain"}"#
+        );
         assert_eq!(serde_json::from_str::<Request>(&text).ok(), Some(r));
         assert!(serde_json::from_str::<Request>(r#"{"command":"reboot"}"#).is_err());
     }

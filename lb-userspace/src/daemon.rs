@@ -101,7 +101,11 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
 }
 
 impl Daemon {
-    async fn serve(&mut self, listener: tokio::net::UnixListener, config: &Config) -> anyhow::Result<()> {
+    async fn serve(
+        &mut self,
+        listener: tokio::net::UnixListener,
+        config: &Config,
+    ) -> anyhow::Result<()> {
         self.balancer.apply(config)?;
         self.resolve_at_start().await;
         self.attach_mode = self
@@ -118,8 +122,10 @@ impl Daemon {
         let (tx, mut requests) = mpsc::channel::<Pending>(64);
         let server = tokio::spawn(control::serve(listener, tx));
         let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-        let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-        let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut interrupt =
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let mut terminate =
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut neighbour_tick = tokio::time::interval(NEIGHBOUR_POLL);
         loop {
             tokio::select! {
@@ -233,20 +239,34 @@ impl Daemon {
 
     async fn handle_request(&mut self, request: Request) -> Reply {
         match request {
-            Request::Status => self.status().map_or_else(|e| Reply::error(format!("{e:#}")), Reply::ok),
-            Request::SetState { service, server, state } => {
+            Request::Status => self
+                .status()
+                .map_or_else(|e| Reply::error(format!("{e:#}")), Reply::ok),
+            Request::SetState {
+                service,
+                server,
+                state,
+            } => {
                 let Ok(admin) = AdminState::from_str(&state) else {
-                    return Reply::error(format!("unknown state {state:?}: use online, drain or halt"));
+                    return Reply::error(format!(
+                        "unknown state {state:?}: use online, drain or halt"
+                    ));
                 };
                 match self.balancer.set_admin_state(&service, &server, admin) {
                     Ok(()) => {
                         log::info!("{service}/{server}: admin state {admin}");
-                        Reply::ok(json!({"service": service, "server": server, "admin_state": admin.to_string()}))
+                        Reply::ok(
+                            json!({"service": service, "server": server, "admin_state": admin.to_string()}),
+                        )
                     }
                     Err(e) => Reply::error(e.to_string()),
                 }
             }
-            Request::Weight { service, server, weight } => match self.balancer.set_weight(&service, &server, weight) {
+            Request::Weight {
+                service,
+                server,
+                weight,
+            } => match self.balancer.set_weight(&service, &server, weight) {
                 Ok(()) => {
                     log::info!("{service}/{server}: weight {weight}");
                     Reply::ok(json!({"service": service, "server": server, "weight": weight}))
@@ -316,11 +336,16 @@ impl Daemon {
                 "port": service.port,
                 "protocol": service.protocol.to_string(),
             });
-            let Value::Object(mut entry) = base else { continue };
+            let Value::Object(mut entry) = base else {
+                continue;
+            };
             match &service.kind {
                 ServiceKind::Redirect(r) => {
                     entry.insert("type".into(), json!("redirect"));
-                    entry.insert("redirect".into(), json!({"code": r.code, "scheme": r.scheme, "port": r.port}));
+                    entry.insert(
+                        "redirect".into(),
+                        json!({"code": r.code, "scheme": r.scheme, "port": r.port}),
+                    );
                     entry.insert("packets".into(), json!(0));
                     entry.insert("bytes".into(), json!(0));
                     entry.insert("real_servers".into(), json!([]));
@@ -379,7 +404,10 @@ impl Daemon {
 /// `aa:bb:cc:dd:ee:ff`.
 #[must_use]
 pub fn format_mac(mac: [u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {

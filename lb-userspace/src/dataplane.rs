@@ -208,12 +208,14 @@ impl Drop for Program {
     }
 }
 
-/// What the control plane reads and writes in the data path.
+/// What the control plane reads and writes in the data path. Every method
+/// fails only when a map operation fails.
+#[expect(
+    clippy::missing_errors_doc,
+    reason = "one rule for all methods, stated above"
+)]
 pub trait Maps {
     /// Sets the data path's global settings.
-    ///
-    /// # Errors
-    /// On a failed map update (as for every method here).
     fn set_globals(&mut self, globals: Globals) -> Result<()>;
     /// Writes a real-server slot.
     fn set_real(&mut self, index: u32, real: Real) -> Result<()>;
@@ -272,7 +274,9 @@ fn zeroes() -> Result<PerCpuValues<Counters>> {
 
 impl Maps for EbpfMaps {
     fn set_globals(&mut self, globals: Globals) -> Result<()> {
-        self.globals.set(0, globals, 0).map_err(map_error("GLOBALS"))
+        self.globals
+            .set(0, globals, 0)
+            .map_err(map_error("GLOBALS"))
     }
 
     fn set_real(&mut self, index: u32, real: Real) -> Result<()> {
@@ -289,7 +293,9 @@ impl Maps for EbpfMaps {
     }
 
     fn set_service(&mut self, key: ServiceKey, service: Service) -> Result<()> {
-        self.services.insert(key, service, 0).map_err(map_error("SERVICES"))
+        self.services
+            .insert(key, service, 0)
+            .map_err(map_error("SERVICES"))
     }
 
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
@@ -312,11 +318,17 @@ impl Maps for EbpfMaps {
     }
 
     fn service_counters(&self, id: u32) -> Result<Counters> {
-        Ok(sum(&self.service_stats.get(&id, 0).map_err(map_error("SERVICE_STATS"))?))
+        Ok(sum(&self
+            .service_stats
+            .get(&id, 0)
+            .map_err(map_error("SERVICE_STATS"))?))
     }
 
     fn real_counters(&self, index: u32) -> Result<Counters> {
-        Ok(sum(&self.real_stats.get(&index, 0).map_err(map_error("REAL_STATS"))?))
+        Ok(sum(&self
+            .real_stats
+            .get(&index, 0)
+            .map_err(map_error("REAL_STATS"))?))
     }
 
     fn reasons(&self) -> Result<Vec<u64>> {
@@ -337,7 +349,7 @@ impl Maps for EbpfMaps {
     }
 
     fn for_each_affinity(&self, f: &mut dyn FnMut(&AffinityKey, &Affinity)) -> Result<()> {
-        for entry in self.affinity.iter() {
+        for entry in &self.affinity {
             match entry {
                 Ok((key, value)) => f(&key, &value),
                 // An entry evicted between listing and reading is simply gone.
@@ -349,7 +361,9 @@ impl Maps for EbpfMaps {
     }
 
     fn set_affinity(&mut self, key: AffinityKey, value: Affinity) -> Result<()> {
-        self.affinity.insert(key, value, 0).map_err(map_error("AFFINITY"))
+        self.affinity
+            .insert(key, value, 0)
+            .map_err(map_error("AFFINITY"))
     }
 }
 

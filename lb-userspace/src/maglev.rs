@@ -70,7 +70,8 @@ pub fn build(backends: &[Backend], size: u32, empty: u32) -> Vec<u32> {
             let slot = loop {
                 // The walk is a permutation of 0..m (m prime, 0 < skip < m),
                 // so a free slot is found while any remains.
-                let candidate = ((offset + next[i] * skip) % u64::from(size)) as usize;
+                let candidate = usize::try_from((offset + next[i] * skip) % u64::from(size))
+                    .unwrap_or_default();
                 next[i] += 1;
                 if !taken[candidate] {
                     break candidate;
@@ -170,7 +171,9 @@ mod tests {
         let table = build(&[], 101, EMPTY);
         assert!(table.iter().all(|&id| id == EMPTY));
         let mut b = backends(2);
-        b.iter_mut().for_each(|b| b.weight = 0);
+        for backend in &mut b {
+            backend.weight = 0;
+        }
         assert!(build(&b, 101, EMPTY).iter().all(|&id| id == EMPTY));
     }
 
@@ -199,8 +202,12 @@ mod tests {
                     "n={n} removed={removed}: {churn_share:.4} of keys moved between survivors"
                 );
                 let moved = moved_share(&before, &after);
-                let own_share = f64::from(u32::try_from(own).unwrap_or(u32::MAX)) / f64::from(MAGLEV_RING_SIZE);
-                assert!(moved >= own_share, "every entry of the removed backend moves");
+                let own_share =
+                    f64::from(u32::try_from(own).unwrap_or(u32::MAX)) / f64::from(MAGLEV_RING_SIZE);
+                assert!(
+                    moved >= own_share,
+                    "every entry of the removed backend moves"
+                );
                 assert!(after.iter().all(|&id| id != removed));
             }
         }

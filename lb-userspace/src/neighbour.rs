@@ -95,7 +95,10 @@ pub async fn interface(handle: &Handle, name: &str) -> Result<Interface, Netlink
 ///
 /// # Errors
 /// When the dump fails.
-pub async fn table(handle: &Handle, ifindex: u32) -> Result<BTreeMap<Ipv4Addr, [u8; 6]>, NetlinkError> {
+pub async fn table(
+    handle: &Handle,
+    ifindex: u32,
+) -> Result<BTreeMap<Ipv4Addr, [u8; 6]>, NetlinkError> {
     let mut entries = handle
         .neighbours()
         .get()
@@ -103,10 +106,13 @@ pub async fn table(handle: &Handle, ifindex: u32) -> Result<BTreeMap<Ipv4Addr, [
         .execute();
     let mut out = BTreeMap::new();
     loop {
-        let entry = entries.try_next().await.map_err(|source| NetlinkError::Request {
-            what: "reading the neighbour table".into(),
-            source,
-        })?;
+        let entry = entries
+            .try_next()
+            .await
+            .map_err(|source| NetlinkError::Request {
+                what: "reading the neighbour table".into(),
+                source,
+            })?;
         let Some(entry) = entry else { break };
         if entry.header.ifindex != ifindex
             || matches!(

@@ -114,11 +114,17 @@ impl Vips {
             .set_link_index_filter(self.ifindex)
             .execute();
         let mut out = BTreeSet::new();
-        while let Some(message) = addresses.try_next().await.map_err(|source| NetlinkError::Request {
-            what: "listing interface addresses".into(),
-            source,
-        })? {
-            if message.header.family != AddressFamily::Inet || message.header.index != self.ifindex {
+        while let Some(message) =
+            addresses
+                .try_next()
+                .await
+                .map_err(|source| NetlinkError::Request {
+                    what: "listing interface addresses".into(),
+                    source,
+                })?
+        {
+            if message.header.family != AddressFamily::Inet || message.header.index != self.ifindex
+            {
                 continue;
             }
             for attribute in &message.attributes {
@@ -186,10 +192,15 @@ impl Vips {
             .set_link_index_filter(self.ifindex)
             .set_address_filter(vip.into())
             .execute();
-        while let Some(message) = addresses.try_next().await.map_err(|source| NetlinkError::Request {
-            what: format!("looking up VIP {vip}"),
-            source,
-        })? {
+        while let Some(message) =
+            addresses
+                .try_next()
+                .await
+                .map_err(|source| NetlinkError::Request {
+                    what: format!("looking up VIP {vip}"),
+                    source,
+                })?
+        {
             if message.header.index != self.ifindex || message.header.prefix_len != 32 {
                 continue;
             }
@@ -258,7 +269,13 @@ fn send_garp(ifindex: u32, mac: [u8; 6], vip: Ipv4Addr) -> io::Result<()> {
     let frame = garp_frame(mac, vip);
     let protocol = 0x0806_u16.to_be();
     // SAFETY: a plain socket(2) call; the result is checked before use.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(protocol)) };
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(protocol),
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -268,7 +285,8 @@ fn send_garp(ifindex: u32, mac: [u8; 6], vip: Ipv4Addr) -> io::Result<()> {
     let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     address.sll_family = u16::try_from(libc::AF_PACKET).unwrap_or_default();
     address.sll_protocol = protocol;
-    address.sll_ifindex = i32::try_from(ifindex).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    address.sll_ifindex =
+        i32::try_from(ifindex).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     address.sll_halen = 6;
     address.sll_addr[..6].copy_from_slice(&[0xff; 6]);
     // SAFETY: the frame and address outlive the call; lengths are theirs.

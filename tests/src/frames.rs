@@ -164,7 +164,9 @@ pub fn arp(src_mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
 #[must_use]
 pub fn ipv6(dst_mac: [u8; 6]) -> Vec<u8> {
     let mut f = dst_mac.to_vec();
-    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02, 0x86, 0xdd, 0x60, 0, 0, 0, 0, 8, 17, 64]);
+    f.extend_from_slice(&[
+        0x02, 0, 0, 0, 0, 0x02, 0x86, 0xdd, 0x60, 0, 0, 0, 0, 8, 17, 64,
+    ]);
     f.extend_from_slice(&[0; 32]);
     f.extend_from_slice(&[0x9c, 0x40, 0, 80, 0, 8, 0, 0]);
     f
@@ -243,7 +245,12 @@ mod tests {
 
     #[test]
     fn built_frames_parse_and_carry_valid_checksums() {
-        let spec = FrameSpec::tcp([2, 0, 0, 0, 0, 10], Ipv4Addr::new(198, 18, 1, 1), Ipv4Addr::new(198, 18, 0, 100), 80);
+        let spec = FrameSpec::tcp(
+            [2, 0, 0, 0, 0, 10],
+            Ipv4Addr::new(198, 18, 1, 1),
+            Ipv4Addr::new(198, 18, 0, 100),
+            80,
+        );
         let f = spec.build();
         assert_eq!(f.len(), 14 + 20 + 20);
         assert_eq!(checksum(&f[14..34], 0), 0, "IP header checksum verifies");
@@ -251,7 +258,10 @@ mod tests {
         assert_eq!(parsed.dport, 80);
         assert_eq!(parsed.protocol, 6);
         for cut in 14..f.len() {
-            assert!(parse_service_frame(&f[..cut]).is_none(), "truncated at {cut}");
+            assert!(
+                parse_service_frame(&f[..cut]).is_none(),
+                "truncated at {cut}"
+            );
         }
     }
 }

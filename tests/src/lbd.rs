@@ -1,6 +1,7 @@
 //! Running `lbd` in a lab's load-balancer namespace, and `lbctl` against it.
 
 use std::{
+    fmt::Write as _,
     net::Ipv4Addr,
     path::PathBuf,
     process::Output,
@@ -49,7 +50,12 @@ pub fn web_service(lab: &DrLab, n: usize, timeout_s: u32) -> String {
         lab.http_port()
     );
     for i in 0..n {
-        s.push_str(&format!("      - {{ name: {}, address: {} }}\n", lab.real_name(i), lab.real_address(i)));
+        let _ = writeln!(
+            s,
+            "      - {{ name: {}, address: {} }}",
+            lab.real_name(i),
+            lab.real_address(i)
+        );
     }
     s
 }
@@ -70,7 +76,11 @@ impl Lbd {
         let lbd = paths::lbd();
         let handle = lab.spawn_in(
             &ns,
-            &[&lbd.display().to_string(), "--config", &path.display().to_string()],
+            &[
+                &lbd.display().to_string(),
+                "--config",
+                &path.display().to_string(),
+            ],
             &log,
         )?;
         Ok(Self {
@@ -187,7 +197,10 @@ impl Lbd {
     /// # Errors
     /// When `ip` fails.
     pub fn interface_addresses(&self, lab: &DrLab) -> Result<Vec<Ipv4Addr>, LabError> {
-        let out = crate::lab::run_in(&self.ns, &["ip", "-4", "-o", "addr", "show", "dev", lab.lb_interface()])?;
+        let out = crate::lab::run_in(
+            &self.ns,
+            &["ip", "-4", "-o", "addr", "show", "dev", lab.lb_interface()],
+        )?;
         Ok(out
             .split_whitespace()
             .filter_map(|w| w.split('/').next())
@@ -200,7 +213,10 @@ impl Lbd {
     /// # Errors
     /// When `ip` fails.
     pub fn xdp_attached(&self, lab: &DrLab) -> Result<bool, LabError> {
-        let out = crate::lab::run_in(&self.ns, &["ip", "-d", "link", "show", "dev", lab.lb_interface()])?;
+        let out = crate::lab::run_in(
+            &self.ns,
+            &["ip", "-d", "link", "show", "dev", lab.lb_interface()],
+        )?;
         Ok(out.contains("prog/xdp"))
     }
 }

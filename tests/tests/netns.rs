@@ -23,7 +23,14 @@ fn lab() -> DrLab {
 fn first_servers(report: &lb_tests::lab::ClientReport) -> BTreeMap<Ipv4Addr, String> {
     report
         .sources()
-        .filter_map(|s| report.servers_of(s).iter().flatten().next().map(|n| (s, n.clone())))
+        .filter_map(|s| {
+            report
+                .servers_of(s)
+                .iter()
+                .flatten()
+                .next()
+                .map(|n| (s, n.clone()))
+        })
         .collect()
 }
 
@@ -32,38 +39,65 @@ fn every_source_sticks_to_one_server_and_a_removed_server_loses_only_its_own_cli
     let mut lab = lab();
     let config = lab_config(&lab, &web_service(&lab, 3, 300));
     let mut lbd = Lbd::start(&mut lab, &config).unwrap_or_else(|e| panic!("{e}"));
-    let status = lbd.wait_ready(&mut lab, READY).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(status["services"][0]["real_servers"].as_array().map(Vec::len), Some(3));
+    let status = lbd
+        .wait_ready(&mut lab, READY)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        status["services"][0]["real_servers"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
 
-    let report = lab.run_clients(5, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
-    assert!(report.failures().is_empty(), "every request is answered: {}", report.summary());
+    let report = lab
+        .run_clients(5, Duration::from_mins(1))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        report.failures().is_empty(),
+        "every request is answered: {}",
+        report.summary()
+    );
     let sticky = report.sticky_sources();
-    assert_eq!(sticky.len(), 256, "every source gets the same server 5 of 5 times: {}", report.summary());
+    assert_eq!(
+        sticky.len(),
+        256,
+        "every source gets the same server 5 of 5 times: {}",
+        report.summary()
+    );
     let shares = report.share_by_server();
     assert_eq!(shares.len(), 3, "all three servers serve: {shares:?}");
     for (server, count) in &shares {
-        let share = *count as f64 / 256.0;
-        assert!((0.20..=0.47).contains(&share), "{server} has {share:.2} of the sources: {shares:?}");
+        let share = f64::from(u32::try_from(*count).unwrap_or(0)) / 256.0;
+        assert!(
+            (0.20..=0.47).contains(&share),
+            "{server} has {share:.2} of the sources: {shares:?}"
+        );
     }
     let before = first_servers(&report);
 
     // The counters moved with the traffic, and active clients are counted.
     let status = lbd.status().unwrap_or_else(|| panic!("status"));
     let service = &status["services"][0];
-    assert!(service["packets"].as_u64().unwrap_or(0) >= 256 * 5 * 3, "{service}");
-    let active: u64 = service["real_servers"]
-        .as_array()
-        .map(|rs| rs.iter().filter_map(|r| r["active_clients"].as_u64()).sum())
-        .unwrap_or(0);
+    assert!(
+        service["packets"].as_u64().unwrap_or(0) >= 256 * 5 * 3,
+        "{service}"
+    );
+    let active: u64 = service["real_servers"].as_array().map_or(0, |rs| {
+        rs.iter().filter_map(|r| r["active_clients"].as_u64()).sum()
+    });
     assert_eq!(active, 256, "one affinity entry per source: {service}");
 
     // Remove rs3 by SIGHUP: its clients move, every other client stays.
     let removed = lab.real_name(2);
-    std::fs::write(&lbd.config, lab_config(&lab, &web_service(&lab, 2, 300))).unwrap_or_else(|e| panic!("{e}"));
-    lbd.signal(&lab, libc::SIGHUP).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&lbd.config, lab_config(&lab, &web_service(&lab, 2, 300)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    lbd.signal(&lab, libc::SIGHUP)
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut reloaded = false;
     for _ in 0..50 {
-        let count = lbd.status().and_then(|s| s["services"][0]["real_servers"].as_array().map(Vec::len));
+        let count = lbd
+            .status()
+            .and_then(|s| s["services"][0]["real_servers"].as_array().map(Vec::len));
         if count == Some(2) {
             reloaded = true;
             break;
@@ -71,7 +105,9 @@ fn every_source_sticks_to_one_server_and_a_removed_server_loses_only_its_own_cli
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(reloaded, "SIGHUP applied the new file");
-    let report = lab.run_clients(2, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
+    let report = lab
+        .run_clients(2, Duration::from_mins(1))
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(report.failures().is_empty(), "{}", report.summary());
     assert_eq!(report.sticky_sources().len(), 256, "{}", report.summary());
     let after = first_servers(&report);
@@ -85,21 +121,47 @@ fn every_source_sticks_to_one_server_and_a_removed_server_loses_only_its_own_cli
     }
 
     // A bad file on SIGHUP changes nothing.
-    std::fs::write(&lbd.config, "node: { name: x }\nservices: 3\n").unwrap_or_else(|e| panic!("{e}"));
-    lbd.signal(&lab, libc::SIGHUP).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&lbd.config, "node: { name: x }\nservices: 3\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    lbd.signal(&lab, libc::SIGHUP)
+        .unwrap_or_else(|e| panic!("{e}"));
     std::thread::sleep(Duration::from_millis(500));
-    let status = lbd.status().unwrap_or_else(|| panic!("lbd still answers after a bad reload"));
-    assert_eq!(status["services"][0]["real_servers"].as_array().map(Vec::len), Some(2));
+    let status = lbd
+        .status()
+        .unwrap_or_else(|| panic!("lbd still answers after a bad reload"));
+    assert_eq!(
+        status["services"][0]["real_servers"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
 
     // Stopping leaves nothing behind: no XDP program, no VIP, no socket.
     assert!(lbd.xdp_attached(&lab).unwrap_or_else(|e| panic!("{e}")));
-    assert!(lbd.interface_addresses(&lab).unwrap_or_default().contains(&lab.vip()));
-    assert!(lbd.stop(&mut lab).unwrap_or_else(|e| panic!("{e}")), "lbd exits 0 on SIGTERM");
-    assert!(!lbd.xdp_attached(&lab).unwrap_or_else(|e| panic!("{e}")), "XDP program detached");
-    assert!(!lbd.interface_addresses(&lab).unwrap_or_default().contains(&lab.vip()), "VIP removed");
+    assert!(lbd
+        .interface_addresses(&lab)
+        .unwrap_or_default()
+        .contains(&lab.vip()));
+    assert!(
+        lbd.stop(&mut lab).unwrap_or_else(|e| panic!("{e}")),
+        "lbd exits 0 on SIGTERM"
+    );
+    assert!(
+        !lbd.xdp_attached(&lab).unwrap_or_else(|e| panic!("{e}")),
+        "XDP program detached"
+    );
+    assert!(
+        !lbd.interface_addresses(&lab)
+            .unwrap_or_default()
+            .contains(&lab.vip()),
+        "VIP removed"
+    );
     assert!(!lbd.socket.exists(), "control socket removed");
     let record = std::fs::read_to_string(lbd.state_dir.join("vips")).unwrap_or_default();
-    assert!(record.trim().is_empty(), "no VIP left in the record: {record:?}");
+    assert!(
+        record.trim().is_empty(),
+        "no VIP left in the record: {record:?}"
+    );
 }
 
 #[test]
@@ -107,22 +169,36 @@ fn a_restart_after_a_crash_cleans_up_and_serves_again() {
     let mut lab = lab();
     let config = lab_config(&lab, &web_service(&lab, 3, 300));
     let lbd = Lbd::start(&mut lab, &config).unwrap_or_else(|e| panic!("{e}"));
-    lbd.wait_ready(&mut lab, READY).unwrap_or_else(|e| panic!("{e}"));
-    lbd.signal(&lab, libc::SIGKILL).unwrap_or_else(|e| panic!("{e}"));
+    lbd.wait_ready(&mut lab, READY)
+        .unwrap_or_else(|e| panic!("{e}"));
+    lbd.signal(&lab, libc::SIGKILL)
+        .unwrap_or_else(|e| panic!("{e}"));
     std::thread::sleep(Duration::from_millis(300));
-    assert!(!lbd.xdp_attached(&lab).unwrap_or_else(|e| panic!("{e}")), "a dead lbd's XDP link goes with it");
     assert!(
-        lbd.interface_addresses(&lab).unwrap_or_default().contains(&lab.vip()),
+        !lbd.xdp_attached(&lab).unwrap_or_else(|e| panic!("{e}")),
+        "a dead lbd's XDP link goes with it"
+    );
+    assert!(
+        lbd.interface_addresses(&lab)
+            .unwrap_or_default()
+            .contains(&lab.vip()),
         "the crash left the VIP behind (the next start removes it)"
     );
 
     let mut again = Lbd::start(&mut lab, &config).unwrap_or_else(|e| panic!("{e}"));
-    again.wait_ready(&mut lab, READY).unwrap_or_else(|e| panic!("{e}"));
-    let report = lab.run_clients(2, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"));
+    again
+        .wait_ready(&mut lab, READY)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let report = lab
+        .run_clients(2, Duration::from_mins(1))
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(report.failures().is_empty(), "{}", report.summary());
     assert_eq!(report.sticky_sources().len(), 256, "{}", report.summary());
     assert!(again.stop(&mut lab).unwrap_or_else(|e| panic!("{e}")));
-    assert!(!again.interface_addresses(&lab).unwrap_or_default().contains(&lab.vip()));
+    assert!(!again
+        .interface_addresses(&lab)
+        .unwrap_or_default()
+        .contains(&lab.vip()));
 }
 
 #[test]
@@ -130,12 +206,16 @@ fn lbctl_reports_errors_in_one_line_with_exit_codes() {
     let mut lab = lab();
     let config = lab_config(&lab, &web_service(&lab, 3, 300));
     let lbd = Lbd::start(&mut lab, &config).unwrap_or_else(|e| panic!("{e}"));
-    lbd.wait_ready(&mut lab, READY).unwrap_or_else(|e| panic!("{e}"));
+    lbd.wait_ready(&mut lab, READY)
+        .unwrap_or_else(|e| panic!("{e}"));
 
     let human = lbd.lbctl(&["status"]);
     assert!(human.status.success());
     let text = String::from_utf8_lossy(&human.stdout);
-    assert!(text.contains("web") && text.contains("rs1") && text.contains("CLIENTS"), "{text}");
+    assert!(
+        text.contains("web") && text.contains("rs1") && text.contains("CLIENTS"),
+        "{text}"
+    );
 
     for (args, code, needle) in [
         (vec!["drain", "nope", "rs1"], 1, "no service named"),

@@ -70,16 +70,26 @@ struct Harness {
 impl Harness {
     fn new() -> Self {
         // SAFETY: geteuid has no preconditions.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "packet tests load BPF programs: run them as root");
-        assert!(!Program::object().is_empty(), "no XDP object: run `cargo xtask build` first");
-        let mut program = Program::load_bytes(Program::object()).unwrap_or_else(|e| panic!("loading: {e}"));
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "packet tests load BPF programs: run them as root"
+        );
+        assert!(
+            !Program::object().is_empty(),
+            "no XDP object: run `cargo xtask build` first"
+        );
+        let mut program =
+            Program::load_bytes(Program::object()).unwrap_or_else(|e| panic!("loading: {e}"));
         let maps = program.take_maps().unwrap_or_else(|e| panic!("maps: {e}"));
         let mut balancer = Balancer::new(maps, IFACE_MAC).unwrap_or_else(|e| panic!("{e}"));
         let config = Config::from_yaml(CONFIG, "fixture.yaml").unwrap_or_else(|e| panic!("{e}"));
         balancer.apply(&config).unwrap_or_else(|e| panic!("{e}"));
         for address in balancer.addresses() {
             if address != Ipv4Addr::new(198, 18, 0, 41) {
-                balancer.set_mac(address, Some(mac_of(address))).unwrap_or_else(|e| panic!("{e}"));
+                balancer
+                    .set_mac(address, Some(mac_of(address)))
+                    .unwrap_or_else(|e| panic!("{e}"));
             }
         }
         Self { program, balancer }
@@ -107,14 +117,27 @@ impl Harness {
 
     /// The server the Maglev ring gives `client` of `service`.
     fn hashed_mac(&self, service: &str, client: Ipv4Addr) -> [u8; 6] {
-        let state = self.balancer.service(service).unwrap_or_else(|e| panic!("{e}"));
-        let server = state.hashed_server(client).unwrap_or_else(|| panic!("no server for {client}"));
+        let state = self
+            .balancer
+            .service(service)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let server = state
+            .hashed_server(client)
+            .unwrap_or_else(|| panic!("no server for {client}"));
         mac_of(server.address)
     }
 
     fn plant(&mut self, service: &str, client: Ipv4Addr, server: &str, age_s: u64) {
-        let state = self.balancer.service(service).unwrap_or_else(|e| panic!("{e}")).clone();
-        let real = state.reals.iter().find(|r| r.name == server).unwrap_or_else(|| panic!("{server}"));
+        let state = self
+            .balancer
+            .service(service)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .clone();
+        let real = state
+            .reals
+            .iter()
+            .find(|r| r.name == server)
+            .unwrap_or_else(|| panic!("{server}"));
         let entry = Affinity {
             real: real.index,
             real_address: u32::from_ne_bytes(real.address.octets()),
@@ -144,11 +167,23 @@ struct Fixture {
 }
 
 fn pass(name: impl Into<String>, input: Vec<u8>, reason: Reason) -> Fixture {
-    Fixture { name: name.into(), input, verdict: XDP_PASS, output: Output::Unchanged, reason }
+    Fixture {
+        name: name.into(),
+        input,
+        verdict: XDP_PASS,
+        output: Output::Unchanged,
+        reason,
+    }
 }
 
 fn forward(name: impl Into<String>, input: Vec<u8>, to: [u8; 6]) -> Fixture {
-    Fixture { name: name.into(), input, verdict: XDP_TX, output: Output::Macs(to, IFACE_MAC), reason: Reason::Forwarded }
+    Fixture {
+        name: name.into(),
+        input,
+        verdict: XDP_TX,
+        output: Output::Macs(to, IFACE_MAC),
+        reason: Reason::Forwarded,
+    }
 }
 
 fn check(h: &mut Harness, f: &Fixture) {
@@ -157,7 +192,11 @@ fn check(h: &mut Harness, f: &Fixture) {
     let after = h.reasons();
     assert_eq!(verdict, f.verdict, "{}: verdict", f.name);
     match f.output {
-        Output::Unchanged => assert_eq!(out, f.input, "{}: output must be the input untouched", f.name),
+        Output::Unchanged => assert_eq!(
+            out, f.input,
+            "{}: output must be the input untouched",
+            f.name
+        ),
         Output::Macs(dst, src) => {
             let mut expected = f.input.clone();
             expected[0..6].copy_from_slice(&dst);
@@ -171,7 +210,12 @@ fn check(h: &mut Harness, f: &Fixture) {
         .map(|r| (r.name(), after[r.name()] - before[r.name()]))
         .filter(|(_, d)| *d > 0)
         .collect();
-    assert_eq!(verdicts, vec![(f.reason.name(), 1)], "{}: exactly its reason is counted once", f.name);
+    assert_eq!(
+        verdicts,
+        vec![(f.reason.name(), 1)],
+        "{}: exactly its reason is counted once",
+        f.name
+    );
 }
 
 fn client(i: u8) -> Ipv4Addr {
@@ -186,23 +230,112 @@ fn fixtures() {
     let hashed = h.hashed_mac("web", client(7));
 
     let mut table = vec![
-        forward("VIP SYN forwarded with the right MACs, nothing else changed", syn_frame.clone(), hashed),
-        forward("the same client again: same server", syn_frame.clone(), hashed),
-        pass("non-VIP port on the VIP", FrameSpec::tcp(IFACE_MAC, client(7), VIP, 22).build(), Reason::PassNotService),
-        pass("non-VIP address", FrameSpec::tcp(IFACE_MAC, client(7), Ipv4Addr::new(198, 18, 0, 10), 80).build(), Reason::PassNotService),
-        pass("UDP to a TCP service port", FrameSpec::udp(IFACE_MAC, client(7), VIP, 80).build(), Reason::PassNotService),
-        pass("ARP", frames::arp(OTHER_MAC, client(7), VIP), Reason::PassNotIpv4),
-        pass("ICMP to the VIP", FrameSpec { protocol: 1, ..syn.clone() }.build(), Reason::PassNotTcpUdp),
+        forward(
+            "VIP SYN forwarded with the right MACs, nothing else changed",
+            syn_frame.clone(),
+            hashed,
+        ),
+        forward(
+            "the same client again: same server",
+            syn_frame.clone(),
+            hashed,
+        ),
+        pass(
+            "non-VIP port on the VIP",
+            FrameSpec::tcp(IFACE_MAC, client(7), VIP, 22).build(),
+            Reason::PassNotService,
+        ),
+        pass(
+            "non-VIP address",
+            FrameSpec::tcp(IFACE_MAC, client(7), Ipv4Addr::new(198, 18, 0, 10), 80).build(),
+            Reason::PassNotService,
+        ),
+        pass(
+            "UDP to a TCP service port",
+            FrameSpec::udp(IFACE_MAC, client(7), VIP, 80).build(),
+            Reason::PassNotService,
+        ),
+        pass(
+            "ARP",
+            frames::arp(OTHER_MAC, client(7), VIP),
+            Reason::PassNotIpv4,
+        ),
+        pass(
+            "ICMP to the VIP",
+            FrameSpec {
+                protocol: 1,
+                ..syn.clone()
+            }
+            .build(),
+            Reason::PassNotTcpUdp,
+        ),
         pass("IPv6", frames::ipv6(IFACE_MAC), Reason::PassIpv6),
-        pass("VLAN-tagged VIP SYN", frames::vlan_tagged(&syn_frame, 10), Reason::PassVlan),
-        pass("redirect service port (answered by lbd itself)", FrameSpec::tcp(IFACE_MAC, client(7), VIP, 8080).build(), Reason::PassNotService),
-        pass("first fragment (MF)", FrameSpec { frag: 0x2000, ..syn.clone() }.build(), Reason::PassFragment),
-        pass("later fragment (offset)", FrameSpec { frag: 0x0010, protocol: 17, ..syn.clone() }.build(), Reason::PassFragment),
-        pass("VIP SYN for another host's MAC", FrameSpec::tcp(OTHER_MAC, client(7), VIP, 80).build(), Reason::PassNotForUs),
-        pass("VIP SYN to broadcast", FrameSpec::tcp([0xff; 6], client(7), VIP, 80).build(), Reason::PassNotForUs),
-        forward("IP options: forwarded unchanged", FrameSpec { ip_options: vec![1, 1, 1, 0], ..syn.clone() }.build(), hashed),
-        forward("TTL 1: forwarded unchanged (DR works at layer 2)", FrameSpec { ttl: 1, ..syn.clone() }.build(), hashed),
-        forward("a frame with Ethernet padding", { let mut f = syn_frame.clone(); f.extend_from_slice(&[0; 6]); f }, hashed),
+        pass(
+            "VLAN-tagged VIP SYN",
+            frames::vlan_tagged(&syn_frame, 10),
+            Reason::PassVlan,
+        ),
+        pass(
+            "redirect service port (answered by lbd itself)",
+            FrameSpec::tcp(IFACE_MAC, client(7), VIP, 8080).build(),
+            Reason::PassNotService,
+        ),
+        pass(
+            "first fragment (MF)",
+            FrameSpec {
+                frag: 0x2000,
+                ..syn.clone()
+            }
+            .build(),
+            Reason::PassFragment,
+        ),
+        pass(
+            "later fragment (offset)",
+            FrameSpec {
+                frag: 0x0010,
+                protocol: 17,
+                ..syn.clone()
+            }
+            .build(),
+            Reason::PassFragment,
+        ),
+        pass(
+            "VIP SYN for another host's MAC",
+            FrameSpec::tcp(OTHER_MAC, client(7), VIP, 80).build(),
+            Reason::PassNotForUs,
+        ),
+        pass(
+            "VIP SYN to broadcast",
+            FrameSpec::tcp([0xff; 6], client(7), VIP, 80).build(),
+            Reason::PassNotForUs,
+        ),
+        forward(
+            "IP options: forwarded unchanged",
+            FrameSpec {
+                ip_options: vec![1, 1, 1, 0],
+                ..syn.clone()
+            }
+            .build(),
+            hashed,
+        ),
+        forward(
+            "TTL 1: forwarded unchanged (DR works at layer 2)",
+            FrameSpec {
+                ttl: 1,
+                ..syn.clone()
+            }
+            .build(),
+            hashed,
+        ),
+        forward(
+            "a frame with Ethernet padding",
+            {
+                let mut f = syn_frame.clone();
+                f.extend_from_slice(&[0; 6]);
+                f
+            },
+            hashed,
+        ),
         Fixture {
             name: "a service whose only real server has no MAC yet".into(),
             input: FrameSpec::tcp(IFACE_MAC, client(7), VIP_NO_MAC, 80).build(),
@@ -213,15 +346,27 @@ fn fixtures() {
     ];
 
     let udp = FrameSpec::udp(IFACE_MAC, client(9), VIP, 53);
-    table.push(forward("UDP service", udp.build(), h.hashed_mac("dns", client(9))));
+    table.push(forward(
+        "UDP service",
+        udp.build(),
+        h.hashed_mac("dns", client(9)),
+    ));
 
     let mut bad_checksum = syn_frame.clone();
     bad_checksum[24] ^= 0xff;
-    table.push(forward("bad IP checksum: forwarded unchanged", bad_checksum, hashed));
+    table.push(forward(
+        "bad IP checksum: forwarded unchanged",
+        bad_checksum,
+        hashed,
+    ));
 
     let mut bad_version = syn_frame.clone();
     bad_version[14] = 0x65;
-    table.push(pass("IP version 6 in an IPv4 ethertype", bad_version, Reason::PassBadIp));
+    table.push(pass(
+        "IP version 6 in an IPv4 ethertype",
+        bad_version,
+        Reason::PassBadIp,
+    ));
     let mut short_ihl = syn_frame.clone();
     short_ihl[14] = 0x44;
     table.push(pass("IHL below 5", short_ihl, Reason::PassBadIp));
@@ -230,28 +375,52 @@ fn fixtures() {
     table.push(pass("TCP data offset below 5", bad_doff, Reason::PassBadL4));
     let mut long_doff = syn_frame.clone();
     long_doff[14 + 20 + 12] = 6 << 4;
-    table.push(pass("TCP data offset past the end", long_doff, Reason::PassTruncatedL4));
+    table.push(pass(
+        "TCP data offset past the end",
+        long_doff,
+        Reason::PassTruncatedL4,
+    ));
     let mut long_total = syn_frame.clone();
     long_total[16..18].copy_from_slice(&100_u16.to_be_bytes());
-    table.push(pass("IP total length past the end of the frame", long_total, Reason::PassTruncatedIp));
+    table.push(pass(
+        "IP total length past the end of the frame",
+        long_total,
+        Reason::PassTruncatedIp,
+    ));
 
     // Truncation at every length from the Ethernet header on.
     // Inside the IP header, or past it while the total length still claims
     // 40 bytes: either way the IP datagram is incomplete.
     for cut in 14..syn_frame.len() {
-        table.push(pass(format!("SYN truncated to {cut} bytes"), syn_frame[..cut].to_vec(), Reason::PassTruncatedIp));
+        table.push(pass(
+            format!("SYN truncated to {cut} bytes"),
+            syn_frame[..cut].to_vec(),
+            Reason::PassTruncatedIp,
+        ));
     }
     // Truncated inside L4 with a consistent IP total length.
     for l4_len in 0..20 {
         let mut f = syn_frame[..34 + l4_len].to_vec();
         let total = u16::try_from(20 + l4_len).unwrap_or(0);
         f[16..18].copy_from_slice(&total.to_be_bytes());
-        table.push(pass(format!("TCP header of {l4_len} bytes"), f, Reason::PassTruncatedL4));
+        table.push(pass(
+            format!("TCP header of {l4_len} bytes"),
+            f,
+            Reason::PassTruncatedL4,
+        ));
     }
     let mut udp_short = udp.build()[..34 + 7].to_vec();
     udp_short[16..18].copy_from_slice(&27_u16.to_be_bytes());
-    table.push(pass("UDP header of 7 bytes", udp_short, Reason::PassTruncatedL4));
-    table.push(pass("Ethernet header only", syn_frame[..14].to_vec(), Reason::PassTruncatedIp));
+    table.push(pass(
+        "UDP header of 7 bytes",
+        udp_short,
+        Reason::PassTruncatedL4,
+    ));
+    table.push(pass(
+        "Ethernet header only",
+        syn_frame[..14].to_vec(),
+        Reason::PassTruncatedIp,
+    ));
 
     for fixture in &table {
         check(&mut h, fixture);
@@ -268,43 +437,92 @@ fn persistence_hit_expiry_and_server_states() {
         .into_iter()
         .find(|name| {
             let state = h.balancer.service("web").unwrap_or_else(|e| panic!("{e}"));
-            state.reals.iter().any(|r| r.name == *name && mac_of(r.address) != hashed)
+            state
+                .reals
+                .iter()
+                .any(|r| r.name == *name && mac_of(r.address) != hashed)
         })
         .unwrap_or_else(|| panic!("three servers"));
     let other_mac = {
         let state = h.balancer.service("web").unwrap_or_else(|e| panic!("{e}"));
-        mac_of(state.reals.iter().find(|r| r.name == other).map(|r| r.address).unwrap_or(VIP))
+        mac_of(
+            state
+                .reals
+                .iter()
+                .find(|r| r.name == other)
+                .map_or(VIP, |r| r.address),
+        )
     };
     let frame = FrameSpec::tcp(IFACE_MAC, c, VIP, 80).build();
 
     h.plant("web", c, other, 10);
-    check(&mut h, &forward("persistence hit: the table wins over the hash", frame.clone(), other_mac));
+    check(
+        &mut h,
+        &forward(
+            "persistence hit: the table wins over the hash",
+            frame.clone(),
+            other_mac,
+        ),
+    );
     let after_hit = h.reasons();
     assert!(after_hit["affinity_hit"] >= 1);
 
     h.plant("web", c, other, 301);
-    check(&mut h, &forward("expired entry: back to the hash", frame.clone(), hashed));
-    check(&mut h, &forward("and the new choice is remembered", frame.clone(), hashed));
+    check(
+        &mut h,
+        &forward("expired entry: back to the hash", frame.clone(), hashed),
+    );
+    check(
+        &mut h,
+        &forward("and the new choice is remembered", frame.clone(), hashed),
+    );
 
     h.plant("web", c, other, 10);
-    h.balancer.set_admin_state("web", other, AdminState::Drain).unwrap_or_else(|e| panic!("{e}"));
-    check(&mut h, &forward("drained server keeps its client", frame.clone(), other_mac));
-    h.balancer.set_admin_state("web", other, AdminState::Halt).unwrap_or_else(|e| panic!("{e}"));
+    h.balancer
+        .set_admin_state("web", other, AdminState::Drain)
+        .unwrap_or_else(|e| panic!("{e}"));
+    check(
+        &mut h,
+        &forward("drained server keeps its client", frame.clone(), other_mac),
+    );
+    h.balancer
+        .set_admin_state("web", other, AdminState::Halt)
+        .unwrap_or_else(|e| panic!("{e}"));
     let hashed_without = h.hashed_mac("web", c);
     assert_ne!(hashed_without, other_mac);
-    check(&mut h, &forward("halted server loses its client at once", frame.clone(), hashed_without));
+    check(
+        &mut h,
+        &forward(
+            "halted server loses its client at once",
+            frame.clone(),
+            hashed_without,
+        ),
+    );
     let stale = h.reasons()["affinity_stale"];
     assert!(stale >= 1, "the stale entry is counted");
 
     // A server removed by a reload loses its clients; the others keep theirs.
-    h.balancer.set_admin_state("web", other, AdminState::Online).unwrap_or_else(|e| panic!("{e}"));
+    h.balancer
+        .set_admin_state("web", other, AdminState::Online)
+        .unwrap_or_else(|e| panic!("{e}"));
     let kept = client(44);
     let kept_mac = h.hashed_mac("web", kept);
     let kept_frame = FrameSpec::tcp(IFACE_MAC, kept, VIP, 80).build();
-    check(&mut h, &forward("a client of a server that stays", kept_frame.clone(), kept_mac));
+    check(
+        &mut h,
+        &forward(
+            "a client of a server that stays",
+            kept_frame.clone(),
+            kept_mac,
+        ),
+    );
     let removed = {
-        let state = h.balancer.service("web").unwrap_or_else(|e| panic!("{e}"));
-        state.reals.iter().find(|r| mac_of(r.address) != kept_mac).map(|r| r.name.clone()).unwrap_or_default()
+        let web = h.balancer.service("web").unwrap_or_else(|e| panic!("{e}"));
+        web.reals
+            .iter()
+            .find(|r| mac_of(r.address) != kept_mac)
+            .map(|r| r.name.clone())
+            .unwrap_or_default()
     };
     let without: String = CONFIG
         .lines()
@@ -313,7 +531,10 @@ fn persistence_hit_expiry_and_server_states() {
         .join("\n");
     let config = Config::from_yaml(&without, "fixture.yaml").unwrap_or_else(|e| panic!("{e}"));
     h.balancer.apply(&config).unwrap_or_else(|e| panic!("{e}"));
-    check(&mut h, &forward("after the reload it keeps its server", kept_frame, kept_mac));
+    check(
+        &mut h,
+        &forward("after the reload it keeps its server", kept_frame, kept_mac),
+    );
 }
 
 #[test]
@@ -323,21 +544,46 @@ fn fallback_serves_while_no_server_is_up_and_is_not_remembered() {
         "    persistence: { timeout_s: 300 }\n",
         "    persistence: { timeout_s: 300 }\n    fallback: { address: 198.18.0.50 }\n",
     );
-    let config = Config::from_yaml(&with_fallback, "fixture.yaml").unwrap_or_else(|e| panic!("{e}"));
+    let config =
+        Config::from_yaml(&with_fallback, "fixture.yaml").unwrap_or_else(|e| panic!("{e}"));
     h.balancer.apply(&config).unwrap_or_else(|e| panic!("{e}"));
     let fallback = Ipv4Addr::new(198, 18, 0, 50);
-    h.balancer.set_mac(fallback, Some(mac_of(fallback))).unwrap_or_else(|e| panic!("{e}"));
+    h.balancer
+        .set_mac(fallback, Some(mac_of(fallback)))
+        .unwrap_or_else(|e| panic!("{e}"));
     for name in ["rs1", "rs2", "rs3"] {
-        h.balancer.set_admin_state("web", name, AdminState::Halt).unwrap_or_else(|e| panic!("{e}"));
+        h.balancer
+            .set_admin_state("web", name, AdminState::Halt)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
     let frame = FrameSpec::tcp(IFACE_MAC, client(60), VIP, 80).build();
-    check(&mut h, &forward("no server up: the fallback", frame.clone(), mac_of(fallback)));
-    h.balancer.set_admin_state("web", "rs2", AdminState::Online).unwrap_or_else(|e| panic!("{e}"));
-    check(&mut h, &forward("a server is back: it gets the client", frame, mac_of(Ipv4Addr::new(198, 18, 0, 22))));
+    check(
+        &mut h,
+        &forward(
+            "no server up: the fallback",
+            frame.clone(),
+            mac_of(fallback),
+        ),
+    );
+    h.balancer
+        .set_admin_state("web", "rs2", AdminState::Online)
+        .unwrap_or_else(|e| panic!("{e}"));
+    check(
+        &mut h,
+        &forward(
+            "a server is back: it gets the client",
+            frame,
+            mac_of(Ipv4Addr::new(198, 18, 0, 22)),
+        ),
+    );
 
     let dns = FrameSpec::udp(IFACE_MAC, client(61), VIP, 53).build();
-    h.balancer.set_admin_state("dns", "dns1", AdminState::Halt).unwrap_or_else(|e| panic!("{e}"));
-    h.balancer.set_admin_state("dns", "dns2", AdminState::Halt).unwrap_or_else(|e| panic!("{e}"));
+    h.balancer
+        .set_admin_state("dns", "dns1", AdminState::Halt)
+        .unwrap_or_else(|e| panic!("{e}"));
+    h.balancer
+        .set_admin_state("dns", "dns2", AdminState::Halt)
+        .unwrap_or_else(|e| panic!("{e}"));
     check(
         &mut h,
         &Fixture {
@@ -352,7 +598,11 @@ fn fallback_serves_while_no_server_is_up_and_is_not_remembered() {
 
 /// A random frame: mostly mutations of valid service frames, some noise.
 fn random_frame(rng: &mut StdRng) -> Vec<u8> {
-    let dst_mac = if rng.random_bool(0.9) { IFACE_MAC } else { OTHER_MAC };
+    let dst_mac = if rng.random_bool(0.9) {
+        IFACE_MAC
+    } else {
+        OTHER_MAC
+    };
     let src = Ipv4Addr::new(198, 18, rng.random_range(0..4), rng.random());
     let (dst, port, udp) = match rng.random_range(0..6) {
         0 => (VIP, 80, false),
@@ -362,7 +612,11 @@ fn random_frame(rng: &mut StdRng) -> Vec<u8> {
         4 => (Ipv4Addr::new(198, 18, 0, rng.random()), 80, false),
         _ => (VIP, 80, rng.random_bool(0.5)),
     };
-    let mut spec = if udp { FrameSpec::udp(dst_mac, src, dst, port) } else { FrameSpec::tcp(dst_mac, src, dst, port) };
+    let mut spec = if udp {
+        FrameSpec::udp(dst_mac, src, dst, port)
+    } else {
+        FrameSpec::tcp(dst_mac, src, dst, port)
+    };
     if rng.random_bool(0.1) {
         spec.ip_options = vec![1; 4 * rng.random_range(1..=10)];
     }
@@ -391,7 +645,10 @@ fn random_frame(rng: &mut StdRng) -> Vec<u8> {
 #[test]
 fn property_every_forwarded_frame_is_a_service_frame_with_only_its_macs_changed() {
     const FRAMES: usize = 100_000;
-    let seed = std::env::var("LB_PROPERTY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_1b0b);
+    let seed = std::env::var("LB_PROPERTY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_1b0b);
     let mut rng = StdRng::seed_from_u64(seed);
     let mut h = Harness::new();
     let services: Vec<(Ipv4Addr, u16, u8)> = vec![(VIP, 80, 6), (VIP, 53, 17), (VIP_NO_MAC, 80, 6)];
@@ -407,24 +664,53 @@ fn property_every_forwarded_frame_is_a_service_frame_with_only_its_macs_changed(
         match verdict {
             XDP_TX => {
                 forwarded += 1;
-                let s = service.unwrap_or_else(|| panic!("forwarded a frame that is not a service frame: {}", context()));
-                assert_ne!(s.dst, VIP_NO_MAC, "forwarded to an unresolved server: {}", context());
+                let s = service.unwrap_or_else(|| {
+                    panic!(
+                        "forwarded a frame that is not a service frame: {}",
+                        context()
+                    )
+                });
+                assert_ne!(
+                    s.dst,
+                    VIP_NO_MAC,
+                    "forwarded to an unresolved server: {}",
+                    context()
+                );
                 assert_eq!(out.len(), frame.len(), "{}", context());
-                assert_eq!(out[12..], frame[12..], "only the MACs may change: {}", context());
+                assert_eq!(
+                    out[12..],
+                    frame[12..],
+                    "only the MACs may change: {}",
+                    context()
+                );
                 assert_eq!(out[6..12], IFACE_MAC, "{}", context());
-                assert!(real_macs.iter().any(|m| out[0..6] == *m), "to a real server's MAC: {}", context());
+                assert!(
+                    real_macs.iter().any(|m| out[0..6] == *m),
+                    "to a real server's MAC: {}",
+                    context()
+                );
             }
             XDP_PASS => {
                 passed += 1;
                 assert_eq!(out, frame, "a passed frame is untouched: {}", context());
                 if let Some(s) = service {
-                    panic!("a well-formed service frame was passed ({s:?}): {}", context());
+                    panic!(
+                        "a well-formed service frame was passed ({s:?}): {}",
+                        context()
+                    );
                 }
             }
             XDP_DROP => {
                 dropped += 1;
-                let s = service.unwrap_or_else(|| panic!("dropped a frame that is not a service frame: {}", context()));
-                assert_eq!(s.dst, VIP_NO_MAC, "only the unresolved service drops here: {}", context());
+                let s = service.unwrap_or_else(|| {
+                    panic!("dropped a frame that is not a service frame: {}", context())
+                });
+                assert_eq!(
+                    s.dst,
+                    VIP_NO_MAC,
+                    "only the unresolved service drops here: {}",
+                    context()
+                );
             }
             other => panic!("unexpected verdict {other}: {}", context()),
         }
@@ -432,11 +718,22 @@ fn property_every_forwarded_frame_is_a_service_frame_with_only_its_macs_changed(
     let after = h.reasons();
     let delta = |name: &str| after[name] - before[name];
     assert_eq!(delta("forwarded"), forwarded);
-    let pass_total: u64 = Reason::ALL.iter().filter(|r| r.name().starts_with("pass_")).map(|r| delta(r.name())).sum();
-    let drop_total: u64 = Reason::ALL.iter().filter(|r| r.name().starts_with("drop_")).map(|r| delta(r.name())).sum();
+    let pass_total: u64 = Reason::ALL
+        .iter()
+        .filter(|r| r.name().starts_with("pass_"))
+        .map(|r| delta(r.name()))
+        .sum();
+    let drop_total: u64 = Reason::ALL
+        .iter()
+        .filter(|r| r.name().starts_with("drop_"))
+        .map(|r| delta(r.name()))
+        .sum();
     assert_eq!(pass_total, passed, "every pass has a counted reason");
     assert_eq!(drop_total, dropped, "every drop has a counted reason");
-    assert!(forwarded > 10_000 && passed > 10_000 && dropped > 1_000, "the generator covers all verdicts: {forwarded} {passed} {dropped}");
+    assert!(
+        forwarded > 10_000 && passed > 10_000 && dropped > 1_000,
+        "the generator covers all verdicts: {forwarded} {passed} {dropped}"
+    );
 }
 
 /// The kernel's accounting of an affinity map's memory (`memlock` in the
@@ -450,7 +747,8 @@ fn affinity_map_memlock() -> Option<u64> {
                 .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
         };
         if field("map_type:").as_deref() == Some("9")
-            && field("max_entries:").as_deref() == Some(&lb_common::MAX_AFFINITY_ENTRIES.to_string())
+            && field("max_entries:").as_deref()
+                == Some(&lb_common::MAX_AFFINITY_ENTRIES.to_string())
         {
             return field("memlock:").and_then(|v| v.parse().ok());
         }
@@ -462,8 +760,16 @@ fn affinity_map_memlock() -> Option<u64> {
 fn the_affinity_table_holds_a_million_clients() {
     const CLIENTS: u32 = 1_000_000;
     let mut h = Harness::new();
-    let state = h.balancer.service("web").unwrap_or_else(|e| panic!("{e}")).clone();
-    let rs2 = state.reals.iter().find(|r| r.name == "rs2").unwrap_or_else(|| panic!("rs2"));
+    let state = h
+        .balancer
+        .service("web")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .clone();
+    let rs2 = state
+        .reals
+        .iter()
+        .find(|r| r.name == "rs2")
+        .unwrap_or_else(|| panic!("rs2"));
     let now = monotonic_ns();
     let base = u32::from(Ipv4Addr::new(10, 0, 0, 0));
     for i in 0..CLIENTS {
@@ -483,9 +789,20 @@ fn the_affinity_table_holds_a_million_clients() {
     let frame = FrameSpec::tcp(IFACE_MAC, first, VIP, 80).build();
     let (verdict, out) = h.run(&frame);
     assert_eq!(verdict, XDP_TX);
-    assert_eq!(out[0..6], mac_of(rs2.address), "the oldest of a million entries still counts");
-    let active = h.balancer.active_clients(monotonic_ns()).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(active.get(&rs2.index).copied(), Some(u64::from(CLIENTS)), "no entry was evicted");
+    assert_eq!(
+        out[0..6],
+        mac_of(rs2.address),
+        "the oldest of a million entries still counts"
+    );
+    let active = h
+        .balancer
+        .active_clients(monotonic_ns())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        active.get(&rs2.index).copied(),
+        Some(u64::from(CLIENTS)),
+        "no entry was evicted"
+    );
     if let Some(bytes) = affinity_map_memlock() {
         eprintln!(
             "affinity table: {} entries, {} MiB locked ({} bytes per entry)",

@@ -1,7 +1,7 @@
 //! `lbctl`: the control tool for `lbd`. Exit 0 on success, 1 on an error
 //! (one line on stderr), 2 on a usage error.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{fmt::Write as _, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use lb_userspace::control::{call, Reply, Request};
@@ -12,7 +12,12 @@ use serde_json::Value;
 #[command(version)]
 struct Args {
     /// lbd's control socket.
-    #[arg(long, global = true, value_name = "PATH", default_value = "/run/lbd/lbd.sock")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        default_value = "/run/lbd/lbd.sock"
+    )]
     socket: PathBuf,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
@@ -32,11 +37,18 @@ enum Command {
     /// Return a server to service.
     Online { service: String, server: String },
     /// Change a server's weight (0..=65535).
-    Weight { service: String, server: String, weight: u16 },
+    Weight {
+        service: String,
+        server: String,
+        weight: u16,
+    },
     /// Validate and apply a configuration file.
     Apply { file: PathBuf },
     /// Which real server a client goes to, and why.
-    Affinity { service: String, client: std::net::Ipv4Addr },
+    Affinity {
+        service: String,
+        client: std::net::Ipv4Addr,
+    },
     /// Before applying: the share of clients each service would move.
     Plan { file: PathBuf },
     /// Role, VRRP state, peer, sync state.
@@ -60,7 +72,11 @@ fn request(command: &Command) -> Result<Request, String> {
         Command::Drain { service, server } => set(service, server, "drain"),
         Command::Halt { service, server } => set(service, server, "halt"),
         Command::Online { service, server } => set(service, server, "online"),
-        Command::Weight { service, server, weight } => Request::Weight {
+        Command::Weight {
+            service,
+            server,
+            weight,
+        } => Request::Weight {
             service: service.clone(),
             server: server.clone(),
             weight: *weight,
@@ -107,7 +123,10 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&result).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&result).unwrap_or_default()
+        );
     } else {
         print!("{}", human(&args.command, &result));
     }
@@ -136,7 +155,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
             if i + 1 == widths.len() {
                 out.push_str(cell);
             } else {
-                out.push_str(&format!("{cell:<w$}  "));
+                let _ = write!(out, "{cell:<w$}  ");
             }
         }
         out.trim_end().to_owned() + "\n"
@@ -152,12 +171,19 @@ fn human(command: &Command, result: &Value) -> String {
     match command {
         Command::Status => status(result),
         Command::Affinity { .. } => {
-            let age = result["age_s"].as_f64().map(|a| format!(", entry age {a:.1} s")).unwrap_or_default();
+            let age = result["age_s"]
+                .as_f64()
+                .map(|a| format!(", entry age {a:.1} s"))
+                .unwrap_or_default();
             format!(
                 "{} -> {} (from the {}{age})\n",
                 text(&result["client"]),
                 text(&result["server"]),
-                if result["source"] == "table" { "affinity table" } else { "Maglev hash" },
+                if result["source"] == "table" {
+                    "affinity table"
+                } else {
+                    "Maglev hash"
+                },
             )
         }
         Command::Plan { .. } => {
@@ -183,11 +209,25 @@ fn human(command: &Command, result: &Value) -> String {
         ),
         Command::Apply { .. } => {
             let note = result["note"].as_str().filter(|n| !n.is_empty());
-            format!("applied{}\n", note.map(|n| format!(" ({n})")).unwrap_or_default())
+            format!(
+                "applied{}\n",
+                note.map(|n| format!(" ({n})")).unwrap_or_default()
+            )
         }
-        Command::Drain { .. } | Command::Halt { .. } | Command::Online { .. } | Command::Weight { .. } => {
-            let what = result.get("admin_state").or_else(|| result.get("weight")).map(text).unwrap_or_default();
-            format!("{}/{}: {what}\n", text(&result["service"]), text(&result["server"]))
+        Command::Drain { .. }
+        | Command::Halt { .. }
+        | Command::Online { .. }
+        | Command::Weight { .. } => {
+            let what = result
+                .get("admin_state")
+                .or_else(|| result.get("weight"))
+                .map(text)
+                .unwrap_or_default();
+            format!(
+                "{}/{}: {what}\n",
+                text(&result["service"]),
+                text(&result["server"])
+            )
         }
     }
 }
@@ -202,8 +242,9 @@ fn status(result: &Value) -> String {
     );
     let empty = Vec::new();
     for service in result["services"].as_array().unwrap_or(&empty) {
-        out.push_str(&format!(
-            "{}  {}:{}/{}  packets {}  bytes {}{}\n",
+        let _ = writeln!(
+            out,
+            "{}  {}:{}/{}  packets {}  bytes {}{}",
             text(&service["name"]),
             text(&service["vip"]),
             text(&service["port"]),
@@ -211,24 +252,42 @@ fn status(result: &Value) -> String {
             text(&service["packets"]),
             text(&service["bytes"]),
             if service["type"] == "redirect" {
-                format!("  redirect {} to {}", text(&service["redirect"]["code"]), text(&service["redirect"]["scheme"]))
+                format!(
+                    "  redirect {} to {}",
+                    text(&service["redirect"]["code"]),
+                    text(&service["redirect"]["scheme"])
+                )
             } else {
                 String::new()
             }
-        ));
+        );
         let rows: Vec<Vec<String>> = service["real_servers"]
             .as_array()
             .unwrap_or(&empty)
             .iter()
             .map(|r| {
-                ["name", "address", "health", "admin_state", "weight", "active_clients", "packets", "bytes"]
-                    .iter()
-                    .map(|k| text(&r[*k]))
-                    .collect()
+                [
+                    "name",
+                    "address",
+                    "health",
+                    "admin_state",
+                    "weight",
+                    "active_clients",
+                    "packets",
+                    "bytes",
+                ]
+                .iter()
+                .map(|k| text(&r[*k]))
+                .collect()
             })
             .collect();
         if !rows.is_empty() {
-            let t = table(&["SERVER", "ADDRESS", "HEALTH", "STATE", "WEIGHT", "CLIENTS", "PACKETS", "BYTES"], &rows);
+            let t = table(
+                &[
+                    "SERVER", "ADDRESS", "HEALTH", "STATE", "WEIGHT", "CLIENTS", "PACKETS", "BYTES",
+                ],
+                &rows,
+            );
             for line in t.lines() {
                 out.push_str("  ");
                 out.push_str(line);

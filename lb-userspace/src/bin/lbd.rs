@@ -35,16 +35,26 @@ fn main() -> ExitCode {
     };
     if let Some(sync) = config.cluster.as_ref().and_then(|c| c.sync.as_ref()) {
         if let Err(message) = check_key_file(&sync.key_file) {
-            eprintln!("{}: cluster.sync.key_file: {message}", args.config.display());
+            eprintln!(
+                "{}: cluster.sync.key_file: {message}",
+                args.config.display()
+            );
             return ExitCode::FAILURE;
         }
     }
     if args.check {
-        println!("{}: valid ({} services)", args.config.display(), config.services.len());
+        println!(
+            "{}: valid ({} services)",
+            args.config.display(),
+            config.services.len()
+        );
         return ExitCode::SUCCESS;
     }
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             log::error!("cannot start the async runtime: {error}");

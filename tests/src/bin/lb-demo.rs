@@ -59,7 +59,12 @@ fn show_round(report: &ClientReport, sources: &[Ipv4Addr]) -> String {
     sources
         .iter()
         .map(|s| {
-            let server = report.servers_of(*s).first().cloned().flatten().unwrap_or_else(|| "--".into());
+            let server = report
+                .servers_of(*s)
+                .first()
+                .cloned()
+                .flatten()
+                .unwrap_or_else(|| "--".into());
             format!("{:>3}->{server}", s.octets()[3])
         })
         .collect::<Vec<_>>()
@@ -80,14 +85,21 @@ fn demo(duration: Duration) -> Result<(), String> {
         lab.http_port(),
         lab.lb_address(),
         lab.lb_ns(),
-        (0..3).map(|i| format!("{}={}", lab.real_name(i), lab.real_address(i))).collect::<Vec<_>>().join(" ")
+        (0..3)
+            .map(|i| format!("{}={}", lab.real_name(i), lab.real_address(i)))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
 
     step("starting lbd (XDP direct routing, source-IP persistence 300 s)");
     let config = lab_config(&lab, &web_service(&lab, 3, 300));
     let lbd = Lbd::start(&mut lab, &config).map_err(|e| e.to_string())?;
-    lbd.wait_ready(&mut lab, Duration::from_secs(20)).map_err(|e| e.to_string())?;
-    print!("{}", String::from_utf8_lossy(&lbd.lbctl(&["status"]).stdout));
+    lbd.wait_ready(&mut lab, Duration::from_secs(20))
+        .map_err(|e| e.to_string())?;
+    print!(
+        "{}",
+        String::from_utf8_lossy(&lbd.lbctl(&["status"]).stdout)
+    );
 
     let shown: Vec<Ipv4Addr> = lab.client_sources()[..SHOWN].to_vec();
     step(&format!("every client asks the VIP for a page, round after round (shown: {SHOWN} of 256; client -> server)"));
@@ -104,9 +116,14 @@ fn demo(duration: Duration) -> Result<(), String> {
             print!("{}", String::from_utf8_lossy(&out.stdout));
             let new_client: Ipv4Addr = "198.18.2.200".parse().map_err(|_| "address")?;
             let out = lbd.lbctl(&["affinity", "web", &new_client.to_string()]);
-            print!("a client never seen before: {}", String::from_utf8_lossy(&out.stdout));
+            print!(
+                "a client never seen before: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
         }
-        let report = lab.run_clients(1, Duration::from_secs(20)).map_err(|e| e.to_string())?;
+        let report = lab
+            .run_clients(1, Duration::from_secs(20))
+            .map_err(|e| e.to_string())?;
         rounds += 1;
         for source in report.sources() {
             if let Some(Some(server)) = report.servers_of(source).first() {
@@ -124,7 +141,10 @@ fn demo(duration: Duration) -> Result<(), String> {
     }
 
     step("lbctl status after the rounds");
-    print!("{}", String::from_utf8_lossy(&lbd.lbctl(&["status"]).stdout));
+    print!(
+        "{}",
+        String::from_utf8_lossy(&lbd.lbctl(&["status"]).stdout)
+    );
     let mut per_server: BTreeMap<&str, usize> = BTreeMap::new();
     for server in first.values() {
         *per_server.entry(server.as_str()).or_default() += 1;
