@@ -214,6 +214,56 @@ pub fn ring_for(reals: &[RealState]) -> Vec<u32> {
     maglev::build(&backends, MAGLEV_RING_SIZE, NO_REAL)
 }
 
+/// Service timeouts and real-server slots, to judge affinity entries.
+#[derive(Clone, Debug, Default)]
+pub struct CensusKey {
+    timeouts: BTreeMap<u32, u64>,
+    slots: BTreeMap<u32, (u32, bool)>,
+}
+
+/// Live affinity entries, counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Live entries per real-server index.
+    pub per_real: BTreeMap<u32, u64>,
+    /// Live entries in all.
+    pub live: u64,
+    /// Entries in the table, live or not.
+    pub entries: u64,
+}
+
+impl Census {
+    fn add(&mut self, key: &CensusKey, k: &AffinityKey, v: &Affinity, now_ns: u64) {
+        self.entries += 1;
+        let Some(timeout) = key.timeouts.get(&k.service_id) else {
+            return;
+        };
+        let live = now_ns.saturating_sub(v.last_seen_ns) <= *timeout;
+        let valid = key
+            .slots
+            .get(&v.real)
+            .is_some_and(|(address, keeps)| *address == v.real_address && *keeps);
+        if live && valid {
+            *self.per_real.entry(v.real).or_insert(0) += 1;
+            self.live += 1;
+        }
+    }
+}
+
+/// Counts the live entries of an affinity table.
+///
+/// # Errors
+/// A failed map read.
+pub fn census(
+    scan: &dyn crate::dataplane::AffinityScan,
+    key: &CensusKey,
+    now_ns: u64,
+) -> Result<Census> {
+    let mut out = Census::default();
+    scan.scan(&mut |k, v| out.add(key, k, v, now_ns))?;
+    Ok(out)
+}
+
 /// What a client's traffic is sent to, and why.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AffinityAnswer {
@@ -579,38 +629,33 @@ impl<M: Maps> Balancer<M> {
         Ok(true)
     }
 
-    /// Live affinity entries ("active clients") per real-server index.
-    ///
-    /// # Errors
-    /// A failed map read.
-    pub fn active_clients(&self, now_ns: u64) -> Result<BTreeMap<u32, u64>> {
-        let mut timeouts: BTreeMap<u32, u64> = BTreeMap::new();
+    /// What [`census`] needs to judge affinity entries: each service's
+    /// timeout and each real-server slot's address and whether it keeps clients.
+    #[must_use]
+    pub fn census_key(&self) -> CensusKey {
+        let mut key = CensusKey::default();
         for s in self.services.values() {
-            timeouts.insert(s.id, s.timeout_ns());
-        }
-        let mut slots: BTreeMap<u32, (u32, bool)> = BTreeMap::new();
-        for s in self.services.values() {
+            key.timeouts.insert(s.id, s.timeout_ns());
             for r in &s.reals {
-                slots.insert(
+                key.slots.insert(
                     r.index,
                     (u32::from_ne_bytes(r.address.octets()), r.keeps_clients()),
                 );
             }
         }
-        let mut counts = BTreeMap::new();
-        self.maps.for_each_affinity(&mut |key, value| {
-            let Some(timeout) = timeouts.get(&key.service_id) else {
-                return;
-            };
-            let live = now_ns.saturating_sub(value.last_seen_ns) <= *timeout;
-            let valid = slots
-                .get(&value.real)
-                .is_some_and(|(address, keeps)| *address == value.real_address && *keeps);
-            if live && valid {
-                *counts.entry(value.real).or_insert(0) += 1;
-            }
-        })?;
-        Ok(counts)
+        key
+    }
+
+    /// Live affinity entries ("active clients") per real-server index.
+    ///
+    /// # Errors
+    /// A failed map read.
+    pub fn active_clients(&self, now_ns: u64) -> Result<BTreeMap<u32, u64>> {
+        let mut census_out = Census::default();
+        let key = self.census_key();
+        self.maps
+            .for_each_affinity(&mut |k, v| census_out.add(&key, k, v, now_ns))?;
+        Ok(census_out.per_real)
     }
 
     /// Where a client of `service` is sent, and why.

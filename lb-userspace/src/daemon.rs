@@ -1,5 +1,6 @@
 //! `lbd`'s main loop: owns the state, applies configurations, answers the
-//! control socket, follows real-server MAC addresses, handles signals.
+//! control socket and metrics scrapes, applies health-check results, follows
+//! real-server MAC addresses, handles signals.
 //!
 //! Start-up order matters: maps are filled before the program is attached,
 //! and VIPs are added only once the program forwards, so the first packet
@@ -10,6 +11,10 @@ use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
     str::FromStr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -23,10 +28,13 @@ use tokio::{
 };
 
 use crate::{
-    balancer::{self, Balancer, Health},
-    config::{AdminState, Config, ServiceKind, XdpMode},
+    admin::AdminStore,
+    balancer::{self, Balancer, Census, CensusKey, Health},
+    config::{AdminState, CheckKind, Config, ServiceKind, XdpMode},
     control::{self, Pending, Reply, Request},
-    dataplane::{AttachMode, EbpfMaps, Program},
+    dataplane::{AffinityScan, AttachMode, EbpfMaps, Maps, Program},
+    health::{CheckTarget, HealthEvent, HealthMonitor, ServerHealth},
+    metrics::{self, Metrics, RealSample, Scrape, ServiceSample, Snapshot},
     monotonic_ns, neighbour,
     vip::Vips,
 };
@@ -37,13 +45,28 @@ const RESOLVE_WAIT: Duration = Duration::from_secs(3);
 const NEIGHBOUR_POLL: Duration = Duration::from_secs(1);
 /// How often an unresolved address is asked for again.
 const PROMPT_EVERY: Duration = Duration::from_secs(2);
+/// How often active clients are counted (a pass over the affinity table).
+const CENSUS_EVERY: Duration = Duration::from_secs(1);
+
+/// Active-client counting, shared with its background thread.
+#[derive(Default)]
+struct CensusShared {
+    key: CensusKey,
+    latest: Census,
+}
 
 struct Daemon {
     config_path: PathBuf,
+    /// The configuration as the file (or `lbctl apply`) gave it, with the
+    /// running `node` and `cluster` sections.
     config: Config,
     program: Program,
     attach_mode: &'static str,
     balancer: Balancer<EbpfMaps>,
+    admin: AdminStore,
+    health: HealthMonitor,
+    metrics: Metrics,
+    census: Arc<Mutex<CensusShared>>,
     handle: Handle,
     ifindex: u32,
     vips: Vips,
@@ -63,6 +86,48 @@ fn wanted_vips(config: &Config) -> BTreeSet<Ipv4Addr> {
     config.services.iter().map(|s| s.vip).collect()
 }
 
+/// Every (service, real server) with its health check.
+fn check_targets(config: &Config) -> Vec<CheckTarget> {
+    let mut targets = Vec::new();
+    for service in &config.services {
+        let ServiceKind::Forward(forward) = &service.kind else {
+            continue;
+        };
+        for rs in &forward.real_servers {
+            targets.push(CheckTarget {
+                service: service.name.clone(),
+                server: rs.name.clone(),
+                address: rs.address,
+                check: forward.health_check.clone(),
+            });
+        }
+    }
+    targets
+}
+
+/// Counts active clients every [`CENSUS_EVERY`] until `stop` is set.
+fn census_thread(
+    scanner: Box<dyn AffinityScan>,
+    shared: Arc<Mutex<CensusShared>>,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let key = match shared.lock() {
+            Ok(s) => s.key.clone(),
+            Err(_) => return,
+        };
+        match balancer::census(scanner.as_ref(), &key, monotonic_ns()) {
+            Ok(latest) => {
+                if let Ok(mut s) = shared.lock() {
+                    s.latest = latest;
+                }
+            }
+            Err(error) => log::warn!("counting active clients: {error}"),
+        }
+        std::thread::sleep(CENSUS_EVERY);
+    }
+}
+
 /// Runs `lbd` until SIGINT or SIGTERM.
 ///
 /// # Errors
@@ -76,24 +141,47 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     if !leftovers.is_empty() {
         log::warn!("removed VIPs a previous lbd left behind: {leftovers:?}");
     }
+    let admin = AdminStore::load(&node.state_dir)?;
 
     let mut program = Program::load()?;
     let maps = program.take_maps()?;
+    let scanner = maps.affinity_scanner()?;
     let balancer = Balancer::new(maps, iface.mac)?;
     let listener = control::bind(&node.control_socket)?;
+    let metrics_listener = metrics::bind(node.metrics_listen).await?;
+    let (health_tx, health_rx) = mpsc::channel(1024);
+
+    let census = Arc::new(Mutex::new(CensusShared::default()));
+    let stop_census = Arc::new(AtomicBool::new(false));
+    let census_worker = {
+        let (shared, stop) = (census.clone(), stop_census.clone());
+        std::thread::Builder::new()
+            .name("census".into())
+            .spawn(move || census_thread(scanner, shared, stop))
+            .context("starting the active-client counter")?
+    };
+
     let mut daemon = Daemon {
         config_path,
         config: config.clone(),
         program,
         attach_mode: "detached",
         balancer,
+        admin,
+        health: HealthMonitor::new(health_tx),
+        metrics: Metrics::new()?,
+        census,
         handle,
         ifindex: iface.index,
         vips,
         prompted: BTreeMap::new(),
     };
-    let result = daemon.serve(listener, &config).await;
+    let result = daemon
+        .serve(listener, metrics_listener, health_rx, config)
+        .await;
     daemon.shutdown().await;
+    stop_census.store(true, Ordering::Relaxed);
+    let _ = census_worker.join();
     if let Err(error) = std::fs::remove_file(&node.control_socket) {
         log::warn!("removing {}: {error}", node.control_socket.display());
     }
@@ -104,14 +192,16 @@ impl Daemon {
     async fn serve(
         &mut self,
         listener: tokio::net::UnixListener,
-        config: &Config,
+        metrics_listener: tokio::net::TcpListener,
+        mut health_events: mpsc::Receiver<HealthEvent>,
+        config: Config,
     ) -> anyhow::Result<()> {
-        self.balancer.apply(config)?;
+        self.apply_services(&config)?;
         self.resolve_at_start().await;
         self.attach_mode = self
             .program
             .attach(&config.node.interface, attach_mode(config.node.xdp_mode))?;
-        let added = self.vips.set(&wanted_vips(config)).await?;
+        let added = self.vips.set(&wanted_vips(&config)).await?;
         log::info!(
             "serving {} services on {} (XDP {} mode); VIPs added: {added:?}",
             config.services.len(),
@@ -121,6 +211,8 @@ impl Daemon {
 
         let (tx, mut requests) = mpsc::channel::<Pending>(64);
         let server = tokio::spawn(control::serve(listener, tx));
+        let (scrape_tx, mut scrapes) = mpsc::channel::<Scrape>(16);
+        let metrics_server = tokio::spawn(metrics::serve(metrics_listener, scrape_tx));
         let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let mut interrupt =
             signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -136,19 +228,90 @@ impl Daemon {
                     let answer = self.handle_request(request).await;
                     let _ = reply.send(answer);
                 }
+                Some(event) = health_events.recv() => self.on_health(&event),
+                Some(scrape) = scrapes.recv() => {
+                    let text = self.metrics.render(&self.snapshot()).unwrap_or_else(|e| format!("# {e}\n"));
+                    let _ = scrape.send(text);
+                }
                 _ = neighbour_tick.tick() => self.follow_neighbours().await,
             }
         }
         server.abort();
+        metrics_server.abort();
         Ok(())
     }
 
     async fn shutdown(&mut self) {
+        self.health.shutdown();
         self.program.detach();
         if let Err(error) = self.vips.remove_all().await {
             log::error!("removing VIPs at shutdown: {error}");
         }
         log::info!("stopped: XDP program detached, VIPs removed");
+    }
+
+    /// Applies a file configuration's services (with the recorded lbctl
+    /// changes) to the data path and the health checks.
+    fn apply_services(&mut self, config: &Config) -> anyhow::Result<()> {
+        let effective = self.admin.effective(config);
+        self.balancer.apply(&effective)?;
+        self.health.update(check_targets(&effective));
+        for service in &effective.services {
+            if let ServiceKind::Forward(f) = &service.kind {
+                if f.health_check.kind == CheckKind::None {
+                    for rs in &f.real_servers {
+                        let _ = self
+                            .balancer
+                            .set_health(&service.name, &rs.name, Health::Up);
+                    }
+                }
+            }
+        }
+        self.publish_census_key();
+        Ok(())
+    }
+
+    fn publish_census_key(&self) {
+        if let Ok(mut shared) = self.census.lock() {
+            shared.key = self.balancer.census_key();
+        }
+    }
+
+    fn census(&self) -> Census {
+        self.census
+            .lock()
+            .map(|s| s.latest.clone())
+            .unwrap_or_default()
+    }
+
+    fn on_health(&mut self, event: &HealthEvent) {
+        self.metrics
+            .observe_check(&event.service, &event.server, event.result.latency);
+        if event.changed {
+            let word = if event.health == Health::Up {
+                "up"
+            } else {
+                "down"
+            };
+            log::warn!(
+                "{}/{}: health {word} ({})",
+                event.service,
+                event.server,
+                event.result.detail
+            );
+        }
+        match self
+            .balancer
+            .set_health(&event.service, &event.server, event.health)
+        {
+            Ok(()) => self.publish_census_key(),
+            // A result for a server a reload just removed.
+            Err(
+                balancer::BalancerError::UnknownServer { .. }
+                | balancer::BalancerError::UnknownService(_),
+            ) => {}
+            Err(error) => log::error!("{error}"),
+        }
     }
 
     /// SIGHUP: reads the file again and applies it, or changes nothing.
@@ -175,12 +338,12 @@ impl Daemon {
             note = "; node and cluster changes take effect when lbd restarts".into();
             log::warn!("the configuration changes node or cluster settings: they take effect when lbd restarts");
         }
-        let mut effective = next;
-        effective.node = self.config.node.clone();
-        effective.cluster = self.config.cluster.clone();
-        self.balancer.apply(&effective)?;
-        self.vips.set(&wanted_vips(&effective)).await?;
-        self.config = effective;
+        let mut next = next;
+        next.node = self.config.node.clone();
+        next.cluster = self.config.cluster.clone();
+        self.apply_services(&next)?;
+        self.vips.set(&wanted_vips(&next)).await?;
+        self.config = next;
         self.follow_neighbours().await;
         Ok(note)
     }
@@ -246,33 +409,12 @@ impl Daemon {
                 service,
                 server,
                 state,
-            } => {
-                let Ok(admin) = AdminState::from_str(&state) else {
-                    return Reply::error(format!(
-                        "unknown state {state:?}: use online, drain or halt"
-                    ));
-                };
-                match self.balancer.set_admin_state(&service, &server, admin) {
-                    Ok(()) => {
-                        log::info!("{service}/{server}: admin state {admin}");
-                        Reply::ok(
-                            json!({"service": service, "server": server, "admin_state": admin.to_string()}),
-                        )
-                    }
-                    Err(e) => Reply::error(e.to_string()),
-                }
-            }
+            } => self.set_state(&service, &server, &state),
             Request::Weight {
                 service,
                 server,
                 weight,
-            } => match self.balancer.set_weight(&service, &server, weight) {
-                Ok(()) => {
-                    log::info!("{service}/{server}: weight {weight}");
-                    Reply::ok(json!({"service": service, "server": server, "weight": weight}))
-                }
-                Err(e) => Reply::error(e.to_string()),
-            },
+            } => self.set_weight(&service, &server, weight),
             Request::Apply { file, text } => self.apply_request(&file, &text).await,
             Request::Affinity { service, client } => {
                 let Ok(address) = Ipv4Addr::from_str(client.trim()) else {
@@ -289,6 +431,7 @@ impl Daemon {
             Request::Plan { file, text } => match Config::from_yaml(&text, &file) {
                 Err(errors) => Reply::error(errors.to_string()),
                 Ok(next) => {
+                    let next = self.admin.effective(&next);
                     let services: Vec<Value> = balancer::plan(&self.balancer, &next)
                         .into_iter()
                         .map(|(name, share)| json!({"name": name, "moved_share": share}))
@@ -301,6 +444,71 @@ impl Daemon {
                 "last_advert_age_ms": null,
                 "sync": {"connected": false, "sent": 0, "received": 0, "lag_ms": null},
             })),
+        }
+    }
+
+    /// The file's weight for a server, if it exists.
+    fn file_weight(&self, service: &str, server: &str) -> Result<u16, String> {
+        let Some(s) = self.config.service(service) else {
+            return Err(balancer::BalancerError::UnknownService(service.to_owned()).to_string());
+        };
+        let ServiceKind::Forward(f) = &s.kind else {
+            return Err(balancer::BalancerError::RedirectService(service.to_owned()).to_string());
+        };
+        f.real_servers
+            .iter()
+            .find(|r| r.name == server)
+            .map(|r| r.weight)
+            .ok_or_else(|| {
+                balancer::BalancerError::UnknownServer {
+                    service: service.to_owned(),
+                    server: server.to_owned(),
+                }
+                .to_string()
+            })
+    }
+
+    /// `lbctl drain|halt|online`: recorded first (so it survives a restart),
+    /// then applied.
+    fn set_state(&mut self, service: &str, server: &str, state: &str) -> Reply {
+        let Ok(admin) = AdminState::from_str(state) else {
+            return Reply::error(format!(
+                "unknown state {state:?}: use online, drain or halt"
+            ));
+        };
+        if let Err(e) = self.file_weight(service, server) {
+            return Reply::error(e);
+        }
+        if let Err(e) = self.admin.set_state(service, server, admin) {
+            return Reply::error(format!("{e}; nothing changed"));
+        }
+        match self.balancer.set_admin_state(service, server, admin) {
+            Ok(()) => {
+                self.publish_census_key();
+                log::info!("{service}/{server}: admin state {admin}");
+                Reply::ok(
+                    json!({"service": service, "server": server, "admin_state": admin.to_string()}),
+                )
+            }
+            Err(e) => Reply::error(e.to_string()),
+        }
+    }
+
+    /// `lbctl weight`: recorded first, then applied.
+    fn set_weight(&mut self, service: &str, server: &str, weight: u16) -> Reply {
+        let file_weight = match self.file_weight(service, server) {
+            Ok(w) => w,
+            Err(e) => return Reply::error(e),
+        };
+        if let Err(e) = self.admin.set_weight(service, server, weight, file_weight) {
+            return Reply::error(format!("{e}; nothing changed"));
+        }
+        match self.balancer.set_weight(service, server, weight) {
+            Ok(()) => {
+                log::info!("{service}/{server}: weight {weight}");
+                Reply::ok(json!({"service": service, "server": server, "weight": weight}))
+            }
+            Err(e) => Reply::error(e.to_string()),
         }
     }
 
@@ -326,8 +534,54 @@ impl Daemon {
         }
     }
 
+    fn health_of(&self) -> BTreeMap<(String, String), ServerHealth> {
+        self.health
+            .snapshot()
+            .into_iter()
+            .map(|h| ((h.service.clone(), h.server.clone()), h))
+            .collect()
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let census = self.census();
+        let mut services = Vec::new();
+        for state in self.balancer.services() {
+            let counters = self.balancer.service_counters(state).unwrap_or_default();
+            let reals = state
+                .reals
+                .iter()
+                .map(|r| {
+                    let c = self.balancer.real_counters(r).unwrap_or_default();
+                    RealSample {
+                        name: r.name.clone(),
+                        packets: c.packets,
+                        bytes: c.bytes,
+                        new_clients: c.new_clients,
+                        up: r.health == Health::Up,
+                        active_clients: census.per_real.get(&r.index).copied().unwrap_or(0),
+                    }
+                })
+                .collect();
+            services.push(ServiceSample {
+                name: state.config.name.clone(),
+                packets: counters.packets,
+                bytes: counters.bytes,
+                reals,
+            });
+        }
+        let reasons = self.balancer.reasons().unwrap_or_default();
+        Snapshot {
+            services,
+            affinity_entries: census.live,
+            ha_master: true,
+            sync_connected: false,
+            reasons: Reason::ALL.iter().map(|r| r.name()).zip(reasons).collect(),
+        }
+    }
+
     fn status(&self) -> anyhow::Result<Value> {
-        let active = self.balancer.active_clients(monotonic_ns())?;
+        let census = self.census();
+        let health = self.health_of();
         let mut services = Vec::new();
         for service in &self.config.services {
             let base = json!({
@@ -360,13 +614,21 @@ impl Daemon {
                     let mut reals = Vec::new();
                     for r in &state.reals {
                         let c = self.balancer.real_counters(r)?;
+                        let last = health
+                            .get(&(service.name.clone(), r.name.clone()))
+                            .and_then(|h| h.last.as_ref());
                         reals.push(json!({
                             "name": r.name,
                             "address": r.address.to_string(),
                             "health": if r.health == Health::Up { "up" } else { "down" },
+                            "last_check": last.map(|l| json!({
+                                "passed": l.passed,
+                                "detail": l.detail,
+                                "latency_ms": l.latency.as_secs_f64() * 1000.0,
+                            })),
                             "admin_state": r.admin.to_string(),
                             "weight": r.weight,
-                            "active_clients": active.get(&r.index).copied().unwrap_or(0),
+                            "active_clients": census.per_real.get(&r.index).copied().unwrap_or(0),
                             "packets": c.packets,
                             "bytes": c.bytes,
                             "new_clients": c.new_clients,
@@ -376,9 +638,10 @@ impl Daemon {
                     entry.insert("real_servers".into(), Value::Array(reals));
                     if let Some(f) = &state.fallback {
                         let c = self.balancer.real_counters(f)?;
-                        entry.insert("fallback".into(), json!({
-                            "address": f.address.to_string(), "packets": c.packets, "bytes": c.bytes,
-                        }));
+                        entry.insert(
+                            "fallback".into(),
+                            json!({"address": f.address.to_string(), "packets": c.packets, "bytes": c.bytes}),
+                        );
                     }
                 }
             }
@@ -395,6 +658,7 @@ impl Daemon {
             "interface": self.config.node.interface,
             "xdp_mode": self.attach_mode,
             "vips": self.vips.owned().iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "affinity_entries": census.live,
             "services": services,
             "dataplane": reasons,
         }))

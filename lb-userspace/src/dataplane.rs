@@ -8,7 +8,7 @@
 use std::collections::HashMap as StdHashMap;
 
 use aya::{
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{ProgramError, Xdp, XdpMode},
     Ebpf, EbpfError,
 };
@@ -239,8 +239,46 @@ pub trait Maps {
     fn affinity(&self, key: &AffinityKey) -> Result<Option<Affinity>>;
     /// Calls `f` for every affinity entry.
     fn for_each_affinity(&self, f: &mut dyn FnMut(&AffinityKey, &Affinity)) -> Result<()>;
+    /// A second, independent handle on the affinity table, so a background
+    /// thread can walk it without holding up the daemon.
+    fn affinity_scanner(&self) -> Result<Box<dyn AffinityScan>>;
     /// Adds or replaces an affinity entry (tests; HA sync later).
     fn set_affinity(&mut self, key: AffinityKey, value: Affinity) -> Result<()>;
+}
+
+/// Walks the affinity table.
+pub trait AffinityScan: Send {
+    /// Calls `f` for every entry.
+    ///
+    /// # Errors
+    /// When reading the map fails.
+    fn scan(&self, f: &mut dyn FnMut(&AffinityKey, &Affinity)) -> Result<()>;
+}
+
+/// An affinity-table handle of its own (a second descriptor on the same map).
+pub struct AffinityReader {
+    map: HashMap<MapData, AffinityKey, Affinity>,
+}
+
+fn scan_map(
+    map: &HashMap<MapData, AffinityKey, Affinity>,
+    f: &mut dyn FnMut(&AffinityKey, &Affinity),
+) -> Result<()> {
+    for entry in map {
+        match entry {
+            Ok((key, value)) => f(&key, &value),
+            // An entry evicted between listing and reading is simply gone.
+            Err(MapError::KeyNotFound | MapError::ElementNotFound) => {}
+            Err(e) => return Err(map_error("AFFINITY")(e)),
+        }
+    }
+    Ok(())
+}
+
+impl AffinityScan for AffinityReader {
+    fn scan(&self, f: &mut dyn FnMut(&AffinityKey, &Affinity)) -> Result<()> {
+        scan_map(&self.map, f)
+    }
 }
 
 /// The kernel's maps, taken from a loaded [`Program`].
@@ -349,15 +387,15 @@ impl Maps for EbpfMaps {
     }
 
     fn for_each_affinity(&self, f: &mut dyn FnMut(&AffinityKey, &Affinity)) -> Result<()> {
-        for entry in &self.affinity {
-            match entry {
-                Ok((key, value)) => f(&key, &value),
-                // An entry evicted between listing and reading is simply gone.
-                Err(MapError::KeyNotFound | MapError::ElementNotFound) => {}
-                Err(e) => return Err(map_error("AFFINITY")(e)),
-            }
-        }
-        Ok(())
+        scan_map(&self.affinity, f)
+    }
+
+    fn affinity_scanner(&self) -> Result<Box<dyn AffinityScan>> {
+        let info = self.affinity.map().info().map_err(map_error("AFFINITY"))?;
+        let data = MapData::from_id(info.id()).map_err(map_error("AFFINITY"))?;
+        let map = Map::from_map_data(data).map_err(map_error("AFFINITY"))?;
+        let map = HashMap::try_from(map).map_err(map_error("AFFINITY"))?;
+        Ok(Box::new(AffinityReader { map }))
     }
 
     fn set_affinity(&mut self, key: AffinityKey, value: Affinity) -> Result<()> {
@@ -431,8 +469,21 @@ impl Maps for FakeMaps {
         self.affinity.iter().for_each(|(k, v)| f(k, v));
         Ok(())
     }
+    fn affinity_scanner(&self) -> Result<Box<dyn AffinityScan>> {
+        Ok(Box::new(FakeAffinity(self.affinity.clone())))
+    }
     fn set_affinity(&mut self, key: AffinityKey, value: Affinity) -> Result<()> {
         self.affinity.insert(key, value);
+        Ok(())
+    }
+}
+
+/// A copy of a [`FakeMaps`] affinity table.
+struct FakeAffinity(StdHashMap<AffinityKey, Affinity>);
+
+impl AffinityScan for FakeAffinity {
+    fn scan(&self, f: &mut dyn FnMut(&AffinityKey, &Affinity)) -> Result<()> {
+        self.0.iter().for_each(|(k, v)| f(k, v));
         Ok(())
     }
 }

@@ -7,14 +7,19 @@
 //! addresses, [`vip`] holds the virtual addresses, [`control`] is the socket
 //! `lbctl` talks to, and [`daemon`] ties them together.
 
+pub mod admin;
 pub mod balancer;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod health;
 pub mod maglev;
+pub mod metrics;
 pub mod neighbour;
+pub mod redirect;
 pub mod vip;
+pub mod vrrp;
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock the XDP program stamps
 /// affinity entries with (`bpf_ktime_get_ns`).

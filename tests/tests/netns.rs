@@ -75,16 +75,25 @@ fn every_source_sticks_to_one_server_and_a_removed_server_loses_only_its_own_cli
     }
     let before = first_servers(&report);
 
-    // The counters moved with the traffic, and active clients are counted.
-    let status = lbd.status().unwrap_or_else(|| panic!("status"));
-    let service = &status["services"][0];
+    // The counters moved with the traffic, and active clients are counted
+    // (by a pass over the affinity table about once a second).
+    let mut active = 0;
+    let mut service = serde_json::Value::Null;
+    for _ in 0..30 {
+        let status = lbd.status().unwrap_or_else(|| panic!("status"));
+        service = status["services"][0].clone();
+        active = service["real_servers"].as_array().map_or(0, |rs| {
+            rs.iter().filter_map(|r| r["active_clients"].as_u64()).sum()
+        });
+        if active == 256 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(
         service["packets"].as_u64().unwrap_or(0) >= 256 * 5 * 3,
         "{service}"
     );
-    let active: u64 = service["real_servers"].as_array().map_or(0, |rs| {
-        rs.iter().filter_map(|r| r["active_clients"].as_u64()).sum()
-    });
     assert_eq!(active, 256, "one affinity entry per source: {service}");
 
     // Remove rs3 by SIGHUP: its clients move, every other client stays.

@@ -82,7 +82,6 @@ fn bpf_linker() -> Result<()> {
             "bpf-linker",
             "--version",
             "^0.13",
-            "--locked",
             "--no-default-features",
             "--features",
             "llvm-22",

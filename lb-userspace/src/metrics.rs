@@ -1,0 +1,356 @@
+//! Prometheus metrics at `node.metrics_listen`, path `/metrics`.
+//!
+//! Counters come from the data path's per-CPU maps and are read at scrape
+//! time, so they are never older than the scrape; active clients come from
+//! the last pass over the affinity table (at most about a second old). The
+//! text is produced by the `prometheus` crate's encoder (the classic 0.0.4
+//! text format every Prometheus and most parsers read). The HTTP side only
+//! moves bytes: each scrape asks the daemon's loop for a rendering.
+
+use std::{convert::Infallible, net::SocketAddr, time::Duration};
+
+use http_body_util::Full;
+use hyper::{
+    body::{Bytes, Incoming},
+    header::CONTENT_TYPE,
+    server::conn::http1,
+    service::service_fn,
+    Method, Request, Response, StatusCode,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, oneshot},
+};
+
+/// Errors of the metrics endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The listener could not be bound.
+    #[error("cannot serve metrics on {address}: {source} (change node.metrics_listen)")]
+    Bind {
+        /// The configured address.
+        address: SocketAddr,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A metric could not be registered or encoded (a bug).
+    #[error("metrics: {0}")]
+    Prometheus(#[from] prometheus::Error),
+}
+
+/// One real server's numbers at scrape time.
+#[derive(Clone, Debug, Default)]
+pub struct RealSample {
+    /// Real-server name.
+    pub name: String,
+    /// Frames forwarded to it.
+    pub packets: u64,
+    /// Bytes forwarded to it.
+    pub bytes: u64,
+    /// Clients first sent to it by the hash.
+    pub new_clients: u64,
+    /// Whether its health check passes.
+    pub up: bool,
+    /// Live affinity entries.
+    pub active_clients: u64,
+}
+
+/// One service's numbers at scrape time.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceSample {
+    /// Service name.
+    pub name: String,
+    /// Frames forwarded.
+    pub packets: u64,
+    /// Bytes forwarded.
+    pub bytes: u64,
+    /// Its real servers.
+    pub reals: Vec<RealSample>,
+}
+
+/// Everything a scrape shows.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Forwarding services.
+    pub services: Vec<ServiceSample>,
+    /// Live entries in the affinity table.
+    pub affinity_entries: u64,
+    /// Whether this node holds the VIPs (always on a single node).
+    pub ha_master: bool,
+    /// Whether the sync channel to the peer is up.
+    pub sync_connected: bool,
+    /// The data path's decision counters, by name.
+    pub reasons: Vec<(&'static str, u64)>,
+}
+
+/// Metrics kept between scrapes (histograms), and the renderer.
+pub struct Metrics {
+    health_duration: HistogramVec,
+}
+
+impl Metrics {
+    /// New metrics.
+    ///
+    /// # Errors
+    /// Never in practice (fixed, valid metric names).
+    pub fn new() -> Result<Self, MetricsError> {
+        let health_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "lb_health_check_duration_seconds",
+                "Time a real-server health check took",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["service", "server"],
+        )?;
+        Ok(Self { health_duration })
+    }
+
+    /// Records one health check's duration.
+    pub fn observe_check(&self, service: &str, server: &str, duration: Duration) {
+        self.health_duration
+            .with_label_values(&[service, server])
+            .observe(duration.as_secs_f64());
+    }
+
+    /// Forgets the checks of servers that are gone.
+    pub fn forget_check(&self, service: &str, server: &str) {
+        let _ = self.health_duration.remove_label_values(&[service, server]);
+    }
+
+    /// The text exposition of `snapshot` plus the kept histograms.
+    ///
+    /// # Errors
+    /// Never in practice (fixed, valid metric names).
+    pub fn render(&self, snapshot: &Snapshot) -> Result<String, MetricsError> {
+        let registry = Registry::new();
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, MetricsError> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let gauge =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, MetricsError> {
+                let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
+        let service_packets = counter(
+            "lb_service_packets_total",
+            "Frames forwarded for a service",
+            &["service"],
+        )?;
+        let service_bytes = counter(
+            "lb_service_bytes_total",
+            "Bytes forwarded for a service",
+            &["service"],
+        )?;
+        let real_packets = counter(
+            "lb_real_server_packets_total",
+            "Frames forwarded to a real server",
+            &["service", "server"],
+        )?;
+        let real_bytes = counter(
+            "lb_real_server_bytes_total",
+            "Bytes forwarded to a real server",
+            &["service", "server"],
+        )?;
+        let real_new = counter(
+            "lb_real_server_new_clients_total",
+            "Clients given to a real server by the Maglev hash",
+            &["service", "server"],
+        )?;
+        let real_up = gauge(
+            "lb_real_server_up",
+            "1 if the real server's health check passes",
+            &["service", "server"],
+        )?;
+        let real_active = gauge(
+            "lb_real_server_active_clients",
+            "Clients with a live affinity entry for the real server",
+            &["service", "server"],
+        )?;
+        let dataplane = counter(
+            "lb_dataplane_decisions_total",
+            "Frames by what the XDP program did with them and why",
+            &["reason"],
+        )?;
+        for s in &snapshot.services {
+            service_packets
+                .with_label_values(&[&s.name])
+                .inc_by(s.packets);
+            service_bytes.with_label_values(&[&s.name]).inc_by(s.bytes);
+            for r in &s.reals {
+                let labels = [s.name.as_str(), r.name.as_str()];
+                real_packets.with_label_values(&labels).inc_by(r.packets);
+                real_bytes.with_label_values(&labels).inc_by(r.bytes);
+                real_new.with_label_values(&labels).inc_by(r.new_clients);
+                real_up.with_label_values(&labels).set(i64::from(r.up));
+                real_active
+                    .with_label_values(&labels)
+                    .set(i64::try_from(r.active_clients).unwrap_or(i64::MAX));
+            }
+        }
+        for (reason, count) in &snapshot.reasons {
+            dataplane.with_label_values(&[reason]).inc_by(*count);
+        }
+        let single = |name: &str, help: &str, value: i64| -> Result<(), MetricsError> {
+            let g = IntGauge::new(name, help)?;
+            g.set(value);
+            registry.register(Box::new(g))?;
+            Ok(())
+        };
+        single(
+            "lb_affinity_entries",
+            "Live entries in the affinity (persistence) table",
+            i64::try_from(snapshot.affinity_entries).unwrap_or(i64::MAX),
+        )?;
+        single(
+            "lb_ha_master",
+            "1 if this node holds the VIPs (always on a single node)",
+            i64::from(snapshot.ha_master),
+        )?;
+        single(
+            "lb_sync_connected",
+            "1 if the sync channel to the peer is up",
+            i64::from(snapshot.sync_connected),
+        )?;
+        registry.register(Box::new(self.health_duration.clone()))?;
+
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&registry.gather(), &mut out)?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+/// A scrape waiting for the daemon's rendering.
+pub type Scrape = oneshot::Sender<String>;
+
+/// Binds the metrics listener.
+///
+/// # Errors
+/// When the address cannot be bound.
+pub async fn bind(address: SocketAddr) -> Result<TcpListener, MetricsError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| MetricsError::Bind { address, source })
+}
+
+/// Serves `/metrics` forever, asking `scrapes` for each rendering.
+pub async fn serve(listener: TcpListener, scrapes: mpsc::Sender<Scrape>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                log::warn!("metrics: accept failed: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let scrapes = scrapes.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let scrapes = scrapes.clone();
+                async move { Ok::<_, Infallible>(respond(&request, &scrapes).await) }
+            });
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn respond(
+    request: &Request<Incoming>,
+    scrapes: &mpsc::Sender<Scrape>,
+) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, body: String| {
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        response
+    };
+    if request.uri().path() != "/metrics" {
+        return reply(StatusCode::NOT_FOUND, "metrics are at /metrics\n".into());
+    }
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into());
+    }
+    let (tx, rx) = oneshot::channel();
+    if scrapes.send(tx).await.is_err() {
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "lbd is shutting down\n".into(),
+        );
+    }
+    match tokio::time::timeout(Duration::from_secs(5), rx).await {
+        Ok(Ok(text)) => {
+            let mut response = reply(StatusCode::OK, text);
+            if let Ok(value) = TextEncoder::new().format_type().parse() {
+                response.headers_mut().insert(CONTENT_TYPE, value);
+            }
+            response
+        }
+        _ => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "lbd did not answer in time\n".into(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_contract_metrics_in_prometheus_text() {
+        let metrics = Metrics::new().unwrap_or_else(|e| panic!("{e}"));
+        metrics.observe_check("web", "rs1", Duration::from_millis(3));
+        let snapshot = Snapshot {
+            services: vec![ServiceSample {
+                name: "web".into(),
+                packets: 10,
+                bytes: 1000,
+                reals: vec![RealSample {
+                    name: "rs1".into(),
+                    packets: 10,
+                    bytes: 1000,
+                    new_clients: 2,
+                    up: true,
+                    active_clients: 2,
+                }],
+            }],
+            affinity_entries: 2,
+            ha_master: true,
+            sync_connected: false,
+            reasons: vec![("forwarded", 10)],
+        };
+        let text = metrics.render(&snapshot).unwrap_or_else(|e| panic!("{e}"));
+        for line in [
+            "lb_service_packets_total{service=\"web\"} 10",
+            "lb_service_bytes_total{service=\"web\"} 1000",
+            "lb_real_server_packets_total{server=\"rs1\",service=\"web\"} 10",
+            "lb_real_server_up{server=\"rs1\",service=\"web\"} 1",
+            "lb_real_server_active_clients{server=\"rs1\",service=\"web\"} 2",
+            "lb_affinity_entries 2",
+            "lb_ha_master 1",
+            "lb_sync_connected 0",
+            "lb_health_check_duration_seconds_count{server=\"rs1\",service=\"web\"} 1",
+            "# TYPE lb_service_packets_total counter",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+    }
+}
