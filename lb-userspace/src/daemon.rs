@@ -36,6 +36,7 @@ use crate::{
     health::{CheckTarget, HealthEvent, HealthMonitor, ServerHealth},
     metrics::{self, Metrics, RealSample, Scrape, ServiceSample, Snapshot},
     monotonic_ns, neighbour,
+    redirect::{RedirectSpec, Redirects},
     vip::Vips,
 };
 
@@ -65,6 +66,7 @@ struct Daemon {
     balancer: Balancer<EbpfMaps>,
     admin: AdminStore,
     health: HealthMonitor,
+    redirects: Redirects,
     metrics: Metrics,
     census: Arc<Mutex<CensusShared>>,
     handle: Handle,
@@ -103,6 +105,25 @@ fn check_targets(config: &Config) -> Vec<CheckTarget> {
         }
     }
     targets
+}
+
+/// The redirect services of the configuration.
+fn redirect_specs(config: &Config) -> Vec<RedirectSpec> {
+    config
+        .services
+        .iter()
+        .filter_map(|s| match &s.kind {
+            ServiceKind::Redirect(r) => Some(RedirectSpec {
+                service: s.name.clone(),
+                vip: s.vip,
+                port: s.port,
+                code: r.code,
+                scheme: r.scheme.clone(),
+                target_port: r.port,
+            }),
+            ServiceKind::Forward(_) => None,
+        })
+        .collect()
 }
 
 /// Counts active clients every [`CENSUS_EVERY`] until `stop` is set.
@@ -169,6 +190,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         balancer,
         admin,
         health: HealthMonitor::new(health_tx),
+        redirects: Redirects::new(),
         metrics: Metrics::new()?,
         census,
         handle,
@@ -243,6 +265,7 @@ impl Daemon {
 
     async fn shutdown(&mut self) {
         self.health.shutdown();
+        self.redirects.shutdown();
         self.program.detach();
         if let Err(error) = self.vips.remove_all().await {
             log::error!("removing VIPs at shutdown: {error}");
@@ -254,6 +277,9 @@ impl Daemon {
     /// changes) to the data path and the health checks.
     fn apply_services(&mut self, config: &Config) -> anyhow::Result<()> {
         let effective = self.admin.effective(config);
+        // Listeners first: binding is the step that can fail on a valid file
+        // (a port taken by another program), and it changes nothing if it does.
+        self.redirects.set(redirect_specs(&effective))?;
         self.balancer.apply(&effective)?;
         self.health.update(check_targets(&effective));
         for service in &effective.services {
@@ -582,6 +608,7 @@ impl Daemon {
     fn status(&self) -> anyhow::Result<Value> {
         let census = self.census();
         let health = self.health_of();
+        let redirected: BTreeMap<String, u64> = self.redirects.stats().into_iter().collect();
         let mut services = Vec::new();
         for service in &self.config.services {
             let base = json!({
@@ -599,6 +626,10 @@ impl Daemon {
                     entry.insert(
                         "redirect".into(),
                         json!({"code": r.code, "scheme": r.scheme, "port": r.port}),
+                    );
+                    entry.insert(
+                        "requests".into(),
+                        json!(redirected.get(&service.name).copied().unwrap_or(0)),
                     );
                     entry.insert("packets".into(), json!(0));
                     entry.insert("bytes".into(), json!(0));

@@ -443,6 +443,11 @@ pub struct DrLabOptions {
     pub vip: Ipv4Addr,
     /// Port of the real servers' HTTP listeners.
     pub http_port: u16,
+    /// Port of the real servers' HTTPS listeners, if any: they answer like
+    /// the HTTP ones, with a certificate made for the lab (see [`DrLab::certificate`]).
+    pub tls_port: Option<u16>,
+    /// Names the lab certificate is valid for (besides the VIP).
+    pub tls_names: Vec<String>,
     /// XDP object with a do-nothing program in section "xdp".
     pub lab_pass_obj: PathBuf,
 }
@@ -465,6 +470,8 @@ impl Default for DrLabOptions {
             client_sources: 256,
             vip: Ipv4Addr::new(198, 18, 0, 100),
             http_port: 80,
+            tls_port: None,
+            tls_names: vec!["lab.example.org".into()],
             lab_pass_obj,
         }
     }
@@ -559,6 +566,9 @@ impl DrLab {
         for (name, text) in [("http_server.py", HTTP_SERVER_PY), ("client.py", CLIENT_PY)] {
             let path = self.dir.join(name);
             fs::write(&path, text).map_err(io_err(format!("cannot write {}", path.display())))?;
+        }
+        if self.opts.tls_port.is_some() {
+            self.write_certificate()?;
         }
 
         let switch = self.switch.clone();
@@ -661,6 +671,26 @@ impl DrLab {
         Ok(())
     }
 
+    /// A self-signed certificate for the VIP and `tls_names`, written to
+    /// `cert.pem` and `key.pem` in the lab directory.
+    fn write_certificate(&self) -> Result<(), LabError> {
+        let mut names = self.opts.tls_names.clone();
+        names.push(self.opts.vip.to_string());
+        let cert = rcgen::generate_simple_self_signed(names)
+            .map_err(|e| LabError::Invalid(format!("cannot make the lab certificate: {e}")))?;
+        let (cert_path, key_path) = self.certificate();
+        fs::write(&cert_path, cert.cert.pem()).map_err(io_err(format!("cannot write {}", cert_path.display())))?;
+        fs::write(&key_path, cert.signing_key.serialize_pem())
+            .map_err(io_err(format!("cannot write {}", key_path.display())))?;
+        Ok(())
+    }
+
+    /// Paths of the lab's certificate and key (PEM), when `tls_port` is set.
+    #[must_use]
+    pub fn certificate(&self) -> (PathBuf, PathBuf) {
+        (self.dir.join("cert.pem"), self.dir.join("key.pem"))
+    }
+
     fn spawn_http(&mut self, i: usize) -> Result<(), LabError> {
         let name = self.real_name(i);
         let script = self.dir.join("http_server.py");
@@ -668,7 +698,14 @@ impl DrLab {
         let port = self.opts.http_port.to_string();
         let ns = self.reals[i].clone();
         let log = self.log_path(&format!("{name}-http.log"));
-        let handle = self.spawn_in(&ns, &["python3", "-u", &script, &name, &port], &log)?;
+        let (cert, key) = self.certificate();
+        let (cert, key) = (cert.to_string_lossy().into_owned(), key.to_string_lossy().into_owned());
+        let tls_port = self.opts.tls_port.map(|p| p.to_string());
+        let mut cmd = vec!["python3", "-u", &script, &name, &port];
+        if let Some(tls_port) = &tls_port {
+            cmd.extend(["--tls", tls_port.as_str(), cert.as_str(), key.as_str()]);
+        }
+        let handle = self.spawn_in(&ns, &cmd, &log)?;
         self.http[i] = Some(handle);
         Ok(())
     }

@@ -11,14 +11,20 @@ pub fn target_dir() -> PathBuf {
     )
 }
 
+/// Where `lbd` and `lbctl` are: `$LB_BIN_DIR`, else the release target dir.
+#[must_use]
+pub fn bin_dir() -> PathBuf {
+    std::env::var_os("LB_BIN_DIR").map_or_else(|| target_dir().join("release"), PathBuf::from)
+}
+
 /// The release `lbd` binary.
 #[must_use]
 pub fn lbd() -> PathBuf {
-    target_dir().join("release/lbd")
+    bin_dir().join("lbd")
 }
 
 /// The release `lbctl` binary.
 #[must_use]
 pub fn lbctl() -> PathBuf {
-    target_dir().join("release/lbctl")
+    bin_dir().join("lbctl")
 }

@@ -1,13 +1,16 @@
 """Tiny HTTP/1.1 server for a lab real server.
 
-Usage: http_server.py NAME PORT
+Usage: http_server.py NAME PORT [--tls TLS_PORT CERT KEY]
 
 Answers every GET and HEAD with 200 and the body "NAME\\n". Binds 0.0.0.0 so
-that a VIP configured on lo is served too. Exits cleanly on SIGTERM.
+that a VIP configured on lo is served too. With --tls it also serves HTTPS on
+TLS_PORT with the given certificate. Exits cleanly on SIGTERM.
 """
 
 import signal
+import ssl
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -40,10 +43,19 @@ class Server(ThreadingHTTPServer):
 
 
 def main():
-    if len(sys.argv) != 3:
-        sys.exit("usage: http_server.py NAME PORT")
-    name, port = sys.argv[1], int(sys.argv[2])
+    args = sys.argv[1:]
+    if len(args) not in (2, 6) or (len(args) == 6 and args[2] != "--tls"):
+        sys.exit("usage: http_server.py NAME PORT [--tls TLS_PORT CERT KEY]")
+    name, port = args[0], int(args[1])
     Handler.body = (name + "\n").encode()
+    if len(args) == 6:
+        tls_port, cert, key = int(args[3]), args[4], args[5]
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        tls = Server(("0.0.0.0", tls_port), Handler)
+        tls.socket = context.wrap_socket(tls.socket, server_side=True)
+        threading.Thread(target=tls.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True).start()
+        print(f"{name}: listening on 0.0.0.0:{tls_port} (TLS)", flush=True)
 
     def stop(_signum, _frame):
         raise SystemExit(0)
