@@ -29,7 +29,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use log::{debug, warn};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
@@ -85,9 +85,6 @@ pub enum BadRequest {
     /// The request target is not an origin-form path (or `*`).
     #[error("request target {0:?} is not an absolute path with an optional query")]
     InvalidTarget(String),
-    /// An HTTP/1.1 request without a Host header (RFC 9112 §3.2 requires a 400).
-    #[error("HTTP/1.1 request without a Host header")]
-    MissingHost,
     /// More than one Host header (RFC 9112 §3.2 requires a 400).
     #[error("request with more than one Host header")]
     DuplicateHost,
@@ -313,9 +310,9 @@ fn redirect_target<B>(spec: &RedirectSpec, request: &Request<B>) -> Result<Strin
             })
         })
         .transpose()?;
-    if host.is_none() && request.version() >= Version::HTTP_11 {
-        return Err(BadRequest::MissingHost);
-    }
+    // RFC 9112 wants a 400 for an HTTP/1.1 request without Host; the
+    // product contract redirects it to the VIP instead, which serves the
+    // client better and reveals nothing the client does not know.
     let uri = request.uri();
     match (uri.scheme(), uri.authority()) {
         // Absolute form: the target's authority wins over Host (RFC 9112 §3.2.2).
@@ -710,6 +707,7 @@ async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::Version;
     use std::time::Instant;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -844,8 +842,7 @@ mod tests {
     fn respond_rfc9112_3_2_host_rules() {
         let s = spec(301, "https", None);
         let missing = respond(&s, &request(Method::GET, "/", Version::HTTP_11, &[]));
-        assert_eq!(missing.status(), StatusCode::BAD_REQUEST);
-        assert_eq!(header(&missing, &header::CONNECTION), Some("close"));
+        assert_eq!(missing.status(), StatusCode::MOVED_PERMANENTLY, "no Host: the VIP (contract)");
         let twice = respond(
             &s,
             &request(Method::GET, "/", Version::HTTP_11, &["a", "b"]),
@@ -1073,6 +1070,17 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn http11_without_host_uses_the_vip() {
+        let redirects = start(Limits::default(), vec![loopback("r", 1, 301)]);
+        let addr = redirects.local_addr("r").expect("bound");
+        let mut stream = connect(addr).await;
+        stream.write_all(b"GET /b?x=1 HTTP/1.1\r\n\r\n").await.expect("write");
+        let (head, _) = read_response(&mut stream, false).await;
+        assert!(head.starts_with("HTTP/1.1 301"), "{head}");
+        assert_eq!(header_of(&head, "location"), Some("https://127.0.0.1/b?x=1"));
+    }
+
+    #[tokio::test]
     async fn http10_keep_alive_is_honoured() {
         let redirects = start(Limits::default(), vec![loopback("r", 1, 301)]);
         let addr = redirects.local_addr("r").expect("bound");
@@ -1142,7 +1150,6 @@ mod tests {
             "G@T / HTTP/1.1\r\nHost: h\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: evil.example/x\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-            "GET / HTTP/1.1\r\n\r\n",
         ] {
             let mut stream = connect(addr).await;
             stream.write_all(request.as_bytes()).await.expect("write");

@@ -448,6 +448,9 @@ pub struct DrLabOptions {
     pub tls_port: Option<u16>,
     /// Names the lab certificate is valid for (besides the VIP).
     pub tls_names: Vec<String>,
+    /// More VIPs every real server holds on `lo` (free host addresses of
+    /// the LAN, like `vip`), for labs with several virtual services.
+    pub extra_vips: Vec<Ipv4Addr>,
     /// XDP object with a do-nothing program in section "xdp".
     pub lab_pass_obj: PathBuf,
 }
@@ -472,6 +475,7 @@ impl Default for DrLabOptions {
             http_port: 80,
             tls_port: None,
             tls_names: vec!["lab.example.org".into()],
+            extra_vips: Vec::new(),
             lab_pass_obj,
         }
     }
@@ -665,7 +669,9 @@ impl DrLab {
             }
         }
         if is_real {
-            let _ = writeln!(batch, "addr add {}/32 dev lo", self.opts.vip);
+            for vip in std::iter::once(&self.opts.vip).chain(&self.opts.extra_vips) {
+                let _ = writeln!(batch, "addr add {vip}/32 dev lo");
+            }
         }
         ip_batch(ns, &batch)?;
         Ok(())
@@ -676,6 +682,7 @@ impl DrLab {
     fn write_certificate(&self) -> Result<(), LabError> {
         let mut names = self.opts.tls_names.clone();
         names.push(self.opts.vip.to_string());
+        names.extend(self.opts.extra_vips.iter().map(ToString::to_string));
         let cert = rcgen::generate_simple_self_signed(names)
             .map_err(|e| LabError::Invalid(format!("cannot make the lab certificate: {e}")))?;
         let (cert_path, key_path) = self.certificate();
