@@ -18,6 +18,7 @@ pub mod maglev;
 pub mod metrics;
 pub mod neighbour;
 pub mod redirect;
+pub mod sync;
 pub mod vip;
 pub mod vrrp;
 

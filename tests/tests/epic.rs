@@ -1,0 +1,161 @@
+//! The Epic deployment end to end: Hyperspace and MyChart, each with HTTPS
+//! passed through to real servers that speak real TLS, and each with its
+//! HTTP-to-HTTPS redirect answered by lbd. Needs root.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use lb_tests::{
+    lab::{run_in, DrLab, DrLabOptions},
+    lbd::{lab_config, Lbd},
+};
+
+const HYPERSPACE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+const MYCHART: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 101);
+
+/// The Epic example adapted to the lab: rs1 and rs2 serve Hyperspace, rs3 MyChart.
+fn services(lab: &DrLab) -> String {
+    let hc = "    health_check: { type: https, port: 443, host: NAME, tls_verify: false, interval_ms: 500, timeout_ms: 400, rise: 1, fall: 2 }\n";
+    format!(
+        "  - name: hyperspace\n    vip: {HYPERSPACE}\n    port: 443\n    persistence: {{ timeout_s: 28800 }}\n{}    real_servers:\n      - {{ name: rs1, address: {} }}\n      - {{ name: rs2, address: {} }}\n\
+         \x20 - name: hyperspace-redirect\n    vip: {HYPERSPACE}\n    port: 80\n    redirect: {{ code: 301, scheme: https }}\n\
+         \x20 - name: mychart\n    vip: {MYCHART}\n    port: 443\n{}    real_servers:\n      - {{ name: rs3, address: {} }}\n\
+         \x20 - name: mychart-redirect\n    vip: {MYCHART}\n    port: 80\n    redirect: {{ code: 302, scheme: https }}\n",
+        hc.replace("NAME", "hyperspace.example.org"),
+        lab.real_address(0),
+        lab.real_address(1),
+        hc.replace("NAME", "mychart.example.org"),
+        lab.real_address(2),
+    )
+}
+
+fn epic_lab() -> (DrLab, Lbd) {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "namespace tests need root");
+    let mut lab = DrLab::start(DrLabOptions {
+        real_servers: 3,
+        client_sources: 16,
+        vip: HYPERSPACE,
+        tls_port: Some(443),
+        tls_names: vec!["hyperspace.example.org".into(), "mychart.example.org".into()],
+        extra_vips: vec![MYCHART],
+        ..DrLabOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("lab: {e}"));
+    let config = lab_config(&lab, &services(&lab));
+    let lbd = Lbd::start(&mut lab, &config).unwrap_or_else(|e| panic!("{e}"));
+    lbd.wait_ready(&mut lab, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}"));
+    (lab, lbd)
+}
+
+/// curl in the client namespace; returns stdout+stderr (with -v, headers).
+fn curl(lab: &DrLab, args: &[&str]) -> String {
+    let mut cmd = vec!["curl", "-sS", "--max-time", "5"];
+    cmd.extend_from_slice(args);
+    match run_in(lab.client_ns(), &cmd) {
+        Ok(out) => out,
+        Err(e) => panic!("curl {args:?}: {e}"),
+    }
+}
+
+fn curl_verbose(lab: &DrLab, args: &[&str]) -> String {
+    let mut cmd = vec!["sh", "-c"];
+    let line = format!("curl -sS -v --max-time 5 {} 2>&1", args.join(" "));
+    cmd.push(&line);
+    run_in(lab.client_ns(), &cmd).unwrap_or_else(|e| panic!("{line}: {e}"))
+}
+
+/// Sends raw bytes to VIP:80 from the client and returns what comes back.
+fn raw_http(lab: &DrLab, vip: Ipv4Addr, request: &str) -> String {
+    let script = format!(
+        "import socket,sys\ns=socket.create_connection(('{vip}',80),timeout=5)\ns.sendall({request:?}.encode())\n\
+         data=b''\ntry:\n    while b'\\r\\n\\r\\n' not in data:\n        chunk=s.recv(4096)\n        if not chunk: break\n        data+=chunk\n\
+         except Exception as e:\n    print('ERROR',e)\nsys.stdout.write(data.decode('latin-1'))\n"
+    );
+    run_in(lab.client_ns(), &["python3", "-c", &script]).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn redirects_answer_with_the_right_location() {
+    let (lab, _lbd) = epic_lab();
+    let out = curl_verbose(&lab, &["-H", "'Host: hyperspace.example.org'", "'http://198.18.0.100/path?q=1'"]);
+    assert!(out.contains("< HTTP/1.1 301"), "{out}");
+    assert!(
+        out.to_lowercase().contains("< location: https://hyperspace.example.org/path?q=1"),
+        "{out}"
+    );
+    let out = curl_verbose(&lab, &["-H", "'Host: mychart.example.org:80'", "http://198.18.0.101/login"]);
+    assert!(out.contains("< HTTP/1.1 302"), "{out}");
+    assert!(out.to_lowercase().contains("< location: https://mychart.example.org/login"), "{out}");
+
+    let head = curl_verbose(&lab, &["-I", "-H", "'Host: hyperspace.example.org'", "http://198.18.0.100/"]);
+    assert!(head.contains("< HTTP/1.1 301"), "{head}");
+
+    let bad = raw_http(&lab, HYPERSPACE, "GARBAGE\r\n\r\n");
+    assert!(bad.starts_with("HTTP/1.1 400"), "a malformed request gets a real 400: {bad:?}");
+    let http10 = raw_http(&lab, HYPERSPACE, "GET /x HTTP/1.0\r\n\r\n");
+    assert!(http10.to_lowercase().contains("location: https://198.18.0.100/x"), "{http10:?}");
+}
+
+#[test]
+fn https_passes_through_to_the_real_servers_and_stays_on_one_server() {
+    let (lab, _lbd) = epic_lab();
+    let (cert, _) = lab.certificate();
+    let cert = cert.display().to_string();
+    let resolve_hs = format!("hyperspace.example.org:443:{HYPERSPACE}");
+    let resolve_mc = format!("mychart.example.org:443:{MYCHART}");
+    let mut hyperspace_servers = std::collections::BTreeSet::new();
+    for source in lab.client_sources().iter().take(8) {
+        let source = source.to_string();
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            // --cacert: the handshake verifies the real server's certificate.
+            let body = curl(
+                &lab,
+                &["--cacert", &cert, "--interface", &source, "--resolve", &resolve_hs, "https://hyperspace.example.org/"],
+            );
+            seen.push(body.trim().to_owned());
+        }
+        assert!(seen.iter().all(|s| s == &seen[0]), "{source} moved between servers: {seen:?}");
+        assert!(seen[0] == "rs1" || seen[0] == "rs2", "Hyperspace answered by {seen:?}");
+        hyperspace_servers.insert(seen[0].clone());
+
+        let body = curl(
+            &lab,
+            &["--cacert", &cert, "--interface", &source, "--resolve", &resolve_mc, "https://mychart.example.org/"],
+        );
+        assert_eq!(body.trim(), "rs3", "MyChart and Hyperspace do not mix");
+    }
+    assert!(!hyperspace_servers.is_empty());
+
+    // Following the redirect lands on HTTPS through the VIP.
+    let resolve_80 = format!("hyperspace.example.org:80:{HYPERSPACE}");
+    let body = curl(
+        &lab,
+        &["-L", "--cacert", &cert, "--resolve", &resolve_80, "--resolve", &resolve_hs, "http://hyperspace.example.org/"],
+    );
+    assert!(body.trim() == "rs1" || body.trim() == "rs2", "{body}");
+}
+
+#[test]
+fn slow_clients_do_not_stop_the_redirect_service() {
+    let (lab, _lbd) = epic_lab();
+    // 300 connections that send half a request and then nothing, held open
+    // for 8 s (bounded), while a normal request is made.
+    let script = format!(
+        "import socket,time\nsocks=[]\nfor i in range(300):\n    s=socket.create_connection(('{HYPERSPACE}',80),timeout=5)\n    \
+         s.sendall(b'GET / HTTP/1.1\\r\\nHost: slow\\r\\n')\n    socks.append(s)\nprint('open',len(socks),flush=True)\ntime.sleep(8)\n"
+    );
+    let slow = std::process::Command::new("ip")
+        .args(["netns", "exec", lab.client_ns(), "python3", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut lab = lab;
+    let handle = lab.adopt(slow);
+    std::thread::sleep(Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    let out = curl_verbose(&lab, &["-H", "'Host: hyperspace.example.org'", "http://198.18.0.100/ok"]);
+    assert!(out.contains("< HTTP/1.1 301"), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(3), "answered while 300 slow clients wait");
+    let _ = lab.kill(handle);
+}
