@@ -15,7 +15,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AdminState, Config, ServiceKind};
+use crate::{
+    config::{AdminState, Config, ServiceKind},
+    sync::AdminChange,
+};
 
 /// Errors reading or writing the store.
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +180,59 @@ impl AdminStore {
         &self.entries
     }
 
+    /// Every recorded change, as the sync channel carries them.
+    #[must_use]
+    pub fn changes(&self) -> Vec<AdminChange> {
+        self.entries
+            .iter()
+            .flat_map(|(service, servers)| {
+                servers.iter().map(move |(server, o)| AdminChange {
+                    service: service.clone(),
+                    server: server.clone(),
+                    state: o.state.clone(),
+                    weight: o.weight,
+                    file_weight: o.file_weight,
+                    changed_ms: o.changed_ms,
+                })
+            })
+            .collect()
+    }
+
+    /// The recorded change of one server, as the sync channel carries it.
+    #[must_use]
+    pub fn recorded(&self, service: &str, server: &str) -> Option<AdminChange> {
+        self.changes()
+            .into_iter()
+            .find(|c| c.service == service && c.server == server)
+    }
+
+    /// Takes a change made on the peer if it is newer than ours (the latest
+    /// change wins) and saves it. Returns whether it was taken.
+    ///
+    /// # Errors
+    /// When the store cannot be written (nothing changes then).
+    pub fn merge(&mut self, change: &AdminChange) -> Result<bool, AdminError> {
+        let ours = self.get(&change.service, &change.server).map_or(0, |o| o.changed_ms);
+        if change.changed_ms <= ours {
+            return Ok(false);
+        }
+        let before = self.entries.clone();
+        self.entries.entry(change.service.clone()).or_default().insert(
+            change.server.clone(),
+            Override {
+                state: change.state.clone(),
+                weight: change.weight,
+                file_weight: change.file_weight,
+                changed_ms: change.changed_ms,
+            },
+        );
+        if let Err(e) = self.save() {
+            self.entries = before;
+            return Err(e);
+        }
+        Ok(true)
+    }
+
     /// `config` with the recorded changes applied: lbctl states win; an lbctl
     /// weight wins until the file's weight differs from the one it replaced.
     /// Changes for servers no longer in `config` are dropped (and saved).
@@ -277,6 +333,22 @@ mod tests {
             "the superseded change is dropped"
         );
         assert_eq!(rs1(&store.effective(&config(100, "online"))).weight, 100);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn the_latest_change_wins_between_peers() {
+        let d = dir("merge");
+        let mut store = AdminStore::load(&d).unwrap_or_else(|e| panic!("{e}"));
+        store.set_state("web", "rs1", AdminState::Drain).unwrap_or_else(|e| panic!("{e}"));
+        let mut older = store.recorded("web", "rs1").unwrap_or_else(|| panic!("recorded"));
+        older.state = Some("halt".into());
+        older.changed_ms -= 1;
+        assert!(!store.merge(&older).unwrap_or_else(|e| panic!("{e}")));
+        let mut newer = older.clone();
+        newer.changed_ms += 10;
+        assert!(store.merge(&newer).unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(store.get("web", "rs1").and_then(|o| o.state.clone()).as_deref(), Some("halt"));
         let _ = std::fs::remove_dir_all(&d);
     }
 

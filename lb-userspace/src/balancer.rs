@@ -233,10 +233,12 @@ pub struct Census {
 }
 
 impl Census {
-    fn add(&mut self, key: &CensusKey, k: &AffinityKey, v: &Affinity, now_ns: u64) {
+    /// Counts one entry; returns whether it is live (within its timeout, for
+    /// a server that still keeps clients).
+    pub fn add(&mut self, key: &CensusKey, k: &AffinityKey, v: &Affinity, now_ns: u64) -> bool {
         self.entries += 1;
         let Some(timeout) = key.timeouts.get(&k.service_id) else {
-            return;
+            return false;
         };
         let live = now_ns.saturating_sub(v.last_seen_ns) <= *timeout;
         let valid = key
@@ -247,6 +249,7 @@ impl Census {
             *self.per_real.entry(v.real).or_insert(0) += 1;
             self.live += 1;
         }
+        live && valid
     }
 }
 
@@ -260,7 +263,9 @@ pub fn census(
     now_ns: u64,
 ) -> Result<Census> {
     let mut out = Census::default();
-    scan.scan(&mut |k, v| out.add(key, k, v, now_ns))?;
+    scan.scan(&mut |k, v| {
+        out.add(key, k, v, now_ns);
+    })?;
     Ok(out)
 }
 
@@ -654,8 +659,50 @@ impl<M: Maps> Balancer<M> {
         let mut census_out = Census::default();
         let key = self.census_key();
         self.maps
-            .for_each_affinity(&mut |k, v| census_out.add(&key, k, v, now_ns))?;
+            .for_each_affinity(&mut |k, v| {
+                census_out.add(&key, k, v, now_ns);
+            })?;
         Ok(census_out.per_real)
+    }
+
+    /// An affinity entry as the sync channel carries it: service by name,
+    /// server by address, and its age. None for an entry of an unknown
+    /// service or server.
+    #[must_use]
+    pub fn session_entry(&self, key: &AffinityKey, value: &Affinity, now_ns: u64) -> Option<crate::sync::SessionEntry> {
+        let service = self.services.values().find(|s| s.id == key.service_id)?;
+        let real = service.reals.iter().find(|r| r.index == value.real)?;
+        if u32::from_ne_bytes(real.address.octets()) != value.real_address {
+            return None;
+        }
+        let age_ms = now_ns.saturating_sub(value.last_seen_ns) / 1_000_000;
+        Some(crate::sync::SessionEntry {
+            service: service.config.name.clone(),
+            client: Ipv4Addr::from(key.client.to_ne_bytes()),
+            server_address: real.address,
+            age_ms: u32::try_from(age_ms).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// Installs an affinity entry received from the peer, so this node sends
+    /// the client to the same real server. Returns false (nothing written)
+    /// when the service or server is unknown here.
+    ///
+    /// # Errors
+    /// A failed map write.
+    pub fn install_session(&mut self, entry: &crate::sync::SessionEntry, now_ns: u64) -> Result<bool> {
+        let Some(service) = self.services.get(&entry.service) else { return Ok(false) };
+        let Some(real) = service.reals.iter().find(|r| r.address == entry.server_address) else {
+            return Ok(false);
+        };
+        let key = service.client_key(entry.client);
+        let value = Affinity {
+            real: real.index,
+            real_address: u32::from_ne_bytes(real.address.octets()),
+            last_seen_ns: now_ns.saturating_sub(u64::from(entry.age_ms) * 1_000_000),
+        };
+        self.maps.set_affinity(key, value)?;
+        Ok(true)
     }
 
     /// Where a client of `service` is sent, and why.

@@ -138,6 +138,41 @@ impl Vips {
         Ok(out)
     }
 
+    /// The interface's own IPv4 address (the first one that is not a /32 and
+    /// not a VIP lbd added): VRRP advertisements are sent from it.
+    ///
+    /// # Errors
+    /// When the addresses cannot be listed.
+    pub async fn primary_address(&self) -> Result<Option<Ipv4Addr>> {
+        let mut addresses = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(self.ifindex)
+            .execute();
+        let mut fallback = None;
+        while let Some(message) = addresses.try_next().await.map_err(|source| NetlinkError::Request {
+            what: "listing interface addresses".into(),
+            source,
+        })? {
+            if message.header.family != AddressFamily::Inet || message.header.index != self.ifindex {
+                continue;
+            }
+            for attribute in &message.attributes {
+                if let AddressAttribute::Local(std::net::IpAddr::V4(a)) = attribute {
+                    if self.owned.contains(a) {
+                        continue;
+                    }
+                    if message.header.prefix_len < 32 {
+                        return Ok(Some(*a));
+                    }
+                    fallback.get_or_insert(*a);
+                }
+            }
+        }
+        Ok(fallback)
+    }
+
     /// Makes the held VIPs exactly `wanted`: adds the missing ones (as /32),
     /// removes those lbd added that are no longer wanted, and sends gratuitous
     /// ARP for each VIP added. Returns the VIPs added.

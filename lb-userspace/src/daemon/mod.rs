@@ -4,7 +4,10 @@
 //!
 //! Start-up order matters: maps are filled before the program is attached,
 //! and VIPs are added only once the program forwards, so the first packet
-//! to a VIP is already balanced. Shutdown runs the other way.
+//! to a VIP is already balanced. Shutdown runs the other way. In a pair, the
+//! VIPs follow VRRP instead ([`cluster`]).
+
+mod cluster;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -19,7 +22,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use lb_common::Reason;
+use lb_common::{Affinity, AffinityKey, Reason};
 use rtnetlink::Handle;
 use serde_json::{json, Value};
 use tokio::{
@@ -49,12 +52,24 @@ const PROMPT_EVERY: Duration = Duration::from_secs(2);
 /// How often active clients are counted (a pass over the affinity table).
 const CENSUS_EVERY: Duration = Duration::from_secs(1);
 
-/// Active-client counting, shared with its background thread.
+/// Active-client counting, shared with its background thread. In a pair the
+/// same pass also collects the entries the master streams to its peer.
 #[derive(Default)]
 struct CensusShared {
     key: CensusKey,
     latest: Census,
+    /// Collect changed entries for the sync stream.
+    collect: bool,
+    /// Entries written since the pass before (bounded by `MAX_STREAMED`).
+    changed: Vec<(AffinityKey, Affinity)>,
+    /// Collect every live entry on the next pass (a snapshot for the peer).
+    want_full: bool,
+    /// That snapshot, once taken.
+    full: Option<Vec<(AffinityKey, Affinity)>>,
 }
+
+/// Most entries one pass hands to the sync stream; more wait for the next.
+const MAX_STREAMED: usize = 2_000_000;
 
 struct Daemon {
     config_path: PathBuf,
@@ -73,6 +88,10 @@ struct Daemon {
     ifindex: u32,
     vips: Vips,
     prompted: BTreeMap<Ipv4Addr, Instant>,
+    /// The configuration file's text (the primary sends it to the secondary).
+    config_text: String,
+    /// The HA pair, when `cluster:` is configured.
+    cluster: Option<cluster::Cluster>,
 }
 
 fn attach_mode(mode: XdpMode) -> AttachMode {
@@ -126,22 +145,45 @@ fn redirect_specs(config: &Config) -> Vec<RedirectSpec> {
         .collect()
 }
 
-/// Counts active clients every [`CENSUS_EVERY`] until `stop` is set.
+/// Counts active clients every [`CENSUS_EVERY`] until `stop` is set, and
+/// collects entries for the sync stream when asked to.
 fn census_thread(
     scanner: Box<dyn AffinityScan>,
     shared: Arc<Mutex<CensusShared>>,
     stop: Arc<AtomicBool>,
 ) {
+    let mut since = 0_u64;
     while !stop.load(Ordering::Relaxed) {
-        let key = match shared.lock() {
-            Ok(s) => s.key.clone(),
-            Err(_) => return,
+        let Ok((key, collect, want_full)) = shared.lock().map(|s| (s.key.clone(), s.collect, s.want_full)) else {
+            return;
         };
-        match balancer::census(scanner.as_ref(), &key, monotonic_ns()) {
-            Ok(latest) => {
+        let started = monotonic_ns();
+        let mut census = Census::default();
+        let mut changed = Vec::new();
+        let mut full = Vec::new();
+        let result = scanner.scan(&mut |k, v| {
+            let live = census.add(&key, k, v, started);
+            if live && collect && v.last_seen_ns >= since && changed.len() < MAX_STREAMED {
+                changed.push((*k, *v));
+            }
+            if live && want_full {
+                full.push((*k, *v));
+            }
+        });
+        match result {
+            Ok(()) => {
                 if let Ok(mut s) = shared.lock() {
-                    s.latest = latest;
+                    s.latest = census;
+                    if collect {
+                        s.changed.extend(changed);
+                        s.changed.truncate(MAX_STREAMED);
+                    }
+                    if want_full {
+                        s.want_full = false;
+                        s.full = Some(full);
+                    }
                 }
+                since = started;
             }
             Err(error) => log::warn!("counting active clients: {error}"),
         }
@@ -154,6 +196,12 @@ fn census_thread(
 /// # Errors
 /// When start-up fails; the message says what to fix.
 pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
+    let config_text = std::fs::read_to_string(&config_path).unwrap_or_default();
+    let mut config = config;
+    if let Some(replicated) = secondary_services(&config) {
+        log::info!("secondary: serving the primary's configuration kept in the state directory until the primary sends it again");
+        config.services = replicated;
+    }
     let node = config.node.clone();
     let handle = neighbour::connect()?;
     let iface = neighbour::interface(&handle, &node.interface).await?;
@@ -197,6 +245,8 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         ifindex: iface.index,
         vips,
         prompted: BTreeMap::new(),
+        config_text,
+        cluster: None,
     };
     let result = daemon
         .serve(listener, metrics_listener, health_rx, config)
@@ -210,7 +260,33 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     result
 }
 
+/// On a secondary: the services of the primary's configuration it kept.
+fn secondary_services(config: &Config) -> Option<Vec<crate::config::Service>> {
+    let cluster = config.cluster.as_ref()?;
+    if cluster.role != crate::config::Role::Secondary {
+        return None;
+    }
+    let path = cluster::replicated_path(&config.node.state_dir);
+    let text = std::fs::read_to_string(&path).ok()?;
+    match Config::from_yaml(&text, &path.display().to_string()) {
+        Ok(primary) => Some(primary.services),
+        Err(errors) => {
+            log::warn!("ignoring the kept configuration of the primary: {errors}");
+            None
+        }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Daemon {
+    #[expect(clippy::too_many_lines, reason = "the main loop: one select over every input")]
     async fn serve(
         &mut self,
         listener: tokio::net::UnixListener,
@@ -223,9 +299,30 @@ impl Daemon {
         self.attach_mode = self
             .program
             .attach(&config.node.interface, attach_mode(config.node.xdp_mode))?;
-        let added = self.vips.set(&wanted_vips(&config)).await?;
+        let (mut vrrp_packets, mut sync_events) = match &config.cluster {
+            None => {
+                let added = self.vips.set(&wanted_vips(&config)).await?;
+                log::info!("single node: VIPs added: {added:?}");
+                let (_, vrrp) = mpsc::channel(1);
+                let (_, sync) = mpsc::channel(1);
+                (vrrp, sync)
+            }
+            Some(cluster_config) => {
+                let local = self.vips.primary_address().await?.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{} has no IPv4 address of its own: VRRP needs one to send advertisements from",
+                        config.node.interface
+                    )
+                })?;
+                let vips: Vec<Ipv4Addr> = wanted_vips(&config).into_iter().collect();
+                let (c, inputs) = cluster::start(&config, cluster_config, self.ifindex, local, vips).await?;
+                self.cluster = Some(c);
+                self.drain_vrrp().await;
+                (inputs.vrrp, inputs.sync)
+            }
+        };
         log::info!(
-            "serving {} services on {} (XDP {} mode); VIPs added: {added:?}",
+            "serving {} services on {} (XDP {} mode)",
             config.services.len(),
             config.node.interface,
             self.attach_mode
@@ -236,12 +333,12 @@ impl Daemon {
         let (scrape_tx, mut scrapes) = mpsc::channel::<Scrape>(16);
         let metrics_server = tokio::spawn(metrics::serve(metrics_listener, scrape_tx));
         let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-        let mut interrupt =
-            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-        let mut terminate =
-            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut neighbour_tick = tokio::time::interval(NEIGHBOUR_POLL);
+        let mut session_tick = tokio::time::interval(CENSUS_EVERY);
         loop {
+            let ha_deadline = self.ha_deadline();
             tokio::select! {
                 _ = interrupt.recv() => { log::info!("SIGINT: stopping"); break; }
                 _ = terminate.recv() => { log::info!("SIGTERM: stopping"); break; }
@@ -255,6 +352,10 @@ impl Daemon {
                     let text = self.metrics.render(&self.snapshot()).unwrap_or_else(|e| format!("# {e}\n"));
                     let _ = scrape.send(text);
                 }
+                Some(packet) = vrrp_packets.recv() => self.on_vrrp_packet(packet).await,
+                () = sleep_until(ha_deadline) => self.on_ha_timer().await,
+                Some(event) = sync_events.recv() => self.on_sync(event).await,
+                _ = session_tick.tick() => self.send_sessions(false),
                 _ = neighbour_tick.tick() => self.follow_neighbours().await,
             }
         }
@@ -266,6 +367,7 @@ impl Daemon {
     async fn shutdown(&mut self) {
         self.health.shutdown();
         self.redirects.shutdown();
+        self.stop_cluster().await;
         self.program.detach();
         if let Err(error) = self.vips.remove_all().await {
             log::error!("removing VIPs at shutdown: {error}");
@@ -349,10 +451,21 @@ impl Daemon {
                     log::error!("{error}");
                 }
             }
-            Ok(next) => match self.apply(next).await {
-                Ok(note) => log::info!("SIGHUP: configuration reloaded{note}"),
-                Err(error) => log::error!("SIGHUP: applying the configuration failed: {error:#}"),
-            },
+            Ok(mut next) => {
+                if let Some(replicated) = secondary_services(&next) {
+                    log::info!("SIGHUP on the secondary: services stay those of the primary");
+                    next.services = replicated;
+                }
+                let text = std::fs::read_to_string(&self.config_path).unwrap_or_default();
+                match self.apply(next).await {
+                    Ok(note) => {
+                        self.config_text = text;
+                        self.send_config();
+                        log::info!("SIGHUP: configuration reloaded{note}");
+                    }
+                    Err(error) => log::error!("SIGHUP: applying the configuration failed: {error:#}"),
+                }
+            }
         }
     }
 
@@ -368,7 +481,9 @@ impl Daemon {
         next.node = self.config.node.clone();
         next.cluster = self.config.cluster.clone();
         self.apply_services(&next)?;
-        self.vips.set(&wanted_vips(&next)).await?;
+        if self.holds_vips() {
+            self.vips.set(&wanted_vips(&next)).await?;
+        }
         self.config = next;
         self.follow_neighbours().await;
         Ok(note)
@@ -465,11 +580,7 @@ impl Daemon {
                     Reply::ok(json!({"services": services}))
                 }
             },
-            Request::Ha => Reply::ok(json!({
-                "role": "standalone", "state": "standalone", "peer": null,
-                "last_advert_age_ms": null,
-                "sync": {"connected": false, "sent": 0, "received": 0, "lag_ms": null},
-            })),
+            Request::Ha => Reply::ok(self.ha_json()),
         }
     }
 
@@ -505,12 +616,16 @@ impl Daemon {
         if let Err(e) = self.file_weight(service, server) {
             return Reply::error(e);
         }
+        if let Some(why) = self.refuse_admin() {
+            return Reply::error(why);
+        }
         if let Err(e) = self.admin.set_state(service, server, admin) {
             return Reply::error(format!("{e}; nothing changed"));
         }
         match self.balancer.set_admin_state(service, server, admin) {
             Ok(()) => {
                 self.publish_census_key();
+                self.send_admin(service, server);
                 log::info!("{service}/{server}: admin state {admin}");
                 Reply::ok(
                     json!({"service": service, "server": server, "admin_state": admin.to_string()}),
@@ -526,11 +641,15 @@ impl Daemon {
             Ok(w) => w,
             Err(e) => return Reply::error(e),
         };
+        if let Some(why) = self.refuse_admin() {
+            return Reply::error(why);
+        }
         if let Err(e) = self.admin.set_weight(service, server, weight, file_weight) {
             return Reply::error(format!("{e}; nothing changed"));
         }
         match self.balancer.set_weight(service, server, weight) {
             Ok(()) => {
+                self.send_admin(service, server);
                 log::info!("{service}/{server}: weight {weight}");
                 Reply::ok(json!({"service": service, "server": server, "weight": weight}))
             }
@@ -541,6 +660,9 @@ impl Daemon {
     /// `lbctl apply`: validate, write the file lbd was started with (so a
     /// restart or SIGHUP keeps it), then apply.
     async fn apply_request(&mut self, file: &str, text: &str) -> Reply {
+        if let Some(why) = self.refuse_apply() {
+            return Reply::error(why);
+        }
         let next = match Config::from_yaml(text, file) {
             Ok(next) => next,
             Err(errors) => return Reply::error(errors.to_string()),
@@ -553,6 +675,8 @@ impl Daemon {
         }
         match self.apply(next).await {
             Ok(note) => {
+                text.clone_into(&mut self.config_text);
+                self.send_config();
                 log::info!("configuration applied from {file}{note}");
                 Reply::ok(json!({"applied": true, "note": note.trim_start_matches("; ")}))
             }
@@ -599,8 +723,8 @@ impl Daemon {
         Snapshot {
             services,
             affinity_entries: census.live,
-            ha_master: true,
-            sync_connected: false,
+            ha_master: self.holds_vips(),
+            sync_connected: self.sync_connected(),
             reasons: Reason::ALL.iter().map(|r| r.name()).zip(reasons).collect(),
         }
     }
@@ -685,7 +809,10 @@ impl Daemon {
             .collect();
         Ok(json!({
             "node": self.config.node.name,
-            "ha": {"state": "standalone"},
+            "ha": {
+                "state": self.ha_state(),
+                "role": self.ha_json()["role"].clone(),
+            },
             "interface": self.config.node.interface,
             "xdp_mode": self.attach_mode,
             "vips": self.vips.owned().iter().map(ToString::to_string).collect::<Vec<_>>(),
