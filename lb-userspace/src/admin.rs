@@ -212,20 +212,25 @@ impl AdminStore {
     /// # Errors
     /// When the store cannot be written (nothing changes then).
     pub fn merge(&mut self, change: &AdminChange) -> Result<bool, AdminError> {
-        let ours = self.get(&change.service, &change.server).map_or(0, |o| o.changed_ms);
+        let ours = self
+            .get(&change.service, &change.server)
+            .map_or(0, |o| o.changed_ms);
         if change.changed_ms <= ours {
             return Ok(false);
         }
         let before = self.entries.clone();
-        self.entries.entry(change.service.clone()).or_default().insert(
-            change.server.clone(),
-            Override {
-                state: change.state.clone(),
-                weight: change.weight,
-                file_weight: change.file_weight,
-                changed_ms: change.changed_ms,
-            },
-        );
+        self.entries
+            .entry(change.service.clone())
+            .or_default()
+            .insert(
+                change.server.clone(),
+                Override {
+                    state: change.state.clone(),
+                    weight: change.weight,
+                    file_weight: change.file_weight,
+                    changed_ms: change.changed_ms,
+                },
+            );
         if let Err(e) = self.save() {
             self.entries = before;
             return Err(e);
@@ -340,15 +345,25 @@ mod tests {
     fn the_latest_change_wins_between_peers() {
         let d = dir("merge");
         let mut store = AdminStore::load(&d).unwrap_or_else(|e| panic!("{e}"));
-        store.set_state("web", "rs1", AdminState::Drain).unwrap_or_else(|e| panic!("{e}"));
-        let mut older = store.recorded("web", "rs1").unwrap_or_else(|| panic!("recorded"));
+        store
+            .set_state("web", "rs1", AdminState::Drain)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut older = store
+            .recorded("web", "rs1")
+            .unwrap_or_else(|| panic!("recorded"));
         older.state = Some("halt".into());
         older.changed_ms -= 1;
         assert!(!store.merge(&older).unwrap_or_else(|e| panic!("{e}")));
         let mut newer = older.clone();
         newer.changed_ms += 10;
         assert!(store.merge(&newer).unwrap_or_else(|e| panic!("{e}")));
-        assert_eq!(store.get("web", "rs1").and_then(|o| o.state.clone()).as_deref(), Some("halt"));
+        assert_eq!(
+            store
+                .get("web", "rs1")
+                .and_then(|o| o.state.clone())
+                .as_deref(),
+            Some("halt")
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 

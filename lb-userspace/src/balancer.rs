@@ -658,10 +658,9 @@ impl<M: Maps> Balancer<M> {
     pub fn active_clients(&self, now_ns: u64) -> Result<BTreeMap<u32, u64>> {
         let mut census_out = Census::default();
         let key = self.census_key();
-        self.maps
-            .for_each_affinity(&mut |k, v| {
-                census_out.add(&key, k, v, now_ns);
-            })?;
+        self.maps.for_each_affinity(&mut |k, v| {
+            census_out.add(&key, k, v, now_ns);
+        })?;
         Ok(census_out.per_real)
     }
 
@@ -669,7 +668,12 @@ impl<M: Maps> Balancer<M> {
     /// server by address, and its age. None for an entry of an unknown
     /// service or server.
     #[must_use]
-    pub fn session_entry(&self, key: &AffinityKey, value: &Affinity, now_ns: u64) -> Option<crate::sync::SessionEntry> {
+    pub fn session_entry(
+        &self,
+        key: &AffinityKey,
+        value: &Affinity,
+        now_ns: u64,
+    ) -> Option<crate::sync::SessionEntry> {
         let service = self.services.values().find(|s| s.id == key.service_id)?;
         let real = service.reals.iter().find(|r| r.index == value.real)?;
         if u32::from_ne_bytes(real.address.octets()) != value.real_address {
@@ -690,9 +694,19 @@ impl<M: Maps> Balancer<M> {
     ///
     /// # Errors
     /// A failed map write.
-    pub fn install_session(&mut self, entry: &crate::sync::SessionEntry, now_ns: u64) -> Result<bool> {
-        let Some(service) = self.services.get(&entry.service) else { return Ok(false) };
-        let Some(real) = service.reals.iter().find(|r| r.address == entry.server_address) else {
+    pub fn install_session(
+        &mut self,
+        entry: &crate::sync::SessionEntry,
+        now_ns: u64,
+    ) -> Result<bool> {
+        let Some(service) = self.services.get(&entry.service) else {
+            return Ok(false);
+        };
+        let Some(real) = service
+            .reals
+            .iter()
+            .find(|r| r.address == entry.server_address)
+        else {
             return Ok(false);
         };
         let key = service.client_key(entry.client);

@@ -57,7 +57,8 @@ pub fn parse_ipv4(packet: &[u8]) -> Option<Received> {
     // The kernel may report the total length in host order or trimmed; take
     // what is there, bounded by the claimed length.
     let end = total.min(packet.len()).max(header);
-    let octets = |at: usize| Ipv4Addr::new(packet[at], packet[at + 1], packet[at + 2], packet[at + 3]);
+    let octets =
+        |at: usize| Ipv4Addr::new(packet[at], packet[at + 1], packet[at + 2], packet[at + 3]);
     Some(Received {
         src: octets(12),
         dst: octets(16),
@@ -79,15 +80,29 @@ impl VrrpSocket {
     ///
     /// # Errors
     /// When the socket cannot be opened or configured.
-    pub fn open(interface: &str, ifindex: u32, local: Ipv4Addr, unicast: bool) -> Result<Self, SocketError> {
+    pub fn open(
+        interface: &str,
+        ifindex: u32,
+        local: Ipv4Addr,
+        unicast: bool,
+    ) -> Result<Self, SocketError> {
         let error = |source| SocketError {
             interface: interface.to_owned(),
             source,
         };
-        let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(i32::from(IP_PROTOCOL)))).map_err(error)?;
-        socket.bind_device_by_index_v4(NonZeroU32::new(ifindex)).map_err(error)?;
+        let socket = Socket::new(
+            Domain::IPV4,
+            Type::RAW,
+            Some(Protocol::from(i32::from(IP_PROTOCOL))),
+        )
+        .map_err(error)?;
+        socket
+            .bind_device_by_index_v4(NonZeroU32::new(ifindex))
+            .map_err(error)?;
         socket.set_ttl_v4(u32::from(IP_TTL)).map_err(error)?;
-        socket.set_multicast_ttl_v4(u32::from(IP_TTL)).map_err(error)?;
+        socket
+            .set_multicast_ttl_v4(u32::from(IP_TTL))
+            .map_err(error)?;
         socket.set_multicast_loop_v4(false).map_err(error)?;
         socket.set_multicast_if_v4(&local).map_err(error)?;
         if !unicast {
@@ -113,7 +128,10 @@ impl VrrpSocket {
             match guard.try_io(|fd| fd.get_ref().recv(&mut buffer)) {
                 Ok(Ok(n)) => {
                     // SAFETY: recv initialised the first n bytes.
-                    let bytes: Vec<u8> = buffer[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
+                    let bytes: Vec<u8> = buffer[..n]
+                        .iter()
+                        .map(|b| unsafe { b.assume_init() })
+                        .collect();
                     return Ok(parse_ipv4(&bytes));
                 }
                 Ok(Err(e)) => return Err(e),
@@ -128,7 +146,10 @@ impl VrrpSocket {
     /// On a socket error.
     pub fn send(&self, dst: Ipv4Addr, message: &[u8]) -> io::Result<()> {
         let address = std::net::SocketAddrV4::new(dst, 0);
-        self.fd.get_ref().send_to(message, &address.into()).map(|_| ())
+        self.fd
+            .get_ref()
+            .send_to(message, &address.into())
+            .map(|_| ())
     }
 }
 
@@ -151,7 +172,10 @@ const ROUNDS: [(Duration, u32); 4] = [
 impl GarpSchedule {
     /// Schedules the rounds of one announcement, starting `now`.
     pub fn announce(&mut self, now: Instant) {
-        self.due = ROUNDS.iter().map(|(delay, count)| (now + *delay, *count)).collect();
+        self.due = ROUNDS
+            .iter()
+            .map(|(delay, count)| (now + *delay, *count))
+            .collect();
     }
 
     /// Forgets pending rounds (on losing master).
@@ -186,7 +210,9 @@ mod tests {
 
     #[test]
     fn raw_packets_are_split_at_the_ip_header() {
-        let mut p = vec![0x45, 0, 0, 28, 0, 0, 0, 0, 255, 112, 0, 0, 198, 18, 0, 10, 224, 0, 0, 18];
+        let mut p = vec![
+            0x45, 0, 0, 28, 0, 0, 0, 0, 255, 112, 0, 0, 198, 18, 0, 10, 224, 0, 0, 18,
+        ];
         p.extend_from_slice(&[0x31, 51, 150, 1, 0, 100, 0, 0]);
         let r = parse_ipv4(&p).unwrap_or_else(|| panic!("parses"));
         assert_eq!(r.src, Ipv4Addr::new(198, 18, 0, 10));

@@ -842,7 +842,11 @@ mod tests {
     fn respond_rfc9112_3_2_host_rules() {
         let s = spec(301, "https", None);
         let missing = respond(&s, &request(Method::GET, "/", Version::HTTP_11, &[]));
-        assert_eq!(missing.status(), StatusCode::MOVED_PERMANENTLY, "no Host: the VIP (contract)");
+        assert_eq!(
+            missing.status(),
+            StatusCode::MOVED_PERMANENTLY,
+            "no Host: the VIP (contract)"
+        );
         let twice = respond(
             &s,
             &request(Method::GET, "/", Version::HTTP_11, &["a", "b"]),
@@ -1074,10 +1078,16 @@ mod tests {
         let redirects = start(Limits::default(), vec![loopback("r", 1, 301)]);
         let addr = redirects.local_addr("r").expect("bound");
         let mut stream = connect(addr).await;
-        stream.write_all(b"GET /b?x=1 HTTP/1.1\r\n\r\n").await.expect("write");
+        stream
+            .write_all(b"GET /b?x=1 HTTP/1.1\r\n\r\n")
+            .await
+            .expect("write");
         let (head, _) = read_response(&mut stream, false).await;
         assert!(head.starts_with("HTTP/1.1 301"), "{head}");
-        assert_eq!(header_of(&head, "location"), Some("https://127.0.0.1/b?x=1"));
+        assert_eq!(
+            header_of(&head, "location"),
+            Some("https://127.0.0.1/b?x=1")
+        );
     }
 
     #[tokio::test]

@@ -151,11 +151,17 @@ impl Vips {
             .set_link_index_filter(self.ifindex)
             .execute();
         let mut fallback = None;
-        while let Some(message) = addresses.try_next().await.map_err(|source| NetlinkError::Request {
-            what: "listing interface addresses".into(),
-            source,
-        })? {
-            if message.header.family != AddressFamily::Inet || message.header.index != self.ifindex {
+        while let Some(message) =
+            addresses
+                .try_next()
+                .await
+                .map_err(|source| NetlinkError::Request {
+                    what: "listing interface addresses".into(),
+                    source,
+                })?
+        {
+            if message.header.family != AddressFamily::Inet || message.header.index != self.ifindex
+            {
                 continue;
             }
             for attribute in &message.attributes {

@@ -36,14 +36,18 @@ fn epic_lab() -> (DrLab, Lbd) {
         client_sources: 16,
         vip: HYPERSPACE,
         tls_port: Some(443),
-        tls_names: vec!["hyperspace.example.org".into(), "mychart.example.org".into()],
+        tls_names: vec![
+            "hyperspace.example.org".into(),
+            "mychart.example.org".into(),
+        ],
         extra_vips: vec![MYCHART],
         ..DrLabOptions::default()
     })
     .unwrap_or_else(|e| panic!("lab: {e}"));
     let config = lab_config(&lab, &services(&lab));
     let lbd = Lbd::start(&mut lab, &config).unwrap_or_else(|e| panic!("{e}"));
-    lbd.wait_ready(&mut lab, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}"));
+    lbd.wait_ready(&mut lab, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
     (lab, lbd)
 }
 
@@ -77,23 +81,58 @@ fn raw_http(lab: &DrLab, vip: Ipv4Addr, request: &str) -> String {
 #[test]
 fn redirects_answer_with_the_right_location() {
     let (lab, _lbd) = epic_lab();
-    let out = curl_verbose(&lab, &["-H", "'Host: hyperspace.example.org'", "'http://198.18.0.100/path?q=1'"]);
+    let out = curl_verbose(
+        &lab,
+        &[
+            "-H",
+            "'Host: hyperspace.example.org'",
+            "'http://198.18.0.100/path?q=1'",
+        ],
+    );
     assert!(out.contains("< HTTP/1.1 301"), "{out}");
     assert!(
-        out.to_lowercase().contains("< location: https://hyperspace.example.org/path?q=1"),
+        out.to_lowercase()
+            .contains("< location: https://hyperspace.example.org/path?q=1"),
         "{out}"
     );
-    let out = curl_verbose(&lab, &["-H", "'Host: mychart.example.org:80'", "http://198.18.0.101/login"]);
+    let out = curl_verbose(
+        &lab,
+        &[
+            "-H",
+            "'Host: mychart.example.org:80'",
+            "http://198.18.0.101/login",
+        ],
+    );
     assert!(out.contains("< HTTP/1.1 302"), "{out}");
-    assert!(out.to_lowercase().contains("< location: https://mychart.example.org/login"), "{out}");
+    assert!(
+        out.to_lowercase()
+            .contains("< location: https://mychart.example.org/login"),
+        "{out}"
+    );
 
-    let head = curl_verbose(&lab, &["-I", "-H", "'Host: hyperspace.example.org'", "http://198.18.0.100/"]);
+    let head = curl_verbose(
+        &lab,
+        &[
+            "-I",
+            "-H",
+            "'Host: hyperspace.example.org'",
+            "http://198.18.0.100/",
+        ],
+    );
     assert!(head.contains("< HTTP/1.1 301"), "{head}");
 
     let bad = raw_http(&lab, HYPERSPACE, "GARBAGE\r\n\r\n");
-    assert!(bad.starts_with("HTTP/1.1 400"), "a malformed request gets a real 400: {bad:?}");
+    assert!(
+        bad.starts_with("HTTP/1.1 400"),
+        "a malformed request gets a real 400: {bad:?}"
+    );
     let http10 = raw_http(&lab, HYPERSPACE, "GET /x HTTP/1.0\r\n\r\n");
-    assert!(http10.to_lowercase().contains("location: https://198.18.0.100/x"), "{http10:?}");
+    assert!(
+        http10
+            .to_lowercase()
+            .contains("location: https://198.18.0.100/x"),
+        "{http10:?}"
+    );
 }
 
 #[test]
@@ -111,17 +150,39 @@ fn https_passes_through_to_the_real_servers_and_stays_on_one_server() {
             // --cacert: the handshake verifies the real server's certificate.
             let body = curl(
                 &lab,
-                &["--cacert", &cert, "--interface", &source, "--resolve", &resolve_hs, "https://hyperspace.example.org/"],
+                &[
+                    "--cacert",
+                    &cert,
+                    "--interface",
+                    &source,
+                    "--resolve",
+                    &resolve_hs,
+                    "https://hyperspace.example.org/",
+                ],
             );
             seen.push(body.trim().to_owned());
         }
-        assert!(seen.iter().all(|s| s == &seen[0]), "{source} moved between servers: {seen:?}");
-        assert!(seen[0] == "rs1" || seen[0] == "rs2", "Hyperspace answered by {seen:?}");
+        assert!(
+            seen.iter().all(|s| s == &seen[0]),
+            "{source} moved between servers: {seen:?}"
+        );
+        assert!(
+            seen[0] == "rs1" || seen[0] == "rs2",
+            "Hyperspace answered by {seen:?}"
+        );
         hyperspace_servers.insert(seen[0].clone());
 
         let body = curl(
             &lab,
-            &["--cacert", &cert, "--interface", &source, "--resolve", &resolve_mc, "https://mychart.example.org/"],
+            &[
+                "--cacert",
+                &cert,
+                "--interface",
+                &source,
+                "--resolve",
+                &resolve_mc,
+                "https://mychart.example.org/",
+            ],
         );
         assert_eq!(body.trim(), "rs3", "MyChart and Hyperspace do not mix");
     }
@@ -131,7 +192,16 @@ fn https_passes_through_to_the_real_servers_and_stays_on_one_server() {
     let resolve_80 = format!("hyperspace.example.org:80:{HYPERSPACE}");
     let body = curl(
         &lab,
-        &["-L", "--cacert", &cert, "--resolve", &resolve_80, "--resolve", &resolve_hs, "http://hyperspace.example.org/"],
+        &[
+            "-L",
+            "--cacert",
+            &cert,
+            "--resolve",
+            &resolve_80,
+            "--resolve",
+            &resolve_hs,
+            "http://hyperspace.example.org/",
+        ],
     );
     assert!(body.trim() == "rs1" || body.trim() == "rs2", "{body}");
 }
@@ -154,8 +224,18 @@ fn slow_clients_do_not_stop_the_redirect_service() {
     let handle = lab.adopt(slow);
     std::thread::sleep(Duration::from_secs(2));
     let started = std::time::Instant::now();
-    let out = curl_verbose(&lab, &["-H", "'Host: hyperspace.example.org'", "http://198.18.0.100/ok"]);
+    let out = curl_verbose(
+        &lab,
+        &[
+            "-H",
+            "'Host: hyperspace.example.org'",
+            "http://198.18.0.100/ok",
+        ],
+    );
     assert!(out.contains("< HTTP/1.1 301"), "{out}");
-    assert!(started.elapsed() < Duration::from_secs(3), "answered while 300 slow clients wait");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered while 300 slow clients wait"
+    );
     let _ = lab.kill(handle);
 }

@@ -1,7 +1,8 @@
 //! `cargo xtask setup`: everything a fresh machine needs, installed once.
 //!
 //! - Debian packages: LLVM 22 (bpf-linker links against the same LLVM as
-//!   rustc), and the lab's tools (iproute2, ethtool, curl, python3).
+//!   rustc), and the labs' tools (iproute2, ethtool, curl, python3, and
+//!   keepalived as the VRRP peer of the interoperability tests).
 //! - nightly's `rust-src`, since the XDP program builds `core` itself.
 //! - bpf-linker 0.13 built against LLVM 22 (its default feature wants 23).
 
@@ -21,6 +22,7 @@ const PACKAGES: &[&str] = &[
     "ethtool",
     "curl",
     "python3",
+    "keepalived",
 ];
 
 pub fn run() -> Result<()> {

@@ -242,24 +242,27 @@ fn status(result: &Value) -> String {
     );
     let empty = Vec::new();
     for service in result["services"].as_array().unwrap_or(&empty) {
+        let counters = if service["type"] == "redirect" {
+            format!(
+                "redirect {} to {}, {} requests answered",
+                text(&service["redirect"]["code"]),
+                text(&service["redirect"]["scheme"]),
+                text(&service["requests"])
+            )
+        } else {
+            format!(
+                "packets {}  bytes {}",
+                text(&service["packets"]),
+                text(&service["bytes"])
+            )
+        };
         let _ = writeln!(
             out,
-            "{}  {}:{}/{}  packets {}  bytes {}{}",
+            "{}  {}:{}/{}  {counters}",
             text(&service["name"]),
             text(&service["vip"]),
             text(&service["port"]),
             text(&service["protocol"]),
-            text(&service["packets"]),
-            text(&service["bytes"]),
-            if service["type"] == "redirect" {
-                format!(
-                    "  redirect {} to {}",
-                    text(&service["redirect"]["code"]),
-                    text(&service["redirect"]["scheme"])
-                )
-            } else {
-                String::new()
-            }
         );
         let rows: Vec<Vec<String>> = service["real_servers"]
             .as_array()

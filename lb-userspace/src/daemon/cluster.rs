@@ -81,7 +81,12 @@ pub(super) async fn start(
     local: Ipv4Addr,
     vips: Vec<Ipv4Addr>,
 ) -> anyhow::Result<(Cluster, ClusterInputs)> {
-    let socket = Arc::new(VrrpSocket::open(&config.node.interface, ifindex, local, cluster.peer.is_some())?);
+    let socket = Arc::new(VrrpSocket::open(
+        &config.node.interface,
+        ifindex,
+        local,
+        cluster.peer.is_some(),
+    )?);
     let (vrrp_tx, vrrp_rx) = mpsc::channel(256);
     {
         let socket = socket.clone();
@@ -113,10 +118,16 @@ pub(super) async fn start(
         Some(s) => {
             let key = config::check_key_file(&s.key_file)
                 .map_err(|m| anyhow::anyhow!("cluster.sync.key_file: {m}"))?;
-            let key = SyncKey::new(&key).map_err(|e| anyhow::anyhow!("cluster.sync.key_file: {e}"))?;
+            let key =
+                SyncKey::new(&key).map_err(|e| anyhow::anyhow!("cluster.sync.key_file: {e}"))?;
             let listener = tokio::net::TcpListener::bind(s.listen)
                 .await
-                .with_context(|| format!("cannot listen for the sync peer on {} (cluster.sync.listen)", s.listen))?;
+                .with_context(|| {
+                    format!(
+                        "cannot listen for the sync peer on {} (cluster.sync.listen)",
+                        s.listen
+                    )
+                })?;
             let (out_tx, out_rx) = mpsc::channel(4096);
             let stats = Arc::new(LinkStats::default());
             let link = LinkConfig {
@@ -149,7 +160,8 @@ pub(super) async fn start(
     let vrrp_config = vrrp::Config {
         vrid: cluster.vrid,
         priority: cluster.priority,
-        advert_interval_cs: u16::try_from(cluster.advert_interval_ms / 10).unwrap_or(vrrp::MAX_ADVERT_INTERVAL_CS),
+        advert_interval_cs: u16::try_from(cluster.advert_interval_ms / 10)
+            .unwrap_or(vrrp::MAX_ADVERT_INTERVAL_CS),
         preempt: cluster.preempt,
         addresses: vips,
         local,
@@ -166,9 +178,15 @@ pub(super) async fn start(
     log::info!(
         "cluster: VRRP vrid {} from {local} to {}, priority {}{}",
         cluster.vrid,
-        cluster.peer.map_or_else(|| "224.0.0.18".to_owned(), |p| p.to_string()),
+        cluster
+            .peer
+            .map_or_else(|| "224.0.0.18".to_owned(), |p| p.to_string()),
         cluster.priority,
-        if hold { " (held at 1 until the peer's session table arrives)" } else { "" }
+        if hold {
+            " (held at 1 until the peer's session table arrives)"
+        } else {
+            ""
+        }
     );
     Ok((
         Cluster {
@@ -214,13 +232,19 @@ impl Cluster {
 
     fn release_hold(&mut self, why: &str) {
         if self.hold_until.take().is_some() {
-            log::info!("cluster: {why}; VRRP priority back to {}", self.configured_priority);
-            self.vrrp.set_priority(Instant::now(), self.configured_priority);
+            log::info!(
+                "cluster: {why}; VRRP priority back to {}",
+                self.configured_priority
+            );
+            self.vrrp
+                .set_priority(Instant::now(), self.configured_priority);
         }
     }
 
     fn primary_label(&self) -> String {
-        let address = self.peer.map_or_else(|| "the other node".to_owned(), |p| p.to_string());
+        let address = self
+            .peer
+            .map_or_else(|| "the other node".to_owned(), |p| p.to_string());
         match self.sync.as_ref().and_then(|s| s.peer_node.clone()) {
             Some(node) => format!("{node} ({address})"),
             None => address,
@@ -231,17 +255,24 @@ impl Cluster {
 impl Daemon {
     /// Whether this node holds the VIPs: a single node always, a pair's master.
     pub(super) fn holds_vips(&self) -> bool {
-        self.cluster.as_ref().is_none_or(|c| c.vrrp.state() == State::Master)
+        self.cluster
+            .as_ref()
+            .is_none_or(|c| c.vrrp.state() == State::Master)
     }
 
     /// The earliest HA timer: VRRP, a gratuitous-ARP round, the end of a hold.
     pub(super) fn ha_deadline(&self) -> Option<Instant> {
         let c = self.cluster.as_ref()?;
-        [c.vrrp.poll_timeout(), c.garp.next(), c.hold_until].into_iter().flatten().min()
+        [c.vrrp.poll_timeout(), c.garp.next(), c.hold_until]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub(super) async fn on_vrrp_packet(&mut self, packet: Received) {
-        let Some(c) = self.cluster.as_mut() else { return };
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
         let advert = vrrp::check_ip(packet.ttl, packet.protocol)
             .and_then(|()| vrrp::decode(&packet.payload, packet.src, packet.dst));
         match advert {
@@ -256,9 +287,15 @@ impl Daemon {
                     && advert.vrid == c.vrrp.config().vrid
                     && packet.src != c.vrrp.config().local
                     && advert.priority > 0;
-                if conflict && c.last_conflict.is_none_or(|t| now.duration_since(t) >= CONFLICT_GARP_EVERY) {
+                if conflict
+                    && c.last_conflict
+                        .is_none_or(|t| now.duration_since(t) >= CONFLICT_GARP_EVERY)
+                {
                     c.last_conflict = Some(now);
-                    log::warn!("cluster: {} also claims master; announcing the VIPs again", packet.src);
+                    log::warn!(
+                        "cluster: {} also claims master; announcing the VIPs again",
+                        packet.src
+                    );
                     c.garp.announce(now);
                 }
             }
@@ -268,7 +305,9 @@ impl Daemon {
 
     pub(super) async fn on_ha_timer(&mut self) {
         let now = Instant::now();
-        let Some(c) = self.cluster.as_mut() else { return };
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
         if c.hold_until.is_some_and(|t| t <= now) {
             c.release_hold("no session table from the peer in time");
         }
@@ -291,12 +330,20 @@ impl Daemon {
     /// Carries out what VRRP asked for.
     pub(super) async fn drain_vrrp(&mut self) {
         loop {
-            let Some(c) = self.cluster.as_mut() else { return };
-            let Some(action) = c.vrrp.poll_action() else { return };
+            let Some(c) = self.cluster.as_mut() else {
+                return;
+            };
+            let Some(action) = c.vrrp.poll_action() else {
+                return;
+            };
             match action {
                 Action::SendAdvert { priority } => {
                     let destination = c.vrrp.destination();
-                    let message = vrrp::encode(&c.vrrp.advertisement(priority), c.vrrp.config().local, destination);
+                    let message = vrrp::encode(
+                        &c.vrrp.advertisement(priority),
+                        c.vrrp.config().local,
+                        destination,
+                    );
                     if let Err(error) = c.socket.send(destination, &message) {
                         log::warn!("VRRP: sending to {destination}: {error}");
                     }
@@ -306,14 +353,19 @@ impl Daemon {
                     let wanted = super::wanted_vips(&self.config);
                     match self.vips.set(&wanted).await {
                         Ok(added) => log::warn!("cluster: now MASTER; VIPs added: {added:?}"),
-                        Err(error) => log::error!("cluster: now MASTER but adding the VIPs failed: {error}"),
+                        Err(error) => {
+                            log::error!("cluster: now MASTER but adding the VIPs failed: {error}")
+                        }
                     }
                     self.send_sessions(true);
                 }
                 Action::BecameBackup | Action::Stopped => {
                     c.garp.cancel();
                     match self.vips.remove_all().await {
-                        Ok(()) => log::warn!("cluster: now {}; VIPs removed", state_name(c.vrrp.state()).to_uppercase()),
+                        Ok(()) => log::warn!(
+                            "cluster: now {}; VIPs removed",
+                            state_name(c.vrrp.state()).to_uppercase()
+                        ),
                         Err(error) => log::error!("cluster: removing the VIPs failed: {error}"),
                     }
                 }
@@ -333,11 +385,20 @@ impl Daemon {
     }
 
     pub(super) async fn on_sync(&mut self, event: LinkEvent) {
-        let Some(c) = self.cluster.as_mut() else { return };
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
         let Some(sync) = c.sync.as_mut() else { return };
         match event {
-            LinkEvent::Connected { peer_node, peer_role, .. } => {
-                log::warn!("sync: paired with {peer_node} ({peer_role:?}) at {}", sync.peer);
+            LinkEvent::Connected {
+                peer_node,
+                peer_role,
+                ..
+            } => {
+                log::warn!(
+                    "sync: paired with {peer_node} ({peer_role:?}) at {}",
+                    sync.peer
+                );
                 sync.connected = true;
                 sync.peer_node = Some(peer_node);
                 if c.role == Role::Primary {
@@ -347,7 +408,10 @@ impl Daemon {
                 if let Some(c) = self.cluster.as_ref() {
                     c.send(Message::Admin { changes });
                 }
-                let master = self.cluster.as_ref().is_some_and(|c| c.vrrp.state() == State::Master);
+                let master = self
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| c.vrrp.state() == State::Master);
                 if master {
                     self.send_sessions(true);
                 } else if let Some(c) = self.cluster.as_ref() {
@@ -366,11 +430,19 @@ impl Daemon {
     }
 
     async fn on_sync_message(&mut self, message: Message) {
-        let Some(c) = self.cluster.as_mut() else { return };
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
         match message {
-            Message::Config { version, yaml, admin } => {
+            Message::Config {
+                version,
+                yaml,
+                admin,
+            } => {
                 if c.role == Role::Primary {
-                    log::warn!("sync: ignoring a configuration from the peer: this node is the primary");
+                    log::warn!(
+                        "sync: ignoring a configuration from the peer: this node is the primary"
+                    );
                     return;
                 }
                 if let Some(sync) = c.sync.as_mut() {
@@ -427,7 +499,13 @@ impl Daemon {
         match self.admin.merge(change) {
             Ok(taken) => {
                 if taken {
-                    log::info!("sync: admin change from the peer: {}/{} {:?} {:?}", change.service, change.server, change.state, change.weight);
+                    log::info!(
+                        "sync: admin change from the peer: {}/{} {:?} {:?}",
+                        change.service,
+                        change.server,
+                        change.state,
+                        change.weight
+                    );
                 }
                 taken
             }
@@ -441,19 +519,26 @@ impl Daemon {
     /// The secondary takes the primary's services (keeping its own node and
     /// cluster sections), keeps them under `state_dir`, and applies them.
     async fn apply_replicated(&mut self, yaml: &str) -> anyhow::Result<()> {
-        let primary = Config::from_yaml(yaml, "configuration from the primary").map_err(|e| anyhow::anyhow!("{e}"))?;
+        let primary = Config::from_yaml(yaml, "configuration from the primary")
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let path = replicated_path(&self.config.node.state_dir);
-        super::write_atomically(&path, yaml).with_context(|| format!("keeping it in {}", path.display()))?;
+        super::write_atomically(&path, yaml)
+            .with_context(|| format!("keeping it in {}", path.display()))?;
         let mut next = self.config.clone();
         next.services = primary.services;
         self.apply(next).await?;
-        log::info!("sync: configuration from the primary applied ({} services)", self.config.services.len());
+        log::info!(
+            "sync: configuration from the primary applied ({} services)",
+            self.config.services.len()
+        );
         Ok(())
     }
 
     /// The primary sends its configuration and admin changes.
     pub(super) fn send_config(&mut self) {
-        let Some(c) = self.cluster.as_mut() else { return };
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
         if c.role != Role::Primary {
             return;
         }
@@ -469,19 +554,27 @@ impl Daemon {
 
     /// Sends one admin change to the peer.
     pub(super) fn send_admin(&self, service: &str, server: &str) {
-        if let (Some(c), Some(change)) = (self.cluster.as_ref(), self.admin.recorded(service, server)) {
-            c.send(Message::Admin { changes: vec![change] });
+        if let (Some(c), Some(change)) =
+            (self.cluster.as_ref(), self.admin.recorded(service, server))
+        {
+            c.send(Message::Admin {
+                changes: vec![change],
+            });
         }
     }
 
     /// The master streams affinity entries: the full table when `full`
     /// (pairing, takeover), else what changed since the last pass.
     pub(super) fn send_sessions(&mut self, full: bool) {
-        let Some(c) = self.cluster.as_ref() else { return };
+        let Some(c) = self.cluster.as_ref() else {
+            return;
+        };
         if !c.connected() || c.vrrp.state() != State::Master {
             return;
         }
-        let Ok(mut shared) = self.census.lock() else { return };
+        let Ok(mut shared) = self.census.lock() else {
+            return;
+        };
         shared.collect = true;
         if full {
             shared.want_full = true;
@@ -573,7 +666,9 @@ impl Daemon {
 
     /// The state word for `lbctl status` and the metrics.
     pub(super) fn ha_state(&self) -> &'static str {
-        self.cluster.as_ref().map_or("standalone", |c| state_name(c.vrrp.state()))
+        self.cluster
+            .as_ref()
+            .map_or("standalone", |c| state_name(c.vrrp.state()))
     }
 
     pub(super) fn sync_connected(&self) -> bool {

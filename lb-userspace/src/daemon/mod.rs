@@ -154,7 +154,10 @@ fn census_thread(
 ) {
     let mut since = 0_u64;
     while !stop.load(Ordering::Relaxed) {
-        let Ok((key, collect, want_full)) = shared.lock().map(|s| (s.key.clone(), s.collect, s.want_full)) else {
+        let Ok((key, collect, want_full)) = shared
+            .lock()
+            .map(|s| (s.key.clone(), s.collect, s.want_full))
+        else {
             return;
         };
         let started = monotonic_ns();
@@ -286,7 +289,10 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 impl Daemon {
-    #[expect(clippy::too_many_lines, reason = "the main loop: one select over every input")]
+    #[expect(
+        clippy::too_many_lines,
+        reason = "the main loop: one select over every input"
+    )]
     async fn serve(
         &mut self,
         listener: tokio::net::UnixListener,
@@ -315,7 +321,8 @@ impl Daemon {
                     )
                 })?;
                 let vips: Vec<Ipv4Addr> = wanted_vips(&config).into_iter().collect();
-                let (c, inputs) = cluster::start(&config, cluster_config, self.ifindex, local, vips).await?;
+                let (c, inputs) =
+                    cluster::start(&config, cluster_config, self.ifindex, local, vips).await?;
                 self.cluster = Some(c);
                 self.drain_vrrp().await;
                 (inputs.vrrp, inputs.sync)
@@ -333,8 +340,10 @@ impl Daemon {
         let (scrape_tx, mut scrapes) = mpsc::channel::<Scrape>(16);
         let metrics_server = tokio::spawn(metrics::serve(metrics_listener, scrape_tx));
         let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-        let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-        let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut interrupt =
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let mut terminate =
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut neighbour_tick = tokio::time::interval(NEIGHBOUR_POLL);
         let mut session_tick = tokio::time::interval(CENSUS_EVERY);
         loop {
@@ -463,7 +472,9 @@ impl Daemon {
                         self.send_config();
                         log::info!("SIGHUP: configuration reloaded{note}");
                     }
-                    Err(error) => log::error!("SIGHUP: applying the configuration failed: {error:#}"),
+                    Err(error) => {
+                        log::error!("SIGHUP: applying the configuration failed: {error:#}")
+                    }
                 }
             }
         }

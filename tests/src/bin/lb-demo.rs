@@ -1,10 +1,12 @@
-//! `cargo xtask demo`: the load balancer in a network-namespace lab, shown live.
+//! `cargo xtask demo`: Epic behind lbd in a network-namespace lab, shown live.
 //!
-//! Builds a lab (clients, the load balancer running `lbd`, three real servers
-//! answering HTTP with their names), then shows which server each client
-//! lands on and that it stays there, what `lbctl status` reports, and what a
-//! drain does. Ends by itself after `--duration` seconds or on Ctrl-C, and
-//! leaves nothing behind.
+//! The lab: clients, the load balancer running `lbd` with `examples/epic.yaml`
+//! adapted to the lab, three Hyperspace and two MyChart real servers speaking
+//! real TLS with a generated certificate. The demo shows which server each
+//! client lands on and that it stays there, a redirect followed to HTTPS, a
+//! drain of one server and the failure of another, and what happens to the
+//! clients. It ends by itself after `--duration` seconds (or on Ctrl-C) and
+//! always removes the lab.
 
 use std::{
     collections::BTreeMap,
@@ -15,8 +17,8 @@ use std::{
 };
 
 use lb_tests::{
-    lab::{ClientReport, DrLab, DrLabOptions},
-    lbd::{lab_config, web_service, Lbd},
+    lab::{run_in, DrLab, DrLabOptions},
+    lbd::{lab_config, Lbd},
 };
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -25,15 +27,19 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-/// Clients shown on screen (the lab has more; all of them send).
-const SHOWN: usize = 8;
+const HYPERSPACE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+const MYCHART: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 101);
+/// Hyperspace clients shown (and sending); MyChart clients.
+const CLINICIANS: usize = 6;
+const PATIENTS: usize = 3;
 
 fn main() -> ExitCode {
     let duration = std::env::args()
         .skip_while(|a| a != "--duration")
         .nth(1)
         .and_then(|d| d.parse().ok())
-        .unwrap_or(20_u64);
+        .unwrap_or(20_u64)
+        .max(6);
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
@@ -55,109 +61,198 @@ fn step(text: &str) {
     println!("\n== {text}");
 }
 
-fn show_round(report: &ClientReport, sources: &[Ipv4Addr]) -> String {
-    sources
-        .iter()
-        .map(|s| {
-            let server = report
-                .servers_of(*s)
-                .first()
-                .cloned()
-                .flatten()
-                .unwrap_or_else(|| "--".into());
-            format!("{:>3}->{server}", s.octets()[3])
-        })
-        .collect::<Vec<_>>()
-        .join("  ")
+/// `examples/epic.yaml` with the lab's node section, the MyChart servers at
+/// the lab's addresses, and quicker health checks.
+fn epic_config(lab: &DrLab) -> Result<String, String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/epic.yaml");
+    let example = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    let services = example
+        .split_once("\nservices:\n")
+        .map(|(_, s)| s)
+        .ok_or("the example has no services section")?;
+    let services = services
+        .replace("198.18.0.31", &lab.real_address(3).to_string())
+        .replace("198.18.0.32", &lab.real_address(4).to_string())
+        .replace("tls_verify: false", "tls_verify: false\n      interval_ms: 500\n      timeout_ms: 400\n      rise: 2\n      fall: 2")
+        .replace("{ name: hs1,", &format!("{{ name: {},", lab.real_name(0)))
+        .replace("{ name: hs2,", &format!("{{ name: {},", lab.real_name(1)))
+        .replace("{ name: hs3,", &format!("{{ name: {},", lab.real_name(2)))
+        .replace("{ name: mc1,", &format!("{{ name: {},", lab.real_name(3)))
+        .replace("{ name: mc2,", &format!("{{ name: {},", lab.real_name(4)));
+    Ok(lab_config(lab, &services))
 }
 
+/// One HTTPS request through a VIP from `source`; the answering server's name.
+fn https(lab: &DrLab, source: Ipv4Addr, host: &str, vip: Ipv4Addr) -> String {
+    let (cert, _) = lab.certificate();
+    let resolve = format!("{host}:443:{vip}");
+    let url = format!("https://{host}/");
+    let out = run_in(
+        lab.client_ns(),
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "2",
+            "--cacert",
+            &cert.display().to_string(),
+            "--interface",
+            &source.to_string(),
+            "--resolve",
+            &resolve,
+            &url,
+        ],
+    );
+    out.map_or_else(|_| "--".to_owned(), |body| body.trim().to_owned())
+}
+
+fn lbctl_print(lbd: &Lbd, args: &[&str]) {
+    let out = lbd.lbctl(args);
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[expect(clippy::too_many_lines, reason = "a script, read top to bottom")]
 fn demo(duration: Duration) -> Result<(), String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err("the demo creates network namespaces: run it as root".into());
     }
     let started = Instant::now();
-    step("building the lab: a switch, a client with 256 addresses, the load balancer, 3 real servers");
-    let mut lab = DrLab::start(DrLabOptions::default()).map_err(|e| e.to_string())?;
-    println!(
-        "VIP {}:{}  load balancer {} ({})  real servers {}",
-        lab.vip(),
-        lab.http_port(),
-        lab.lb_address(),
-        lab.lb_ns(),
-        (0..3)
-            .map(|i| format!("{}={}", lab.real_name(i), lab.real_address(i)))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
+    step("building the lab: clients, the load balancer, Hyperspace rs1-rs3 and MyChart rs4-rs5 (real TLS)");
+    let mut lab = DrLab::start(DrLabOptions {
+        real_servers: 5,
+        client_sources: 32,
+        vip: HYPERSPACE,
+        tls_port: Some(443),
+        tls_names: vec![
+            "hyperspace.example.org".into(),
+            "mychart.example.org".into(),
+        ],
+        extra_vips: vec![MYCHART],
+        ..DrLabOptions::default()
+    })
+    .map_err(|e| e.to_string())?;
+    println!("lab {} (namespaces {}-*)", lab.tag(), lab.tag());
+    println!("Hyperspace VIP {HYPERSPACE}, MyChart VIP {MYCHART}; certificate for both names generated for the lab");
 
-    step("starting lbd (XDP direct routing, source-IP persistence 300 s)");
-    let config = lab_config(&lab, &web_service(&lab, 3, 300));
+    step("starting lbd with examples/epic.yaml adapted to the lab");
+    let config = epic_config(&lab)?;
     let lbd = Lbd::start(&mut lab, &config).map_err(|e| e.to_string())?;
     lbd.wait_ready(&mut lab, Duration::from_secs(20))
         .map_err(|e| e.to_string())?;
-    print!(
-        "{}",
-        String::from_utf8_lossy(&lbd.lbctl(&["status"]).stdout)
+    lbctl_print(&lbd, &["status"]);
+
+    step("a clinician types http://hyperspace.example.org/chart?id=42: lbd redirects to HTTPS");
+    let out = run_in(
+        lab.client_ns(),
+        &["sh", "-c", &format!(
+            "curl -sS -o /dev/null -D - --max-time 3 --resolve hyperspace.example.org:80:{HYPERSPACE} 'http://hyperspace.example.org/chart?id=42' | head -n 3"
+        )],
+    )
+    .map_err(|e| e.to_string())?;
+    print!("{out}");
+    let (cert, _) = lab.certificate();
+    let followed = run_in(
+        lab.client_ns(),
+        &[
+            "curl",
+            "-sS",
+            "-L",
+            "--max-time",
+            "3",
+            "--cacert",
+            &cert.display().to_string(),
+            "--resolve",
+            &format!("hyperspace.example.org:80:{HYPERSPACE}"),
+            "--resolve",
+            &format!("hyperspace.example.org:443:{HYPERSPACE}"),
+            "http://hyperspace.example.org/chart?id=42",
+        ],
+    )
+    .map_err(|e| e.to_string())?;
+    println!(
+        "curl -L follows it: TLS handshake with the real server's certificate, answered by {}",
+        followed.trim()
     );
 
-    let shown: Vec<Ipv4Addr> = lab.client_sources()[..SHOWN].to_vec();
-    step(&format!("every client asks the VIP for a page, round after round (shown: {SHOWN} of 256; client -> server)"));
-    let mut first: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
-    let mut moved = 0;
-    let mut rounds = 0;
-    let drain_at = duration / 2;
-    let mut drained = false;
+    let clinicians: Vec<Ipv4Addr> = lab.client_sources()[..CLINICIANS].to_vec();
+    let patients: Vec<Ipv4Addr> = lab.client_sources()[CLINICIANS..CLINICIANS + PATIENTS].to_vec();
+    step("clinicians (Hyperspace) and patients (MyChart) working: client -> server, every 1.5 s");
+    println!(
+        "         {}   | {}",
+        clinicians
+            .iter()
+            .map(|s| format!("{:>7}", format!(".{}", s.octets()[3])))
+            .collect::<String>(),
+        patients
+            .iter()
+            .map(|s| format!("{:>7}", format!(".{}", s.octets()[3])))
+            .collect::<String>()
+    );
+    let mut home: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+    let mut moves: Vec<String> = Vec::new();
+    let (drain_at, fail_at) = (duration / 3, duration * 2 / 3);
+    let (mut drained, mut failed) = (false, false);
+    let mut round = 0;
     while started.elapsed() < duration && !STOP.load(Ordering::SeqCst) {
         if !drained && started.elapsed() >= drain_at {
             drained = true;
-            step("lbctl drain web rs1: rs1 takes no new clients; its clients stay until their persistence expires");
-            let out = lbd.lbctl(&["drain", "web", "rs1"]);
-            print!("{}", String::from_utf8_lossy(&out.stdout));
-            let new_client: Ipv4Addr = "198.18.2.200".parse().map_err(|_| "address")?;
-            let out = lbd.lbctl(&["affinity", "web", &new_client.to_string()]);
-            print!(
-                "a client never seen before: {}",
-                String::from_utf8_lossy(&out.stdout)
-            );
+            step("maintenance: lbctl drain hyperspace rs1 (no new clinicians; its clinicians stay until they log off)");
+            lbctl_print(&lbd, &["drain", "hyperspace", "rs1"]);
+            print!("a clinician never seen before would go to: ");
+            lbctl_print(&lbd, &["affinity", "hyperspace", "198.18.2.250"]);
         }
-        let report = lab
-            .run_clients(1, Duration::from_secs(20))
-            .map_err(|e| e.to_string())?;
-        rounds += 1;
-        for source in report.sources() {
-            if let Some(Some(server)) = report.servers_of(source).first() {
-                if first.entry(source).or_insert_with(|| server.clone()) != server {
-                    moved += 1;
+        if !failed && started.elapsed() >= fail_at {
+            failed = true;
+            step("failure: rs2's web server stops; the health check takes it out and its clinicians move");
+            lab.stop_http(1);
+        }
+        round += 1;
+        let mut row = Vec::new();
+        for (source, host, vip) in clinicians
+            .iter()
+            .map(|s| (*s, "hyperspace.example.org", HYPERSPACE))
+            .chain(
+                patients
+                    .iter()
+                    .map(|s| (*s, "mychart.example.org", MYCHART)),
+            )
+        {
+            let server = https(&lab, source, host, vip);
+            if server != "--" {
+                let previous = home.insert(source, server.clone());
+                if let Some(previous) = previous.filter(|p| *p != server) {
+                    moves.push(format!(".{}: {previous} -> {server}", source.octets()[3]));
                 }
             }
+            row.push(format!("{server:>7}"));
         }
-        println!(
-            "round {rounds:>2}  {}   ({} of 256 answered)",
-            show_round(&report, &shown),
-            report.answered()
-        );
+        let (h, m) = row.split_at(CLINICIANS);
+        println!("round {round:>2} {}   | {}", h.concat(), m.concat());
         std::thread::sleep(Duration::from_millis(1500));
     }
 
-    step("lbctl status after the rounds");
-    print!(
-        "{}",
-        String::from_utf8_lossy(&lbd.lbctl(&["status"]).stdout)
-    );
-    let mut per_server: BTreeMap<&str, usize> = BTreeMap::new();
-    for server in first.values() {
-        *per_server.entry(server.as_str()).or_default() += 1;
+    step("lbctl status at the end");
+    lbctl_print(&lbd, &["status"]);
+    if moves.is_empty() {
+        println!("no client changed server");
+    } else {
+        println!(
+            "clients that changed server: {} (only rs2's, when it failed)",
+            moves.join(", ")
+        );
     }
-    println!("clients per server: {per_server:?}");
-    println!("clients that changed server during the demo: {moved} (persistence keeps them put)");
+    let wrong: Vec<&String> = moves.iter().filter(|m| !m.contains("rs2 ->")).collect();
 
     step("stopping lbd and removing the lab");
     let mut lbd = lbd;
     lbd.stop(&mut lab).map_err(|e| e.to_string())?;
     drop(lab);
-    if moved > 0 {
-        return Err(format!("{moved} clients changed server"));
+    if !wrong.is_empty() {
+        return Err(format!(
+            "clients moved although their server was fine: {wrong:?}"
+        ));
     }
     Ok(())
 }
