@@ -165,7 +165,7 @@ impl Default for Limits {
         Self {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 1024,
-            max_connection_age: Duration::from_secs(120),
+            max_connection_age: Duration::from_mins(2),
         }
     }
 }

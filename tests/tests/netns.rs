@@ -35,6 +35,7 @@ fn first_servers(report: &lb_tests::lab::ClientReport) -> BTreeMap<Ipv4Addr, Str
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, step by step")]
 fn every_source_sticks_to_one_server_and_a_removed_server_loses_only_its_own_clients() {
     let mut lab = lab();
     let config = lab_config(&lab, &web_service(&lab, 3, 300));

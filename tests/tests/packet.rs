@@ -223,6 +223,7 @@ fn client(i: u8) -> Ipv4Addr {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "the fixture table")]
 fn fixtures() {
     let mut h = Harness::new();
     let syn = FrameSpec::tcp(IFACE_MAC, client(7), VIP, 80);

@@ -108,54 +108,7 @@ pub(super) async fn start(
         });
     }
 
-    let (sync_tx, sync_rx) = mpsc::channel(1024);
-    let sync = match &cluster.sync {
-        None => {
-            // Keep the sender so the channel stays open (and silent).
-            std::mem::forget(sync_tx);
-            None
-        }
-        Some(s) => {
-            let key = config::check_key_file(&s.key_file)
-                .map_err(|m| anyhow::anyhow!("cluster.sync.key_file: {m}"))?;
-            let key =
-                SyncKey::new(&key).map_err(|e| anyhow::anyhow!("cluster.sync.key_file: {e}"))?;
-            let listener = tokio::net::TcpListener::bind(s.listen)
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot listen for the sync peer on {} (cluster.sync.listen)",
-                        s.listen
-                    )
-                })?;
-            let (out_tx, out_rx) = mpsc::channel(4096);
-            let stats = Arc::new(LinkStats::default());
-            let link = LinkConfig {
-                listen: s.listen,
-                peer: s.peer,
-                key,
-                local: Local {
-                    node: config.node.name.clone(),
-                    role: cluster.role,
-                    boot_id: getrandom::u64().unwrap_or_else(|_| monotonic_ns()),
-                },
-            };
-            let link_stats = stats.clone();
-            tokio::spawn(async move {
-                if let Err(error) = sync::run(listener, link, out_rx, sync_tx, link_stats).await {
-                    log::error!("sync: {error}");
-                }
-            });
-            Some(SyncState {
-                outgoing: out_tx,
-                stats,
-                peer: s.peer,
-                connected: false,
-                peer_node: None,
-                config_version: 0,
-            })
-        }
-    };
+    let (sync, sync_rx) = start_sync(config, cluster).await?;
 
     let vrrp_config = vrrp::Config {
         vrid: cluster.vrid,
@@ -205,6 +158,63 @@ pub(super) async fn start(
             sync: sync_rx,
         },
     ))
+}
+
+/// Opens the sync link when `cluster.sync` is configured.
+async fn start_sync(
+    config: &Config,
+    cluster: &config::Cluster,
+) -> anyhow::Result<(Option<SyncState>, mpsc::Receiver<LinkEvent>)> {
+    let (sync_tx, sync_rx) = mpsc::channel(1024);
+    let sync = match &cluster.sync {
+        None => {
+            // Keep the sender so the channel stays open (and silent).
+            std::mem::forget(sync_tx);
+            None
+        }
+        Some(s) => {
+            let key = config::check_key_file(&s.key_file)
+                .map_err(|m| anyhow::anyhow!("cluster.sync.key_file: {m}"))?;
+            let key =
+                SyncKey::new(&key).map_err(|e| anyhow::anyhow!("cluster.sync.key_file: {e}"))?;
+            let listener = tokio::net::TcpListener::bind(s.listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen for the sync peer on {} (cluster.sync.listen)",
+                        s.listen
+                    )
+                })?;
+            let (out_tx, out_rx) = mpsc::channel(4096);
+            let stats = Arc::new(LinkStats::default());
+            let link = LinkConfig {
+                listen: s.listen,
+                peer: s.peer,
+                key,
+                local: Local {
+                    node: config.node.name.clone(),
+                    role: cluster.role,
+                    boot_id: getrandom::u64().unwrap_or_else(|_| monotonic_ns()),
+                },
+            };
+            let link_stats = stats.clone();
+            tokio::spawn(async move {
+                if let Err(error) = sync::run(listener, link, out_rx, sync_tx, link_stats).await {
+                    log::error!("sync: {error}");
+                }
+            });
+            Some(SyncState {
+                outgoing: out_tx,
+                stats,
+                peer: s.peer,
+                connected: false,
+                peer_node: None,
+                config_version: 0,
+            })
+        }
+    };
+
+    Ok((sync, sync_rx))
 }
 
 fn state_name(state: State) -> &'static str {
@@ -354,7 +364,7 @@ impl Daemon {
                     match self.vips.set(&wanted).await {
                         Ok(added) => log::warn!("cluster: now MASTER; VIPs added: {added:?}"),
                         Err(error) => {
-                            log::error!("cluster: now MASTER but adding the VIPs failed: {error}")
+                            log::error!("cluster: now MASTER but adding the VIPs failed: {error}");
                         }
                     }
                     self.send_sessions(true);
@@ -577,6 +587,8 @@ impl Daemon {
         };
         shared.collect = true;
         if full {
+            // The snapshot carries everything: what piled up before is moot.
+            shared.changed.clear();
             shared.want_full = true;
             return;
         }

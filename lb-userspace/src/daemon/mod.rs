@@ -147,6 +147,7 @@ fn redirect_specs(config: &Config) -> Vec<RedirectSpec> {
 
 /// Counts active clients every [`CENSUS_EVERY`] until `stop` is set, and
 /// collects entries for the sync stream when asked to.
+#[expect(clippy::needless_pass_by_value, reason = "owned by the thread it runs on")]
 fn census_thread(
     scanner: Box<dyn AffinityScan>,
     shared: Arc<Mutex<CensusShared>>,
@@ -289,10 +290,6 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 impl Daemon {
-    #[expect(
-        clippy::too_many_lines,
-        reason = "the main loop: one select over every input"
-    )]
     async fn serve(
         &mut self,
         listener: tokio::net::UnixListener,
@@ -473,7 +470,7 @@ impl Daemon {
                         log::info!("SIGHUP: configuration reloaded{note}");
                     }
                     Err(error) => {
-                        log::error!("SIGHUP: applying the configuration failed: {error:#}")
+                        log::error!("SIGHUP: applying the configuration failed: {error:#}");
                     }
                 }
             }

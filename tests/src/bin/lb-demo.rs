@@ -10,6 +10,7 @@
 
 use std::{
     collections::BTreeMap,
+    fmt::Write as _,
     net::Ipv4Addr,
     process::ExitCode,
     sync::atomic::{AtomicBool, Ordering},
@@ -106,6 +107,14 @@ fn https(lab: &DrLab, source: Ipv4Addr, host: &str, vip: Ipv4Addr) -> String {
     out.map_or_else(|_| "--".to_owned(), |body| body.trim().to_owned())
 }
 
+/// The sources as right-aligned `.N` columns.
+fn columns(sources: &[Ipv4Addr]) -> String {
+    sources.iter().fold(String::new(), |mut out, s| {
+        let _ = write!(out, "{:>7}", format!(".{}", s.octets()[3]));
+        out
+    })
+}
+
 fn lbctl_print(lbd: &Lbd, args: &[&str]) {
     let out = lbd.lbctl(args);
     print!("{}", String::from_utf8_lossy(&out.stdout));
@@ -181,14 +190,8 @@ fn demo(duration: Duration) -> Result<(), String> {
     step("clinicians (Hyperspace) and patients (MyChart) working: client -> server, every 1.5 s");
     println!(
         "         {}   | {}",
-        clinicians
-            .iter()
-            .map(|s| format!("{:>7}", format!(".{}", s.octets()[3])))
-            .collect::<String>(),
-        patients
-            .iter()
-            .map(|s| format!("{:>7}", format!(".{}", s.octets()[3])))
-            .collect::<String>()
+        columns(&clinicians),
+        columns(&patients),
     );
     let mut home: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
     let mut moves: Vec<String> = Vec::new();
