@@ -201,12 +201,7 @@ fn human(command: &Command, result: &Value) -> String {
                 .unwrap_or_default();
             table(&["SERVICE", "CLIENTS MOVED"], &rows)
         }
-        Command::Ha => format!(
-            "role {}  state {}  peer {}\n",
-            text(&result["role"]),
-            text(&result["state"]),
-            text(&result["peer"])
-        ),
+        Command::Ha => ha(result),
         Command::Apply { .. } => {
             let note = result["note"].as_str().filter(|n| !n.is_empty());
             format!(
@@ -232,13 +227,44 @@ fn human(command: &Command, result: &Value) -> String {
     }
 }
 
+/// One or two lines on the HA state (`lbctl ha`, and the head of `status`).
+fn ha(ha: &Value) -> String {
+    if ha["role"] == "standalone" {
+        return "ha standalone (single node)\n".into();
+    }
+    let sync = &ha["sync"];
+    let sync_line = if sync["configured"] == true {
+        format!(
+            "sync {} to {} ({}): sent {}, received {}, lag {} ms",
+            if sync["connected"] == true { "connected" } else { "NOT connected" },
+            text(&sync["peer"]),
+            text(&sync["peer_node"]),
+            text(&sync["sent"]),
+            text(&sync["received"]),
+            text(&sync["lag_ms"]),
+        )
+    } else {
+        "sync not configured".into()
+    };
+    format!(
+        "ha {} ({}), priority {}{}, peer {}, last advertisement {} ms ago from {}\n{sync_line}\n",
+        text(&ha["state"]).to_uppercase(),
+        text(&ha["role"]),
+        text(&ha["priority"]),
+        if ha["preempt_held"] == true { " (held until the peer's sessions arrive)" } else { "" },
+        text(&ha["peer"]),
+        text(&ha["last_advert_age_ms"]),
+        text(&ha["last_advert_from"]),
+    )
+}
+
 fn status(result: &Value) -> String {
     let mut out = format!(
-        "node {}  ha {}  interface {} (XDP {})\n\n",
+        "node {}  interface {} (XDP {})\n{}\n\n",
         text(&result["node"]),
-        text(&result["ha"]["state"]),
         text(&result["interface"]),
         text(&result["xdp_mode"]),
+        ha(&result["ha"]).trim_end(),
     );
     let empty = Vec::new();
     for service in result["services"].as_array().unwrap_or(&empty) {

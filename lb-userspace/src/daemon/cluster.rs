@@ -676,13 +676,6 @@ impl Daemon {
         })
     }
 
-    /// The state word for `lbctl status` and the metrics.
-    pub(super) fn ha_state(&self) -> &'static str {
-        self.cluster
-            .as_ref()
-            .map_or("standalone", |c| state_name(c.vrrp.state()))
-    }
-
     pub(super) fn sync_connected(&self) -> bool {
         self.cluster.as_ref().is_some_and(Cluster::connected)
     }

@@ -817,10 +817,7 @@ impl Daemon {
             .collect();
         Ok(json!({
             "node": self.config.node.name,
-            "ha": {
-                "state": self.ha_state(),
-                "role": self.ha_json()["role"].clone(),
-            },
+            "ha": self.ha_json(),
             "interface": self.config.node.interface,
             "xdp_mode": self.attach_mode,
             "vips": self.vips.owned().iter().map(ToString::to_string).collect::<Vec<_>>(),
