@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod guard;
 pub mod ha;
 pub mod health;
 pub mod maglev;

@@ -1886,7 +1886,10 @@ mod tests {
     fn rfc5798_5_2_keepalived_captures_decode_and_reencode() {
         let fixtures = include_str!("../tests/fixtures/keepalived-2.2.7-vrrpv3.txt");
         let mut checked = 0;
-        for line in fixtures.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        for line in fixtures
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
             let (kind, hex) = line.split_once(' ').unwrap_or_else(|| panic!("{line}"));
             let packet: Vec<u8> = (0..hex.len())
                 .step_by(2)
@@ -1895,22 +1898,36 @@ mod tests {
             let header = usize::from(packet[0] & 0x0f) * 4;
             let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
             let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
-            assert_eq!(check_ip(packet[8], packet[9]), Ok(()), "{kind}: TTL 255, protocol 112");
+            assert_eq!(
+                check_ip(packet[8], packet[9]),
+                Ok(()),
+                "{kind}: TTL 255, protocol 112"
+            );
             let message = &packet[header..];
             let adv = decode(message, src, dst).unwrap_or_else(|e| panic!("{kind}: {e}"));
             match kind {
                 "unicast" => {
-                    assert_eq!((adv.vrid, adv.priority, adv.max_advert_interval_cs), (51, 150, 100));
+                    assert_eq!(
+                        (adv.vrid, adv.priority, adv.max_advert_interval_cs),
+                        (51, 150, 100)
+                    );
                     assert_eq!(adv.addresses, vec![Ipv4Addr::new(198, 18, 0, 100)]);
                 }
                 "multicast" => {
                     assert_eq!(dst, MULTICAST_GROUP);
-                    assert_eq!((adv.vrid, adv.priority, adv.max_advert_interval_cs), (52, 200, 50));
+                    assert_eq!(
+                        (adv.vrid, adv.priority, adv.max_advert_interval_cs),
+                        (52, 200, 50)
+                    );
                     assert_eq!(adv.addresses.len(), 2);
                 }
                 other => panic!("unknown fixture kind {other}"),
             }
-            assert_eq!(encode(&adv, src, dst), message, "{kind}: re-encoded byte for byte");
+            assert_eq!(
+                encode(&adv, src, dst),
+                message,
+                "{kind}: re-encoded byte for byte"
+            );
             checked += 1;
         }
         assert_eq!(checked, 3);

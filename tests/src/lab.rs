@@ -6,6 +6,9 @@
 //! share 198.18.0.0/22. The real servers hold the VIP on `lo`, never answer
 //! ARP for it and run a small HTTP server that answers with their name. The
 //! load balancer's namespace gets no VIP: the daemon under test adds it.
+//! With [`DrLabOptions::second_lb`] a second load-balancer namespace joins
+//! the LAN for HA pairs; [`DrLab::cut_lbs`] and [`DrLab::heal_lbs`] split
+//! and rejoin the two.
 //!
 //! Client source addresses (198.18.1.0, 198.18.1.1, ...) are /32 addresses on
 //! the client's `eth0`; the other hosts route 198.18.1.0/24 and 198.18.2.0/24
@@ -50,6 +53,8 @@ const LAN_PREFIX: u8 = 22;
 const LAN_BASE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
 const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const LB_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+/// The second load balancer's address (labs with [`DrLabOptions::second_lb`]).
+const LB2_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 11);
 const FIRST_REAL: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 21);
 const FIRST_SOURCE: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 0);
 /// The /24s holding client sources; other hosts route them via the client.
@@ -453,6 +458,9 @@ pub struct DrLabOptions {
     pub extra_vips: Vec<Ipv4Addr>,
     /// XDP object with a do-nothing program in section "xdp".
     pub lab_pass_obj: PathBuf,
+    /// A second load-balancer namespace `TAG-lb2` (198.18.0.11, switch port
+    /// `lb2`) set up like the first, for HA pairs.
+    pub second_lb: bool,
 }
 
 impl Default for DrLabOptions {
@@ -477,6 +485,7 @@ impl Default for DrLabOptions {
             tls_names: vec!["lab.example.org".into()],
             extra_vips: Vec::new(),
             lab_pass_obj,
+            second_lb: false,
         }
     }
 }
@@ -516,6 +525,7 @@ pub struct DrLab {
     dir_created: bool,
     switch: String,
     lb: String,
+    lb2: Option<String>,
     client: String,
     reals: Vec<String>,
     /// In creation order; deleted in reverse.
@@ -542,6 +552,7 @@ impl DrLab {
         let mut lab = DrLab {
             switch: format!("{tag}-sw"),
             lb: format!("{tag}-lb"),
+            lb2: opts.second_lb.then(|| format!("{tag}-lb2")),
             client: format!("{tag}-cl"),
             reals: (1..=opts.real_servers)
                 .map(|i| format!("{tag}-rs{i}"))
@@ -592,10 +603,11 @@ impl DrLab {
             "link set lo up\nlink add br0 type bridge\nlink set br0 up\n",
         )?;
 
-        let mut hosts = vec![
-            (self.lb.clone(), "lb".to_string(), LB_ADDR),
-            (self.client.clone(), "cl".to_string(), CLIENT_ADDR),
-        ];
+        let mut hosts = vec![(self.lb.clone(), "lb".to_string(), LB_ADDR)];
+        if let Some(lb2) = &self.lb2 {
+            hosts.push((lb2.clone(), "lb2".to_string(), LB2_ADDR));
+        }
+        hosts.push((self.client.clone(), "cl".to_string(), CLIENT_ADDR));
         for (i, ns) in self.reals.iter().enumerate() {
             hosts.push((ns.clone(), self.real_name(i), self.real_address(i)));
         }
@@ -609,10 +621,20 @@ impl DrLab {
         });
         ip_batch(&switch, &ports)?;
 
+        // veth trap: XDP_TX frames of a load balancer only arrive if its
+        // switch port runs XDP itself.
         let obj = self.opts.lab_pass_obj.to_string_lossy().into_owned();
-        run(&[
-            "ip", "-n", &switch, "link", "set", "dev", "lb", "xdpdrv", "obj", &obj, "sec", "xdp",
-        ])?;
+        let lb_ports: &[&str] = if self.lb2.is_some() {
+            &["lb", "lb2"]
+        } else {
+            &["lb"]
+        };
+        for port in lb_ports {
+            run(&[
+                "ip", "-n", &switch, "link", "set", "dev", port, "xdpdrv", "obj", &obj, "sec",
+                "xdp",
+            ])?;
+        }
         run_in(&self.client, &["ethtool", "-K", "eth0", "tx", "off"])?;
 
         for i in 0..self.reals.len() {
@@ -627,13 +649,14 @@ impl DrLab {
     /// Sysctls, `eth0` (peer `port` on the switch), addresses and routes of
     /// one host namespace.
     fn setup_host(&self, ns: &str, port: &str, addr: Ipv4Addr) -> Result<(), LabError> {
-        let is_real = ns != self.lb && ns != self.client;
+        let is_lb = ns == self.lb || self.lb2.as_deref() == Some(ns);
+        let is_real = !is_lb && ns != self.client;
         let mut sysctls = vec![
             "net.ipv6.conf.default.disable_ipv6=1",
             "net.ipv4.conf.all.rp_filter=0",
             "net.ipv4.conf.default.rp_filter=0",
         ];
-        if ns == self.lb {
+        if is_lb {
             sysctls.push("net.ipv4.ip_forward=0");
         }
         if is_real {
@@ -686,7 +709,8 @@ impl DrLab {
         let cert = rcgen::generate_simple_self_signed(names)
             .map_err(|e| LabError::Invalid(format!("cannot make the lab certificate: {e}")))?;
         let (cert_path, key_path) = self.certificate();
-        fs::write(&cert_path, cert.cert.pem()).map_err(io_err(format!("cannot write {}", cert_path.display())))?;
+        fs::write(&cert_path, cert.cert.pem())
+            .map_err(io_err(format!("cannot write {}", cert_path.display())))?;
         fs::write(&key_path, cert.signing_key.serialize_pem())
             .map_err(io_err(format!("cannot write {}", key_path.display())))?;
         Ok(())
@@ -706,7 +730,10 @@ impl DrLab {
         let ns = self.reals[i].clone();
         let log = self.log_path(&format!("{name}-http.log"));
         let (cert, key) = self.certificate();
-        let (cert, key) = (cert.to_string_lossy().into_owned(), key.to_string_lossy().into_owned());
+        let (cert, key) = (
+            cert.to_string_lossy().into_owned(),
+            key.to_string_lossy().into_owned(),
+        );
         let tls_port = self.opts.tls_port.map(|p| p.to_string());
         let mut cmd = vec!["python3", "-u", &script, &name, &port];
         if let Some(tls_port) = &tls_port {
@@ -779,6 +806,78 @@ impl DrLab {
         &self.lb
     }
 
+    /// Namespace of the second load balancer (switch port `lb2`).
+    ///
+    /// # Panics
+    /// If the lab was started without [`DrLabOptions::second_lb`].
+    #[must_use]
+    pub fn lb2_ns(&self) -> &str {
+        self.lb2.as_deref().unwrap_or_else(|| {
+            panic!(
+                "lab {} has no second load balancer (set DrLabOptions::second_lb)",
+                self.tag
+            )
+        })
+    }
+
+    /// The second load balancer's address, 198.18.0.11.
+    #[must_use]
+    pub fn lb2_address(&self) -> Ipv4Addr {
+        LB2_ADDR
+    }
+
+    /// MAC of the second load balancer's `eth0`: 02:00:00:00:00:0b.
+    #[must_use]
+    pub fn lb2_mac(&self) -> [u8; 6] {
+        mac_for(LB2_ADDR)
+    }
+
+    /// Split brain: each load balancer gets a blackhole route to the other's
+    /// address, so neither sends it anything (unicast VRRP and sync are cut;
+    /// clients and real servers are not). A socket bound to a device
+    /// (`SO_BINDTODEVICE`, as VRRP speakers use) ignores a blackhole route:
+    /// the kernel then assumes the destination is on-link. So each also gets
+    /// an nftables table `lab_cut` dropping what arrives from the other.
+    /// Undo with [`Self::heal_lbs`].
+    ///
+    /// # Errors
+    /// [`LabError::Invalid`] without a second load balancer, else the error
+    /// of `ip route add` or `nft` (for instance, when already cut).
+    pub fn cut_lbs(&self) -> Result<(), LabError> {
+        for (ns, other) in self.lb_pair()? {
+            let dest = format!("{other}/32");
+            run(&["ip", "-n", ns, "route", "add", "blackhole", &dest])?;
+            let rules = format!(
+                "table ip lab_cut {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    \
+                 ip saddr {other} drop\n  }}\n}}\n"
+            );
+            run_with_input(&["ip", "netns", "exec", ns, "nft", "-f", "-"], Some(&rules))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the blackhole routes and nftables tables of [`Self::cut_lbs`].
+    ///
+    /// # Errors
+    /// [`LabError::Invalid`] without a second load balancer, else the error
+    /// of `ip route del` or `nft` (for instance, when not cut).
+    pub fn heal_lbs(&self) -> Result<(), LabError> {
+        for (ns, other) in self.lb_pair()? {
+            let dest = format!("{other}/32");
+            run(&["ip", "-n", ns, "route", "del", "blackhole", &dest])?;
+            run_in(ns, &["nft", "delete", "table", "ip", "lab_cut"])?;
+        }
+        Ok(())
+    }
+
+    /// Each load balancer's namespace with the other's address.
+    fn lb_pair(&self) -> Result<[(&str, Ipv4Addr); 2], LabError> {
+        let lb2 = self.lb2.as_deref().ok_or_else(|| {
+            LabError::Invalid(format!("lab {} has no second load balancer", self.tag))
+        })?;
+        Ok([(self.lb.as_str(), LB2_ADDR), (lb2, LB_ADDR)])
+    }
+
     /// Namespace of the client.
     #[must_use]
     pub fn client_ns(&self) -> &str {
@@ -794,7 +893,8 @@ impl DrLab {
         &self.reals[i]
     }
 
-    /// Namespace of the switch (bridge `br0`; ports named `lb`, `cl`, `rsN`).
+    /// Namespace of the switch (bridge `br0`; ports named `lb`, `lb2` (if
+    /// any), `cl`, `rsN`).
     #[must_use]
     pub fn switch_ns(&self) -> &str {
         &self.switch
@@ -1196,8 +1296,10 @@ fn validate(opts: &DrLabOptions) -> Result<(), LabError> {
     let in_sources = opts.vip.octets()[2] == 1 || opts.vip.octets()[2] == 2;
     let first_real = u32::from(FIRST_REAL);
     let last_real = u32::from(offset(FIRST_REAL, opts.real_servers - 1));
-    let taken =
-        opts.vip == CLIENT_ADDR || opts.vip == LB_ADDR || (first_real..=last_real).contains(&vip);
+    let taken = opts.vip == CLIENT_ADDR
+        || opts.vip == LB_ADDR
+        || (opts.second_lb && opts.vip == LB2_ADDR)
+        || (first_real..=last_real).contains(&vip);
     if !in_lan || in_sources || taken {
         return Err(LabError::Invalid(format!(
             "vip {} must be a free host address of {LAN_BASE}/{LAN_PREFIX} outside \

@@ -1,9 +1,19 @@
 //! Running `lbd` in a lab's load-balancer namespace, and `lbctl` against it.
+//!
+//! [`Lbd::start`] runs one lbd with its files at the top of the lab
+//! directory. For HA pairs, [`Lbd::start_named`] runs an lbd in a chosen
+//! namespace with its own files under `LAB_DIR/NAME/` (configuration,
+//! control socket, state directory, log), so two can share a lab;
+//! [`lab_config_named`], [`ClusterSpec`] and [`write_key`] build their
+//! configuration.
 
 use std::{
     fmt::Write as _,
+    fs,
+    io::{Read as _, Seek as _, SeekFrom},
     net::Ipv4Addr,
-    path::PathBuf,
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
     process::Output,
     time::{Duration, Instant},
 };
@@ -27,6 +37,158 @@ pub struct Lbd {
     pub log: PathBuf,
     handle: Option<ProcHandle>,
     ns: String,
+}
+
+/// The port of `cluster.sync` in lab pairs.
+pub const SYNC_PORT: u16 = 7946;
+
+/// Where [`Lbd::start_named`] keeps the files of node `name`: `LAB_DIR/NAME`.
+#[must_use]
+pub fn node_dir(lab: &DrLab, name: &str) -> PathBuf {
+    lab.dir().join(name)
+}
+
+/// A configuration for node `name` whose control socket and state
+/// directory are under [`node_dir`]. `cluster_yaml` is the body of the
+/// `cluster:` section (keys indented by two spaces, see
+/// [`ClusterSpec::yaml`]); empty means no `cluster:` section. `services` is
+/// the YAML list, as for [`lab_config`].
+#[must_use]
+pub fn lab_config_named(lab: &DrLab, name: &str, cluster_yaml: &str, services: &str) -> String {
+    let dir = node_dir(lab, name);
+    let dir = dir.display();
+    let cluster = if cluster_yaml.trim().is_empty() {
+        String::new()
+    } else {
+        format!("cluster:\n{}\n", cluster_yaml.trim_end())
+    };
+    format!(
+        "node:\n  name: {name}\n  interface: {iface}\n  xdp_mode: native\n  control_socket: {dir}/lbd.sock\n  \
+         state_dir: {dir}/state\n  metrics_listen: 127.0.0.1:9100\n{cluster}services:\n{services}",
+        iface = lab.lb_interface(),
+    )
+}
+
+/// The `cluster:` section of one node of a lab pair.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// VRRP virtual router id.
+    pub vrid: u8,
+    /// VRRP priority.
+    pub priority: u8,
+    /// VRRP advertisement interval.
+    pub advert_interval_ms: u32,
+    /// Whether a higher priority takes over from a running master.
+    pub preempt: bool,
+    /// `primary` or `secondary`.
+    pub role: &'static str,
+    /// This node's address (the sync listener binds it).
+    pub address: Ipv4Addr,
+    /// The other node's address (unicast VRRP peer, sync peer).
+    pub peer: Ipv4Addr,
+    /// The sync key file; `None` leaves out `sync:`.
+    pub key_file: Option<PathBuf>,
+}
+
+impl ClusterSpec {
+    /// The lab's primary on `lb` (priority 150, 200 ms adverts, VRID 51)
+    /// peering with `lb2`, syncing with `key_file` if given.
+    #[must_use]
+    pub fn primary(lab: &DrLab, key_file: Option<&Path>) -> Self {
+        Self {
+            vrid: 51,
+            priority: 150,
+            advert_interval_ms: 200,
+            preempt: true,
+            role: "primary",
+            address: lab.lb_address(),
+            peer: lab.lb2_address(),
+            key_file: key_file.map(Path::to_path_buf),
+        }
+    }
+
+    /// The lab's secondary on `lb2` (priority 100), like [`Self::primary`].
+    #[must_use]
+    pub fn secondary(lab: &DrLab, key_file: Option<&Path>) -> Self {
+        Self {
+            priority: 100,
+            role: "secondary",
+            address: lab.lb2_address(),
+            peer: lab.lb_address(),
+            ..Self::primary(lab, key_file)
+        }
+    }
+
+    /// The section's body for [`lab_config_named`].
+    #[must_use]
+    pub fn yaml(&self) -> String {
+        let mut s = format!(
+            "  vrid: {}\n  priority: {}\n  advert_interval_ms: {}\n  preempt: {}\n  peer: {}\n  role: {}\n",
+            self.vrid, self.priority, self.advert_interval_ms, self.preempt, self.peer, self.role
+        );
+        if let Some(key) = &self.key_file {
+            let _ = write!(
+                s,
+                "  sync:\n    listen: {}:{SYNC_PORT}\n    peer: {}:{SYNC_PORT}\n    key_file: {}\n",
+                self.address,
+                self.peer,
+                key.display()
+            );
+        }
+        s
+    }
+}
+
+/// Writes a cluster key (mode 0600) named `file_name` into the lab directory.
+///
+/// # Errors
+/// When the file cannot be written.
+pub fn write_key(lab: &DrLab, file_name: &str, key: &[u8]) -> Result<PathBuf, LabError> {
+    let path = lab.dir().join(file_name);
+    let io = |source| LabError::Io {
+        what: format!("writing {}", path.display()),
+        source,
+    };
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
+    std::io::Write::write_all(&mut file, key).map_err(io)?;
+    Ok(path)
+}
+
+/// The last `max` bytes of a file (empty if it cannot be read).
+fn file_tail(path: &Path, max: u64) -> String {
+    let read = || -> std::io::Result<String> {
+        let mut file = fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        file.seek(SeekFrom::Start(len.saturating_sub(max)))?;
+        let mut buf = Vec::new();
+        file.read_to_end(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    };
+    read().unwrap_or_default()
+}
+
+/// How much of its log an [`Lbd`] prints when dropped during a panic.
+const LOG_ON_PANIC: u64 = 24_000;
+
+impl Drop for Lbd {
+    /// Prints the end of lbd's log when a test panics, so failures come
+    /// with the daemon's side of the story.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- lbd log {} (last {LOG_ON_PANIC} bytes) ----\n{}\n---- end of {} ----",
+                self.log.display(),
+                file_tail(&self.log, LOG_ON_PANIC),
+                self.log.display()
+            );
+        }
+    }
 }
 
 /// A single-node configuration for the lab: `services` is the YAML list.
@@ -91,6 +253,179 @@ impl Lbd {
             handle: Some(handle),
             ns,
         })
+    }
+
+    /// Writes `config` to `LAB_DIR/NAME/lbd.yaml` and starts lbd in namespace
+    /// `ns`, with its control socket, state directory (as `config` names
+    /// them: see [`lab_config_named`]) and log (`lbd.log`, appended to
+    /// across restarts) in the same directory. Starting the same name again
+    /// (after a stop or crash) reuses the files.
+    ///
+    /// # Errors
+    /// When the files cannot be written or lbd not started.
+    pub fn start_named(
+        lab: &mut DrLab,
+        ns: &str,
+        name: &str,
+        config: &str,
+    ) -> Result<Self, LabError> {
+        let dir = node_dir(lab, name);
+        fs::create_dir_all(&dir).map_err(|source| LabError::Io {
+            what: format!("creating {}", dir.display()),
+            source,
+        })?;
+        let path = dir.join("lbd.yaml");
+        fs::write(&path, config).map_err(|source| LabError::Io {
+            what: format!("writing {}", path.display()),
+            source,
+        })?;
+        let log = dir.join("lbd.log");
+        let lbd = paths::lbd();
+        let handle = lab.spawn_in(
+            ns,
+            &[
+                &lbd.display().to_string(),
+                "--config",
+                &path.display().to_string(),
+            ],
+            &log,
+        )?;
+        Ok(Self {
+            config: path,
+            socket: dir.join("lbd.sock"),
+            state_dir: dir.join("state"),
+            log,
+            handle: Some(handle),
+            ns: ns.to_owned(),
+        })
+    }
+
+    /// The namespace lbd runs in.
+    #[must_use]
+    pub fn ns(&self) -> &str {
+        &self.ns
+    }
+
+    /// lbd's log so far.
+    #[must_use]
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `lbctl ha --json`, parsed (None while lbd does not answer).
+    #[must_use]
+    pub fn ha(&self) -> Option<Value> {
+        let out = self.lbctl(&["ha", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// The VRRP state `lbctl ha` reports (`master`, `backup`, `init`, ...).
+    #[must_use]
+    pub fn ha_state(&self) -> Option<String> {
+        self.ha()
+            .and_then(|v| v["state"].as_str().map(str::to_owned))
+    }
+
+    /// Waits until lbd answers `lbctl status` (or `timeout` passes).
+    ///
+    /// # Errors
+    /// [`LabError::Timeout`] or [`LabError::Invalid`] (lbd exited), with lbd's log.
+    pub fn wait_answering(&self, lab: &mut DrLab, timeout: Duration) -> Result<Value, LabError> {
+        self.wait_for(lab, timeout, "lbd answering `lbctl status`", || {
+            self.status()
+        })
+    }
+
+    /// Polls `lbctl ha --json` every 50 ms until `accept` holds for it (or
+    /// `timeout` passes); returns the accepted value.
+    ///
+    /// # Errors
+    /// [`LabError::Timeout`] (with the last answer and lbd's log) or
+    /// [`LabError::Invalid`] (lbd exited).
+    pub fn wait_ha(
+        &self,
+        lab: &mut DrLab,
+        timeout: Duration,
+        what: &str,
+        accept: impl Fn(&Value) -> bool,
+    ) -> Result<Value, LabError> {
+        let last = std::cell::RefCell::new(Value::Null);
+        let result = self.wait_for(lab, timeout, what, || {
+            let ha = self.ha()?;
+            let ok = accept(&ha);
+            *last.borrow_mut() = ha.clone();
+            ok.then_some(ha)
+        });
+        result.map_err(|e| match e {
+            LabError::Timeout { what, after } => LabError::Timeout {
+                what: format!("{what}; last `lbctl ha`: {}", last.borrow()),
+                after,
+            },
+            other => other,
+        })
+    }
+
+    /// Polls `probe` every 50 ms until it yields something, lbd exits or
+    /// `timeout` passes.
+    fn wait_for<T>(
+        &self,
+        lab: &mut DrLab,
+        timeout: Duration,
+        what: &str,
+        mut probe: impl FnMut() -> Option<T>,
+    ) -> Result<T, LabError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(found) = probe() {
+                return Ok(found);
+            }
+            if let Some(handle) = self.handle {
+                if let Ok(Some(exit)) = lab.try_wait(handle) {
+                    return Err(LabError::Invalid(format!(
+                        "lbd in {} exited ({exit}) while waiting for {what}; its log:\n{}",
+                        self.ns,
+                        file_tail(&self.log, 8000)
+                    )));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(LabError::Timeout {
+                    what: format!(
+                        "{what} (lbd in {}); its log:\n{}",
+                        self.ns,
+                        file_tail(&self.log, 8000)
+                    ),
+                    after: timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills lbd with SIGKILL (a crash: nothing is cleaned up) and reaps it.
+    ///
+    /// # Errors
+    /// When lbd does not run or cannot be reaped.
+    pub fn crash(&mut self, lab: &mut DrLab) -> Result<(), LabError> {
+        self.signal(lab, libc::SIGKILL)?;
+        if let Some(handle) = self.handle.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while lab.try_wait(handle)?.is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            lab.kill(handle)?;
+        }
+        Ok(())
+    }
+
+    /// Whether lbd's process is still running.
+    #[must_use]
+    pub fn running(&self, lab: &mut DrLab) -> bool {
+        self.handle
+            .is_some_and(|h| matches!(lab.try_wait(h), Ok(None)))
     }
 
     /// lbd's PID while it runs.

@@ -167,6 +167,12 @@ fn every_source_sticks_to_one_server_and_a_removed_server_loses_only_its_own_cli
         "VIP removed"
     );
     assert!(!lbd.socket.exists(), "control socket removed");
+    let tables = lb_tests::lab::run_in(lab.lb_ns(), &["nft", "list", "tables"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !tables.contains("lbd_"),
+        "the guard table is removed: {tables}"
+    );
     let record = std::fs::read_to_string(lbd.state_dir.join("vips")).unwrap_or_default();
     assert!(
         record.trim().is_empty(),
@@ -193,6 +199,14 @@ fn a_restart_after_a_crash_cleans_up_and_serves_again() {
             .unwrap_or_default()
             .contains(&lab.vip()),
         "the crash left the VIP behind (the next start removes it)"
+    );
+    // The guard table stays, so the kernel drops (instead of resetting) the
+    // clients' packets until the VIP moves or lbd is back.
+    let tables = lb_tests::lab::run_in(lab.lb_ns(), &["nft", "list", "tables"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        tables.contains("lbd_eth0"),
+        "the guard outlives a crash: {tables}"
     );
 
     let mut again = Lbd::start(&mut lab, &config).unwrap_or_else(|e| panic!("{e}"));

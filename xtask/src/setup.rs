@@ -23,6 +23,7 @@ const PACKAGES: &[&str] = &[
     "curl",
     "python3",
     "keepalived",
+    "nftables",
 ];
 
 pub fn run() -> Result<()> {

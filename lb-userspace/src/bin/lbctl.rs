@@ -236,7 +236,11 @@ fn ha(ha: &Value) -> String {
     let sync_line = if sync["configured"] == true {
         format!(
             "sync {} to {} ({}): sent {}, received {}, lag {} ms",
-            if sync["connected"] == true { "connected" } else { "NOT connected" },
+            if sync["connected"] == true {
+                "connected"
+            } else {
+                "NOT connected"
+            },
             text(&sync["peer"]),
             text(&sync["peer_node"]),
             text(&sync["sent"]),
@@ -251,7 +255,11 @@ fn ha(ha: &Value) -> String {
         text(&ha["state"]).to_uppercase(),
         text(&ha["role"]),
         text(&ha["priority"]),
-        if ha["preempt_held"] == true { " (held until the peer's sessions arrive)" } else { "" },
+        if ha["preempt_held"] == true {
+            " (held until the peer's sessions arrive)"
+        } else {
+            ""
+        },
         text(&ha["peer"]),
         text(&ha["last_advert_age_ms"]),
         text(&ha["last_advert_from"]),

@@ -36,6 +36,7 @@ use crate::{
     config::{AdminState, CheckKind, Config, ServiceKind, XdpMode},
     control::{self, Pending, Reply, Request},
     dataplane::{AffinityScan, AttachMode, EbpfMaps, Maps, Program},
+    guard::Guard,
     health::{CheckTarget, HealthEvent, HealthMonitor, ServerHealth},
     metrics::{self, Metrics, RealSample, Scrape, ServiceSample, Snapshot},
     monotonic_ns, neighbour,
@@ -82,6 +83,7 @@ struct Daemon {
     admin: AdminStore,
     health: HealthMonitor,
     redirects: Redirects,
+    guard: Guard,
     metrics: Metrics,
     census: Arc<Mutex<CensusShared>>,
     handle: Handle,
@@ -147,7 +149,10 @@ fn redirect_specs(config: &Config) -> Vec<RedirectSpec> {
 
 /// Counts active clients every [`CENSUS_EVERY`] until `stop` is set, and
 /// collects entries for the sync stream when asked to.
-#[expect(clippy::needless_pass_by_value, reason = "owned by the thread it runs on")]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "owned by the thread it runs on"
+)]
 fn census_thread(
     scanner: Box<dyn AffinityScan>,
     shared: Arc<Mutex<CensusShared>>,
@@ -243,6 +248,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         admin,
         health: HealthMonitor::new(health_tx),
         redirects: Redirects::new(),
+        guard: Guard::new(&node.interface),
         metrics: Metrics::new()?,
         census,
         handle,
@@ -378,6 +384,9 @@ impl Daemon {
         if let Err(error) = self.vips.remove_all().await {
             log::error!("removing VIPs at shutdown: {error}");
         }
+        if let Err(error) = self.guard.remove() {
+            log::warn!("removing the guard table {}: {error}", self.guard.table());
+        }
         log::info!("stopped: XDP program detached, VIPs removed");
     }
 
@@ -389,15 +398,37 @@ impl Daemon {
         // (a port taken by another program), and it changes nothing if it does.
         self.redirects.set(redirect_specs(&effective))?;
         self.balancer.apply(&effective)?;
+        let forwarded: Vec<_> = effective
+            .services
+            .iter()
+            .filter(|s| matches!(s.kind, ServiceKind::Forward(_)))
+            .map(|s| (s.vip, s.port, s.protocol))
+            .collect();
+        if let Err(error) = self.guard.set(&forwarded) {
+            log::warn!("{error}");
+        }
         self.health.update(check_targets(&effective));
         for service in &effective.services {
-            if let ServiceKind::Forward(f) = &service.kind {
+            let ServiceKind::Forward(f) = &service.kind else {
+                continue;
+            };
+            for rs in &f.real_servers {
                 if f.health_check.kind == CheckKind::None {
-                    for rs in &f.real_servers {
-                        let _ = self
-                            .balancer
-                            .set_health(&service.name, &rs.name, Health::Up);
-                    }
+                    let _ = self
+                        .balancer
+                        .set_health(&service.name, &rs.name, Health::Up);
+                }
+                // A server lbd already knows keeps its state across applies,
+                // except where an lbctl change (here or from the peer) says
+                // otherwise: that one always wins.
+                if self
+                    .admin
+                    .get(&service.name, &rs.name)
+                    .and_then(|o| o.state.as_ref())
+                    .is_some()
+                {
+                    self.balancer
+                        .set_admin_state(&service.name, &rs.name, rs.state)?;
                 }
             }
         }
