@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod neighbour;
 pub mod redirect;
 pub mod sync;
+pub mod timer;
 pub mod vip;
 pub mod vrrp;
 

@@ -852,8 +852,8 @@ enum Timer {
     Heartbeat,
 }
 
-impl Timer {
-    const ALL: [Timer; 2] = [Timer::DeadPeer, Timer::Heartbeat];
+impl crate::timer::Timer for Timer {
+    const ALL: &'static [Self] = &[Timer::DeadPeer, Timer::Heartbeat];
 
     fn index(self) -> usize {
         self as usize
@@ -861,27 +861,7 @@ impl Timer {
 }
 
 /// A deadline per timer.
-#[derive(Debug, Clone, Default)]
-struct TimerTable([Option<Instant>; Timer::ALL.len()]);
-
-impl TimerTable {
-    fn set(&mut self, timer: Timer, at: Instant) {
-        self.0[timer.index()] = Some(at);
-    }
-
-    fn next(&self) -> Option<Instant> {
-        self.0.iter().flatten().min().copied()
-    }
-
-    /// Stops and returns a timer due at `now`, if any.
-    fn take_expired(&mut self, now: Instant) -> Option<Timer> {
-        let timer = Timer::ALL
-            .into_iter()
-            .find(|t| self.0[t.index()].is_some_and(|at| at <= now))?;
-        self.0[timer.index()] = None;
-        Some(timer)
-    }
-}
+type TimerTable = crate::timer::TimerTable<Timer, 2>;
 
 /// One sync connection's protocol state, driven by the caller's clock and I/O.
 ///

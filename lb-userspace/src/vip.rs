@@ -106,36 +106,39 @@ impl Vips {
         Ok(leftovers)
     }
 
-    async fn present(&self) -> Result<BTreeSet<Ipv4Addr>> {
-        let mut addresses = self
+    /// The interface's IPv4 addresses with their prefix lengths.
+    async fn addresses(&self) -> Result<Vec<(Ipv4Addr, u8)>> {
+        let mut messages = self
             .handle
             .address()
             .get()
             .set_link_index_filter(self.ifindex)
             .execute();
-        let mut out = BTreeSet::new();
-        while let Some(message) =
-            addresses
-                .try_next()
-                .await
-                .map_err(|source| NetlinkError::Request {
-                    what: "listing interface addresses".into(),
-                    source,
-                })?
-        {
-            if message.header.family != AddressFamily::Inet || message.header.index != self.ifindex
-            {
+        let mut out = Vec::new();
+        while let Some(message) = messages.try_next().await.map_err(|source| NetlinkError::Request {
+            what: "listing interface addresses".into(),
+            source,
+        })? {
+            if message.header.family != AddressFamily::Inet || message.header.index != self.ifindex {
                 continue;
             }
-            for attribute in &message.attributes {
-                if let AddressAttribute::Local(std::net::IpAddr::V4(a))
-                | AddressAttribute::Address(std::net::IpAddr::V4(a)) = attribute
-                {
-                    out.insert(*a);
-                }
+            let local = message.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(std::net::IpAddr::V4(a)) => Some(*a),
+                _ => None,
+            });
+            let address = message.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(std::net::IpAddr::V4(a)) => Some(*a),
+                _ => None,
+            });
+            if let Some(a) = local.or(address) {
+                out.push((a, message.header.prefix_len));
             }
         }
         Ok(out)
+    }
+
+    async fn present(&self) -> Result<BTreeSet<Ipv4Addr>> {
+        Ok(self.addresses().await?.into_iter().map(|(a, _)| a).collect())
     }
 
     /// The interface's own IPv4 address (the first one that is not a /32 and
@@ -144,39 +147,17 @@ impl Vips {
     /// # Errors
     /// When the addresses cannot be listed.
     pub async fn primary_address(&self) -> Result<Option<Ipv4Addr>> {
-        let mut addresses = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(self.ifindex)
-            .execute();
-        let mut fallback = None;
-        while let Some(message) =
-            addresses
-                .try_next()
-                .await
-                .map_err(|source| NetlinkError::Request {
-                    what: "listing interface addresses".into(),
-                    source,
-                })?
-        {
-            if message.header.family != AddressFamily::Inet || message.header.index != self.ifindex
-            {
-                continue;
-            }
-            for attribute in &message.attributes {
-                if let AddressAttribute::Local(std::net::IpAddr::V4(a)) = attribute {
-                    if self.owned.contains(a) {
-                        continue;
-                    }
-                    if message.header.prefix_len < 32 {
-                        return Ok(Some(*a));
-                    }
-                    fallback.get_or_insert(*a);
-                }
-            }
-        }
-        Ok(fallback)
+        let mine: Vec<(Ipv4Addr, u8)> = self
+            .addresses()
+            .await?
+            .into_iter()
+            .filter(|(a, _)| !self.owned.contains(a))
+            .collect();
+        Ok(mine
+            .iter()
+            .find(|(_, prefix)| *prefix < 32)
+            .or_else(|| mine.first())
+            .map(|(a, _)| *a))
     }
 
     /// Makes the held VIPs exactly `wanted`: adds the missing ones (as /32),

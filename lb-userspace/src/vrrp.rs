@@ -528,8 +528,8 @@ enum Timer {
     Adver,
 }
 
-impl Timer {
-    const ALL: [Timer; 2] = [Timer::MasterDown, Timer::Adver];
+impl crate::timer::Timer for Timer {
+    const ALL: &'static [Self] = &[Timer::MasterDown, Timer::Adver];
 
     fn index(self) -> usize {
         self as usize
@@ -537,31 +537,7 @@ impl Timer {
 }
 
 /// A deadline per timer.
-#[derive(Debug, Clone, Default)]
-struct TimerTable([Option<Instant>; Timer::ALL.len()]);
-
-impl TimerTable {
-    fn set(&mut self, timer: Timer, at: Instant) {
-        self.0[timer.index()] = Some(at);
-    }
-
-    fn stop(&mut self, timer: Timer) {
-        self.0[timer.index()] = None;
-    }
-
-    fn next(&self) -> Option<Instant> {
-        self.0.iter().flatten().min().copied()
-    }
-
-    /// Stops and returns a timer due at `now`, if any.
-    fn take_expired(&mut self, now: Instant) -> Option<Timer> {
-        let timer = Timer::ALL
-            .into_iter()
-            .find(|t| self.0[t.index()].is_some_and(|at| at <= now))?;
-        self.stop(timer);
-        Some(timer)
-    }
-}
+type TimerTable = crate::timer::TimerTable<Timer, 2>;
 
 /// One VRRP version 3 virtual router instance (RFC 5798 section 6.4), driven by the
 /// caller's clock: feed it events, then drain [`Vrrp::poll_action`] and sleep

@@ -983,7 +983,9 @@ fn killing_the_master_keeps_sessions_and_a_long_lived_connection() {
     let st2 = pair.lb2.status().unwrap_or_else(|| panic!("status lb2"));
     assert_eq!(st2["ha"]["state"], "master");
 
-    std::thread::sleep(Duration::from_secs(1));
+    // Long enough after the takeover for at least 10 answers (one per
+    // 100 ms) even on a loaded machine.
+    std::thread::sleep(Duration::from_secs(3));
     let report = stop_keepalive(&mut pair.lab, ka);
     let t = epoch_s(killed_at);
     eprintln!(
