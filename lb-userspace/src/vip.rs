@@ -115,11 +115,17 @@ impl Vips {
             .set_link_index_filter(self.ifindex)
             .execute();
         let mut out = Vec::new();
-        while let Some(message) = messages.try_next().await.map_err(|source| NetlinkError::Request {
-            what: "listing interface addresses".into(),
-            source,
-        })? {
-            if message.header.family != AddressFamily::Inet || message.header.index != self.ifindex {
+        while let Some(message) =
+            messages
+                .try_next()
+                .await
+                .map_err(|source| NetlinkError::Request {
+                    what: "listing interface addresses".into(),
+                    source,
+                })?
+        {
+            if message.header.family != AddressFamily::Inet || message.header.index != self.ifindex
+            {
                 continue;
             }
             let local = message.attributes.iter().find_map(|a| match a {
@@ -138,7 +144,12 @@ impl Vips {
     }
 
     async fn present(&self) -> Result<BTreeSet<Ipv4Addr>> {
-        Ok(self.addresses().await?.into_iter().map(|(a, _)| a).collect())
+        Ok(self
+            .addresses()
+            .await?
+            .into_iter()
+            .map(|(a, _)| a)
+            .collect())
     }
 
     /// The interface's own IPv4 address (the first one that is not a /32 and

@@ -1466,6 +1466,20 @@ impl ClientReport {
             .collect()
     }
 
+    /// Which server each source reached, from its first answer.
+    #[must_use]
+    pub fn first_servers(&self) -> BTreeMap<Ipv4Addr, String> {
+        self.sources()
+            .filter_map(|s| {
+                self.servers_of(s)
+                    .iter()
+                    .flatten()
+                    .next()
+                    .map(|n| (s, n.clone()))
+            })
+            .collect()
+    }
+
     /// Number of sources per server, counting each source once by its
     /// first successful answer.
     #[must_use]

@@ -170,21 +170,6 @@ fn web_servers(status: &Value) -> BTreeMap<String, Value> {
         .collect()
 }
 
-/// Which server each source reached, from its first answer.
-fn first_servers(report: &lb_tests::lab::ClientReport) -> BTreeMap<Ipv4Addr, String> {
-    report
-        .sources()
-        .filter_map(|s| {
-            report
-                .servers_of(s)
-                .iter()
-                .flatten()
-                .next()
-                .map(|n| (s, n.clone()))
-        })
-        .collect()
-}
-
 /// Sends request rounds from `sources`; every request must be answered, every
 /// source by one server. Returns which.
 fn sticky_round(lab: &DrLab, sources: &[Ipv4Addr], rounds: usize) -> BTreeMap<Ipv4Addr, String> {
@@ -203,7 +188,7 @@ fn sticky_round(lab: &DrLab, sources: &[Ipv4Addr], rounds: usize) -> BTreeMap<Ip
         "{}",
         report.summary()
     );
-    first_servers(&report)
+    report.first_servers()
 }
 
 /// Waits until `lbd` reports `"source":"table"` with the expected server for

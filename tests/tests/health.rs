@@ -250,17 +250,7 @@ fn sticky_clients(
         report.summary(),
         log_tail(lbd)
     );
-    report
-        .sources()
-        .filter_map(|s| {
-            report
-                .servers_of(s)
-                .iter()
-                .flatten()
-                .next()
-                .map(|n| (s, n.clone()))
-        })
-        .collect()
+    report.first_servers()
 }
 
 /// How many of `sources` the Maglev hash gives `server` now (`lbctl

@@ -4,7 +4,7 @@
 //!
 //! Needs root. Every lab has its own names and is torn down when dropped.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
+use std::time::Duration;
 
 use lb_tests::{
     lab::{DrLab, DrLabOptions},
@@ -17,21 +17,6 @@ fn lab() -> DrLab {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "namespace tests need root");
     DrLab::start(DrLabOptions::default()).unwrap_or_else(|e| panic!("lab: {e}"))
-}
-
-/// Which server each source reached on its first answer.
-fn first_servers(report: &lb_tests::lab::ClientReport) -> BTreeMap<Ipv4Addr, String> {
-    report
-        .sources()
-        .filter_map(|s| {
-            report
-                .servers_of(s)
-                .iter()
-                .flatten()
-                .next()
-                .map(|n| (s, n.clone()))
-        })
-        .collect()
 }
 
 #[test]
@@ -74,7 +59,7 @@ fn every_source_sticks_to_one_server_and_a_removed_server_loses_only_its_own_cli
             "{server} has {share:.2} of the sources: {shares:?}"
         );
     }
-    let before = first_servers(&report);
+    let before = report.first_servers();
 
     // The counters moved with the traffic, and active clients are counted
     // (by a pass over the affinity table about once a second).
@@ -120,7 +105,7 @@ fn every_source_sticks_to_one_server_and_a_removed_server_loses_only_its_own_cli
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(report.failures().is_empty(), "{}", report.summary());
     assert_eq!(report.sticky_sources().len(), 256, "{}", report.summary());
-    let after = first_servers(&report);
+    let after = report.first_servers();
     for (source, server) in &before {
         let now = &after[source];
         if *server == removed {
