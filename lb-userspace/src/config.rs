@@ -1749,12 +1749,14 @@ fn services(ctx: &mut Ctx, entry: &Entry, defaults: &Defaults) -> Vec<Service> {
             services.push(s);
         }
     }
-    if u32::try_from(registry.reals).map_or(true, |n| n > MAX_REALS) {
+    // Slot 0 of the data path's real-server array means "none".
+    let capacity = MAX_REALS - 1;
+    if u32::try_from(registry.reals).map_or(true, |n| n > capacity) {
         ctx.error(
             entry.key.pos,
             "services",
             format!(
-                "{} real servers over all services; at most {MAX_REALS} are supported",
+                "{} real servers over all services; at most {capacity} are supported (fallback servers count too)",
                 registry.reals
             ),
         );
@@ -2955,7 +2957,7 @@ services:
         assert_only(
             &with_services(&body),
             (4, 1),
-            "4160 real servers over all services; at most 4096",
+            "4160 real servers over all services; at most 4095",
         );
     }
 

@@ -3,6 +3,7 @@
 //! One module per subcommand; CI (`.ci/run`) runs `cargo xtask test`, the
 //! same command a developer runs.
 
+mod bench;
 mod build;
 mod demo;
 mod setup;
@@ -40,6 +41,16 @@ enum Task {
         #[arg(long, default_value_t = 20)]
         duration: u64,
     },
+    /// Setup, build, and benchmark lbd against direct, bare XDP, nftables and
+    /// `HAProxy`; writes `BENCHMARKS.md` and `bench/` (about 10 minutes).
+    Bench {
+        /// One short run of everything: checks the harness (about a minute).
+        #[arg(long)]
+        quick: bool,
+        /// Rounds of the traffic comparison (default 5, 1 with --quick).
+        #[arg(long)]
+        rounds: Option<usize>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -59,6 +70,11 @@ fn main() -> Result<()> {
             setup::run()?;
             build::all()?;
             demo::run(duration)
+        }
+        Task::Bench { quick, rounds } => {
+            setup::run()?;
+            build::all()?;
+            bench::run(quick, rounds)
         }
     }
 }

@@ -24,6 +24,10 @@ const PACKAGES: &[&str] = &[
     "python3",
     "keepalived",
     "nftables",
+    "nginx",
+    "haproxy",
+    "wrk",
+    "gcc",
 ];
 
 pub fn run() -> Result<()> {
