@@ -228,16 +228,29 @@ impl Lbd {
     /// # Errors
     /// When the file cannot be written or lbd not started.
     pub fn start(lab: &mut DrLab, config: &str) -> Result<Self, LabError> {
-        let path = lab.dir().join("lbd.yaml");
-        std::fs::write(&path, config).map_err(|source| LabError::Io {
+        let dir = lab.dir().to_owned();
+        let ns = lab.lb_ns().to_owned();
+        let log = lab.log_path("lbd");
+        Self::spawn(lab, &ns, &dir, config, log)
+    }
+
+    /// Writes `DIR/lbd.yaml` and starts lbd on it in `ns`, logging to `log`;
+    /// its socket and state directory are `DIR/lbd.sock` and `DIR/state`.
+    fn spawn(
+        lab: &mut DrLab,
+        ns: &str,
+        dir: &Path,
+        config: &str,
+        log: PathBuf,
+    ) -> Result<Self, LabError> {
+        let path = dir.join("lbd.yaml");
+        fs::write(&path, config).map_err(|source| LabError::Io {
             what: format!("writing {}", path.display()),
             source,
         })?;
-        let log = lab.log_path("lbd");
-        let ns = lab.lb_ns().to_owned();
         let lbd = paths::lbd();
         let handle = lab.spawn_in(
-            &ns,
+            ns,
             &[
                 &lbd.display().to_string(),
                 "--config",
@@ -247,11 +260,11 @@ impl Lbd {
         )?;
         Ok(Self {
             config: path,
-            socket: lab.dir().join("lbd.sock"),
-            state_dir: lab.dir().join("state"),
+            socket: dir.join("lbd.sock"),
+            state_dir: dir.join("state"),
             log,
             handle: Some(handle),
-            ns,
+            ns: ns.to_owned(),
         })
     }
 
@@ -274,30 +287,8 @@ impl Lbd {
             what: format!("creating {}", dir.display()),
             source,
         })?;
-        let path = dir.join("lbd.yaml");
-        fs::write(&path, config).map_err(|source| LabError::Io {
-            what: format!("writing {}", path.display()),
-            source,
-        })?;
         let log = dir.join("lbd.log");
-        let lbd = paths::lbd();
-        let handle = lab.spawn_in(
-            ns,
-            &[
-                &lbd.display().to_string(),
-                "--config",
-                &path.display().to_string(),
-            ],
-            &log,
-        )?;
-        Ok(Self {
-            config: path,
-            socket: dir.join("lbd.sock"),
-            state_dir: dir.join("state"),
-            log,
-            handle: Some(handle),
-            ns: ns.to_owned(),
-        })
+        Self::spawn(lab, ns, &dir, config, log)
     }
 
     /// The namespace lbd runs in.

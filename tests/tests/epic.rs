@@ -78,36 +78,34 @@ fn raw_http(lab: &DrLab, vip: Ipv4Addr, request: &str) -> String {
     run_in(lab.client_ns(), &["python3", "-c", &script]).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// curl with a Host header gets `code` and `Location: location`.
+fn assert_redirect(lab: &DrLab, host: &str, url: &str, code: u16, location: &str) {
+    let header = format!("'Host: {host}'");
+    let out = curl_verbose(lab, &["-H", &header, url]);
+    assert!(out.contains(&format!("< HTTP/1.1 {code}")), "{out}");
+    assert!(
+        out.to_lowercase()
+            .contains(&format!("< location: {location}")),
+        "{out}"
+    );
+}
+
 #[test]
 fn redirects_answer_with_the_right_location() {
     let (lab, _lbd) = epic_lab();
-    let out = curl_verbose(
+    assert_redirect(
         &lab,
-        &[
-            "-H",
-            "'Host: hyperspace.example.org'",
-            "'http://198.18.0.100/path?q=1'",
-        ],
+        "hyperspace.example.org",
+        "'http://198.18.0.100/path?q=1'",
+        301,
+        "https://hyperspace.example.org/path?q=1",
     );
-    assert!(out.contains("< HTTP/1.1 301"), "{out}");
-    assert!(
-        out.to_lowercase()
-            .contains("< location: https://hyperspace.example.org/path?q=1"),
-        "{out}"
-    );
-    let out = curl_verbose(
+    assert_redirect(
         &lab,
-        &[
-            "-H",
-            "'Host: mychart.example.org:80'",
-            "http://198.18.0.101/login",
-        ],
-    );
-    assert!(out.contains("< HTTP/1.1 302"), "{out}");
-    assert!(
-        out.to_lowercase()
-            .contains("< location: https://mychart.example.org/login"),
-        "{out}"
+        "mychart.example.org:80",
+        "http://198.18.0.101/login",
+        302,
+        "https://mychart.example.org/login",
     );
 
     let head = curl_verbose(
