@@ -12,7 +12,7 @@
 pub const MAX_SERVICES: u32 = 256;
 
 /// The most real servers over all services (one entry per service and server).
-pub const MAX_REALS: u32 = 4096;
+pub const MAX_REALS: u32 = 16_384;
 
 /// Entries in one service's Maglev lookup table: a prime (as Maglev needs),
 /// and at least 100 x the real servers of a service (Cilium's default size).
@@ -35,6 +35,19 @@ pub const NO_REAL: u32 = 0;
 /// A live affinity entry's last-seen time is refreshed at most this often, so
 /// a busy client does not write the shared table on every packet.
 pub const AFFINITY_REFRESH_NS: u64 = 1_000_000_000;
+
+/// Slots of the XDP program's per-CPU flow cache (a power of two): 320 KiB a CPU.
+pub const FLOW_CACHE_SLOTS: u32 = 8192;
+
+/// A cached forwarding decision is taken again from the shared tables after
+/// this many kernel ticks: 1 s at the common `HZ=250`, 0.25 s at 1000, 2.5 s
+/// at 100. (Jiffies because the verifier inlines `bpf_jiffies64`, where a
+/// nanosecond clock read costs a helper call.)
+pub const FLOW_CACHE_MAX_AGE_JIFFIES: u32 = 250;
+
+/// Services with a shorter affinity timeout are never served from the flow
+/// cache, so that their expiry stays as exact as the affinity table's.
+pub const FLOW_CACHE_MIN_TIMEOUT_NS: u64 = 10_000_000_000;
 
 /// IP protocol numbers used in [`ServiceKey::protocol`].
 pub const IPPROTO_TCP: u8 = 6;
@@ -115,7 +128,8 @@ pub struct Affinity {
     pub last_seen_ns: u64,
 }
 
-/// Traffic counters kept per CPU for each service and each real server.
+/// Traffic counters kept per CPU for each real-server slot (a service's are
+/// the sum of its slots').
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -127,6 +141,14 @@ pub struct Counters {
     pub new_clients: u64,
 }
 
+impl core::ops::AddAssign for Counters {
+    fn add_assign(&mut self, other: Self) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        self.new_clients += other.new_clients;
+    }
+}
+
 /// Settings of the whole data path, in slot 0 of the globals array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -136,6 +158,11 @@ pub struct Globals {
     pub iface_mac: [u8; 6],
     /// Always zero.
     pub pad: [u8; 2],
+    /// The data path's flow cache holds only decisions taken under this
+    /// number; lbd increments it after changing a service, a real server or
+    /// an affinity entry, which empties every CPU's cache at once. 0 disables
+    /// the cache.
+    pub flow_generation: u64,
 }
 
 /// Why the program returned what it returned: one per-CPU counter each.
@@ -184,10 +211,29 @@ pub enum Reason {
     AffinityStale,
     /// Informational: the fallback server was used.
     Fallback,
+    /// Informational: an affinity hit served from this CPU's flow cache.
+    FlowCacheHit,
 }
 
 /// Number of [`Reason`] counters.
-pub const REASON_COUNT: u32 = Reason::Fallback as u32 + 1;
+pub const REASON_COUNT: u32 = Reason::FlowCacheHit as u32 + 1;
+
+/// Value of the reasons map (one slot, per CPU): a counter per [`Reason`],
+/// indexed by its number, so a frame looks its CPU's counters up once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReasonCounters {
+    /// Frames (or notes) counted, in [`Reason::ALL`] order.
+    pub counts: [u64; REASON_COUNT as usize],
+}
+
+impl Default for ReasonCounters {
+    fn default() -> Self {
+        Self {
+            counts: [0; REASON_COUNT as usize],
+        }
+    }
+}
 
 impl Reason {
     /// Every reason, in counter order.
@@ -213,6 +259,7 @@ impl Reason {
         Reason::AffinityExpired,
         Reason::AffinityStale,
         Reason::Fallback,
+        Reason::FlowCacheHit,
     ];
 
     /// A stable snake-case name for logs, `lbctl status` and metrics labels.
@@ -240,6 +287,7 @@ impl Reason {
             Reason::AffinityExpired => "affinity_expired",
             Reason::AffinityStale => "affinity_stale",
             Reason::Fallback => "fallback",
+            Reason::FlowCacheHit => "flow_cache_hit",
         }
     }
 
@@ -292,14 +340,16 @@ const _: () = assert!(core::mem::size_of::<Real>() == 16);
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Affinity>() == 16);
 const _: () = assert!(core::mem::size_of::<Counters>() == 24);
-const _: () = assert!(core::mem::size_of::<Globals>() == 8);
+const _: () = assert!(core::mem::size_of::<Globals>() == 16);
 const _: () = assert!((MAGLEV_RING_SLOTS as u64) * (MAGLEV_RING_SIZE as u64) < u32::MAX as u64);
 
 #[cfg(feature = "user")]
 mod pod {
     //! `aya::Pod` for the map types: each is `#[repr(C)]`, `Copy`, and has no
     //! implicit padding (the size assertions above pin the layout).
-    use super::{Affinity, AffinityKey, Counters, Globals, Real, Service, ServiceKey};
+    use super::{
+        Affinity, AffinityKey, Counters, Globals, Real, ReasonCounters, Service, ServiceKey,
+    };
 
     // SAFETY: plain-old-data structs with explicit padding fields, checked sizes.
     unsafe impl aya::Pod for ServiceKey {}
@@ -315,6 +365,7 @@ mod pod {
     unsafe impl aya::Pod for Counters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Globals {}
+    unsafe impl aya::Pod for ReasonCounters {}
 }
 
 #[cfg(test)]

@@ -11,6 +11,14 @@
 //! Everything else goes to the kernel untouched, and every decision is counted
 //! in [`REASONS`].
 //!
+//! A client that keeps sending is served from [`FLOW_CACHE`], a per-CPU
+//! exact-match cache of the decision above (the idea of Open vSwitch's EMC):
+//! on a hit the frame costs no hash-table lookup and no clock read, only
+//! lookups the verifier inlines. The shared tables stay the truth: a cached
+//! decision is taken again from them at least every
+//! [`FLOW_CACHE_MAX_AGE_JIFFIES`], and at once after lbd changes a service or
+//! an affinity entry (it bumps [`Globals::flow_generation`]).
+//!
 //! Reads top to bottom: constants, maps, parsing helpers, the pipeline.
 #![no_std]
 #![no_main]
@@ -19,16 +27,16 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_jiffies64, bpf_ktime_get_ns},
     macros::{map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use lb_common::{
-    client_hash, ring_index, Affinity, AffinityKey, Counters, Globals, Real, Reason, Service,
-    ServiceKey, AFFINITY_REFRESH_NS, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_RING_SIZE, MAGLEV_RING_SLOTS,
+    client_hash, ring_index, Affinity, AffinityKey, Counters, Globals, Real, Reason,
+    ReasonCounters, Service, ServiceKey, AFFINITY_REFRESH_NS, FLOW_CACHE_MAX_AGE_JIFFIES, FLOW_CACHE_MIN_TIMEOUT_NS,
+    FLOW_CACHE_SLOTS, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_RING_SIZE, MAGLEV_RING_SLOTS,
     MAX_AFFINITY_ENTRIES, MAX_REALS, MAX_SERVICES, NO_REAL, REAL_F_KEEP_CLIENTS, REAL_F_RESOLVED,
-    REASON_COUNT,
 };
 
 // ---------------------------------------------------------------- constants
@@ -66,50 +74,97 @@ static REALS: Array<Real> = Array::with_max_entries(MAX_REALS, 0);
 static AFFINITY: LruHashMap<AffinityKey, Affinity> =
     LruHashMap::with_max_entries(MAX_AFFINITY_ENTRIES, 0);
 
-/// Per-CPU packets, bytes and new clients per service id. Written here.
-#[map]
-static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
-
 /// Per-CPU packets, bytes and new clients per real-server index. Written here.
+/// A slot belongs to one service, so lbd sums a service's traffic from its
+/// slots: one counter update per frame instead of two.
 #[map]
 static REAL_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_REALS, 0);
 
-/// Per-CPU count of every [`Reason`]: one verdict per frame plus notes. Written here.
+/// Slot 0, per CPU: a count of every [`Reason`], one verdict per frame plus
+/// notes. Written here.
 #[map]
-static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+static REASONS: PerCpuArray<ReasonCounters> = PerCpuArray::with_max_entries(1, 0);
 
-/// Slot 0: settings of the whole data path (the interface MAC). Written by lbd.
+/// Slot 0: settings of the whole data path (the interface MAC, the flow-cache
+/// generation). Written by lbd.
 #[map]
 static GLOBALS: Array<Globals> = Array::with_max_entries(1, 0);
 
+/// Per-CPU, direct-mapped: the last decision for a (VIP, port, protocol,
+/// client) that hashed to each slot. Written and read here only; lbd
+/// invalidates all of it by bumping [`Globals::flow_generation`].
+#[map]
+static FLOW_CACHE: PerCpuArray<CachedFlow> = PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
+
+/// One [`FLOW_CACHE`] slot: a forwarding decision and when it was taken.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CachedFlow {
+    /// [`Globals::flow_generation`] when taken; a slot of another generation
+    /// (or of generation 0, never written) is empty.
+    generation: u64,
+    /// The low 32 bits of `bpf_jiffies64()` when taken from the shared tables.
+    taken_jiffies: u32,
+    /// The flow: VIP, client (unmasked), port, protocol, as in the frame.
+    vip: u32,
+    client: u32,
+    port: u16,
+    protocol: u8,
+    pad: u8,
+    /// [`Service::id`] of the service.
+    service_id: u32,
+    /// The real server's index and MAC address.
+    real: u32,
+    mac: MacWords,
+    pad2: u16,
+}
+
 // ------------------------------------------------------------------ parsing
 
-#[repr(C)]
-struct EthHdr {
-    dst: [u8; 6],
-    src: [u8; 6],
-    ethertype: [u8; 2],
+/// A MAC address as three 16-bit words. Frames start at an even address (the
+/// XDP headroom is 256 bytes), so 16-bit loads and stores are the widest the
+/// BPF target makes for a header field: it splits any access it cannot prove
+/// aligned into single bytes, which costs more here than anything else.
+type MacWords = [u16; 3];
+
+/// `mac` as [`MacWords`], in the same byte order.
+#[inline(always)]
+fn mac_words(mac: [u8; 6]) -> MacWords {
+    [
+        u16::from_ne_bytes([mac[0], mac[1]]),
+        u16::from_ne_bytes([mac[2], mac[3]]),
+        u16::from_ne_bytes([mac[4], mac[5]]),
+    ]
 }
 
 #[repr(C)]
+struct EthHdr {
+    dst: MacWords,
+    src: MacWords,
+    ethertype: u16,
+}
+
+/// The fixed IPv4 header; every multi-byte field in network byte order.
+/// Packed to 2 because it starts 14 bytes into the frame.
+#[repr(C, packed(2))]
 struct Ipv4Hdr {
     version_ihl: u8,
     tos: u8,
-    total_len: [u8; 2],
-    id: [u8; 2],
-    frag_off: [u8; 2],
+    total_len: u16,
+    id: u16,
+    frag_off: u16,
     ttl: u8,
     protocol: u8,
-    check: [u8; 2],
-    saddr: [u8; 4],
-    daddr: [u8; 4],
+    check: u16,
+    saddr: u32,
+    daddr: u32,
 }
 
 /// The first four bytes of TCP and UDP alike: source and destination port.
 #[repr(C)]
 struct Ports {
-    src: [u8; 2],
-    dst: [u8; 2],
+    src: u16,
+    dst: u16,
 }
 
 /// The one bounds check: a pointer to a `T` at `offset`, if the frame holds it.
@@ -127,6 +182,8 @@ fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 struct Flow {
     key: ServiceKey,
     saddr: u32,
+    /// The frame's destination MAC address.
+    dst_mac: MacWords,
 }
 
 /// Parses Ethernet, IPv4 and the TCP or UDP header; `Err` is the reason to pass.
@@ -134,7 +191,7 @@ struct Flow {
 fn parse(ctx: &XdpContext) -> Result<Flow, Reason> {
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Reason::PassTruncatedEthernet)?;
     // SAFETY: `ptr_at` checked the header lies inside the frame.
-    let ethertype = u16::from_be_bytes(unsafe { (*eth).ethertype });
+    let (ethertype, dst_mac) = unsafe { (u16::from_be((*eth).ethertype), (*eth).dst) };
     match ethertype {
         ETH_P_IP => {}
         ETH_P_IPV6 => return Err(Reason::PassIpv6),
@@ -147,11 +204,11 @@ fn parse(ctx: &XdpContext) -> Result<Flow, Reason> {
     let (version_ihl, total_len, frag_off, protocol, saddr, daddr) = unsafe {
         (
             (*ip).version_ihl,
-            usize::from(u16::from_be_bytes((*ip).total_len)),
-            u16::from_be_bytes((*ip).frag_off),
+            usize::from(u16::from_be((*ip).total_len)),
+            u16::from_be((*ip).frag_off),
             (*ip).protocol,
-            u32::from_ne_bytes((*ip).saddr),
-            u32::from_ne_bytes((*ip).daddr),
+            (*ip).saddr,
+            (*ip).daddr,
         )
     };
     let header_len = usize::from(version_ihl & 0x0F) * 4;
@@ -185,7 +242,7 @@ fn parse(ctx: &XdpContext) -> Result<Flow, Reason> {
     let ports: *const Ports = ptr_at(ctx, l4).ok_or(Reason::PassTruncatedL4)?;
     // SAFETY: checked by `ptr_at`; the whole L4 header is inside `total_len`,
     // itself inside the frame.
-    let port = u16::from_ne_bytes(unsafe { (*ports).dst });
+    let port = unsafe { (*ports).dst };
     Ok(Flow {
         key: ServiceKey {
             vip: daddr,
@@ -194,6 +251,7 @@ fn parse(ctx: &XdpContext) -> Result<Flow, Reason> {
             pad: 0,
         },
         saddr,
+        dst_mac,
     })
 }
 
@@ -205,10 +263,80 @@ struct Target {
     real: Real,
 }
 
+/// Where a flow goes: the service, the real server's index and MAC, and
+/// whether the client is new to it (counted in [`Counters::new_clients`]).
+struct Decision {
+    service_id: u32,
+    real: u32,
+    mac: MacWords,
+    new_client: bool,
+}
+
+/// The [`FLOW_CACHE`] slot of a flow: a multiplicative (Fibonacci) hash,
+/// whose top bits are well mixed and cost one multiplication.
+#[inline(always)]
+fn flow_slot(flow: &Flow) -> u32 {
+    let mixed = flow.saddr ^ flow.key.vip.rotate_left(16) ^ u32::from(flow.key.port);
+    mixed.wrapping_mul(0x9E37_79B1) >> (32 - FLOW_CACHE_SLOTS.trailing_zeros())
+}
+
+/// The cached decision for this flow, if it is of this generation and young
+/// enough. Anything else is left to the shared tables, which also count why.
+/// (The real server's state is not looked at: lbd bumps the generation
+/// whenever it writes [`REALS`].)
+#[inline(always)]
+fn cached_decision(flow: &Flow, generation: u64, jiffies: u32) -> Option<Decision> {
+    // SAFETY: a per-CPU value pointer, only read here.
+    let cached = unsafe { *FLOW_CACHE.get_ptr(flow_slot(flow))? };
+    if cached.generation != generation
+        || cached.vip != flow.key.vip
+        || cached.client != flow.saddr
+        || cached.port != flow.key.port
+        || cached.protocol != flow.key.protocol
+        || jiffies.wrapping_sub(cached.taken_jiffies) > FLOW_CACHE_MAX_AGE_JIFFIES
+    {
+        return None;
+    }
+    Some(Decision {
+        service_id: cached.service_id,
+        real: cached.real,
+        mac: cached.mac,
+        new_client: false,
+    })
+}
+
+/// Remembers a decision taken from the shared tables in this CPU's cache.
+#[inline(always)]
+fn cache_decision(flow: &Flow, decision: &Decision, generation: u64, jiffies: u32) {
+    if let Some(slot) = FLOW_CACHE.get_ptr_mut(flow_slot(flow)) {
+        // SAFETY: per-CPU slot, no other writer while this program runs here.
+        unsafe {
+            *slot = CachedFlow {
+                generation,
+                taken_jiffies: jiffies,
+                vip: flow.key.vip,
+                client: flow.saddr,
+                port: flow.key.port,
+                protocol: flow.key.protocol,
+                pad: 0,
+                service_id: decision.service_id,
+                real: decision.real,
+                mac: decision.mac,
+                pad2: 0,
+            };
+        }
+    }
+}
+
 /// The live affinity entry of a client, if it still names a usable server.
 /// Refreshes its last-seen time (at most once per `AFFINITY_REFRESH_NS`).
 #[inline(always)]
-fn lookup_affinity(key: &AffinityKey, service: &Service, now: u64) -> Option<Target> {
+fn lookup_affinity(
+    key: &AffinityKey,
+    service: &Service,
+    now: u64,
+    tally: Tally,
+) -> Option<Target> {
     let entry = AFFINITY.get_ptr_mut(key)?;
     // SAFETY: a value pointer from the map, valid for this program run.
     let Affinity {
@@ -217,7 +345,7 @@ fn lookup_affinity(key: &AffinityKey, service: &Service, now: u64) -> Option<Tar
         last_seen_ns,
     } = unsafe { *entry };
     if now.wrapping_sub(last_seen_ns) > service.timeout_ns {
-        count(Reason::AffinityExpired);
+        tally.count(Reason::AffinityExpired);
         return None;
     }
     let real = match REALS.get(index) {
@@ -225,7 +353,7 @@ fn lookup_affinity(key: &AffinityKey, service: &Service, now: u64) -> Option<Tar
             *real
         }
         _ => {
-            count(Reason::AffinityStale);
+            tally.count(Reason::AffinityStale);
             return None;
         }
     };
@@ -233,7 +361,7 @@ fn lookup_affinity(key: &AffinityKey, service: &Service, now: u64) -> Option<Tar
         // SAFETY: as above; a racing writer on another CPU stores a time as good.
         unsafe { (*entry).last_seen_ns = now };
     }
-    count(Reason::AffinityHit);
+    tally.count(Reason::AffinityHit);
     Some(Target { index, real })
 }
 
@@ -241,7 +369,7 @@ fn lookup_affinity(key: &AffinityKey, service: &Service, now: u64) -> Option<Tar
 /// and whether to remember it for the client (the fallback is never remembered,
 /// so clients leave it as soon as a real server is back).
 #[inline(always)]
-fn lookup_ring(service: &Service, client: u32) -> Result<(Target, bool), Reason> {
+fn lookup_ring(service: &Service, client: u32, tally: Tally) -> Result<(Target, bool), Reason> {
     let slot_entry = client_hash(client) % MAGLEV_RING_SIZE;
     let mut index = *MAGLEV_RINGS
         .get(ring_index(service.ring_slot, slot_entry))
@@ -252,7 +380,7 @@ fn lookup_ring(service: &Service, client: u32) -> Result<(Target, bool), Reason>
         if index == NO_REAL {
             return Err(Reason::DropNoReal);
         }
-        count(Reason::Fallback);
+        tally.count(Reason::Fallback);
         remember = false;
     }
     let real = *REALS.get(index).ok_or(Reason::DropInternal)?;
@@ -263,7 +391,7 @@ fn lookup_ring(service: &Service, client: u32) -> Result<(Target, bool), Reason>
 
 /// Readdresses the frame to the real server: the only change made to it.
 #[inline(always)]
-fn rewrite_macs(ctx: &XdpContext, dst: [u8; 6], src: [u8; 6]) -> Result<(), Reason> {
+fn rewrite_macs(ctx: &XdpContext, dst: MacWords, src: MacWords) -> Result<(), Reason> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Reason::DropInternal)?;
     // SAFETY: checked by `ptr_at`; the frame is ours to change.
     unsafe {
@@ -275,18 +403,31 @@ fn rewrite_macs(ctx: &XdpContext, dst: [u8; 6], src: [u8; 6]) -> Result<(), Reas
 
 // ----------------------------------------------------------------- counting
 
-#[inline(always)]
-fn count(reason: Reason) {
-    if let Some(counter) = REASONS.get_ptr_mut(reason as u32) {
-        // SAFETY: per-CPU slot, no other writer while this program runs here.
-        unsafe { *counter += 1 };
+/// This CPU's [`REASONS`] slot, looked up once per frame.
+#[derive(Clone, Copy)]
+struct Tally(Option<*mut ReasonCounters>);
+
+impl Tally {
+    #[inline(always)]
+    fn this_cpu() -> Self {
+        Self(REASONS.get_ptr_mut(0))
+    }
+
+    #[inline(always)]
+    fn count(self, reason: Reason) {
+        if let Some(tally) = self.0 {
+            // SAFETY: per-CPU slot, no other writer while this program runs here.
+            if let Some(counter) = unsafe { (*tally).counts.get_mut(reason as usize) } {
+                *counter += 1;
+            }
+        }
     }
 }
 
 #[inline(always)]
 fn add(counters: Option<*mut Counters>, bytes: u64, new_client: bool) {
     if let Some(c) = counters {
-        // SAFETY: per-CPU slot, as in `count`.
+        // SAFETY: per-CPU slot, as in `Tally::count`.
         unsafe {
             (*c).packets += 1;
             (*c).bytes += bytes;
@@ -302,7 +443,8 @@ fn add(counters: Option<*mut Counters>, bytes: u64, new_client: bool) {
 /// The program attached to `node.interface`.
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
-    let (action, reason) = match try_lb_xdp(&ctx) {
+    let tally = Tally::this_cpu();
+    let (action, reason) = match try_lb_xdp(&ctx, tally) {
         Ok(()) => (xdp_action::XDP_TX, Reason::Forwarded),
         Err(reason) => {
             let action = match reason {
@@ -314,34 +456,71 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
             (action, reason)
         }
     };
-    count(reason);
+    tally.count(reason);
     action
 }
 
 /// `Ok` forwards the (rewritten) frame; `Err` names why it is passed or dropped.
 #[inline(always)]
-fn try_lb_xdp(ctx: &XdpContext) -> Result<(), Reason> {
+fn try_lb_xdp(ctx: &XdpContext, tally: Tally) -> Result<(), Reason> {
     let flow = parse(ctx)?;
-    // SAFETY: the map value is only read here.
-    let service = *unsafe { SERVICES.get(&flow.key) }.ok_or(Reason::PassNotService)?;
+    let globals = *GLOBALS.get(0).ok_or(Reason::DropInternal)?;
+    let iface_mac = mac_words(globals.iface_mac);
+    // SAFETY: a helper without arguments; the verifier inlines it. The low
+    // 32 bits are enough to measure an age of a few hundred ticks.
+    let jiffies = unsafe { bpf_jiffies64() } as u32;
 
-    let iface_mac = GLOBALS.get(0).ok_or(Reason::DropInternal)?.iface_mac;
-    let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Reason::DropInternal)?;
-    // SAFETY: checked by `ptr_at`.
-    if unsafe { (*eth).dst } != iface_mac {
+    let decision = match cached_decision(&flow, globals.flow_generation, jiffies) {
+        Some(decision) => {
+            if flow.dst_mac != iface_mac {
+                return Err(Reason::PassNotForUs);
+            }
+            tally.count(Reason::FlowCacheHit);
+            tally.count(Reason::AffinityHit);
+            decision
+        }
+        None => {
+            let (decision, cacheable) = decide(&flow, iface_mac, tally)?;
+            if cacheable && globals.flow_generation != 0 {
+                cache_decision(&flow, &decision, globals.flow_generation, jiffies);
+            }
+            decision
+        }
+    };
+
+    rewrite_macs(ctx, decision.mac, iface_mac)?;
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    add(
+        REAL_STATS.get_ptr_mut(decision.real),
+        bytes,
+        decision.new_client,
+    );
+    Ok(())
+}
+
+/// The decision from the shared tables: the service, then the client's
+/// affinity entry, else the Maglev ring. Also says whether the decision may
+/// be cached (it is in the affinity table and the service's timeout is long
+/// enough for the cache's age not to matter).
+#[inline(always)]
+fn decide(flow: &Flow, iface_mac: MacWords, tally: Tally) -> Result<(Decision, bool), Reason> {
+    // SAFETY: the map value is only read here.
+    let service = *unsafe { SERVICES.get(flow.key) }.ok_or(Reason::PassNotService)?;
+    if flow.dst_mac != iface_mac {
         return Err(Reason::PassNotForUs);
     }
 
+    // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let key = AffinityKey {
         service_id: service.id,
         client: flow.saddr & service.netmask,
     };
-    let (target, new_client) = match lookup_affinity(&key, &service, now) {
-        Some(target) => (target, false),
+    let (target, new_client, remembered) = match lookup_affinity(&key, &service, now, tally) {
+        Some(target) => (target, false, true),
         None => {
-            count(Reason::AffinityMiss);
-            let (target, remember) = lookup_ring(&service, key.client)?;
+            tally.count(Reason::AffinityMiss);
+            let (target, remember) = lookup_ring(&service, key.client, tally)?;
             if remember {
                 let entry = Affinity {
                     real: target.index,
@@ -350,20 +529,24 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<(), Reason> {
                 };
                 // A full table evicts its least recently used entry; an
                 // insert cannot fail otherwise, and the frame goes out anyway.
-                let _ = AFFINITY.insert(&key, &entry, 0);
+                let _ = AFFINITY.insert(key, entry, 0);
             }
-            (target, true)
+            (target, true, remember)
         }
     };
     if target.real.flags & REAL_F_RESOLVED == 0 {
         return Err(Reason::DropRealUnresolved);
     }
-
-    rewrite_macs(ctx, target.real.mac, iface_mac)?;
-    let bytes = (ctx.data_end() - ctx.data()) as u64;
-    add(SERVICE_STATS.get_ptr_mut(service.id), bytes, new_client);
-    add(REAL_STATS.get_ptr_mut(target.index), bytes, new_client);
-    Ok(())
+    let cacheable = remembered && service.timeout_ns >= FLOW_CACHE_MIN_TIMEOUT_NS;
+    Ok((
+        Decision {
+            service_id: service.id,
+            real: target.index,
+            mac: mac_words(target.real.mac),
+            new_client,
+        },
+        cacheable,
+    ))
 }
 
 #[cfg(not(test))]

@@ -131,6 +131,9 @@ pub struct ServiceState {
     live_slot: u32,
     /// The ring in that slot.
     ring: Vec<u32>,
+    /// Traffic counted by real-server slots that have since left the
+    /// service (the data path counts per slot; a service is their sum).
+    retired: Counters,
 }
 
 impl ServiceState {
@@ -299,6 +302,7 @@ impl<M: Maps> Balancer<M> {
         maps.set_globals(Globals {
             iface_mac,
             pad: [0; 2],
+            flow_generation: 1,
         })?;
         Ok(Self {
             maps,
@@ -471,9 +475,9 @@ impl<M: Maps> Balancer<M> {
             } else {
                 None
             };
-            let (live_slot, ring) = match old {
-                Some(old) => (old.live_slot, old.ring.clone()),
-                None => (id * 2, vec![NO_REAL; MAGLEV_RING_SIZE as usize]),
+            let (live_slot, ring, retired) = match old {
+                Some(old) => (old.live_slot, old.ring.clone(), old.retired),
+                None => (id * 2, vec![NO_REAL; MAGLEV_RING_SIZE as usize], Counters::default()),
             };
             next.insert(
                 service.name.clone(),
@@ -484,6 +488,7 @@ impl<M: Maps> Balancer<M> {
                     fallback,
                     live_slot,
                     ring,
+                    retired,
                 },
             );
         }
@@ -501,9 +506,6 @@ impl<M: Maps> Balancer<M> {
         //    removed under its old key.
         for state in next.values_mut() {
             let old = self.services.get(&state.config.name);
-            if old.is_none() {
-                self.maps.reset_service_counters(state.id)?;
-            }
             if let Some(old) = old {
                 if old.key() != state.key() {
                     self.maps.remove_service(&old.key())?;
@@ -517,7 +519,7 @@ impl<M: Maps> Balancer<M> {
                 self.maps.remove_service(&old.key())?;
             }
         }
-        for index in self.reals_in_use.keys() {
+        for (index, (owner, _)) in &self.reals_in_use {
             if !reals_in_use.contains_key(index) {
                 self.maps.set_real(
                     *index,
@@ -528,6 +530,10 @@ impl<M: Maps> Balancer<M> {
                         pad: [0; 2],
                     },
                 )?;
+                // Unused from here on: what it counted stays the service's.
+                if let Some(state) = next.get_mut(owner) {
+                    state.retired += self.maps.real_counters(*index)?;
+                }
             }
         }
         self.services = next;
@@ -688,35 +694,43 @@ impl<M: Maps> Balancer<M> {
         })
     }
 
-    /// Installs an affinity entry received from the peer, so this node sends
-    /// the client to the same real server. Returns false (nothing written)
-    /// when the service or server is unknown here.
+    /// Installs affinity entries received from the peer, so this node sends
+    /// their clients to the same real servers. Returns how many were written;
+    /// entries for a service or server unknown here are skipped.
     ///
     /// # Errors
     /// A failed map write.
-    pub fn install_session(
+    pub fn install_sessions(
         &mut self,
+        entries: &[crate::sync::SessionEntry],
+        now_ns: u64,
+    ) -> Result<usize> {
+        let batch: Vec<(AffinityKey, Affinity)> = entries
+            .iter()
+            .filter_map(|entry| self.session_affinity(entry, now_ns))
+            .collect();
+        self.maps.set_affinities(&batch)?;
+        Ok(batch.len())
+    }
+
+    /// The affinity entry for a session from the peer, if its service and
+    /// server are known here.
+    fn session_affinity(
+        &self,
         entry: &crate::sync::SessionEntry,
         now_ns: u64,
-    ) -> Result<bool> {
-        let Some(service) = self.services.get(&entry.service) else {
-            return Ok(false);
-        };
-        let Some(real) = service
+    ) -> Option<(AffinityKey, Affinity)> {
+        let service = self.services.get(&entry.service)?;
+        let real = service
             .reals
             .iter()
-            .find(|r| r.address == entry.server_address)
-        else {
-            return Ok(false);
-        };
-        let key = service.client_key(entry.client);
+            .find(|r| r.address == entry.server_address)?;
         let value = Affinity {
             real: real.index,
             real_address: u32::from_ne_bytes(real.address.octets()),
             last_seen_ns: now_ns.saturating_sub(u64::from(entry.age_ms) * 1_000_000),
         };
-        self.maps.set_affinity(key, value)?;
-        Ok(true)
+        Some((service.client_key(entry.client), value))
     }
 
     /// Where a client of `service` is sent, and why.
@@ -769,7 +783,11 @@ impl<M: Maps> Balancer<M> {
     /// # Errors
     /// A failed map read.
     pub fn service_counters(&self, state: &ServiceState) -> Result<Counters> {
-        Ok(self.maps.service_counters(state.id)?)
+        let mut total = state.retired;
+        for r in state.reals.iter().chain(state.fallback.iter()) {
+            total += self.maps.real_counters(r.index)?;
+        }
+        Ok(total)
     }
 
     /// Counters of a real server.
@@ -1022,6 +1040,87 @@ mod tests {
             (0.30..0.40).contains(&share),
             "removing 1 of 3 moves about a third: {share}"
         );
+    }
+
+    #[test]
+    fn sessions_from_the_peer_are_installed_in_one_batch_that_empties_the_flow_cache() {
+        let mut b = balancer(&THREE);
+        let generation = b.maps().globals.flow_generation;
+        assert_ne!(generation, 0, "the cache is enabled");
+        let entry = |service: &str, client: &str, server: &str| crate::sync::SessionEntry {
+            service: service.to_owned(),
+            client: client.parse().unwrap_or_else(|_| panic!("{client}")),
+            server_address: server.parse().unwrap_or_else(|_| panic!("{server}")),
+            age_ms: 2_000,
+        };
+        let entries = [
+            entry("web", "198.18.1.1", "198.18.0.23"),
+            entry("web", "198.18.1.2", "198.18.0.99"),
+            entry("mail", "198.18.1.3", "198.18.0.21"),
+            entry("web", "198.18.1.4", "198.18.0.21"),
+        ];
+        let installed = b
+            .install_sessions(&entries, 10_000_000_000)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(installed, 2, "unknown server and unknown service skipped");
+        assert_eq!(b.maps().affinity.len(), 2);
+        assert_eq!(b.maps().globals.flow_generation, generation + 1);
+        let state = b.service("web").unwrap_or_else(|e| panic!("{e}"));
+        let key = state.client_key("198.18.1.1".parse().unwrap_or_else(|_| panic!()));
+        let value = b.maps().affinity[&key];
+        assert_eq!(value.real, state.reals[2].index);
+        assert_eq!(value.last_seen_ns, 8_000_000_000, "the peer's age is kept");
+    }
+
+    #[test]
+    fn a_service_counts_the_sum_of_its_servers_and_keeps_what_removed_ones_counted() {
+        let mut b = balancer(&THREE);
+        let indexes: Vec<u32> = b
+            .service("web")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .reals
+            .iter()
+            .map(|r| r.index)
+            .collect();
+        for (i, index) in indexes.iter().enumerate() {
+            let n = 10_u64.pow(u32::try_from(i).unwrap_or(0));
+            b.maps_mut().real_stats.insert(
+                *index,
+                Counters {
+                    packets: n,
+                    bytes: 100 * n,
+                    new_clients: 1,
+                },
+            );
+        }
+        let total = |b: &Balancer<FakeMaps>| {
+            let state = b.service("web").unwrap_or_else(|e| panic!("{e}"));
+            b.service_counters(state).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let expected = Counters {
+            packets: 111,
+            bytes: 11_100,
+            new_clients: 3,
+        };
+        assert_eq!(total(&b), expected);
+        b.apply(&config(&THREE[..2])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(total(&b), expected, "rs3 left; its traffic stays counted");
+        b.apply(&config(&THREE)).unwrap_or_else(|e| panic!("{e}"));
+        let rs3 = b.service("web").unwrap_or_else(|e| panic!("{e}")).reals[2].index;
+        b.maps_mut().real_stats.remove(&rs3);
+        assert_eq!(total(&b), expected, "back with fresh counters");
+    }
+
+    #[test]
+    fn every_service_change_empties_the_flow_cache() {
+        let mut b = balancer(&THREE);
+        let before = b.maps().globals.flow_generation;
+        b.set_admin_state("web", "rs1", AdminState::Drain)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let after_drain = b.maps().globals.flow_generation;
+        assert!(after_drain > before, "the drained ring switched in");
+        b.apply(&config(&THREE[..2])).unwrap_or_else(|e| panic!("{e}"));
+        assert!(b.maps().globals.flow_generation > after_drain);
     }
 
     #[test]

@@ -2938,7 +2938,7 @@ services:
             "164 real servers; expected 1..=163",
         );
         let mut body = String::new();
-        for s in 0..26 {
+        for s in 0..103 {
             writeln!(
                 body,
                 "  - name: s{s}\n    vip: 198.18.0.100\n    port: {}\n    real_servers:",
@@ -2957,7 +2957,7 @@ services:
         assert_only(
             &with_services(&body),
             (4, 1),
-            "4160 real servers over all services; at most 4095",
+            "16480 real servers over all services; at most 16383",
         );
     }
 

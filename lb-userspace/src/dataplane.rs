@@ -13,8 +13,8 @@ use aya::{
     Ebpf, EbpfError,
 };
 use lb_common::{
-    ring_index, Affinity, AffinityKey, Counters, Globals, Real, Reason, Service, ServiceKey,
-    MAGLEV_RING_SIZE, REASON_COUNT,
+    ring_index, Affinity, AffinityKey, Counters, Globals, Real, Reason, ReasonCounters, Service,
+    ServiceKey, MAGLEV_RING_SIZE,
 };
 
 /// The compiled XDP object, embedded at build time by `build.rs` from
@@ -192,12 +192,11 @@ impl Program {
             rings: Array::try_from(take("MAGLEV_RINGS")?).map_err(map_err("MAGLEV_RINGS"))?,
             reals: Array::try_from(take("REALS")?).map_err(map_err("REALS"))?,
             affinity: HashMap::try_from(take("AFFINITY")?).map_err(map_err("AFFINITY"))?,
-            service_stats: PerCpuArray::try_from(take("SERVICE_STATS")?)
-                .map_err(map_err("SERVICE_STATS"))?,
             real_stats: PerCpuArray::try_from(take("REAL_STATS")?)
                 .map_err(map_err("REAL_STATS"))?,
             reasons: PerCpuArray::try_from(take("REASONS")?).map_err(map_err("REASONS"))?,
             globals: Array::try_from(take("GLOBALS")?).map_err(map_err("GLOBALS"))?,
+            globals_written: Globals::default(),
         })
     }
 }
@@ -210,6 +209,11 @@ impl Drop for Program {
 
 /// What the control plane reads and writes in the data path. Every method
 /// fails only when a map operation fails.
+///
+/// The data path caches its forwarding decisions per CPU (see
+/// [`Globals::flow_generation`]); every write that could contradict a cached
+/// decision (a service or a real server written or removed, an affinity
+/// entry written) empties that cache itself, so callers never have to.
 #[expect(
     clippy::missing_errors_doc,
     reason = "one rule for all methods, stated above"
@@ -225,12 +229,8 @@ pub trait Maps {
     fn set_service(&mut self, key: ServiceKey, service: Service) -> Result<()>;
     /// Removes a service (absent is fine).
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()>;
-    /// Zeroes the counters of a service id (on reuse).
-    fn reset_service_counters(&mut self, id: u32) -> Result<()>;
     /// Zeroes the counters of a real-server index (on reuse).
     fn reset_real_counters(&mut self, index: u32) -> Result<()>;
-    /// A service's counters, summed over CPUs.
-    fn service_counters(&self, id: u32) -> Result<Counters>;
     /// A real server's counters, summed over CPUs.
     fn real_counters(&self, index: u32) -> Result<Counters>;
     /// Every [`Reason`] counter, summed over CPUs, in [`Reason::ALL`] order.
@@ -242,8 +242,16 @@ pub trait Maps {
     /// A second, independent handle on the affinity table, so a background
     /// thread can walk it without holding up the daemon.
     fn affinity_scanner(&self) -> Result<Box<dyn AffinityScan>>;
-    /// Adds or replaces an affinity entry (tests; HA sync later).
-    fn set_affinity(&mut self, key: AffinityKey, value: Affinity) -> Result<()>;
+    /// Adds or replaces affinity entries (HA sync; tests), then empties the
+    /// flow cache once.
+    fn set_affinities(&mut self, entries: &[(AffinityKey, Affinity)]) -> Result<()>;
+    /// Adds or replaces one affinity entry.
+    fn set_affinity(&mut self, key: AffinityKey, value: Affinity) -> Result<()> {
+        self.set_affinities(&[(key, value)])
+    }
+    /// Empties the data path's flow cache on every CPU: the next frame of
+    /// every flow is decided from the shared tables again.
+    fn flush_flow_cache(&mut self) -> Result<()>;
 }
 
 /// Walks the affinity table.
@@ -287,10 +295,11 @@ pub struct EbpfMaps {
     rings: Array<MapData, u32>,
     reals: Array<MapData, Real>,
     affinity: HashMap<MapData, AffinityKey, Affinity>,
-    service_stats: PerCpuArray<MapData, Counters>,
     real_stats: PerCpuArray<MapData, Counters>,
-    reasons: PerCpuArray<MapData, u64>,
+    reasons: PerCpuArray<MapData, ReasonCounters>,
     globals: Array<MapData, Globals>,
+    /// What `globals` holds, so the generation can be bumped without a read.
+    globals_written: Globals,
 }
 
 fn map_error(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
@@ -314,11 +323,20 @@ impl Maps for EbpfMaps {
     fn set_globals(&mut self, globals: Globals) -> Result<()> {
         self.globals
             .set(0, globals, 0)
-            .map_err(map_error("GLOBALS"))
+            .map_err(map_error("GLOBALS"))?;
+        self.globals_written = globals;
+        Ok(())
+    }
+
+    fn flush_flow_cache(&mut self) -> Result<()> {
+        let mut globals = self.globals_written;
+        globals.flow_generation = next_generation(globals.flow_generation);
+        self.set_globals(globals)
     }
 
     fn set_real(&mut self, index: u32, real: Real) -> Result<()> {
-        self.reals.set(index, real, 0).map_err(map_error("REALS"))
+        self.reals.set(index, real, 0).map_err(map_error("REALS"))?;
+        self.flush_flow_cache()
     }
 
     fn set_ring(&mut self, slot: u32, ring: &[u32]) -> Result<()> {
@@ -333,33 +351,22 @@ impl Maps for EbpfMaps {
     fn set_service(&mut self, key: ServiceKey, service: Service) -> Result<()> {
         self.services
             .insert(key, service, 0)
-            .map_err(map_error("SERVICES"))
+            .map_err(map_error("SERVICES"))?;
+        self.flush_flow_cache()
     }
 
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
         match self.services.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound | MapError::ElementNotFound) => Ok(()),
-            Err(e) => Err(map_error("SERVICES")(e)),
+            Ok(()) | Err(MapError::KeyNotFound | MapError::ElementNotFound) => {}
+            Err(e) => return Err(map_error("SERVICES")(e)),
         }
-    }
-
-    fn reset_service_counters(&mut self, id: u32) -> Result<()> {
-        self.service_stats
-            .set(id, zeroes()?, 0)
-            .map_err(map_error("SERVICE_STATS"))
+        self.flush_flow_cache()
     }
 
     fn reset_real_counters(&mut self, index: u32) -> Result<()> {
         self.real_stats
             .set(index, zeroes()?, 0)
             .map_err(map_error("REAL_STATS"))
-    }
-
-    fn service_counters(&self, id: u32) -> Result<Counters> {
-        Ok(sum(&self
-            .service_stats
-            .get(&id, 0)
-            .map_err(map_error("SERVICE_STATS"))?))
     }
 
     fn real_counters(&self, index: u32) -> Result<Counters> {
@@ -370,12 +377,14 @@ impl Maps for EbpfMaps {
     }
 
     fn reasons(&self) -> Result<Vec<u64>> {
-        (0..REASON_COUNT)
-            .map(|i| {
-                let values = self.reasons.get(&i, 0).map_err(map_error("REASONS"))?;
-                Ok(values.iter().sum())
-            })
-            .collect()
+        let per_cpu = self.reasons.get(&0, 0).map_err(map_error("REASONS"))?;
+        let mut total = vec![0_u64; Reason::ALL.len()];
+        for cpu in per_cpu.iter() {
+            for (sum, n) in total.iter_mut().zip(cpu.counts) {
+                *sum += n;
+            }
+        }
+        Ok(total)
     }
 
     fn affinity(&self, key: &AffinityKey) -> Result<Option<Affinity>> {
@@ -398,11 +407,19 @@ impl Maps for EbpfMaps {
         Ok(Box::new(AffinityReader { map }))
     }
 
-    fn set_affinity(&mut self, key: AffinityKey, value: Affinity) -> Result<()> {
-        self.affinity
-            .insert(key, value, 0)
-            .map_err(map_error("AFFINITY"))
+    fn set_affinities(&mut self, entries: &[(AffinityKey, Affinity)]) -> Result<()> {
+        for (key, value) in entries {
+            self.affinity
+                .insert(key, value, 0)
+                .map_err(map_error("AFFINITY"))?;
+        }
+        self.flush_flow_cache()
     }
+}
+
+/// The flow-cache generation after `current`: never 0, which disables the cache.
+fn next_generation(current: u64) -> u64 {
+    current.wrapping_add(1).max(1)
 }
 
 /// An in-memory stand-in for [`EbpfMaps`], for control-plane tests.
@@ -416,8 +433,6 @@ pub struct FakeMaps {
     pub rings: StdHashMap<u32, Vec<u32>>,
     /// Services.
     pub services: StdHashMap<ServiceKey, Service>,
-    /// Service counters by id.
-    pub service_stats: StdHashMap<u32, Counters>,
     /// Real-server counters by index.
     pub real_stats: StdHashMap<u32, Counters>,
     /// Affinity entries.
@@ -431,7 +446,7 @@ impl Maps for FakeMaps {
     }
     fn set_real(&mut self, index: u32, real: Real) -> Result<()> {
         self.reals.insert(index, real);
-        Ok(())
+        self.flush_flow_cache()
     }
     fn set_ring(&mut self, slot: u32, ring: &[u32]) -> Result<()> {
         self.rings.insert(slot, ring.to_vec());
@@ -439,22 +454,15 @@ impl Maps for FakeMaps {
     }
     fn set_service(&mut self, key: ServiceKey, service: Service) -> Result<()> {
         self.services.insert(key, service);
-        Ok(())
+        self.flush_flow_cache()
     }
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
         self.services.remove(key);
-        Ok(())
-    }
-    fn reset_service_counters(&mut self, id: u32) -> Result<()> {
-        self.service_stats.remove(&id);
-        Ok(())
+        self.flush_flow_cache()
     }
     fn reset_real_counters(&mut self, index: u32) -> Result<()> {
         self.real_stats.remove(&index);
         Ok(())
-    }
-    fn service_counters(&self, id: u32) -> Result<Counters> {
-        Ok(self.service_stats.get(&id).copied().unwrap_or_default())
     }
     fn real_counters(&self, index: u32) -> Result<Counters> {
         Ok(self.real_stats.get(&index).copied().unwrap_or_default())
@@ -472,8 +480,12 @@ impl Maps for FakeMaps {
     fn affinity_scanner(&self) -> Result<Box<dyn AffinityScan>> {
         Ok(Box::new(FakeAffinity(self.affinity.clone())))
     }
-    fn set_affinity(&mut self, key: AffinityKey, value: Affinity) -> Result<()> {
-        self.affinity.insert(key, value);
+    fn set_affinities(&mut self, entries: &[(AffinityKey, Affinity)]) -> Result<()> {
+        self.affinity.extend(entries.iter().copied());
+        self.flush_flow_cache()
+    }
+    fn flush_flow_cache(&mut self) -> Result<()> {
+        self.globals.flow_generation = next_generation(self.globals.flow_generation);
         Ok(())
     }
 }

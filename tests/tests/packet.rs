@@ -6,7 +6,7 @@
 //! Needs root (loading BPF programs). The kernel refuses test frames shorter
 //! than an Ethernet header, so truncation starts at 14 bytes.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, mem::size_of, net::Ipv4Addr};
 
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{Affinity, Reason};
@@ -594,6 +594,154 @@ fn fallback_serves_while_no_server_is_up_and_is_not_remembered() {
             output: Output::Unchanged,
             reason: Reason::DropNoReal,
         },
+    );
+}
+
+/// Keeps the calling thread on one CPU, so that consecutive test runs meet
+/// the same per-CPU flow cache.
+fn pin_to_one_cpu() {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let cpu = usize::try_from(libc::sched_getcpu()).unwrap_or(0);
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set),
+            0,
+            "sched_setaffinity"
+        );
+    }
+}
+
+fn real_mac(h: &Harness, service: &str, server: &str) -> [u8; 6] {
+    let state = h.balancer.service(service).unwrap_or_else(|e| panic!("{e}"));
+    let real = state
+        .reals
+        .iter()
+        .find(|r| r.name == server)
+        .unwrap_or_else(|| panic!("{server}"));
+    mac_of(real.address)
+}
+
+fn last_seen(h: &Harness, service: &str, client: Ipv4Addr) -> u64 {
+    let state = h.balancer.service(service).unwrap_or_else(|e| panic!("{e}"));
+    h.balancer
+        .maps()
+        .affinity(&state.client_key(client))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("no affinity entry for {client}"))
+        .last_seen_ns
+}
+
+#[test]
+fn the_flow_cache_serves_repeat_frames_and_never_outlives_a_change() {
+    pin_to_one_cpu();
+    let mut h = Harness::new();
+    let c = client(70);
+    let frame = FrameSpec::tcp(IFACE_MAC, c, VIP, 80).build();
+    let hashed = h.hashed_mac("web", c);
+    check(&mut h, &forward("a new client", frame.clone(), hashed));
+    let hits = h.reasons()["flow_cache_hit"];
+    check(&mut h, &forward("its next frame", frame.clone(), hashed));
+    assert_eq!(
+        h.reasons()["flow_cache_hit"],
+        hits + 1,
+        "the next frame is served from the cache"
+    );
+    let other_mac = [0x02, 0, 0, 0, 0, 0x99];
+    assert!(
+        ["rs1", "rs2", "rs3"]
+            .iter()
+            .all(|s| real_mac(&h, "web", s) != other_mac)
+    );
+    let other = ["rs1", "rs2", "rs3"]
+        .into_iter()
+        .find(|s| real_mac(&h, "web", s) != hashed)
+        .unwrap_or_else(|| panic!("three servers"));
+    let other_mac = real_mac(&h, "web", other);
+
+    // An entry written by lbd (as the peer's session stream does) wins at once.
+    h.plant("web", c, other, 0);
+    check(
+        &mut h,
+        &forward("an entry from the peer", frame.clone(), other_mac),
+    );
+    check(&mut h, &forward("and it is cached", frame.clone(), other_mac));
+
+    // Frames not addressed to us are passed, cached flow or not.
+    let mut not_ours = frame.clone();
+    not_ours[0..6].copy_from_slice(&OTHER_MAC);
+    check(
+        &mut h,
+        &pass("a cached flow to another MAC", not_ours, Reason::PassNotForUs),
+    );
+
+    // A halted server loses its cached clients on their next frame.
+    h.balancer
+        .set_admin_state("web", other, AdminState::Halt)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let rehashed = h.hashed_mac("web", c);
+    check(
+        &mut h,
+        &forward("its server halted", frame.clone(), rehashed),
+    );
+
+    // A service removed by a reload stops at once.
+    let without_web: String = CONFIG.replace("port: 80\n    persistence", "port: 81\n    persistence");
+    let config =
+        Config::from_yaml(&without_web, "fixture.yaml").unwrap_or_else(|e| panic!("{e}"));
+    h.balancer.apply(&config).unwrap_or_else(|e| panic!("{e}"));
+    check(
+        &mut h,
+        &pass("its service moved away", frame, Reason::PassNotService),
+    );
+}
+
+#[test]
+fn short_timeouts_are_not_cached_and_cached_clients_stay_fresh_in_the_table() {
+    pin_to_one_cpu();
+    let mut h = Harness::new();
+    let short = CONFIG.replace("timeout_s: 300", "timeout_s: 5");
+    let config = Config::from_yaml(&short, "fixture.yaml").unwrap_or_else(|e| panic!("{e}"));
+    h.balancer.apply(&config).unwrap_or_else(|e| panic!("{e}"));
+    let c = client(80);
+    let frame = FrameSpec::tcp(IFACE_MAC, c, VIP, 80).build();
+    let hashed = h.hashed_mac("web", c);
+    let hits = h.reasons()["flow_cache_hit"];
+    for _ in 0..3 {
+        check(&mut h, &forward("a 5 s timeout", frame.clone(), hashed));
+    }
+    assert_eq!(h.reasons()["flow_cache_hit"], hits, "never from the cache");
+
+    // With a long timeout the cache serves, and still hands the flow back to
+    // the table often enough to keep its last-seen time fresh.
+    let config = Config::from_yaml(CONFIG, "fixture.yaml").unwrap_or_else(|e| panic!("{e}"));
+    h.balancer.apply(&config).unwrap_or_else(|e| panic!("{e}"));
+    let server = ["rs1", "rs2", "rs3"]
+        .into_iter()
+        .find(|s| real_mac(&h, "web", s) == hashed)
+        .unwrap_or_else(|| panic!("the hashed server"));
+    h.plant("web", c, server, 5);
+    check(&mut h, &forward("refreshes the entry", frame.clone(), hashed));
+    let first = last_seen(&h, "web", c);
+    assert!(monotonic_ns() - first < 1_000_000_000, "refreshed");
+    let hits = h.reasons()["flow_cache_hit"];
+    let start = std::time::Instant::now();
+    let mut refreshed = false;
+    // The cache hands a flow back after 250 ticks: 2.5 s at the slowest HZ
+    // (100), and the table refreshes an entry older than a second.
+    while start.elapsed() < std::time::Duration::from_secs(6) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        check(&mut h, &forward("a busy client", frame.clone(), hashed));
+        if last_seen(&h, "web", c) != first {
+            refreshed = true;
+            break;
+        }
+    }
+    assert!(refreshed, "a cached client's entry is refreshed");
+    assert!(
+        h.reasons()["flow_cache_hit"] > hits,
+        "frames in between came from the cache"
     );
 }
 

@@ -479,20 +479,13 @@ impl Daemon {
             }
             Message::Sessions { entries, snapshot } => {
                 if c.vrrp.state() != State::Master {
-                    let now = monotonic_ns();
-                    let mut unknown = 0_usize;
-                    for entry in &entries {
-                        match self.balancer.install_session(entry, now) {
-                            Ok(true) => {}
-                            Ok(false) => unknown += 1,
-                            Err(error) => {
-                                log::error!("sync: installing an affinity entry: {error}");
-                                break;
-                            }
-                        }
-                    }
-                    if unknown > 0 {
-                        log::debug!("sync: {unknown} affinity entries for services or servers not known here");
+                    match self.balancer.install_sessions(&entries, monotonic_ns()) {
+                        Ok(installed) if installed < entries.len() => log::debug!(
+                            "sync: {} affinity entries for services or servers not known here",
+                            entries.len() - installed
+                        ),
+                        Ok(_) => {}
+                        Err(error) => log::error!("sync: installing affinity entries: {error}"),
                     }
                 }
                 if snapshot == Some(SnapshotMark::End) {
