@@ -16,8 +16,8 @@
 //! on a hit the frame costs no hash-table lookup and no clock read, only
 //! lookups the verifier inlines. The shared tables stay the truth: a cached
 //! decision is taken again from them at least every
-//! [`FLOW_CACHE_MAX_AGE_JIFFIES`], and at once after lbd changes a service or
-//! an affinity entry (it bumps [`Globals::flow_generation`]).
+//! [`FLOW_CACHE_MAX_AGE_JIFFIES`], and at once after lbd changes a service, a
+//! real server or an affinity entry (it bumps [`Globals::flow_generation`]).
 //!
 //! Reads top to bottom: constants, maps, parsing helpers, the pipeline.
 #![no_std]
@@ -26,7 +26,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{xdp_action, BPF_F_MMAPABLE},
     helpers::{bpf_jiffies64, bpf_ktime_get_ns},
     macros::{map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -34,9 +34,10 @@ use aya_ebpf::{
 };
 use lb_common::{
     client_hash, ring_index, Affinity, AffinityKey, Counters, Globals, Real, Reason,
-    ReasonCounters, Service, ServiceKey, AFFINITY_REFRESH_NS, FLOW_CACHE_MAX_AGE_JIFFIES, FLOW_CACHE_MIN_TIMEOUT_NS,
-    FLOW_CACHE_SLOTS, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_RING_SIZE, MAGLEV_RING_SLOTS,
-    MAX_AFFINITY_ENTRIES, MAX_REALS, MAX_SERVICES, NO_REAL, REAL_F_KEEP_CLIENTS, REAL_F_RESOLVED,
+    ReasonCounters, Service, ServiceKey, AFFINITY_REFRESH_NS, FLOW_CACHE_MAX_AGE_JIFFIES,
+    FLOW_CACHE_MIN_TIMEOUT_NS, FLOW_CACHE_SLOTS, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_RING_SIZE,
+    MAGLEV_RING_SLOTS, MAX_AFFINITY_ENTRIES, MAX_REALS, MAX_SERVICES, NO_REAL, REAL_F_KEEP_CLIENTS,
+    REAL_F_RESOLVED,
 };
 
 // ---------------------------------------------------------------- constants
@@ -59,9 +60,11 @@ const UDP_HDR_LEN: usize = 8;
 static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
 /// Maglev rings, `MAGLEV_RING_SIZE` real-server indexes per slot, two slots per
-/// service (live and next). Written by lbd; read on every affinity miss.
+/// service (live and next). Read on every affinity miss; lbd writes a ring
+/// straight into the map's memory, which it maps into its own (mmapable).
 #[map]
-static MAGLEV_RINGS: Array<u32> = Array::with_max_entries(MAGLEV_RING_SLOTS * MAGLEV_RING_SIZE, 0);
+static MAGLEV_RINGS: Array<u32> =
+    Array::with_max_entries(MAGLEV_RING_SLOTS * MAGLEV_RING_SIZE, BPF_F_MMAPABLE);
 
 /// Real servers by index (0 is "none"): address, MAC, flags. Written by lbd.
 #[map]
@@ -331,12 +334,7 @@ fn cache_decision(flow: &Flow, decision: &Decision, generation: u64, jiffies: u3
 /// The live affinity entry of a client, if it still names a usable server.
 /// Refreshes its last-seen time (at most once per `AFFINITY_REFRESH_NS`).
 #[inline(always)]
-fn lookup_affinity(
-    key: &AffinityKey,
-    service: &Service,
-    now: u64,
-    tally: Tally,
-) -> Option<Target> {
+fn lookup_affinity(key: &AffinityKey, service: &Service, now: u64, tally: Tally) -> Option<Target> {
     let entry = AFFINITY.get_ptr_mut(key)?;
     // SAFETY: a value pointer from the map, valid for this program run.
     let Affinity {

@@ -477,7 +477,11 @@ impl<M: Maps> Balancer<M> {
             };
             let (live_slot, ring, retired) = match old {
                 Some(old) => (old.live_slot, old.ring.clone(), old.retired),
-                None => (id * 2, vec![NO_REAL; MAGLEV_RING_SIZE as usize], Counters::default()),
+                None => (
+                    id * 2,
+                    vec![NO_REAL; MAGLEV_RING_SIZE as usize],
+                    Counters::default(),
+                ),
             };
             next.insert(
                 service.name.clone(),
@@ -1103,7 +1107,8 @@ mod tests {
             new_clients: 3,
         };
         assert_eq!(total(&b), expected);
-        b.apply(&config(&THREE[..2])).unwrap_or_else(|e| panic!("{e}"));
+        b.apply(&config(&THREE[..2]))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(total(&b), expected, "rs3 left; its traffic stays counted");
         b.apply(&config(&THREE)).unwrap_or_else(|e| panic!("{e}"));
         let rs3 = b.service("web").unwrap_or_else(|e| panic!("{e}")).reals[2].index;
@@ -1119,7 +1124,8 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let after_drain = b.maps().globals.flow_generation;
         assert!(after_drain > before, "the drained ring switched in");
-        b.apply(&config(&THREE[..2])).unwrap_or_else(|e| panic!("{e}"));
+        b.apply(&config(&THREE[..2]))
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(b.maps().globals.flow_generation > after_drain);
     }
 

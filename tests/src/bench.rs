@@ -50,7 +50,7 @@ use lb_common::{Affinity, Service, ServiceKey, MAGLEV_RING_SIZE, NO_REAL};
 use lb_userspace::{
     balancer::Balancer,
     config::Config,
-    dataplane::{Maps as _, Program},
+    dataplane::{EbpfMaps, Maps as _, Program},
     maglev, monotonic_ns,
 };
 use serde_json::{json, Value};
@@ -134,12 +134,12 @@ pub struct Options {
 }
 
 impl Options {
-    /// The full bench (5 rounds) or `--quick` (1 round), writing to `out_dir`.
+    /// The full bench (7 rounds) or `--quick` (1 round), writing to `out_dir`.
     #[must_use]
     pub fn new(quick: bool, out_dir: PathBuf) -> Self {
         Self {
             quick,
-            rounds: if quick { 1 } else { 5 },
+            rounds: if quick { 1 } else { 7 },
             out_dir,
         }
     }
@@ -1375,6 +1375,40 @@ const BENCH_REALS: [Ipv4Addr; 3] = [
     Ipv4Addr::new(198, 18, 0, 23),
 ];
 
+/// `lb_xdp` loaded, its maps filled by its own control plane from
+/// [`small_config`]. `BPF_PROG_TEST_RUN` repeats on the same buffer: with the
+/// real servers' MAC set to the interface's own, the rewritten frame is again
+/// one for us, so every repetition is a full forward (a hit), not a pass.
+fn loaded_product() -> Result<(Program, Balancer<EbpfMaps>)> {
+    if Program::object().is_empty() {
+        bail!("this lb-bench was built without the XDP object: run `cargo xtask build`");
+    }
+    let mut program = Program::load_bytes(Program::object()).map_err(|e| anyhow!("{e}"))?;
+    let maps = program.take_maps().map_err(|e| anyhow!("{e}"))?;
+    let mut balancer = Balancer::new(maps, LB_MAC).map_err(|e| anyhow!("{e}"))?;
+    let config = Config::from_yaml(&small_config(), "bench.yaml").map_err(|e| anyhow!("{e}"))?;
+    balancer.apply(&config).map_err(|e| anyhow!("{e}"))?;
+    for a in BENCH_REALS {
+        balancer
+            .set_mac(a, Some(LB_MAC))
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    Ok((program, balancer))
+}
+
+/// `bench-floor` loaded into the kernel.
+fn load_floor() -> Result<Ebpf> {
+    let bytes = fs::read(ebpf_dir().join("bench-floor"))
+        .context("reading bench-floor (run `cargo xtask build-ebpf`)")?;
+    let mut obj = Ebpf::load(&bytes).context("loading bench-floor")?;
+    let floor: &mut Xdp = obj
+        .program_mut("bench_floor")
+        .ok_or_else(|| anyhow!("no bench_floor program"))?
+        .try_into()?;
+    floor.load()?;
+    Ok(obj)
+}
+
 fn packet_costs(quick: bool) -> Result<Vec<PacketCost>> {
     let repeat: u32 = if quick { 100_000 } else { 2_000_000 };
     let reps = if quick { 3 } else { 11 };
@@ -1389,15 +1423,11 @@ fn packet_costs(quick: bool) -> Result<Vec<PacketCost>> {
         .collect();
     let hit_frames: Vec<Vec<u8>> = (0..singles).map(|_| syn.clone()).collect();
 
-    // The floor.
-    let floor_bytes = fs::read(ebpf_dir().join("bench-floor"))
-        .context("reading bench-floor (run `cargo xtask build-ebpf`)")?;
-    let mut floor_obj = Ebpf::load(&floor_bytes).context("loading bench-floor")?;
+    let mut floor_obj = load_floor()?;
     let floor: &mut Xdp = floor_obj
         .program_mut("bench_floor")
         .ok_or_else(|| anyhow!("no bench_floor program"))?
         .try_into()?;
-    floor.load()?;
 
     // The bare forwarder.
     let real_macs: Vec<[u8; 6]> = reals.iter().map(|a| mac_of(*a)).collect();
@@ -1407,23 +1437,7 @@ fn packet_costs(quick: bool) -> Result<Vec<PacketCost>> {
         .ok_or_else(|| anyhow!("no bench_bare_dr program"))?
         .try_into()?;
 
-    // The product, its maps filled by its own control plane.
-    if Program::object().is_empty() {
-        bail!("this lb-bench was built without the XDP object: run `cargo xtask build`");
-    }
-    let mut program = Program::load_bytes(Program::object()).map_err(|e| anyhow!("{e}"))?;
-    let maps = program.take_maps().map_err(|e| anyhow!("{e}"))?;
-    let mut balancer = Balancer::new(maps, LB_MAC).map_err(|e| anyhow!("{e}"))?;
-    let config = Config::from_yaml(&small_config(), "bench.yaml").map_err(|e| anyhow!("{e}"))?;
-    balancer.apply(&config).map_err(|e| anyhow!("{e}"))?;
-    // BPF_PROG_TEST_RUN repeats on the same buffer: with the real servers'
-    // MAC set to the interface's own, the rewritten frame is again one for
-    // us, so every repetition is a full forward (a hit), not a pass.
-    for a in reals {
-        balancer
-            .set_mac(a, Some(LB_MAC))
-            .map_err(|e| anyhow!("{e}"))?;
-    }
+    let (mut program, _balancer) = loaded_product()?;
     let lb = program.xdp_program().map_err(|e| anyhow!("{e}"))?;
     // The first run makes the entry: from then on every run is a hit.
     time_run(lb, &syn, 1, 1, XDP_TX).context("lb_xdp, first VIP frame")?;
@@ -1441,9 +1455,8 @@ fn packet_costs(quick: bool) -> Result<Vec<PacketCost>> {
         floor_r.push(time_run(floor, &syn, repeat, 1, XDP_TX).context("bench-floor")?);
         bare_r.push(time_run(bare, &syn, repeat, 1, XDP_TX).context("bench-bare-dr")?);
         hit_r.push(time_run(lb, &syn, repeat, 1, XDP_TX).context("lb_xdp, hit")?);
-        table_r.push(
-            time_run(lb, &uncached_syn, repeat, 1, XDP_TX).context("lb_xdp, uncached hit")?,
-        );
+        table_r
+            .push(time_run(lb, &uncached_syn, repeat, 1, XDP_TX).context("lb_xdp, uncached hit")?);
         pass_r.push(time_run(lb, &other, repeat, 1, XDP_PASS).context("lb_xdp, pass")?);
     }
     let floor_ns = median(&floor_r).unwrap_or(f64::NAN);
@@ -2883,10 +2896,7 @@ fn markdown(found: &Findings) -> (String, Vec<Target>) {
                 let _ = writeln!(
                     out,
                     "| {} | {} | {:.1} | {:.2} |",
-                    ctl.what,
-                    ctl.repeat,
-                    ctl.ns,
-                    ctl.ratio
+                    ctl.what, ctl.repeat, ctl.ns, ctl.ratio
                 );
             }
             if let Some(hit) = costs.iter().find(|ctl| ctl.name == "lbd hit") {

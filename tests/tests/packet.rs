@@ -614,7 +614,10 @@ fn pin_to_one_cpu() {
 }
 
 fn real_mac(h: &Harness, service: &str, server: &str) -> [u8; 6] {
-    let state = h.balancer.service(service).unwrap_or_else(|e| panic!("{e}"));
+    let state = h
+        .balancer
+        .service(service)
+        .unwrap_or_else(|e| panic!("{e}"));
     let real = state
         .reals
         .iter()
@@ -624,7 +627,10 @@ fn real_mac(h: &Harness, service: &str, server: &str) -> [u8; 6] {
 }
 
 fn last_seen(h: &Harness, service: &str, client: Ipv4Addr) -> u64 {
-    let state = h.balancer.service(service).unwrap_or_else(|e| panic!("{e}"));
+    let state = h
+        .balancer
+        .service(service)
+        .unwrap_or_else(|e| panic!("{e}"));
     h.balancer
         .maps()
         .affinity(&state.client_key(client))
@@ -649,11 +655,9 @@ fn the_flow_cache_serves_repeat_frames_and_never_outlives_a_change() {
         "the next frame is served from the cache"
     );
     let other_mac = [0x02, 0, 0, 0, 0, 0x99];
-    assert!(
-        ["rs1", "rs2", "rs3"]
-            .iter()
-            .all(|s| real_mac(&h, "web", s) != other_mac)
-    );
+    assert!(["rs1", "rs2", "rs3"]
+        .iter()
+        .all(|s| real_mac(&h, "web", s) != other_mac));
     let other = ["rs1", "rs2", "rs3"]
         .into_iter()
         .find(|s| real_mac(&h, "web", s) != hashed)
@@ -666,14 +670,21 @@ fn the_flow_cache_serves_repeat_frames_and_never_outlives_a_change() {
         &mut h,
         &forward("an entry from the peer", frame.clone(), other_mac),
     );
-    check(&mut h, &forward("and it is cached", frame.clone(), other_mac));
+    check(
+        &mut h,
+        &forward("and it is cached", frame.clone(), other_mac),
+    );
 
     // Frames not addressed to us are passed, cached flow or not.
     let mut not_ours = frame.clone();
     not_ours[0..6].copy_from_slice(&OTHER_MAC);
     check(
         &mut h,
-        &pass("a cached flow to another MAC", not_ours, Reason::PassNotForUs),
+        &pass(
+            "a cached flow to another MAC",
+            not_ours,
+            Reason::PassNotForUs,
+        ),
     );
 
     // A halted server loses its cached clients on their next frame.
@@ -687,9 +698,9 @@ fn the_flow_cache_serves_repeat_frames_and_never_outlives_a_change() {
     );
 
     // A service removed by a reload stops at once.
-    let without_web: String = CONFIG.replace("port: 80\n    persistence", "port: 81\n    persistence");
-    let config =
-        Config::from_yaml(&without_web, "fixture.yaml").unwrap_or_else(|e| panic!("{e}"));
+    let without_web: String =
+        CONFIG.replace("port: 80\n    persistence", "port: 81\n    persistence");
+    let config = Config::from_yaml(&without_web, "fixture.yaml").unwrap_or_else(|e| panic!("{e}"));
     h.balancer.apply(&config).unwrap_or_else(|e| panic!("{e}"));
     check(
         &mut h,
@@ -722,7 +733,10 @@ fn short_timeouts_are_not_cached_and_cached_clients_stay_fresh_in_the_table() {
         .find(|s| real_mac(&h, "web", s) == hashed)
         .unwrap_or_else(|| panic!("the hashed server"));
     h.plant("web", c, server, 5);
-    check(&mut h, &forward("refreshes the entry", frame.clone(), hashed));
+    check(
+        &mut h,
+        &forward("refreshes the entry", frame.clone(), hashed),
+    );
     let first = last_seen(&h, "web", c);
     assert!(monotonic_ns() - first < 1_000_000_000, "refreshed");
     let hits = h.reasons()["flow_cache_hit"];

@@ -47,7 +47,7 @@ enum Task {
         /// One short run of everything: checks the harness (about a minute).
         #[arg(long)]
         quick: bool,
-        /// Rounds of the traffic comparison (default 5, 1 with --quick).
+        /// Rounds of the traffic comparison (default 7, 1 with --quick).
         #[arg(long)]
         rounds: Option<usize>,
     },
