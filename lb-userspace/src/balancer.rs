@@ -886,6 +886,15 @@ mod tests {
         b
     }
 
+    fn real_indexes(b: &Balancer<FakeMaps>) -> Vec<u32> {
+        b.service("web")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .reals
+            .iter()
+            .map(|r| r.index)
+            .collect()
+    }
+
     fn live_ring(b: &Balancer<FakeMaps>) -> Vec<u32> {
         let (_, service) = b
             .maps()
@@ -927,22 +936,10 @@ mod tests {
     fn a_reload_keeps_indexes_and_a_new_ring_goes_to_the_idle_slot() {
         let mut b = balancer(&THREE);
         let slot_before = b.maps().services.values().next().map(|s| s.ring_slot);
-        let indexes: Vec<u32> = b
-            .service("web")
-            .unwrap_or_else(|e| panic!("{e}"))
-            .reals
-            .iter()
-            .map(|r| r.index)
-            .collect();
+        let indexes = real_indexes(&b);
         b.apply(&config(&THREE[..2]))
             .unwrap_or_else(|e| panic!("{e}"));
-        let after: Vec<u32> = b
-            .service("web")
-            .unwrap_or_else(|e| panic!("{e}"))
-            .reals
-            .iter()
-            .map(|r| r.index)
-            .collect();
+        let after = real_indexes(&b);
         assert_eq!(after, indexes[..2]);
         let slot_after = b.maps().services.values().next().map(|s| s.ring_slot);
         assert_ne!(slot_before, slot_after, "the new ring is switched in");
@@ -1079,13 +1076,7 @@ mod tests {
     #[test]
     fn a_service_counts_the_sum_of_its_servers_and_keeps_what_removed_ones_counted() {
         let mut b = balancer(&THREE);
-        let indexes: Vec<u32> = b
-            .service("web")
-            .unwrap_or_else(|e| panic!("{e}"))
-            .reals
-            .iter()
-            .map(|r| r.index)
-            .collect();
+        let indexes = real_indexes(&b);
         for (i, index) in indexes.iter().enumerate() {
             let n = 10_u64.pow(u32::try_from(i).unwrap_or(0));
             b.maps_mut().real_stats.insert(

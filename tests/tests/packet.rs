@@ -222,6 +222,41 @@ fn client(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 1, i)
 }
 
+fn real_mac(h: &Harness, service: &str, server: &str) -> [u8; 6] {
+    let state = h
+        .balancer
+        .service(service)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let real = state
+        .reals
+        .iter()
+        .find(|r| r.name == server)
+        .unwrap_or_else(|| panic!("{server}"));
+    mac_of(real.address)
+}
+
+/// A server of "web" other than the one with `mac`, and its MAC.
+fn other_server(h: &Harness, mac: [u8; 6]) -> (&'static str, [u8; 6]) {
+    ["rs1", "rs2", "rs3"]
+        .into_iter()
+        .map(|s| (s, real_mac(h, "web", s)))
+        .find(|(_, m)| *m != mac)
+        .unwrap_or_else(|| panic!("three servers"))
+}
+
+fn last_seen(h: &Harness, service: &str, client: Ipv4Addr) -> u64 {
+    let state = h
+        .balancer
+        .service(service)
+        .unwrap_or_else(|e| panic!("{e}"));
+    h.balancer
+        .maps()
+        .affinity(&state.client_key(client))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("no affinity entry for {client}"))
+        .last_seen_ns
+}
+
 #[test]
 #[expect(clippy::too_many_lines, reason = "the fixture table")]
 fn fixtures() {
@@ -434,26 +469,7 @@ fn persistence_hit_expiry_and_server_states() {
     let c = client(33);
     let hashed = h.hashed_mac("web", c);
     // Plant an entry on a server the hash would not choose.
-    let other = ["rs1", "rs2", "rs3"]
-        .into_iter()
-        .find(|name| {
-            let state = h.balancer.service("web").unwrap_or_else(|e| panic!("{e}"));
-            state
-                .reals
-                .iter()
-                .any(|r| r.name == *name && mac_of(r.address) != hashed)
-        })
-        .unwrap_or_else(|| panic!("three servers"));
-    let other_mac = {
-        let state = h.balancer.service("web").unwrap_or_else(|e| panic!("{e}"));
-        mac_of(
-            state
-                .reals
-                .iter()
-                .find(|r| r.name == other)
-                .map_or(VIP, |r| r.address),
-        )
-    };
+    let (other, other_mac) = other_server(&h, hashed);
     let frame = FrameSpec::tcp(IFACE_MAC, c, VIP, 80).build();
 
     h.plant("web", c, other, 10);
@@ -613,32 +629,6 @@ fn pin_to_one_cpu() {
     }
 }
 
-fn real_mac(h: &Harness, service: &str, server: &str) -> [u8; 6] {
-    let state = h
-        .balancer
-        .service(service)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let real = state
-        .reals
-        .iter()
-        .find(|r| r.name == server)
-        .unwrap_or_else(|| panic!("{server}"));
-    mac_of(real.address)
-}
-
-fn last_seen(h: &Harness, service: &str, client: Ipv4Addr) -> u64 {
-    let state = h
-        .balancer
-        .service(service)
-        .unwrap_or_else(|e| panic!("{e}"));
-    h.balancer
-        .maps()
-        .affinity(&state.client_key(client))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .unwrap_or_else(|| panic!("no affinity entry for {client}"))
-        .last_seen_ns
-}
-
 #[test]
 fn the_flow_cache_serves_repeat_frames_and_never_outlives_a_change() {
     pin_to_one_cpu();
@@ -654,15 +644,7 @@ fn the_flow_cache_serves_repeat_frames_and_never_outlives_a_change() {
         hits + 1,
         "the next frame is served from the cache"
     );
-    let other_mac = [0x02, 0, 0, 0, 0, 0x99];
-    assert!(["rs1", "rs2", "rs3"]
-        .iter()
-        .all(|s| real_mac(&h, "web", s) != other_mac));
-    let other = ["rs1", "rs2", "rs3"]
-        .into_iter()
-        .find(|s| real_mac(&h, "web", s) != hashed)
-        .unwrap_or_else(|| panic!("three servers"));
-    let other_mac = real_mac(&h, "web", other);
+    let (other, other_mac) = other_server(&h, hashed);
 
     // An entry written by lbd (as the peer's session stream does) wins at once.
     h.plant("web", c, other, 0);
