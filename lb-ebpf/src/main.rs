@@ -114,13 +114,13 @@ struct CachedFlow {
     port: u16,
     protocol: u8,
     pad: u8,
-    /// [`Service::id`] of the service.
-    service_id: u32,
     /// The real server's index and MAC address.
     real: u32,
     mac: MacWords,
     pad2: u16,
 }
+
+const _: () = assert!(size_of::<CachedFlow>() == 40);
 
 // ------------------------------------------------------------------ parsing
 
@@ -266,10 +266,9 @@ struct Target {
     real: Real,
 }
 
-/// Where a flow goes: the service, the real server's index and MAC, and
-/// whether the client is new to it (counted in [`Counters::new_clients`]).
+/// Where a flow goes: the real server's index and MAC, and whether the
+/// client is new to it (counted in [`Counters::new_clients`]).
 struct Decision {
-    service_id: u32,
     real: u32,
     mac: MacWords,
     new_client: bool,
@@ -301,7 +300,6 @@ fn cached_decision(flow: &Flow, generation: u64, jiffies: u32) -> Option<Decisio
         return None;
     }
     Some(Decision {
-        service_id: cached.service_id,
         real: cached.real,
         mac: cached.mac,
         new_client: false,
@@ -322,7 +320,6 @@ fn cache_decision(flow: &Flow, decision: &Decision, generation: u64, jiffies: u3
                 port: flow.key.port,
                 protocol: flow.key.protocol,
                 pad: 0,
-                service_id: decision.service_id,
                 real: decision.real,
                 mac: decision.mac,
                 pad2: 0,
@@ -538,7 +535,6 @@ fn decide(flow: &Flow, iface_mac: MacWords, tally: Tally) -> Result<(Decision, b
     let cacheable = remembered && service.timeout_ns >= FLOW_CACHE_MIN_TIMEOUT_NS;
     Ok((
         Decision {
-            service_id: service.id,
             real: target.index,
             mac: mac_words(target.real.mac),
             new_client,
