@@ -8,7 +8,8 @@
 //! With the `user` feature the types implement `aya::Pod` for use in map calls.
 #![no_std]
 
-/// The most virtual services (VIP:port:protocol) one load balancer serves.
+/// The most virtual services (VIP:port:protocol) one load balancer serves
+/// (ids fit [`Real::service_id`]).
 pub const MAX_SERVICES: u32 = 256;
 
 /// The most real servers over all services (one entry per service and server).
@@ -72,7 +73,7 @@ pub struct ServiceKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Service {
-    /// Index into the per-service counters and part of every affinity key.
+    /// Names the service in affinity keys and real-server slots.
     pub id: u32,
     /// The live Maglev ring slot (`0..MAGLEV_RING_SLOTS`).
     pub ring_slot: u32,
@@ -101,9 +102,14 @@ pub struct Real {
     pub flags: u32,
     /// Destination MAC address for frames sent to it.
     pub mac: [u8; 6],
-    /// Always zero.
-    pub pad: [u8; 2],
+    /// The [`Service::id`] the slot belongs to ([`NO_SERVICE`] when unused):
+    /// an affinity entry counts only in its own service's slots, also after
+    /// a reload has handed a freed slot to another service.
+    pub service_id: u16,
 }
+
+/// [`Real::service_id`] of a slot no service uses.
+pub const NO_SERVICE: u16 = u16::MAX;
 
 /// Key of the affinity (persistence) table.
 #[repr(C)]
@@ -341,6 +347,7 @@ const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Affinity>() == 16);
 const _: () = assert!(core::mem::size_of::<Counters>() == 24);
 const _: () = assert!(core::mem::size_of::<Globals>() == 16);
+const _: () = assert!(MAX_SERVICES <= NO_SERVICE as u32);
 const _: () = assert!((MAGLEV_RING_SLOTS as u64) * (MAGLEV_RING_SIZE as u64) < u32::MAX as u64);
 
 #[cfg(feature = "user")]

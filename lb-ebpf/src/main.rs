@@ -344,7 +344,11 @@ fn lookup_affinity(key: &AffinityKey, service: &Service, now: u64, tally: Tally)
         return None;
     }
     let real = match REALS.get(index) {
-        Some(real) if real.address == real_address && real.flags & REAL_F_KEEP_CLIENTS != 0 => {
+        Some(real)
+            if real.address == real_address
+                && u32::from(real.service_id) == service.id
+                && real.flags & REAL_F_KEEP_CLIENTS != 0 =>
+        {
             *real
         }
         _ => {

@@ -19,7 +19,8 @@ use std::{
 
 use lb_common::{
     client_hash, Affinity, AffinityKey, Counters, Globals, Real, Service as MapService, ServiceKey,
-    MAGLEV_RING_SIZE, MAX_REALS, MAX_SERVICES, NO_REAL, REAL_F_KEEP_CLIENTS, REAL_F_RESOLVED,
+    MAGLEV_RING_SIZE, MAX_REALS, MAX_SERVICES, NO_REAL, NO_SERVICE, REAL_F_KEEP_CLIENTS,
+    REAL_F_RESOLVED,
 };
 
 use crate::{
@@ -99,7 +100,8 @@ impl RealState {
         self.admin != AdminState::Halt && self.health == Health::Up
     }
 
-    fn slot(&self) -> Real {
+    /// The data path's entry for this server as a slot of service `service_id`.
+    fn slot(&self, service_id: u32) -> Real {
         let mut flags = 0;
         if self.mac.is_some() {
             flags |= REAL_F_RESOLVED;
@@ -111,7 +113,7 @@ impl RealState {
             address: u32::from_ne_bytes(self.address.octets()),
             flags,
             mac: self.mac.unwrap_or_default(),
-            pad: [0; 2],
+            service_id: u16::try_from(service_id).unwrap_or(NO_SERVICE),
         }
     }
 }
@@ -503,7 +505,7 @@ impl<M: Maps> Balancer<M> {
         }
         for state in next.values() {
             for r in state.reals.iter().chain(state.fallback.iter()) {
-                self.maps.set_real(r.index, r.slot())?;
+                self.maps.set_real(r.index, r.slot(state.id))?;
             }
         }
         // 2. Rings and service entries; a service whose key changed is
@@ -531,7 +533,7 @@ impl<M: Maps> Balancer<M> {
                         address: 0,
                         flags: 0,
                         mac: [0; 6],
-                        pad: [0; 2],
+                        service_id: NO_SERVICE,
                     },
                 )?;
                 // Unused from here on: what it counted stays the service's.
@@ -595,7 +597,7 @@ impl<M: Maps> Balancer<M> {
     ) -> Result<()> {
         let (maps, state, i) = self.real_mut(service, server)?;
         state.reals[i].admin = admin;
-        maps.set_real(state.reals[i].index, state.reals[i].slot())?;
+        maps.set_real(state.reals[i].index, state.reals[i].slot(state.id))?;
         Self::project_service(maps, state, false)
     }
 
@@ -616,7 +618,7 @@ impl<M: Maps> Balancer<M> {
     pub fn set_health(&mut self, service: &str, server: &str, health: Health) -> Result<()> {
         let (maps, state, i) = self.real_mut(service, server)?;
         state.reals[i].health = health;
-        maps.set_real(state.reals[i].index, state.reals[i].slot())?;
+        maps.set_real(state.reals[i].index, state.reals[i].slot(state.id))?;
         Self::project_service(maps, state, false)
     }
 
@@ -634,10 +636,11 @@ impl<M: Maps> Balancer<M> {
             None => self.macs.remove(&address),
         };
         for state in self.services.values_mut() {
+            let id = state.id;
             for r in state.reals.iter_mut().chain(state.fallback.iter_mut()) {
                 if r.address == address {
                     r.mac = mac;
-                    self.maps.set_real(r.index, r.slot())?;
+                    self.maps.set_real(r.index, r.slot(id))?;
                 }
             }
         }

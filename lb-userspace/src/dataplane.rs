@@ -461,12 +461,14 @@ impl Maps for EbpfMaps {
     }
 
     fn set_affinities(&mut self, entries: &[(AffinityKey, Affinity)]) -> Result<()> {
-        for (key, value) in entries {
+        let written = entries.iter().try_for_each(|(key, value)| {
             self.affinity
                 .insert(key, value, 0)
-                .map_err(map_error("AFFINITY"))?;
-        }
-        self.flush_flow_cache()
+                .map_err(map_error("AFFINITY"))
+        });
+        // Also after a failure: the entries written before it count.
+        self.flush_flow_cache()?;
+        written
     }
 }
 

@@ -613,6 +613,51 @@ fn fallback_serves_while_no_server_is_up_and_is_not_remembered() {
     );
 }
 
+#[test]
+fn a_slot_handed_to_another_service_does_not_keep_the_first_services_clients() {
+    let mut h = Harness::new();
+    let c = client(90);
+    let slot_of = |h: &Harness, service: &str, server: &str| {
+        let state = h
+            .balancer
+            .service(service)
+            .unwrap_or_else(|e| panic!("{e}"));
+        state
+            .reals
+            .iter()
+            .find(|r| r.name == server)
+            .map_or(0, |r| r.index)
+    };
+    let rs3_slot = slot_of(&h, "web", "rs3");
+    h.plant("web", c, "rs3", 10);
+    // rs3 leaves web; a later reload gives its address, and its freed slot,
+    // to dns. The client's entry names that slot and that address.
+    let without_rs3 = CONFIG.replace("      - { name: rs3, address: 198.18.0.23 }\n", "");
+    let config = Config::from_yaml(&without_rs3, "fixture.yaml").unwrap_or_else(|e| panic!("{e}"));
+    h.balancer.apply(&config).unwrap_or_else(|e| panic!("{e}"));
+    let moved = without_rs3.replace(
+        "      - { name: dns2, address: 198.18.0.32 }\n",
+        "      - { name: dns2, address: 198.18.0.32 }\n      - { name: dns3, address: 198.18.0.23 }\n",
+    );
+    let config = Config::from_yaml(&moved, "fixture.yaml").unwrap_or_else(|e| panic!("{e}"));
+    h.balancer.apply(&config).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        slot_of(&h, "dns", "dns3"),
+        rs3_slot,
+        "the freed slot is reused"
+    );
+    let hashed = h.hashed_mac("web", c);
+    assert_ne!(hashed, mac_of(Ipv4Addr::new(198, 18, 0, 23)));
+    check(
+        &mut h,
+        &forward(
+            "web's client is not sent to dns's server",
+            FrameSpec::tcp(IFACE_MAC, c, VIP, 80).build(),
+            hashed,
+        ),
+    );
+}
+
 /// Keeps the calling thread on one CPU, so that consecutive test runs meet
 /// the same per-CPU flow cache.
 fn pin_to_one_cpu() {
