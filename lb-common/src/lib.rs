@@ -306,6 +306,24 @@ impl Reason {
     }
 }
 
+/// What every BPF object of `lb-ebpf` needs besides its programs: a panic
+/// handler (never reached: the verifier refuses code that could panic) and
+/// the license section the kernel reads (GPL-compatible, for GPL-only helpers).
+#[macro_export]
+macro_rules! bpf_object_essentials {
+    () => {
+        #[cfg(not(test))]
+        #[panic_handler]
+        fn panic(_info: &core::panic::PanicInfo) -> ! {
+            loop {}
+        }
+
+        #[unsafe(link_section = "license")]
+        #[unsafe(no_mangle)]
+        static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+    };
+}
+
 /// The hash of a (masked) client address that indexes the Maglev ring.
 ///
 /// Shared by the XDP program and the daemon (`lbctl affinity`, `lbctl plan`),

@@ -547,12 +547,4 @@ fn decide(flow: &Flow, iface_mac: MacWords, tally: Tally) -> Result<(Decision, b
     ))
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+lb_common::bpf_object_essentials!();

@@ -1240,6 +1240,15 @@ fn summarise(runs: &[(usize, RunResult)], system: System, workload: Workload) ->
         .filter(|r| r.system == system && r.workload == workload)
         .collect();
     let rates: Vec<f64> = mine.iter().map(|r| r.rate()).collect();
+    // The median over runs of CPU seconds per million requests, where measured.
+    let per_million = |cpu_s: fn(&RunResult) -> Option<f64>| {
+        median(
+            &mine
+                .iter()
+                .filter_map(|r| cpu_s(r).map(|c| r.per_million(c)))
+                .collect::<Vec<_>>(),
+        )
+    };
     Summary {
         runs: mine.len(),
         requests: mine.iter().map(|r| r.requests).sum(),
@@ -1247,30 +1256,10 @@ fn summarise(runs: &[(usize, RunResult)], system: System, workload: Workload) ->
         rate: median(&rates),
         p50_us: median(&mine.iter().map(|r| r.p50_us).collect::<Vec<_>>()),
         p99_us: median(&mine.iter().map(|r| r.p99_us).collect::<Vec<_>>()),
-        lb_cpu_per_m: median(
-            &mine
-                .iter()
-                .filter_map(|r| r.lb_cpu_s.map(|c| r.per_million(c)))
-                .collect::<Vec<_>>(),
-        ),
-        xdp_cpu_per_m: median(
-            &mine
-                .iter()
-                .filter_map(|r| r.xdp_cpu_s.map(|c| r.per_million(c)))
-                .collect::<Vec<_>>(),
-        ),
-        process_cpu_per_m: median(
-            &mine
-                .iter()
-                .filter_map(|r| r.process_cpu_s.map(|c| r.per_million(c)))
-                .collect::<Vec<_>>(),
-        ),
-        machine_cpu_per_m: median(
-            &mine
-                .iter()
-                .map(|r| r.per_million(r.machine_cpu_s))
-                .collect::<Vec<_>>(),
-        ),
+        lb_cpu_per_m: per_million(|r| r.lb_cpu_s),
+        xdp_cpu_per_m: per_million(|r| r.xdp_cpu_s),
+        process_cpu_per_m: per_million(|r| r.process_cpu_s),
+        machine_cpu_per_m: per_million(|r| Some(r.machine_cpu_s)),
         rates,
     }
 }

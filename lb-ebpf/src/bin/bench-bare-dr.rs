@@ -99,12 +99,4 @@ fn forward(ctx: &XdpContext) -> Option<u32> {
     Some(xdp_action::XDP_TX)
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+lb_common::bpf_object_essentials!();
