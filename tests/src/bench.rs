@@ -1285,43 +1285,35 @@ struct PacketCost {
 fn time_run(prog: &mut Xdp, frame: &[u8], repeat: u32, reps: usize, verdict: u32) -> Result<f64> {
     let mut samples = Vec::new();
     for _ in 0..reps {
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                repeat,
-                ..TestRunOptions::default()
-            })
-            .context("BPF_PROG_TEST_RUN")?;
-        if result.return_value != verdict {
-            bail!(
-                "verdict {} where {verdict} was expected",
-                result.return_value
-            );
-        }
-        samples.push(as_f64(
-            u64::try_from(result.duration.as_nanos()).unwrap_or(u64::MAX),
-        ));
+        samples.push(as_f64(run_once(prog, frame, repeat, verdict)?));
     }
     median(&samples).ok_or_else(|| anyhow!("no samples"))
+}
+
+/// One `BPF_PROG_TEST_RUN` of `repeat` iterations: the kernel's mean
+/// nanoseconds per iteration, after checking the verdict.
+fn run_once(prog: &mut Xdp, frame: &[u8], repeat: u32, verdict: u32) -> Result<u64> {
+    let result = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    if result.return_value != verdict {
+        bail!(
+            "verdict {} where {verdict} was expected",
+            result.return_value
+        );
+    }
+    Ok(u64::try_from(result.duration.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// Mean kernel-measured time of single runs over `frames` (one each).
 fn time_single(prog: &mut Xdp, frames: &[Vec<u8>], verdict: u32) -> Result<f64> {
     let mut total = 0_u64;
     for frame in frames {
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                ..TestRunOptions::default()
-            })
-            .context("BPF_PROG_TEST_RUN")?;
-        if result.return_value != verdict {
-            bail!(
-                "verdict {} where {verdict} was expected",
-                result.return_value
-            );
-        }
-        total += u64::try_from(result.duration.as_nanos()).unwrap_or(u64::MAX);
+        total += run_once(prog, frame, 1, verdict)?;
     }
     Ok(as_f64(total) / as_f64(frames.len().max(1) as u64))
 }
