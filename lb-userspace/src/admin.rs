@@ -111,9 +111,7 @@ impl AdminStore {
                 path: self.path.clone(),
                 detail: e.to_string(),
             })?;
-        let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, text).map_err(io_error)?;
-        std::fs::rename(&tmp, &self.path).map_err(io_error)
+        crate::state_file::write_atomically(&self.path, text.as_bytes()).map_err(io_error)
     }
 
     /// Records a state change and saves it. Nothing changes if saving fails.
@@ -126,7 +124,24 @@ impl AdminStore {
         server: &str,
         state: AdminState,
     ) -> Result<(), AdminError> {
-        self.change(service, server, |o| o.state = Some(state.to_string()))
+        self.set_state_at(service, server, state, now_ms())
+    }
+
+    /// [`AdminStore::set_state`] with the change's time given (the pair's
+    /// coordinator tests run on a fake clock).
+    ///
+    /// # Errors
+    /// When the store cannot be written.
+    pub fn set_state_at(
+        &mut self,
+        service: &str,
+        server: &str,
+        state: AdminState,
+        changed_ms: u64,
+    ) -> Result<(), AdminError> {
+        self.change(service, server, changed_ms, |o| {
+            o.state = Some(state.to_string());
+        })
     }
 
     /// Records a weight change (with the file's weight at that time) and saves it.
@@ -140,7 +155,7 @@ impl AdminStore {
         weight: u16,
         file_weight: u16,
     ) -> Result<(), AdminError> {
-        self.change(service, server, |o| {
+        self.change(service, server, now_ms(), |o| {
             o.weight = Some(weight);
             o.file_weight = Some(file_weight);
         })
@@ -150,6 +165,7 @@ impl AdminStore {
         &mut self,
         service: &str,
         server: &str,
+        changed_ms: u64,
         f: impl FnOnce(&mut Override),
     ) -> Result<(), AdminError> {
         let before = self.entries.clone();
@@ -160,7 +176,7 @@ impl AdminStore {
             .entry(server.to_owned())
             .or_default();
         f(entry);
-        entry.changed_ms = now_ms();
+        entry.changed_ms = changed_ms;
         if let Err(e) = self.save() {
             self.entries = before;
             return Err(e);

@@ -108,6 +108,17 @@ pub enum Role {
     Secondary,
 }
 
+impl Role {
+    /// The name used in the configuration, logs and `lbctl ha`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Primary => "primary",
+            Self::Secondary => "secondary",
+        }
+    }
+}
+
 /// The `cluster.sync:` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sync {
@@ -278,7 +289,8 @@ pub struct RealServer {
 }
 
 /// Administrative state of a real server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AdminState {
     /// Takes traffic.
     Online,

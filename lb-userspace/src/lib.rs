@@ -20,6 +20,7 @@ pub mod maglev;
 pub mod metrics;
 pub mod neighbour;
 pub mod redirect;
+pub mod state_file;
 pub mod sync;
 pub mod timer;
 pub mod vip;

@@ -8,7 +8,7 @@
 use std::{
     collections::BTreeSet,
     fs,
-    io::{self, Write},
+    io,
     net::Ipv4Addr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
@@ -251,16 +251,8 @@ impl Vips {
     }
 
     fn write_record(&self) -> Result<()> {
-        let tmp = self.record.with_extension("tmp");
-        let write = || -> io::Result<()> {
-            let mut file = fs::File::create(&tmp)?;
-            for vip in &self.owned {
-                writeln!(file, "{vip}")?;
-            }
-            file.sync_all()?;
-            fs::rename(&tmp, &self.record)
-        };
-        write().map_err(|source| VipError::Record {
+        let text: String = self.owned.iter().map(|vip| format!("{vip}\n")).collect();
+        crate::state_file::write_atomically(&self.record, text.as_bytes()).map_err(|source| VipError::Record {
             path: self.record.clone(),
             source,
         })

@@ -4,8 +4,18 @@
 use std::{fmt::Write as _, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use lb_userspace::control::{call, Reply, Request};
-use serde_json::Value;
+use lb_userspace::{
+    config::AdminState,
+    control::{
+        call,
+        protocol::{
+            AdminReport, AffinityReport, AffinitySource, ApplyReport, HaRole, HaStatus,
+            PlanReport, Response, ServiceType, StatusReport,
+        },
+        ClientError, Request,
+    },
+};
+use serde::Serialize;
 
 /// Control a running lbd.
 #[derive(Parser)]
@@ -61,84 +71,99 @@ fn read(file: &PathBuf) -> Result<(String, String), String> {
         .map_err(|e| format!("cannot read {}: {e}", file.display()))
 }
 
-fn request(command: &Command) -> Result<Request, String> {
-    let set = |service: &str, server: &str, state: &str| Request::SetState {
+/// How long lbctl waits for lbd's answer.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            // Configuration errors come one per line, each already positioned.
+            for line in message.lines() {
+                eprintln!("lbctl: {line}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Sends the command's request and renders its typed answer.
+fn run(args: &Args) -> Result<String, String> {
+    let json = args.json;
+    let socket = &args.socket;
+    let set = |service: &str, server: &str, state: AdminState| Request::SetState {
         service: service.to_owned(),
         server: server.to_owned(),
-        state: state.to_owned(),
+        state,
     };
-    Ok(match command {
-        Command::Status => Request::Status,
-        Command::Drain { service, server } => set(service, server, "drain"),
-        Command::Halt { service, server } => set(service, server, "halt"),
-        Command::Online { service, server } => set(service, server, "online"),
+    match &args.command {
+        Command::Status => ask(socket, &Request::Status, json, status),
+        Command::Drain { service, server } => {
+            ask(socket, &set(service, server, AdminState::Drain), json, admin)
+        }
+        Command::Halt { service, server } => {
+            ask(socket, &set(service, server, AdminState::Halt), json, admin)
+        }
+        Command::Online { service, server } => {
+            ask(socket, &set(service, server, AdminState::Online), json, admin)
+        }
         Command::Weight {
             service,
             server,
             weight,
-        } => Request::Weight {
-            service: service.clone(),
-            server: server.clone(),
-            weight: *weight,
-        },
+        } => {
+            let request = Request::Weight {
+                service: service.clone(),
+                server: server.clone(),
+                weight: *weight,
+            };
+            ask(socket, &request, json, admin)
+        }
         Command::Apply { file } => {
             let (file, text) = read(file)?;
-            Request::Apply { file, text }
+            ask(socket, &Request::Apply { file, text }, json, applied)
         }
         Command::Plan { file } => {
             let (file, text) = read(file)?;
-            Request::Plan { file, text }
+            ask(socket, &Request::Plan { file, text }, json, plan)
         }
-        Command::Affinity { service, client } => Request::Affinity {
-            service: service.clone(),
-            client: client.to_string(),
-        },
-        Command::Ha => Request::Ha,
-    })
+        Command::Affinity { service, client } => {
+            let request = Request::Affinity {
+                service: service.clone(),
+                client: *client,
+            };
+            ask(socket, &request, json, affinity)
+        }
+        Command::Ha => ask(socket, &Request::Ha, json, ha),
+    }
 }
 
-fn main() -> ExitCode {
-    let args = Args::parse();
-    let request = match request(&args.command) {
-        Ok(request) => request,
-        Err(message) => {
-            eprintln!("lbctl: {message}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let reply = match call(&args.socket, &request, Duration::from_secs(30)) {
-        Ok(reply) => reply,
-        Err(error) => {
-            eprintln!("lbctl: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let Reply { ok, result, error } = reply;
-    if !ok {
-        // Configuration errors come one per line, each already positioned.
-        let message = error.unwrap_or_else(|| "lbd reported an unspecified error".into());
-        for line in message.lines() {
-            eprintln!("lbctl: {line}");
-        }
-        return ExitCode::FAILURE;
-    }
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&result).unwrap_or_default()
-        );
-    } else {
-        print!("{}", human(&args.command, &result));
-    }
-    ExitCode::SUCCESS
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
+/// One request, its typed reply printed as JSON or by `human`.
+fn ask<T: Response + Serialize>(
+    socket: &std::path::Path,
+    request: &Request,
+    json: bool,
+    human: fn(&T) -> String,
+) -> Result<String, String> {
+    let answer: T = call(socket, request, TIMEOUT).map_err(|e| match e {
+        ClientError::Refused(message) => message,
         other => other.to_string(),
+    })?;
+    if json {
+        serde_json::to_string_pretty(&answer)
+            .map(|text| text + "\n")
+            .map_err(|e| format!("cannot print the answer: {e}"))
+    } else {
+        Ok(human(&answer))
     }
+}
+
+fn or_dash<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
 /// Left-aligned columns, two spaces apart.
@@ -167,155 +192,130 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn human(command: &Command, result: &Value) -> String {
-    match command {
-        Command::Status => status(result),
-        Command::Affinity { .. } => {
-            let age = result["age_s"]
-                .as_f64()
-                .map(|a| format!(", entry age {a:.1} s"))
-                .unwrap_or_default();
-            format!(
-                "{} -> {} (from the {}{age})\n",
-                text(&result["client"]),
-                text(&result["server"]),
-                if result["source"] == "table" {
-                    "affinity table"
-                } else {
-                    "Maglev hash"
-                },
-            )
-        }
-        Command::Plan { .. } => {
-            let rows: Vec<Vec<String>> = result["services"]
-                .as_array()
-                .map(|services| {
-                    services
-                        .iter()
-                        .map(|s| {
-                            let share = s["moved_share"].as_f64().unwrap_or(0.0) * 100.0;
-                            vec![text(&s["name"]), format!("{share:.1}%")]
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            table(&["SERVICE", "CLIENTS MOVED"], &rows)
-        }
-        Command::Ha => ha(result),
-        Command::Apply { .. } => {
-            let note = result["note"].as_str().filter(|n| !n.is_empty());
-            format!(
-                "applied{}\n",
-                note.map(|n| format!(" ({n})")).unwrap_or_default()
-            )
-        }
-        Command::Drain { .. }
-        | Command::Halt { .. }
-        | Command::Online { .. }
-        | Command::Weight { .. } => {
-            let what = result
-                .get("admin_state")
-                .or_else(|| result.get("weight"))
-                .map(text)
-                .unwrap_or_default();
-            format!(
-                "{}/{}: {what}\n",
-                text(&result["service"]),
-                text(&result["server"])
-            )
-        }
+fn affinity(a: &AffinityReport) -> String {
+    let age = a
+        .age_s
+        .map(|a| format!(", entry age {a:.1} s"))
+        .unwrap_or_default();
+    format!(
+        "{} -> {} (from the {}{age})\n",
+        a.client,
+        or_dash(a.server.as_ref()),
+        match a.source {
+            AffinitySource::Table => "affinity table",
+            AffinitySource::Hash => "Maglev hash",
+        },
+    )
+}
+
+fn plan(p: &PlanReport) -> String {
+    let rows: Vec<Vec<String>> = p
+        .services
+        .iter()
+        .map(|s| vec![s.name.clone(), format!("{:.1}%", s.moved_share * 100.0)])
+        .collect();
+    table(&["SERVICE", "CLIENTS MOVED"], &rows)
+}
+
+fn applied(a: &ApplyReport) -> String {
+    if a.note.is_empty() {
+        "applied\n".into()
+    } else {
+        format!("applied ({})\n", a.note)
     }
 }
 
+fn admin(a: &AdminReport) -> String {
+    let what = a
+        .admin_state
+        .map(|s| s.to_string())
+        .or_else(|| a.weight.map(|w| w.to_string()))
+        .unwrap_or_default();
+    format!("{}/{}: {what}\n", a.service, a.server)
+}
+
 /// One or two lines on the HA state (`lbctl ha`, and the head of `status`).
-fn ha(ha: &Value) -> String {
-    if ha["role"] == "standalone" {
+fn ha(ha: &HaStatus) -> String {
+    if ha.role == HaRole::Standalone {
         return "ha standalone (single node)\n".into();
     }
-    let sync = &ha["sync"];
-    let sync_line = if sync["configured"] == true {
+    let sync = &ha.sync;
+    let sync_line = if sync.configured {
         format!(
             "sync {} to {} ({}): sent {}, received {}, lag {} ms",
-            if sync["connected"] == true {
+            if sync.connected {
                 "connected"
             } else {
                 "NOT connected"
             },
-            text(&sync["peer"]),
-            text(&sync["peer_node"]),
-            text(&sync["sent"]),
-            text(&sync["received"]),
-            text(&sync["lag_ms"]),
+            or_dash(sync.peer.as_ref()),
+            or_dash(sync.peer_node.as_ref()),
+            sync.sent,
+            sync.received,
+            or_dash(sync.lag_ms),
         )
     } else {
         "sync not configured".into()
     };
+    let state = serde_json::to_value(ha.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_uppercase))
+        .unwrap_or_default();
+    let role = serde_json::to_value(ha.role)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
     format!(
-        "ha {} ({}), priority {}{}, peer {}, last advertisement {} ms ago from {}\n{sync_line}\n",
-        text(&ha["state"]).to_uppercase(),
-        text(&ha["role"]),
-        text(&ha["priority"]),
-        if ha["preempt_held"] == true {
+        "ha {state} ({role}), priority {}{}, peer {}, last advertisement {} ms ago from {}\n{sync_line}\n",
+        or_dash(ha.priority),
+        if ha.preempt_held {
             " (held until the peer's sessions arrive)"
         } else {
             ""
         },
-        text(&ha["peer"]),
-        text(&ha["last_advert_age_ms"]),
-        text(&ha["last_advert_from"]),
+        or_dash(ha.peer),
+        or_dash(ha.last_advert_age_ms),
+        or_dash(ha.last_advert_from),
     )
 }
 
-fn status(result: &Value) -> String {
+fn status(report: &StatusReport) -> String {
     let mut out = format!(
         "node {}  interface {} (XDP {})\n{}\n\n",
-        text(&result["node"]),
-        text(&result["interface"]),
-        text(&result["xdp_mode"]),
-        ha(&result["ha"]).trim_end(),
+        report.node,
+        report.interface,
+        report.xdp_mode,
+        ha(&report.ha).trim_end(),
     );
-    let empty = Vec::new();
-    for service in result["services"].as_array().unwrap_or(&empty) {
-        let counters = if service["type"] == "redirect" {
-            format!(
+    for service in &report.services {
+        let counters = match (&service.kind, &service.redirect) {
+            (ServiceType::Redirect, Some(r)) => format!(
                 "redirect {} to {}, {} requests answered",
-                text(&service["redirect"]["code"]),
-                text(&service["redirect"]["scheme"]),
-                text(&service["requests"])
-            )
-        } else {
-            format!(
-                "packets {}  bytes {}",
-                text(&service["packets"]),
-                text(&service["bytes"])
-            )
+                r.code,
+                r.scheme,
+                service.requests.unwrap_or(0)
+            ),
+            _ => format!("packets {}  bytes {}", service.packets, service.bytes),
         };
         let _ = writeln!(
             out,
             "{}  {}:{}/{}  {counters}",
-            text(&service["name"]),
-            text(&service["vip"]),
-            text(&service["port"]),
-            text(&service["protocol"]),
+            service.name, service.vip, service.port, service.protocol,
         );
-        let rows: Vec<Vec<String>> = service["real_servers"]
-            .as_array()
-            .unwrap_or(&empty)
+        let rows: Vec<Vec<String>> = service
+            .real_servers
             .iter()
             .map(|r| {
-                [
-                    "name",
-                    "address",
-                    "health",
-                    "admin_state",
-                    "weight",
-                    "active_clients",
-                    "packets",
-                    "bytes",
+                vec![
+                    r.name.clone(),
+                    r.address.to_string(),
+                    r.health.as_str().to_owned(),
+                    r.admin_state.to_string(),
+                    r.weight.to_string(),
+                    r.active_clients.to_string(),
+                    r.packets.to_string(),
+                    r.bytes.to_string(),
                 ]
-                .iter()
-                .map(|k| text(&r[*k]))
-                .collect()
             })
             .collect();
         if !rows.is_empty() {

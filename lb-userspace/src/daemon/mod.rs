@@ -8,12 +8,14 @@
 //! VIPs follow VRRP instead ([`cluster`]).
 
 mod cluster;
+mod status;
+
+pub use status::format_mac;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
-    path::{Path, PathBuf},
-    str::FromStr,
+    path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -22,9 +24,8 @@ use std::{
 };
 
 use anyhow::Context as _;
-use lb_common::{Affinity, AffinityKey, Reason};
+use lb_common::{Affinity, AffinityKey};
 use rtnetlink::Handle;
-use serde_json::{json, Value};
 use tokio::{
     signal::unix::{signal, SignalKind},
     sync::mpsc,
@@ -34,12 +35,19 @@ use crate::{
     admin::AdminStore,
     balancer::{self, Balancer, Census, CensusKey, Health},
     config::{AdminState, CheckKind, Config, ServiceKind, XdpMode},
-    control::{self, Pending, Reply, Request},
+    control::{
+        self,
+        protocol::{
+            AdminReport, AffinityReport, AffinitySource, Answer, ApplyReport, PlanReport,
+            PlanService, Reply, Request,
+        },
+        Pending,
+    },
     dataplane::{AffinityScan, AttachMode, EbpfMaps, Maps, Program},
     guard::Guard,
-    health::{CheckTarget, HealthEvent, HealthMonitor, ServerHealth},
-    metrics::{self, Metrics, RealSample, Scrape, ServiceSample, Snapshot},
-    monotonic_ns, neighbour,
+    health::{CheckTarget, HealthEvent, HealthMonitor},
+    metrics::{self, Metrics, Scrape},
+    monotonic_ns, neighbour, state_file,
     redirect::{RedirectSpec, Redirects},
     vip::Vips,
 };
@@ -327,7 +335,7 @@ impl Daemon {
                 let (c, inputs) =
                     cluster::start(&config, cluster_config, self.ifindex, local, vips).await?;
                 self.cluster = Some(c);
-                self.drain_vrrp().await;
+                self.carry_out_ha().await;
                 (inputs.vrrp, inputs.sync)
             }
         };
@@ -348,7 +356,6 @@ impl Daemon {
         let mut terminate =
             signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut neighbour_tick = tokio::time::interval(NEIGHBOUR_POLL);
-        let mut session_tick = tokio::time::interval(CENSUS_EVERY);
         loop {
             let ha_deadline = self.ha_deadline();
             tokio::select! {
@@ -356,7 +363,11 @@ impl Daemon {
                 _ = terminate.recv() => { log::info!("SIGTERM: stopping"); break; }
                 _ = hangup.recv() => self.reload().await,
                 Some((request, reply)) = requests.recv() => {
-                    let answer = self.handle_request(request).await;
+                    let answer = match self.handle_request(request).await {
+                        Ok(answer) => Reply::ok(answer),
+                        Err(message) => Reply::error(message),
+                    };
+                    self.carry_out_ha().await;
                     let _ = reply.send(answer);
                 }
                 Some(event) = health_events.recv() => self.on_health(&event),
@@ -367,7 +378,6 @@ impl Daemon {
                 Some(packet) = vrrp_packets.recv() => self.on_vrrp_packet(packet).await,
                 () = sleep_until(ha_deadline) => self.on_ha_timer().await,
                 Some(event) = sync_events.recv() => self.on_sync(event).await,
-                _ = session_tick.tick() => self.send_sessions(false),
                 _ = neighbour_tick.tick() => self.follow_neighbours().await,
             }
         }
@@ -497,7 +507,7 @@ impl Daemon {
                 match self.apply(next).await {
                     Ok(note) => {
                         self.config_text = text;
-                        self.send_config();
+                        self.replicate_config();
                         log::info!("SIGHUP: configuration reloaded{note}");
                     }
                     Err(error) => {
@@ -580,46 +590,50 @@ impl Daemon {
         }
     }
 
-    async fn handle_request(&mut self, request: Request) -> Reply {
+    async fn handle_request(&mut self, request: Request) -> Result<Answer, String> {
         match request {
             Request::Status => self
                 .status()
-                .map_or_else(|e| Reply::error(format!("{e:#}")), Reply::ok),
+                .map(|s| Answer::Status(Box::new(s)))
+                .map_err(|e| format!("{e:#}")),
             Request::SetState {
                 service,
                 server,
                 state,
-            } => self.set_state(&service, &server, &state),
+            } => self.set_state(&service, &server, state).map(Answer::Admin),
             Request::Weight {
                 service,
                 server,
                 weight,
-            } => self.set_weight(&service, &server, weight),
-            Request::Apply { file, text } => self.apply_request(&file, &text).await,
+            } => self.set_weight(&service, &server, weight).map(Answer::Admin),
+            Request::Apply { file, text } => self.apply_request(&file, &text).await.map(Answer::Apply),
             Request::Affinity { service, client } => {
-                let Ok(address) = Ipv4Addr::from_str(client.trim()) else {
-                    return Reply::error(format!("{client:?} is not an IPv4 address"));
-                };
-                match self.balancer.affinity_of(&service, address, monotonic_ns()) {
-                    Ok(a) => Reply::ok(json!({
-                        "service": service, "client": address.to_string(),
-                        "server": a.server, "source": a.source, "age_s": a.age_s,
-                    })),
-                    Err(e) => Reply::error(e.to_string()),
-                }
+                let a = self
+                    .balancer
+                    .affinity_of(&service, client, monotonic_ns())
+                    .map_err(|e| e.to_string())?;
+                Ok(Answer::Affinity(AffinityReport {
+                    service,
+                    client,
+                    server: a.server,
+                    source: if a.source == "table" {
+                        AffinitySource::Table
+                    } else {
+                        AffinitySource::Hash
+                    },
+                    age_s: a.age_s,
+                }))
             }
-            Request::Plan { file, text } => match Config::from_yaml(&text, &file) {
-                Err(errors) => Reply::error(errors.to_string()),
-                Ok(next) => {
-                    let next = self.admin.effective(&next);
-                    let services: Vec<Value> = balancer::plan(&self.balancer, &next)
-                        .into_iter()
-                        .map(|(name, share)| json!({"name": name, "moved_share": share}))
-                        .collect();
-                    Reply::ok(json!({"services": services}))
-                }
-            },
-            Request::Ha => Reply::ok(self.ha_json()),
+            Request::Plan { file, text } => {
+                let next = Config::from_yaml(&text, &file).map_err(|e| e.to_string())?;
+                let next = self.admin.effective(&next);
+                let services = balancer::plan(&self.balancer, &next)
+                    .into_iter()
+                    .map(|(name, moved_share)| PlanService { name, moved_share })
+                    .collect();
+                Ok(Answer::Plan(PlanReport { services }))
+            }
+            Request::Ha => Ok(Answer::Ha(Box::new(self.ha_status()))),
         }
     }
 
@@ -646,230 +660,83 @@ impl Daemon {
 
     /// `lbctl drain|halt|online`: recorded first (so it survives a restart),
     /// then applied.
-    fn set_state(&mut self, service: &str, server: &str, state: &str) -> Reply {
-        let Ok(admin) = AdminState::from_str(state) else {
-            return Reply::error(format!(
-                "unknown state {state:?}: use online, drain or halt"
-            ));
-        };
-        if let Err(e) = self.file_weight(service, server) {
-            return Reply::error(e);
-        }
+    fn set_state(
+        &mut self,
+        service: &str,
+        server: &str,
+        admin: AdminState,
+    ) -> Result<AdminReport, String> {
+        self.file_weight(service, server)?;
         if let Some(why) = self.refuse_admin() {
-            return Reply::error(why);
+            return Err(why);
         }
-        if let Err(e) = self.admin.set_state(service, server, admin) {
-            return Reply::error(format!("{e}; nothing changed"));
-        }
-        match self.balancer.set_admin_state(service, server, admin) {
-            Ok(()) => {
-                self.publish_census_key();
-                self.send_admin(service, server);
-                log::info!("{service}/{server}: admin state {admin}");
-                Reply::ok(
-                    json!({"service": service, "server": server, "admin_state": admin.to_string()}),
-                )
-            }
-            Err(e) => Reply::error(e.to_string()),
-        }
+        self.admin
+            .set_state(service, server, admin)
+            .map_err(|e| format!("{e}; nothing changed"))?;
+        self.balancer
+            .set_admin_state(service, server, admin)
+            .map_err(|e| e.to_string())?;
+        self.publish_census_key();
+        self.replicate_admin(service, server);
+        log::info!("{service}/{server}: admin state {admin}");
+        Ok(AdminReport {
+            service: service.to_owned(),
+            server: server.to_owned(),
+            admin_state: Some(admin),
+            weight: None,
+        })
     }
 
     /// `lbctl weight`: recorded first, then applied.
-    fn set_weight(&mut self, service: &str, server: &str, weight: u16) -> Reply {
-        let file_weight = match self.file_weight(service, server) {
-            Ok(w) => w,
-            Err(e) => return Reply::error(e),
-        };
+    fn set_weight(
+        &mut self,
+        service: &str,
+        server: &str,
+        weight: u16,
+    ) -> Result<AdminReport, String> {
+        let file_weight = self.file_weight(service, server)?;
         if let Some(why) = self.refuse_admin() {
-            return Reply::error(why);
+            return Err(why);
         }
-        if let Err(e) = self.admin.set_weight(service, server, weight, file_weight) {
-            return Reply::error(format!("{e}; nothing changed"));
-        }
-        match self.balancer.set_weight(service, server, weight) {
-            Ok(()) => {
-                self.send_admin(service, server);
-                log::info!("{service}/{server}: weight {weight}");
-                Reply::ok(json!({"service": service, "server": server, "weight": weight}))
-            }
-            Err(e) => Reply::error(e.to_string()),
-        }
+        self.admin
+            .set_weight(service, server, weight, file_weight)
+            .map_err(|e| format!("{e}; nothing changed"))?;
+        self.balancer
+            .set_weight(service, server, weight)
+            .map_err(|e| e.to_string())?;
+        self.replicate_admin(service, server);
+        log::info!("{service}/{server}: weight {weight}");
+        Ok(AdminReport {
+            service: service.to_owned(),
+            server: server.to_owned(),
+            admin_state: None,
+            weight: Some(weight),
+        })
     }
 
     /// `lbctl apply`: validate, write the file lbd was started with (so a
     /// restart or SIGHUP keeps it), then apply.
-    async fn apply_request(&mut self, file: &str, text: &str) -> Reply {
+    async fn apply_request(&mut self, file: &str, text: &str) -> Result<ApplyReport, String> {
         if let Some(why) = self.refuse_apply() {
-            return Reply::error(why);
+            return Err(why);
         }
-        let next = match Config::from_yaml(text, file) {
-            Ok(next) => next,
-            Err(errors) => return Reply::error(errors.to_string()),
-        };
-        if let Err(error) = write_atomically(&self.config_path, text) {
-            return Reply::error(format!(
+        let next = Config::from_yaml(text, file).map_err(|e| e.to_string())?;
+        state_file::write_atomically(&self.config_path, text.as_bytes()).map_err(|error| {
+            format!(
                 "cannot save the configuration to {}: {error}; nothing changed",
                 self.config_path.display()
-            ));
-        }
-        match self.apply(next).await {
-            Ok(note) => {
-                text.clone_into(&mut self.config_text);
-                self.send_config();
-                log::info!("configuration applied from {file}{note}");
-                Reply::ok(json!({"applied": true, "note": note.trim_start_matches("; ")}))
-            }
-            Err(error) => Reply::error(format!("applying failed: {error:#}")),
-        }
+            )
+        })?;
+        let note = self
+            .apply(next)
+            .await
+            .map_err(|error| format!("applying failed: {error:#}"))?;
+        text.clone_into(&mut self.config_text);
+        self.replicate_config();
+        log::info!("configuration applied from {file}{note}");
+        Ok(ApplyReport {
+            applied: true,
+            note: note.trim_start_matches("; ").to_owned(),
+        })
     }
-
-    fn health_of(&self) -> BTreeMap<(String, String), ServerHealth> {
-        self.health
-            .snapshot()
-            .into_iter()
-            .map(|h| ((h.service.clone(), h.server.clone()), h))
-            .collect()
-    }
-
-    fn snapshot(&self) -> Snapshot {
-        let census = self.census();
-        let mut services = Vec::new();
-        for state in self.balancer.services() {
-            let counters = self.balancer.service_counters(state).unwrap_or_default();
-            let reals = state
-                .reals
-                .iter()
-                .map(|r| {
-                    let c = self.balancer.real_counters(r).unwrap_or_default();
-                    RealSample {
-                        name: r.name.clone(),
-                        packets: c.packets,
-                        bytes: c.bytes,
-                        new_clients: c.new_clients,
-                        up: r.health == Health::Up,
-                        active_clients: census.per_real.get(&r.index).copied().unwrap_or(0),
-                    }
-                })
-                .collect();
-            services.push(ServiceSample {
-                name: state.config.name.clone(),
-                packets: counters.packets,
-                bytes: counters.bytes,
-                reals,
-            });
-        }
-        let reasons = self.balancer.reasons().unwrap_or_default();
-        Snapshot {
-            services,
-            affinity_entries: census.live,
-            ha_master: self.holds_vips(),
-            sync_connected: self.sync_connected(),
-            reasons: Reason::ALL.iter().map(|r| r.name()).zip(reasons).collect(),
-        }
-    }
-
-    fn status(&self) -> anyhow::Result<Value> {
-        let census = self.census();
-        let health = self.health_of();
-        let redirected: BTreeMap<String, u64> = self.redirects.stats().into_iter().collect();
-        let mut services = Vec::new();
-        for service in &self.config.services {
-            let base = json!({
-                "name": service.name,
-                "vip": service.vip.to_string(),
-                "port": service.port,
-                "protocol": service.protocol.to_string(),
-            });
-            let Value::Object(mut entry) = base else {
-                continue;
-            };
-            match &service.kind {
-                ServiceKind::Redirect(r) => {
-                    entry.insert("type".into(), json!("redirect"));
-                    entry.insert(
-                        "redirect".into(),
-                        json!({"code": r.code, "scheme": r.scheme, "port": r.port}),
-                    );
-                    entry.insert(
-                        "requests".into(),
-                        json!(redirected.get(&service.name).copied().unwrap_or(0)),
-                    );
-                    entry.insert("packets".into(), json!(0));
-                    entry.insert("bytes".into(), json!(0));
-                    entry.insert("real_servers".into(), json!([]));
-                }
-                ServiceKind::Forward(_) => {
-                    let state = self.balancer.service(&service.name)?;
-                    let counters = self.balancer.service_counters(state)?;
-                    entry.insert("type".into(), json!("forward"));
-                    entry.insert("packets".into(), json!(counters.packets));
-                    entry.insert("bytes".into(), json!(counters.bytes));
-                    entry.insert("new_clients".into(), json!(counters.new_clients));
-                    let mut reals = Vec::new();
-                    for r in &state.reals {
-                        let c = self.balancer.real_counters(r)?;
-                        let last = health
-                            .get(&(service.name.clone(), r.name.clone()))
-                            .and_then(|h| h.last.as_ref());
-                        reals.push(json!({
-                            "name": r.name,
-                            "address": r.address.to_string(),
-                            "health": if r.health == Health::Up { "up" } else { "down" },
-                            "last_check": last.map(|l| json!({
-                                "passed": l.passed,
-                                "detail": l.detail,
-                                "latency_ms": l.latency.as_secs_f64() * 1000.0,
-                            })),
-                            "admin_state": r.admin.to_string(),
-                            "weight": r.weight,
-                            "active_clients": census.per_real.get(&r.index).copied().unwrap_or(0),
-                            "packets": c.packets,
-                            "bytes": c.bytes,
-                            "new_clients": c.new_clients,
-                            "mac": r.mac.map(format_mac),
-                        }));
-                    }
-                    entry.insert("real_servers".into(), Value::Array(reals));
-                    if let Some(f) = &state.fallback {
-                        let c = self.balancer.real_counters(f)?;
-                        entry.insert(
-                            "fallback".into(),
-                            json!({"address": f.address.to_string(), "packets": c.packets, "bytes": c.bytes}),
-                        );
-                    }
-                }
-            }
-            services.push(Value::Object(entry));
-        }
-        let reasons: serde_json::Map<String, Value> = Reason::ALL
-            .iter()
-            .zip(self.balancer.reasons()?)
-            .map(|(reason, count)| (reason.name().to_owned(), json!(count)))
-            .collect();
-        Ok(json!({
-            "node": self.config.node.name,
-            "ha": self.ha_json(),
-            "interface": self.config.node.interface,
-            "xdp_mode": self.attach_mode,
-            "vips": self.vips.owned().iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "affinity_entries": census.live,
-            "services": services,
-            "dataplane": reasons,
-        }))
-    }
-}
-
-/// `aa:bb:cc:dd:ee:ff`.
-#[must_use]
-pub fn format_mac(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("lbd-tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
 }

@@ -1,0 +1,173 @@
+//! What lbd reports: `lbctl status` (a typed [`StatusReport`]) and the
+//! metrics snapshot, both read from the balancer, the health monitor, the
+//! census and the HA coordinator.
+
+use std::collections::BTreeMap;
+
+use lb_common::Reason;
+
+use super::Daemon;
+use crate::{
+    balancer::Health,
+    config::ServiceKind,
+    control::protocol::{
+        CheckStatus, FallbackStatus, HealthState, RealStatus, RedirectStatus, ServiceStatus,
+        ServiceType, StatusReport,
+    },
+    health::ServerHealth,
+    metrics::{RealSample, ServiceSample, Snapshot},
+};
+
+/// `aa:bb:cc:dd:ee:ff`.
+#[must_use]
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn health_state(health: Health) -> HealthState {
+    if health == Health::Up {
+        HealthState::Up
+    } else {
+        HealthState::Down
+    }
+}
+
+impl Daemon {
+    fn health_of(&self) -> BTreeMap<(String, String), ServerHealth> {
+        self.health
+            .snapshot()
+            .into_iter()
+            .map(|h| ((h.service.clone(), h.server.clone()), h))
+            .collect()
+    }
+
+    /// The numbers the metrics endpoint renders.
+    pub(super) fn snapshot(&self) -> Snapshot {
+        let census = self.census();
+        let mut services = Vec::new();
+        for state in self.balancer.services() {
+            let counters = self.balancer.service_counters(state).unwrap_or_default();
+            let reals = state
+                .reals
+                .iter()
+                .map(|r| {
+                    let c = self.balancer.real_counters(r).unwrap_or_default();
+                    RealSample {
+                        name: r.name.clone(),
+                        packets: c.packets,
+                        bytes: c.bytes,
+                        new_clients: c.new_clients,
+                        up: r.health == Health::Up,
+                        active_clients: census.per_real.get(&r.index).copied().unwrap_or(0),
+                    }
+                })
+                .collect();
+            services.push(ServiceSample {
+                name: state.config.name.clone(),
+                packets: counters.packets,
+                bytes: counters.bytes,
+                reals,
+            });
+        }
+        let reasons = self.balancer.reasons().unwrap_or_default();
+        Snapshot {
+            services,
+            affinity_entries: census.live,
+            ha_master: self.holds_vips(),
+            sync_connected: self.sync_connected(),
+            reasons: Reason::ALL.iter().map(|r| r.name()).zip(reasons).collect(),
+        }
+    }
+
+    /// `lbctl status`.
+    pub(super) fn status(&self) -> anyhow::Result<StatusReport> {
+        let census = self.census();
+        let health = self.health_of();
+        let redirected: BTreeMap<String, u64> = self.redirects.stats().into_iter().collect();
+        let mut services = Vec::new();
+        for service in &self.config.services {
+            let mut entry = ServiceStatus {
+                name: service.name.clone(),
+                vip: service.vip,
+                port: service.port,
+                protocol: service.protocol.to_string(),
+                kind: ServiceType::Forward,
+                packets: 0,
+                bytes: 0,
+                new_clients: None,
+                real_servers: Vec::new(),
+                fallback: None,
+                redirect: None,
+                requests: None,
+            };
+            match &service.kind {
+                ServiceKind::Redirect(r) => {
+                    entry.kind = ServiceType::Redirect;
+                    entry.redirect = Some(RedirectStatus {
+                        code: r.code,
+                        scheme: r.scheme.clone(),
+                        port: r.port,
+                    });
+                    entry.requests = Some(redirected.get(&service.name).copied().unwrap_or(0));
+                }
+                ServiceKind::Forward(_) => {
+                    let state = self.balancer.service(&service.name)?;
+                    let counters = self.balancer.service_counters(state)?;
+                    entry.packets = counters.packets;
+                    entry.bytes = counters.bytes;
+                    entry.new_clients = Some(counters.new_clients);
+                    for r in &state.reals {
+                        let c = self.balancer.real_counters(r)?;
+                        let last = health
+                            .get(&(service.name.clone(), r.name.clone()))
+                            .and_then(|h| h.last.as_ref());
+                        entry.real_servers.push(RealStatus {
+                            name: r.name.clone(),
+                            address: r.address,
+                            health: health_state(r.health),
+                            last_check: last.map(|l| CheckStatus {
+                                passed: l.passed,
+                                detail: l.detail.clone(),
+                                latency_ms: l.latency.as_secs_f64() * 1000.0,
+                            }),
+                            admin_state: r.admin,
+                            weight: r.weight,
+                            active_clients: census.per_real.get(&r.index).copied().unwrap_or(0),
+                            packets: c.packets,
+                            bytes: c.bytes,
+                            new_clients: c.new_clients,
+                            mac: r.mac.map(format_mac),
+                        });
+                    }
+                    if let Some(f) = &state.fallback {
+                        let c = self.balancer.real_counters(f)?;
+                        entry.fallback = Some(FallbackStatus {
+                            address: f.address,
+                            packets: c.packets,
+                            bytes: c.bytes,
+                        });
+                    }
+                }
+            }
+            services.push(entry);
+        }
+        let dataplane = Reason::ALL
+            .iter()
+            .zip(self.balancer.reasons()?)
+            .map(|(reason, count)| (reason.name().to_owned(), count))
+            .collect();
+        Ok(StatusReport {
+            node: self.config.node.name.clone(),
+            ha: self.ha_status(),
+            interface: self.config.node.interface.clone(),
+            xdp_mode: self.attach_mode.to_owned(),
+            vips: self.vips.owned().iter().copied().collect(),
+            affinity_entries: census.live,
+            services,
+            dataplane,
+        })
+    }
+}

@@ -1,0 +1,514 @@
+//! The HA coordinator: the pair's policy, sans-IO.
+//!
+//! It owns the VRRP state machine ([`crate::vrrp`]) and decides, from
+//! `(now, event)` alone, what the daemon must do: hold or release the VIPs,
+//! announce them, send on the sync channel, apply the primary's
+//! configuration, merge admin changes, install or stream sessions. It never
+//! reads the clock, touches a socket or a file; the daemon feeds it
+//! ([`Coordinator::handle_vrrp`], [`Coordinator::handle_sync`],
+//! [`Coordinator::handle_timeout`], and the local changes), then carries out
+//! [`Coordinator::poll_action`] and sleeps until [`Coordinator::poll_timeout`].
+//!
+//! The rules it keeps (shared/CONTRACT.md, Behaviour, and RFC 5798):
+//! - **Preempt only with the sessions.** A node with a sync channel starts
+//!   with its VRRP priority held at 1, so it cannot preempt, until the
+//!   peer's affinity snapshot has arrived or [`SYNC_HOLD`] has passed: a
+//!   takeover never happens before the sessions are there.
+//! - **The primary's configuration is the truth**: sent on every pairing and
+//!   every change; a configuration from a secondary is ignored.
+//! - **Admin changes replicate both ways**, the latest winning (the merge
+//!   itself is [`crate::admin::AdminStore::merge`]); they are accepted on the
+//!   primary, and on the secondary only while it is master and the primary is
+//!   unreachable.
+//! - **The master streams sessions**: a full snapshot on pairing and on
+//!   takeover, then what changed, every [`STREAM_EVERY`]. A backup installs
+//!   what it receives; a master ignores sessions (its own table is newer).
+//! - **Split brain heals loudly**: a master hearing another master's
+//!   advertisement announces its VIPs again (at most every
+//!   [`CONFLICT_GARP_EVERY`]) so neighbours learn where they are.
+
+use std::{
+    collections::VecDeque,
+    net::{Ipv4Addr, SocketAddrV4},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    config::Role,
+    control::protocol::{HaRole, HaState, HaStatus, SyncStatus},
+    sync::{self, AdminChange, LinkEvent, LinkStatsSnapshot, Message, SessionEntry, SnapshotMark},
+    vrrp::{self, Action, State, Vrrp},
+};
+
+use super::{garp::GarpSchedule, socket::Received};
+
+/// How long a returning node waits for the peer's affinity table before it
+/// may preempt anyway.
+pub const SYNC_HOLD: Duration = Duration::from_secs(10);
+/// Fewest seconds between two re-announcements after hearing another master.
+pub const CONFLICT_GARP_EVERY: Duration = Duration::from_secs(1);
+/// How often the master streams what changed in its affinity table.
+pub const STREAM_EVERY: Duration = Duration::from_secs(1);
+
+/// What the coordinator needs to know of the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `cluster.role`.
+    pub role: Role,
+    /// VRRP as configured (the configured priority included).
+    pub vrrp: vrrp::Config,
+    /// Whether `cluster.sync` is configured.
+    pub sync: bool,
+}
+
+/// Something the daemon must do, in the order handed out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HaAction {
+    /// Send this VRRP message (IP protocol 112, TTL 255) to `to`.
+    SendVrrp {
+        /// Destination: the unicast peer or 224.0.0.18.
+        to: Ipv4Addr,
+        /// The encoded advertisement.
+        message: Vec<u8>,
+    },
+    /// Hold the VIPs: add them to the interface.
+    AddVips,
+    /// Release the VIPs.
+    RemoveVips,
+    /// Send this many gratuitous ARPs for each VIP held.
+    Garp {
+        /// Frames per VIP.
+        frames: u32,
+    },
+    /// Send to the peer (only handed out while paired).
+    Send(Outgoing),
+    /// The secondary takes the primary's configuration (its services) with
+    /// the primary's admin changes merged first, and keeps it.
+    ApplyConfig {
+        /// The primary's configuration text.
+        yaml: String,
+        /// The primary's admin changes.
+        admin: Vec<AdminChange>,
+    },
+    /// Merge the peer's admin changes (the latest wins) and apply those taken.
+    MergeAdmin(Vec<AdminChange>),
+    /// Install the peer's affinity entries.
+    InstallSessions(Vec<SessionEntry>),
+    /// Stream affinity entries to the peer: the whole table when `full`,
+    /// else what changed since the last time.
+    StreamSessions {
+        /// A full snapshot.
+        full: bool,
+    },
+    /// The VRRP state changed (for logs and metrics).
+    StateChanged {
+        /// Previous state.
+        from: State,
+        /// New state.
+        to: State,
+    },
+}
+
+/// A message for the peer; the daemon fills in what it owns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    /// A complete message.
+    Message(Message),
+    /// The configuration text and every admin change, as `version`.
+    Config {
+        /// Increases with every configuration sent.
+        version: u64,
+    },
+    /// Every recorded admin change.
+    AllAdmin,
+    /// The recorded admin change of one server.
+    Admin {
+        /// Service name.
+        service: String,
+        /// Real-server name.
+        server: String,
+    },
+}
+
+/// The sync channel as the coordinator sees it.
+#[derive(Debug, Default)]
+struct SyncView {
+    connected: bool,
+    peer_node: Option<String>,
+    /// Configurations sent (primary) or received (secondary).
+    config_version: u64,
+}
+
+/// One node of the pair.
+#[derive(Debug)]
+pub struct Coordinator {
+    role: Role,
+    vrrp: Vrrp,
+    garp: GarpSchedule,
+    configured_priority: u8,
+    /// Set while the priority is held at 1 (see the module doc).
+    hold_until: Option<Instant>,
+    last_conflict: Option<Instant>,
+    sync: Option<SyncView>,
+    next_stream: Option<Instant>,
+    actions: VecDeque<HaAction>,
+}
+
+impl Coordinator {
+    /// Starts VRRP (in Backup) at `now`; with a sync channel, the priority
+    /// is held at 1 until the peer's sessions arrive.
+    #[must_use]
+    pub fn new(now: Instant, settings: Settings) -> Self {
+        let configured_priority = settings.vrrp.priority;
+        let hold = settings.sync;
+        let mut vrrp = Vrrp::new(vrrp::Config {
+            priority: if hold { 1 } else { configured_priority },
+            ..settings.vrrp
+        });
+        vrrp.startup(now);
+        let mut coordinator = Self {
+            role: settings.role,
+            vrrp,
+            garp: GarpSchedule::default(),
+            configured_priority,
+            hold_until: hold.then_some(now + SYNC_HOLD),
+            last_conflict: None,
+            sync: settings.sync.then(SyncView::default),
+            next_stream: settings.sync.then_some(now + STREAM_EVERY),
+            actions: VecDeque::new(),
+        };
+        coordinator.pump(now);
+        coordinator
+    }
+
+    /// A VRRP packet as the raw socket received it.
+    pub fn handle_vrrp(&mut self, now: Instant, packet: &Received) {
+        let advert = vrrp::check_ip(packet.ttl, packet.protocol)
+            .and_then(|()| vrrp::decode(&packet.payload, packet.src, packet.dst));
+        match advert {
+            Err(error) => self.vrrp.record_drop((&error).into()),
+            Ok(advert) => {
+                self.vrrp.handle_advert(now, packet.src, &advert);
+                // Another master we outrank (split brain healing): it steps
+                // down on our next advertisement; tell the neighbours again
+                // where the VIPs are.
+                let conflict = self.vrrp.state() == State::Master
+                    && advert.vrid == self.vrrp.config().vrid
+                    && packet.src != self.vrrp.config().local
+                    && advert.priority > 0;
+                if conflict
+                    && self
+                        .last_conflict
+                        .is_none_or(|t| now.duration_since(t) >= CONFLICT_GARP_EVERY)
+                {
+                    self.last_conflict = Some(now);
+                    log::warn!(
+                        "cluster: {} also claims master; announcing the VIPs again",
+                        packet.src
+                    );
+                    self.garp.announce(now);
+                }
+            }
+        }
+        self.pump(now);
+    }
+
+    /// An event of the sync link.
+    pub fn handle_sync(&mut self, now: Instant, event: LinkEvent) {
+        match event {
+            LinkEvent::Connected {
+                peer_node,
+                peer_role,
+                ..
+            } => self.on_paired(peer_node, peer_role),
+            LinkEvent::Disconnected { reason } => {
+                if let Some(sync) = self.sync.as_mut() {
+                    log::warn!("sync: disconnected: {reason}");
+                    sync.connected = false;
+                }
+            }
+            LinkEvent::Message(message) => self.on_message(now, message),
+        }
+        self.pump(now);
+    }
+
+    /// Fires what is due at `now`: the end of a hold, VRRP timers,
+    /// gratuitous-ARP rounds, the session stream.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.hold_until.is_some_and(|t| t <= now) {
+            self.release_hold(now, "no session table from the peer in time");
+        }
+        if self.vrrp.poll_timeout().is_some_and(|t| t <= now) {
+            self.vrrp.handle_timeout(now);
+        }
+        if self.next_stream.is_some_and(|t| t <= now) {
+            self.next_stream = Some(now + STREAM_EVERY);
+            if self.is_master() && self.connected() {
+                self.actions
+                    .push_back(HaAction::StreamSessions { full: false });
+            }
+        }
+        self.pump(now);
+    }
+
+    /// The primary's configuration changed (reload or `lbctl apply`): send it.
+    pub fn config_changed(&mut self) {
+        if self.role == Role::Primary {
+            self.send_config();
+        }
+    }
+
+    /// An admin change was made here: send it to the peer.
+    pub fn admin_changed(&mut self, service: &str, server: &str) {
+        self.send(Outgoing::Admin {
+            service: service.to_owned(),
+            server: server.to_owned(),
+        });
+    }
+
+    /// At shutdown: a master says priority 0 so the peer takes over at once.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.vrrp.shutdown(now);
+        self.pump(now);
+    }
+
+    /// When [`Coordinator::handle_timeout`] must next be called.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.vrrp.poll_timeout(),
+            self.garp.next(),
+            self.hold_until,
+            self.next_stream,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// The next thing to do, oldest first.
+    pub fn poll_action(&mut self) -> Option<HaAction> {
+        self.actions.pop_front()
+    }
+
+    /// Whether this node is master (and so holds the VIPs).
+    #[must_use]
+    pub fn is_master(&self) -> bool {
+        self.vrrp.state() == State::Master
+    }
+
+    /// Whether a sync session is paired now.
+    #[must_use]
+    pub fn connected(&self) -> bool {
+        self.sync.as_ref().is_some_and(|s| s.connected)
+    }
+
+    /// The VRRP state.
+    #[must_use]
+    pub fn state(&self) -> State {
+        self.vrrp.state()
+    }
+
+    /// The running VRRP priority.
+    #[must_use]
+    pub fn priority(&self) -> u8 {
+        self.vrrp.priority()
+    }
+
+    /// Whether the priority is held at 1 (waiting for the peer's sessions).
+    #[must_use]
+    pub fn preempt_held(&self) -> bool {
+        self.hold_until.is_some()
+    }
+
+    /// Why `lbctl apply` is refused here, if it is.
+    #[must_use]
+    pub fn refuse_apply(&self) -> Option<String> {
+        (self.role == Role::Secondary).then(|| {
+            format!(
+                "this node is the secondary of the pair: apply configuration changes on the primary, {}",
+                self.primary_label()
+            )
+        })
+    }
+
+    /// Why an admin change is refused here, if it is.
+    #[must_use]
+    pub fn refuse_admin(&self) -> Option<String> {
+        if self.role == Role::Primary || (self.is_master() && !self.connected()) {
+            return None;
+        }
+        Some(format!(
+            "this node is the secondary of the pair: drain, halt, online and weight go to the primary, {} \
+             (the secondary takes them only while it is master and the primary is unreachable)",
+            self.primary_label()
+        ))
+    }
+
+    /// `lbctl ha`: the pair as of `now`, with the sync link's endpoint and
+    /// counters when it is configured.
+    #[must_use]
+    pub fn status(&self, now: Instant, link: Option<(SocketAddrV4, LinkStatsSnapshot)>) -> HaStatus {
+        let last = self.vrrp.last_advert();
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let sync = match (&self.sync, link) {
+            (Some(view), Some((peer, stats))) => SyncStatus {
+                configured: true,
+                peer: Some(peer.to_string()),
+                peer_node: view.peer_node.clone(),
+                connected: view.connected,
+                sent: stats.sent,
+                received: stats.received,
+                lag_ms: stats.lag_ms,
+                last_error: stats.last_error,
+            },
+            _ => SyncStatus::default(),
+        };
+        HaStatus {
+            role: match self.role {
+                Role::Primary => HaRole::Primary,
+                Role::Secondary => HaRole::Secondary,
+            },
+            state: match self.vrrp.state() {
+                State::Initialize => HaState::Init,
+                State::Backup => HaState::Backup,
+                State::Master => HaState::Master,
+            },
+            peer: self.vrrp.config().peer,
+            priority: Some(self.vrrp.priority()),
+            configured_priority: Some(self.configured_priority),
+            preempt_held: self.preempt_held(),
+            advert_interval_ms: Some(millis(self.vrrp.master_adver_interval())),
+            last_advert_age_ms: last.map(|(at, _, _)| millis(now.saturating_duration_since(at))),
+            last_advert_from: last.map(|(_, from, _)| from),
+            last_advert_priority: last.map(|(_, _, p)| p),
+            vrrp_drops: self.vrrp.counters().dropped_total(),
+            sync,
+        }
+    }
+
+    fn on_paired(&mut self, peer_node: String, peer_role: Role) {
+        let Some(sync) = self.sync.as_mut() else {
+            return;
+        };
+        log::warn!("sync: paired with {peer_node} ({})", peer_role.as_str());
+        sync.connected = true;
+        sync.peer_node = Some(peer_node);
+        if self.role == Role::Primary {
+            self.send_config();
+        }
+        self.send(Outgoing::AllAdmin);
+        if self.is_master() {
+            self.actions
+                .push_back(HaAction::StreamSessions { full: true });
+        } else {
+            // An empty snapshot: tells a returning peer it has all there is.
+            for message in sync::session_batches(Vec::new(), true) {
+                self.send(Outgoing::Message(message));
+            }
+        }
+    }
+
+    fn on_message(&mut self, now: Instant, message: Message) {
+        match message {
+            Message::Config {
+                version,
+                yaml,
+                admin,
+            } => {
+                if self.role == Role::Primary {
+                    log::warn!(
+                        "sync: ignoring a configuration from the peer: this node is the primary"
+                    );
+                    return;
+                }
+                if let Some(sync) = self.sync.as_mut() {
+                    sync.config_version = version;
+                }
+                self.actions
+                    .push_back(HaAction::ApplyConfig { yaml, admin });
+            }
+            Message::Admin { changes } => self.actions.push_back(HaAction::MergeAdmin(changes)),
+            Message::Sessions { entries, snapshot } => {
+                if !self.is_master() && !entries.is_empty() {
+                    self.actions.push_back(HaAction::InstallSessions(entries));
+                }
+                if snapshot == Some(SnapshotMark::End) {
+                    self.release_hold(now, "the peer's session table has arrived");
+                }
+            }
+        }
+    }
+
+    fn send_config(&mut self) {
+        let Some(sync) = self.sync.as_mut() else {
+            return;
+        };
+        sync.config_version += 1;
+        let version = sync.config_version;
+        self.send(Outgoing::Config { version });
+    }
+
+    /// Queues a message for the peer while paired (the link drops what is
+    /// sent before pairing; pairing sends the whole state anyway).
+    fn send(&mut self, message: Outgoing) {
+        if self.connected() {
+            self.actions.push_back(HaAction::Send(message));
+        }
+    }
+
+    fn release_hold(&mut self, now: Instant, why: &str) {
+        if self.hold_until.take().is_some() {
+            log::info!(
+                "cluster: {why}; VRRP priority back to {}",
+                self.configured_priority
+            );
+            self.vrrp.set_priority(now, self.configured_priority);
+        }
+    }
+
+    fn primary_label(&self) -> String {
+        let address = self
+            .vrrp
+            .config()
+            .peer
+            .map_or_else(|| "the other node".to_owned(), |p| p.to_string());
+        match self.sync.as_ref().and_then(|s| s.peer_node.clone()) {
+            Some(node) => format!("{node} ({address})"),
+            None => address,
+        }
+    }
+
+    /// Turns what VRRP asked for into actions, then the GARP frames due.
+    fn pump(&mut self, now: Instant) {
+        while let Some(action) = self.vrrp.poll_action() {
+            match action {
+                Action::SendAdvert { priority } => {
+                    let to = self.vrrp.destination();
+                    let message =
+                        vrrp::encode(&self.vrrp.advertisement(priority), self.vrrp.config().local, to);
+                    self.actions.push_back(HaAction::SendVrrp { to, message });
+                }
+                Action::SendGarp => self.garp.announce(now),
+                Action::BecameMaster => {
+                    self.actions.push_back(HaAction::AddVips);
+                    if self.connected() {
+                        self.actions
+                            .push_back(HaAction::StreamSessions { full: true });
+                    }
+                }
+                Action::BecameBackup | Action::Stopped => {
+                    self.garp.cancel();
+                    self.actions.push_back(HaAction::RemoveVips);
+                }
+                Action::StateChanged { from, to } => {
+                    self.actions.push_back(HaAction::StateChanged { from, to });
+                }
+            }
+        }
+        let frames = self.garp.take_due(now);
+        if frames > 0 && self.is_master() {
+            self.actions.push_back(HaAction::Garp { frames });
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The HA pair: the sans-IO [`coordinator`] holds the pair's policy (VRRP,
+//! preempt hold, what to replicate when); [`socket`] is VRRP's raw socket
+//! and [`garp`] the schedule of gratuitous ARP after a takeover. The daemon
+//! (`daemon::cluster`) is the I/O shell between them and the rest of lbd.
+
+pub mod coordinator;
+pub mod garp;
+pub mod socket;
+
+#[cfg(test)]
+mod pair_tests;
+
+pub use coordinator::{Coordinator, HaAction, Outgoing, Settings};
+pub use garp::GarpSchedule;
+pub use socket::{parse_ipv4, Received, SocketError, VrrpSocket};
