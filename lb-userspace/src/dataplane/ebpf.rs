@@ -1,12 +1,9 @@
-//! The XDP program and its maps: the only code that touches aya.
-//!
-//! [`Maps`] is the narrow interface the control plane writes through;
-//! [`EbpfMaps`] implements it over the kernel's maps and [`FakeMaps`] in
-//! memory, so the control plane is tested without root. [`Program`] loads
-//! and attaches the XDP program itself.
+//! The kernel side: the aya-backed XDP [`Program`] (load, verify, attach)
+//! and [`EbpfMaps`], its maps behind the [`Maps`] trait, with the Maglev ring
+//! array mapped into this process and a second handle on the affinity table
+//! for background scans.
 
 use std::{
-    collections::HashMap as StdHashMap,
     mem::size_of,
     os::fd::{AsFd as _, AsRawFd as _},
     sync::atomic::{fence, Ordering},
@@ -14,8 +11,8 @@ use std::{
 
 use aya::{
     maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
-    programs::{ProgramError, Xdp, XdpMode},
-    Ebpf, EbpfError,
+    programs::{Xdp, XdpMode},
+    Ebpf,
 };
 use lb_common::{
     ring_index, Affinity, AffinityKey, Counters, Globals, Real, Reason, ReasonCounters, Service,
@@ -23,52 +20,14 @@ use lb_common::{
 };
 use memmap2::{MmapMut, MmapOptions};
 
+use super::{next_generation, AffinityScan, DataplaneError, Maps, Result};
+
 /// The compiled XDP object, embedded at build time by `build.rs` from
 /// `cargo xtask build-ebpf`'s output (empty when it was not built).
 static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf.o"));
 
 /// Name of the XDP entry point in the object.
 const PROGRAM_NAME: &str = "lb_xdp";
-
-/// Errors of the data path.
-#[derive(Debug, thiserror::Error)]
-pub enum DataplaneError {
-    /// The binary was built without the XDP object.
-    #[error("this lbd was built without its XDP program: run `cargo xtask build` (which builds lb-ebpf first)")]
-    NoObject,
-    /// The kernel refused the object or a map.
-    #[error("cannot load the XDP program: {0}")]
-    Load(#[source] EbpfError),
-    /// The object lacks an expected map or program.
-    #[error("the XDP object has no {0}; rebuild it with `cargo xtask build-ebpf`")]
-    Missing(&'static str),
-    /// Loading into the kernel or attaching failed.
-    #[error("{what}: {source}")]
-    Program {
-        /// What was being done.
-        what: String,
-        /// The kernel's answer.
-        #[source]
-        source: ProgramError,
-    },
-    /// A map operation failed.
-    #[error("map {map}: {source}")]
-    Map {
-        /// The map's name.
-        map: &'static str,
-        /// aya's error.
-        #[source]
-        source: MapError,
-    },
-    /// The ring array could not be mapped into memory.
-    #[error("cannot map MAGLEV_RINGS into memory (an old kernel without BPF_F_MMAPABLE?): {0}")]
-    RingMemory(#[source] std::io::Error),
-    /// A value for the per-CPU maps could not be built.
-    #[error("per-CPU value: {0}")]
-    PerCpu(#[source] std::io::Error),
-}
-
-type Result<T, E = DataplaneError> = std::result::Result<T, E>;
 
 /// How the program is attached (the configuration's `xdp_mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,62 +173,6 @@ impl Drop for Program {
     fn drop(&mut self) {
         self.detach();
     }
-}
-
-/// What the control plane reads and writes in the data path. Every method
-/// fails only when a map operation fails.
-///
-/// The data path caches its forwarding decisions per CPU (see
-/// [`Globals::flow_generation`]); every write that could contradict a cached
-/// decision (a service or a real server written or removed, an affinity
-/// entry written) empties that cache itself, so callers never have to.
-#[expect(
-    clippy::missing_errors_doc,
-    reason = "one rule for all methods, stated above"
-)]
-pub trait Maps {
-    /// Sets the data path's global settings.
-    fn set_globals(&mut self, globals: Globals) -> Result<()>;
-    /// Writes a real-server slot.
-    fn set_real(&mut self, index: u32, real: Real) -> Result<()>;
-    /// Writes a whole Maglev ring into `slot`.
-    fn set_ring(&mut self, slot: u32, ring: &[u32]) -> Result<()>;
-    /// Adds or replaces a service.
-    fn set_service(&mut self, key: ServiceKey, service: Service) -> Result<()>;
-    /// Removes a service (absent is fine).
-    fn remove_service(&mut self, key: &ServiceKey) -> Result<()>;
-    /// Zeroes the counters of a real-server index (on reuse).
-    fn reset_real_counters(&mut self, index: u32) -> Result<()>;
-    /// A real server's counters, summed over CPUs.
-    fn real_counters(&self, index: u32) -> Result<Counters>;
-    /// Every [`Reason`] counter, summed over CPUs, in [`Reason::ALL`] order.
-    fn reasons(&self) -> Result<Vec<u64>>;
-    /// One client's affinity entry.
-    fn affinity(&self, key: &AffinityKey) -> Result<Option<Affinity>>;
-    /// Calls `f` for every affinity entry.
-    fn for_each_affinity(&self, f: &mut dyn FnMut(&AffinityKey, &Affinity)) -> Result<()>;
-    /// A second, independent handle on the affinity table, so a background
-    /// thread can walk it without holding up the daemon.
-    fn affinity_scanner(&self) -> Result<Box<dyn AffinityScan>>;
-    /// Adds or replaces affinity entries (HA sync; tests), then empties the
-    /// flow cache once.
-    fn set_affinities(&mut self, entries: &[(AffinityKey, Affinity)]) -> Result<()>;
-    /// Adds or replaces one affinity entry.
-    fn set_affinity(&mut self, key: AffinityKey, value: Affinity) -> Result<()> {
-        self.set_affinities(&[(key, value)])
-    }
-    /// Empties the data path's flow cache on every CPU: the next frame of
-    /// every flow is decided from the shared tables again.
-    fn flush_flow_cache(&mut self) -> Result<()>;
-}
-
-/// Walks the affinity table.
-pub trait AffinityScan: Send {
-    /// Calls `f` for every entry.
-    ///
-    /// # Errors
-    /// When reading the map fails.
-    fn scan(&self, f: &mut dyn FnMut(&AffinityKey, &Affinity)) -> Result<()>;
 }
 
 /// An affinity-table handle of its own (a second descriptor on the same map).
@@ -469,88 +372,5 @@ impl Maps for EbpfMaps {
         // Also after a failure: the entries written before it count.
         self.flush_flow_cache()?;
         written
-    }
-}
-
-/// The flow-cache generation after `current`: never 0, which disables the cache.
-fn next_generation(current: u64) -> u64 {
-    current.wrapping_add(1).max(1)
-}
-
-/// An in-memory stand-in for [`EbpfMaps`], for control-plane tests.
-#[derive(Debug, Default)]
-pub struct FakeMaps {
-    /// Global settings.
-    pub globals: Globals,
-    /// Real-server slots written.
-    pub reals: StdHashMap<u32, Real>,
-    /// Rings by slot.
-    pub rings: StdHashMap<u32, Vec<u32>>,
-    /// Services.
-    pub services: StdHashMap<ServiceKey, Service>,
-    /// Real-server counters by index.
-    pub real_stats: StdHashMap<u32, Counters>,
-    /// Affinity entries.
-    pub affinity: StdHashMap<AffinityKey, Affinity>,
-}
-
-impl Maps for FakeMaps {
-    fn set_globals(&mut self, globals: Globals) -> Result<()> {
-        self.globals = globals;
-        Ok(())
-    }
-    fn set_real(&mut self, index: u32, real: Real) -> Result<()> {
-        self.reals.insert(index, real);
-        self.flush_flow_cache()
-    }
-    fn set_ring(&mut self, slot: u32, ring: &[u32]) -> Result<()> {
-        self.rings.insert(slot, ring.to_vec());
-        Ok(())
-    }
-    fn set_service(&mut self, key: ServiceKey, service: Service) -> Result<()> {
-        self.services.insert(key, service);
-        self.flush_flow_cache()
-    }
-    fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
-        self.services.remove(key);
-        self.flush_flow_cache()
-    }
-    fn reset_real_counters(&mut self, index: u32) -> Result<()> {
-        self.real_stats.remove(&index);
-        Ok(())
-    }
-    fn real_counters(&self, index: u32) -> Result<Counters> {
-        Ok(self.real_stats.get(&index).copied().unwrap_or_default())
-    }
-    fn reasons(&self) -> Result<Vec<u64>> {
-        Ok(vec![0; Reason::ALL.len()])
-    }
-    fn affinity(&self, key: &AffinityKey) -> Result<Option<Affinity>> {
-        Ok(self.affinity.get(key).copied())
-    }
-    fn for_each_affinity(&self, f: &mut dyn FnMut(&AffinityKey, &Affinity)) -> Result<()> {
-        self.affinity.iter().for_each(|(k, v)| f(k, v));
-        Ok(())
-    }
-    fn affinity_scanner(&self) -> Result<Box<dyn AffinityScan>> {
-        Ok(Box::new(FakeAffinity(self.affinity.clone())))
-    }
-    fn set_affinities(&mut self, entries: &[(AffinityKey, Affinity)]) -> Result<()> {
-        self.affinity.extend(entries.iter().copied());
-        self.flush_flow_cache()
-    }
-    fn flush_flow_cache(&mut self) -> Result<()> {
-        self.globals.flow_generation = next_generation(self.globals.flow_generation);
-        Ok(())
-    }
-}
-
-/// A copy of a [`FakeMaps`] affinity table.
-struct FakeAffinity(StdHashMap<AffinityKey, Affinity>);
-
-impl AffinityScan for FakeAffinity {
-    fn scan(&self, f: &mut dyn FnMut(&AffinityKey, &Affinity)) -> Result<()> {
-        self.0.iter().for_each(|(k, v)| f(k, v));
-        Ok(())
     }
 }

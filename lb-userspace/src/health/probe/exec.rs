@@ -1,0 +1,215 @@
+//! The `exec` check: runs a program with the server in its environment
+//! (`LB_SERVER_ADDRESS`, `LB_SERVER_PORT`, `LB_SERVICE`, `LB_SERVER_NAME`)
+//! and passes on exit status 0; on timeout its whole process group is killed.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::{timed_out, Outcome, ProbeSpec, ProbeTarget};
+
+/// At most this many bytes of an exec check's standard error are kept for
+/// the failure reason.
+const MAX_STDERR: usize = 4096;
+
+/// Longest reason taken from an exec check's standard error, in characters.
+const MAX_STDERR_LINE: usize = 200;
+
+/// Runs the exec check's program in its own process group; on timeout the
+/// whole group is killed and the program reaped. The check is complete when
+/// the program has exited and its standard error is closed.
+pub(super) async fn exec_probe(
+    command: &[String],
+    check: &ProbeSpec,
+    target: &ProbeTarget,
+) -> Outcome {
+    let Some((program, args)) = command.split_first() else {
+        return Err("no command configured".to_owned());
+    };
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .env("LB_SERVER_ADDRESS", target.address.to_string())
+        .env("LB_SERVER_PORT", check.port.to_string())
+        .env("LB_SERVICE", &target.service)
+        .env("LB_SERVER_NAME", &target.server)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    let mut group = GroupKiller(child.id().and_then(|pid| i32::try_from(pid).ok()));
+    let stderr = child.stderr.take();
+    let finished = tokio::time::timeout(check.timeout, async {
+        tokio::join!(child.wait(), read_tail(stderr, MAX_STDERR))
+    })
+    .await;
+    let Ok(done) = finished else {
+        group.kill();
+        // Kills the program if it still runs, and reaps it.
+        let _ = child.kill().await;
+        return Err(timed_out(check.timeout));
+    };
+    group.disarm();
+    match done {
+        (Ok(status), _) if status.success() => Ok("exit 0".to_owned()),
+        (Ok(status), stderr) => Err(describe_exit(status, &stderr)),
+        (Err(e), _) => Err(format!("waiting for {program}: {e}")),
+    }
+}
+
+/// Kills an exec check's process group, at the latest when dropped (the
+/// probe was cancelled), unless disarmed once the program has finished.
+/// The program itself is then killed and reaped by tokio (`kill_on_drop`).
+struct GroupKiller(Option<i32>);
+
+impl GroupKiller {
+    fn kill(&mut self) {
+        if let Some(group) = self.0.take() {
+            // SAFETY: killpg(2) only sends a signal; `group` is the process
+            // group that this check's program leads (`process_group(0)`).
+            unsafe { libc::killpg(group, libc::SIGKILL) };
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupKiller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The last `limit` bytes a reader gives until it closes.
+async fn read_tail<R: AsyncRead + Unpin>(reader: Option<R>, limit: usize) -> Vec<u8> {
+    let Some(mut reader) = reader else {
+        return Vec::new();
+    };
+    let mut kept = Vec::new();
+    let mut buf = [0_u8; 1024];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                kept.extend_from_slice(&buf[..n]);
+                if kept.len() > limit {
+                    kept.drain(..kept.len() - limit);
+                }
+            }
+        }
+    }
+    kept
+}
+
+/// "exit 1" or "killed by signal 9", with the last line of standard error.
+fn describe_exit(status: ExitStatus, stderr: &[u8]) -> String {
+    let mut detail = match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => status.to_string(),
+    };
+    let text = String::from_utf8_lossy(stderr);
+    if let Some(line) = text.lines().map(str::trim).rfind(|l| !l.is_empty()) {
+        detail.push_str(": ");
+        detail.extend(line.chars().take(MAX_STDERR_LINE));
+    }
+    detail
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::HealthCheck;
+    use crate::health::testing::{exec, failed, passed, run};
+
+    #[tokio::test]
+    async fn exec_check_passes_on_exit_0_and_fails_otherwise() {
+        passed(&run(&exec("true", 2000)).await, "exit 0");
+        failed(&run(&exec("false", 2000)).await, "exit 1");
+        failed(
+            &run(&exec(
+                "echo starting; echo 'db unreachable' >&2; exit 3",
+                2000,
+            ))
+            .await,
+            "exit 3: db unreachable",
+        );
+        let missing = HealthCheck {
+            command: vec!["/nonexistent/check".to_owned()],
+            ..exec("", 2000)
+        };
+        let r = run(&missing).await;
+        assert!(
+            r.detail.starts_with("cannot run /nonexistent/check: "),
+            "{}",
+            r.detail
+        );
+        let empty = HealthCheck {
+            command: Vec::new(),
+            ..exec("", 2000)
+        };
+        failed(&run(&empty).await, "no command configured");
+    }
+
+    #[tokio::test]
+    async fn exec_check_gets_the_server_in_its_environment() {
+        let script = r#"test "$LB_SERVER_ADDRESS" = 127.0.0.1 && test "$LB_SERVER_PORT" = 8080 &&
+                        test "$LB_SERVICE" = svc && test "$LB_SERVER_NAME" = rs1"#;
+        passed(&run(&exec(script, 2000)).await, "exit 0");
+        failed(
+            &run(&exec(r#"test "$LB_SERVER_ADDRESS" = 10.9.9.9"#, 2000)).await,
+            "exit 1",
+        );
+    }
+
+    fn gone_or_zombie(pid: &str) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        }
+    }
+
+    #[tokio::test]
+    async fn exec_check_past_its_timeout_is_killed_with_its_children_and_reaped() {
+        let dir = std::env::temp_dir();
+        let own = dir.join(format!("lbd-health-own-{}", std::process::id()));
+        let kid = dir.join(format!("lbd-health-kid-{}", std::process::id()));
+        let script = format!(
+            "sleep 30 & echo $! > {kid}; echo $$ > {own}; wait",
+            kid = kid.display(),
+            own = own.display()
+        );
+        let started = std::time::Instant::now();
+        let r = run(&exec(&script, 300)).await;
+        failed(&r, "timed out after 300 ms");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let own_pid = std::fs::read_to_string(&own).unwrap();
+        let kid_pid = std::fs::read_to_string(&kid).unwrap();
+        // The program itself is our child: it must be killed and reaped.
+        assert!(
+            !std::path::Path::new(&format!("/proc/{}", own_pid.trim())).exists(),
+            "the check's program is still there"
+        );
+        // Its child is adopted by init once killed, and reaped there.
+        let mut killed = false;
+        for _ in 0..50 {
+            if gone_or_zombie(kid_pid.trim()) {
+                killed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(killed, "the check's child survived the timeout");
+        let _ = std::fs::remove_file(own);
+        let _ = std::fs::remove_file(kid);
+    }
+}
