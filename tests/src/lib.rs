@@ -1,7 +1,6 @@
 //! Test support for the load balancer: the network-namespace lab ([`lab`]),
 //! frame building ([`frames`]), and where the built artifacts are ([`paths`]).
 
-pub mod bench;
 pub mod frames;
 pub mod lab;
 pub mod lbd;

@@ -28,3 +28,10 @@ pub fn lbd() -> PathBuf {
 pub fn lbctl() -> PathBuf {
     bin_dir().join("lbctl")
 }
+
+/// The release `lb-bench` binary (the `lb-bench` crate, built by
+/// `cargo xtask build`).
+#[must_use]
+pub fn lb_bench() -> PathBuf {
+    bin_dir().join("lb-bench")
+}

@@ -4,11 +4,13 @@
 //! written. Never a speed: this machine is shared and noisy.
 //!
 //! Needs root, nginx, haproxy, wrk and nft (`cargo xtask setup`), and the XDP
-//! objects (`cargo xtask build`). Writes to a temporary directory, not to
-//! the workspace's `BENCHMARKS.md`.
+//! objects and the `lb-bench` binary (`cargo xtask build`; found by
+//! [`paths::lb_bench`]). Writes to a temporary directory, not to the
+//! workspace's `BENCHMARKS.md`.
 
 use std::{fs, path::PathBuf, process::Command};
 
+use lb_tests::paths;
 use serde_json::Value;
 
 #[test]
@@ -18,12 +20,18 @@ fn quick_bench_serves_every_request_and_writes_the_report() {
     let out = std::env::temp_dir().join(format!("lb-bench-quick-{}", std::process::id()));
     let _ = fs::remove_dir_all(&out);
     fs::create_dir_all(&out).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
-    let result = Command::new(env!("CARGO_BIN_EXE_lb-bench"))
+    let bench = paths::lb_bench();
+    let result = Command::new(&bench)
         .arg("--quick")
         .arg("--out")
         .arg(&out)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run lb-bench: {e}"));
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} (`cargo xtask build` builds it): {e}",
+                bench.display()
+            )
+        });
     let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
     let read = |p: PathBuf| {
         fs::read_to_string(&p)

@@ -1,7 +1,8 @@
-//! `cargo xtask bench`: runs `lb-bench` (built by `cargo xtask build`), which
-//! compares lbd with direct, a bare XDP forwarder, nftables and `HAProxy` in a
-//! network-namespace lab and writes `BENCHMARKS.md`, `bench/results.svg` and
-//! `bench/results.json` in the workspace (issue 6). Needs root.
+//! `cargo xtask bench`: runs `target/release/lb-bench` (the `lb-bench` crate,
+//! built by `cargo xtask build`), which compares lbd with direct, a bare XDP
+//! forwarder, nftables and `HAProxy` in a network-namespace lab and writes
+//! `BENCHMARKS.md`, `bench/results.svg` and `bench/results.json` in the
+//! workspace (issue 6). Needs root.
 
 use std::{path::PathBuf, process::Command};
 

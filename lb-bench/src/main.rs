@@ -1,4 +1,4 @@
-//! `lb-bench`: the benchmark behind `cargo xtask bench` (see `lb_tests::bench`).
+//! `lb-bench`: the benchmark behind `cargo xtask bench` (see the `lb_bench` library).
 //!
 //! `lb-bench [--quick] [--rounds N] [--out DIR]`: builds a namespace lab,
 //! measures direct, bare DR, lbd, nftables and `HAProxy` side by side plus the
@@ -10,7 +10,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use lb_tests::bench::{install_signal_handlers, run_bench, Options};
+use lb_bench::{install_signal_handlers, run_bench, Options};
 
 const USAGE: &str = "usage: lb-bench [--quick] [--rounds N] [--out DIR]";
 

@@ -1,0 +1,349 @@
+//! An HA pair of lbd: the traffic stall when the master is killed with
+//! `kill -9`, and whether clients stay on their real servers.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write as _,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::Path,
+    sync::atomic::Ordering,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Result};
+use lb_tests::lab::{in_netns, run};
+use serde_json::Value;
+
+use crate::{
+    client::http_get,
+    lab::{files::lbd_config, remove_guard, BenchLab, RunningLbd},
+    signal::{check_stop, nap, STOP},
+    stats::{as_f64, ms},
+};
+
+/// The traffic stall at the master's `kill -9`.
+#[derive(Clone, Debug)]
+pub(crate) struct HaStall {
+    pub(crate) advert_ms: u64,
+    pub(crate) result: Result<HaMeasure, String>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct HaMeasure {
+    /// Longest time without an answer, from before the kill on.
+    pub(crate) stall_ms: f64,
+    /// Whether any answer came after the kill.
+    pub(crate) recovered: bool,
+    pub(crate) failed_attempts: usize,
+    pub(crate) failing_sources: usize,
+    /// First failure's start and last failure's end, ms after the kill.
+    pub(crate) failure_window_ms: Option<(f64, f64)>,
+    pub(crate) first_error: String,
+    pub(crate) sources: usize,
+    pub(crate) moved_after: usize,
+    pub(crate) answered_after: usize,
+    pub(crate) expected_ms: f64,
+}
+
+/// Concurrent probe clients of the HA stall, and their connect timeout.
+const HA_PROBERS: usize = 4;
+const HA_PROBE_TIMEOUT: Duration = Duration::from_millis(100);
+
+const HA_KEY: &[u8] = b"bench-cluster-key-0123456789abcdef-0123456789abcdef\n";
+
+impl BenchLab {
+    pub(crate) fn ha_stall(&mut self, advert_ms: u64) -> Result<HaMeasure> {
+        let tag = format!("ha{advert_ms}");
+        let base = self.lab.dir().join(&tag);
+        fs::create_dir_all(&base)?;
+        let key = base.join("cluster.key");
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut f = fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&key)?;
+            f.write_all(HA_KEY)?;
+        }
+        let (a1, a2) = (self.lab.lb_address(), self.lab.lb2_address());
+        let cluster = |prio: u8, role: &str, me: Ipv4Addr, peer: Ipv4Addr| {
+            format!(
+                "cluster:\n  vrid: 51\n  priority: {prio}\n  advert_interval_ms: {advert_ms}\n  preempt: true\n  \
+                 peer: {peer}\n  role: {role}\n  sync:\n    listen: {me}:7946\n    peer: {peer}:7946\n    key_file: {}\n",
+                key.display()
+            )
+        };
+        let d1 = base.join("lb1");
+        let d2 = base.join("lb2");
+        let c1 = lbd_config(
+            &d1,
+            "lb1",
+            &self.lab,
+            "{ type: none }",
+            &cluster(150, "primary", a1, a2),
+        );
+        let c2 = lbd_config(
+            &d2,
+            "lb2",
+            &self.lab,
+            "{ type: none }",
+            &cluster(100, "secondary", a2, a1),
+        );
+        let (ns1, ns2) = (self.lab.lb_ns().to_string(), self.lab.lb2_ns().to_string());
+        let lb1 = self.start_lbd(&ns1, &d1, &c1)?;
+        let lb2 = match self.start_lbd(&ns2, &d2, &c2) {
+            Ok(l) => l,
+            Err(e) => {
+                self.stop_lbd(&lb1);
+                return Err(e);
+            }
+        };
+        let result = self.ha_stall_with(&lb1, &lb2, advert_ms);
+        // lb1 was killed: its guard table stays by design.
+        remove_guard(&ns1);
+        for l in [&lb1, &lb2] {
+            self.stop_lbd(l);
+        }
+        // A crashed lbd leaves its VIP and its guard table by design:
+        // clear both nodes for what follows.
+        let vip = format!("{}/32", self.lab.vip());
+        for ns in [&ns1, &ns2] {
+            let _ = run(&["ip", "-n", ns, "addr", "del", &vip, "dev", "eth0"]);
+            remove_guard(ns);
+        }
+        let _ = run(&[
+            "ip",
+            "-n",
+            self.lab.client_ns(),
+            "neigh",
+            "flush",
+            "to",
+            &self.lab.vip().to_string(),
+        ]);
+        result
+    }
+
+    fn ha_state(lbd: &RunningLbd) -> Value {
+        Self::lbctl(&lbd.socket, &["ha", "--json"])
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    fn ha_stall_with(
+        &mut self,
+        lb1: &RunningLbd,
+        lb2: &RunningLbd,
+        advert_ms: u64,
+    ) -> Result<HaMeasure> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            check_stop()?;
+            let (h1, h2) = (Self::ha_state(lb1), Self::ha_state(lb2));
+            if h1["state"] == "master"
+                && h2["state"] == "backup"
+                && h1["sync"]["connected"] == true
+                && h2["sync"]["connected"] == true
+            {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the pair did not settle (lb1 {h1}, lb2 {h2}); lb1 log:\n{}\nlb2 log:\n{}",
+                    tail(&lb1.log),
+                    tail(&lb2.log)
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        let sources: Vec<Ipv4Addr> = self.lab.client_sources()[..24].to_vec();
+        let vip = self.vip_addr();
+        let before: BTreeMap<Ipv4Addr, String> = in_netns(self.lab.client_ns(), {
+            let sources = sources.clone();
+            move || {
+                sources
+                    .iter()
+                    .map(|s| (*s, http_get(*s, vip, Duration::from_secs(1))))
+                    .collect::<Vec<_>>()
+            }
+        })?
+        .into_iter()
+        .map(|(s, a)| {
+            a.map(|server| (s, server))
+                .map_err(|e| anyhow!("before the kill, {s}: {e}"))
+        })
+        .collect::<Result<_>>()?;
+        // Let the sessions reach the backup.
+        nap(Duration::from_millis(1500))?;
+        let pid = self
+            .lab
+            .pid(lb1.handle)
+            .ok_or_else(|| anyhow!("lb1 is not running"))?;
+        let takeover = 3.0 * as_f64(advert_ms) + as_f64(advert_ms) * 156.0 / 256.0;
+        let after_kill = Duration::from_secs_f64(takeover * 2.0 / 1000.0) + Duration::from_secs(2);
+        let lead = Duration::from_millis(800);
+        let (log, kill_at) =
+            probe_through_kill(self.lab.client_ns(), &sources, vip, lead, after_kill, pid)?;
+        Ok(ha_measure(
+            &log,
+            kill_at,
+            &before,
+            takeover,
+            lead + after_kill,
+        ))
+    }
+}
+
+/// Asks the VIP from `sources` (several probers at once) for `lead`, kills
+/// `pid` with SIGKILL, and goes on for `after_kill`. Returns every attempt
+/// and when the kill happened (both from the probers' start).
+fn probe_through_kill(
+    client_ns: &str,
+    sources: &[Ipv4Addr],
+    vip: SocketAddrV4,
+    lead: Duration,
+    after_kill: Duration,
+    pid: u32,
+) -> Result<(Vec<Attempt>, Duration)> {
+    let client_ns = client_ns.to_string();
+    let sources = sources.to_vec();
+    // Several probers, each over its own share of the sources, so an
+    // answer after the takeover is seen within a fraction of the
+    // connect timeout.
+    let start = Instant::now();
+    let probers: Vec<_> = (0..HA_PROBERS)
+        .map(|p| {
+            let mine: Vec<Ipv4Addr> = sources
+                .iter()
+                .skip(p)
+                .step_by(HA_PROBERS)
+                .copied()
+                .collect();
+            let ns = client_ns.clone();
+            thread::spawn(move || {
+                in_netns(&ns, move || {
+                    let mut log: Vec<Attempt> = Vec::new();
+                    if mine.is_empty() {
+                        return log;
+                    }
+                    thread::sleep(
+                        HA_PROBE_TIMEOUT * u32::try_from(p).unwrap_or(0)
+                            / u32::try_from(HA_PROBERS).unwrap_or(1),
+                    );
+                    let mut k = 0;
+                    while start.elapsed() < lead + after_kill && !STOP.load(Ordering::SeqCst) {
+                        let source = mine[k % mine.len()];
+                        k += 1;
+                        let begun = start.elapsed();
+                        let answer = http_get(source, vip, HA_PROBE_TIMEOUT);
+                        log.push(Attempt {
+                            begun,
+                            ended: start.elapsed(),
+                            source,
+                            answer,
+                        });
+                        thread::sleep(Duration::from_millis(2));
+                    }
+                    log
+                })
+            })
+        })
+        .collect();
+    thread::sleep(lead);
+    // SAFETY: kill(2) on lbd, a child the lab has not reaped.
+    unsafe { libc::kill(i32::try_from(pid).unwrap_or(0), libc::SIGKILL) };
+    let killed = Instant::now();
+    let mut log = Vec::new();
+    for prober in probers {
+        log.extend(
+            prober
+                .join()
+                .map_err(|_| anyhow!("a probe thread panicked"))?
+                .map_err(|e| anyhow!("{e}"))?,
+        );
+    }
+    log.sort_by_key(|a| a.ended);
+    check_stop()?;
+    Ok((log, killed.saturating_duration_since(start)))
+}
+
+/// One request of the HA probe, times from the probe's start.
+struct Attempt {
+    begun: Duration,
+    ended: Duration,
+    source: Ipv4Addr,
+    answer: Result<String, String>,
+}
+
+/// The stall: the longest time without an answer that overlaps the kill
+/// or follows it (answers counted when they complete).
+fn ha_measure(
+    log: &[Attempt],
+    kill_at: Duration,
+    before: &BTreeMap<Ipv4Addr, String>,
+    expected_ms: f64,
+    end: Duration,
+) -> HaMeasure {
+    let answered: Vec<Duration> = log
+        .iter()
+        .filter(|a| a.answer.is_ok())
+        .map(|a| a.ended)
+        .collect();
+    let mut stall = Duration::ZERO;
+    let mut prev = answered
+        .iter()
+        .filter(|t| **t <= kill_at)
+        .max()
+        .copied()
+        .unwrap_or(Duration::ZERO);
+    for t in answered.iter().filter(|t| **t > kill_at) {
+        stall = stall.max(t.saturating_sub(prev));
+        prev = *t;
+    }
+    let recovered = answered.iter().any(|t| *t > kill_at);
+    stall = stall.max(end.saturating_sub(prev));
+    let failures: Vec<&Attempt> = log
+        .iter()
+        .filter(|a| a.ended > kill_at && a.answer.is_err())
+        .collect();
+    let failing_sources: std::collections::BTreeSet<Ipv4Addr> =
+        failures.iter().map(|a| a.source).collect();
+    let after: Vec<&Attempt> = log
+        .iter()
+        .filter(|a| a.begun > kill_at && a.answer.is_ok())
+        .collect();
+    let moved_after = after
+        .iter()
+        .filter(|a| before.get(&a.source) != a.answer.as_ref().ok())
+        .count();
+    HaMeasure {
+        stall_ms: ms(stall),
+        recovered,
+        failed_attempts: failures.len(),
+        failing_sources: failing_sources.len(),
+        failure_window_ms: failures.first().zip(failures.last()).map(|(a, b)| {
+            (
+                ms(a.begun.saturating_sub(kill_at)),
+                ms(b.ended.saturating_sub(kill_at)),
+            )
+        }),
+        first_error: failures
+            .first()
+            .and_then(|a| a.answer.as_ref().err().cloned())
+            .unwrap_or_default(),
+        sources: before.len(),
+        moved_after,
+        answered_after: after.len(),
+        expected_ms,
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let start = text.len().saturating_sub(3000);
+    text.get(start..).unwrap_or_default().to_string()
+}

@@ -1,0 +1,257 @@
+//! The per-packet cost of the XDP programs in the kernel
+//! (`BPF_PROG_TEST_RUN`): `lb_xdp` beside `bench-bare-dr` and `bench-floor`,
+//! whose maps are filled outside any lab.
+
+use std::{fmt::Write as _, fs, net::Ipv4Addr};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use aya::{
+    programs::{TestRun, TestRunOptions, Xdp},
+    Ebpf,
+};
+use lb_tests::frames::FrameSpec;
+use lb_userspace::{
+    balancer::Balancer,
+    config::Config,
+    dataplane::{EbpfMaps, Program},
+};
+
+use crate::{
+    lab::ebpf_dir,
+    scenario::systems::load_bare_dr,
+    signal::check_stop,
+    stats::{as_f64, median},
+    HTTP_PORT,
+};
+
+/// One `BPF_PROG_TEST_RUN` figure.
+#[derive(Clone, Debug)]
+pub(crate) struct PacketCost {
+    pub(crate) name: &'static str,
+    pub(crate) what: &'static str,
+    pub(crate) repeat: u32,
+    pub(crate) ns: f64,
+    /// The floor measured the same way (same repeat).
+    pub(crate) floor_ns: f64,
+    /// Cost / floor: for repeated runs the median of the ratios of each
+    /// round (program and floor measured back to back), which drifts less
+    /// than the ratio of the medians.
+    pub(crate) ratio: f64,
+}
+
+/// Median over `reps` runs of `repeat` iterations; checks the verdict.
+fn time_run(prog: &mut Xdp, frame: &[u8], repeat: u32, reps: usize, verdict: u32) -> Result<f64> {
+    let mut samples = Vec::new();
+    for _ in 0..reps {
+        samples.push(as_f64(run_once(prog, frame, repeat, verdict)?));
+    }
+    median(&samples).ok_or_else(|| anyhow!("no samples"))
+}
+
+/// One `BPF_PROG_TEST_RUN` of `repeat` iterations: the kernel's mean
+/// nanoseconds per iteration, after checking the verdict.
+fn run_once(prog: &mut Xdp, frame: &[u8], repeat: u32, verdict: u32) -> Result<u64> {
+    let result = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    if result.return_value != verdict {
+        bail!(
+            "verdict {} where {verdict} was expected",
+            result.return_value
+        );
+    }
+    Ok(u64::try_from(result.duration.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Mean kernel-measured time of single runs over `frames` (one each).
+fn time_single(prog: &mut Xdp, frames: &[Vec<u8>], verdict: u32) -> Result<f64> {
+    let mut total = 0_u64;
+    for frame in frames {
+        total += run_once(prog, frame, 1, verdict)?;
+    }
+    Ok(as_f64(total) / as_f64(frames.len().max(1) as u64))
+}
+
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+pub(crate) const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
+
+fn mac_of(address: Ipv4Addr) -> [u8; 6] {
+    let o = address.octets();
+    [0x02, 0, 0, 0, o[2], o[3]]
+}
+
+/// Port of a second service like the lab's, whose 5 s timeout keeps its
+/// clients out of the flow cache: its hits are decided from `AFFINITY`.
+const UNCACHED_PORT: u16 = 81;
+
+/// The lab's service as a bare configuration (for maps loaded outside a
+/// lab), and the same service with a short timeout on `UNCACHED_PORT`.
+pub(crate) fn small_config() -> String {
+    let reals = BENCH_REALS
+        .iter()
+        .enumerate()
+        .fold(String::new(), |mut list, (i, a)| {
+            let _ = writeln!(list, "      - {{ name: rs{}, address: {a} }}", i + 1);
+            list
+        });
+    format!(
+        "node: {{ name: bench, interface: eth0 }}\nservices:\n  - name: web\n    vip: {BENCH_VIP}\n    \
+         port: {HTTP_PORT}\n    persistence: {{ timeout_s: 3600 }}\n    real_servers:\n{reals}  \
+         - name: uncached\n    vip: {BENCH_VIP}\n    port: {UNCACHED_PORT}\n    \
+         persistence: {{ timeout_s: 5 }}\n    real_servers:\n{reals}"
+    )
+}
+
+const BENCH_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+const BENCH_REALS: [Ipv4Addr; 3] = [
+    Ipv4Addr::new(198, 18, 0, 21),
+    Ipv4Addr::new(198, 18, 0, 22),
+    Ipv4Addr::new(198, 18, 0, 23),
+];
+
+/// `lb_xdp` loaded, its maps filled by its own control plane from
+/// [`small_config`]. `BPF_PROG_TEST_RUN` repeats on the same buffer: with the
+/// real servers' MAC set to the interface's own, the rewritten frame is again
+/// one for us, so every repetition is a full forward (a hit), not a pass.
+fn loaded_product() -> Result<(Program, Balancer<EbpfMaps>)> {
+    if Program::object().is_empty() {
+        bail!("this lb-bench was built without the XDP object: run `cargo xtask build`");
+    }
+    let mut program = Program::load_bytes(Program::object()).map_err(|e| anyhow!("{e}"))?;
+    let maps = program.take_maps().map_err(|e| anyhow!("{e}"))?;
+    let mut balancer = Balancer::new(maps, LB_MAC).map_err(|e| anyhow!("{e}"))?;
+    let config = Config::from_yaml(&small_config(), "bench.yaml").map_err(|e| anyhow!("{e}"))?;
+    balancer.apply(&config).map_err(|e| anyhow!("{e}"))?;
+    for a in BENCH_REALS {
+        balancer
+            .set_mac(a, Some(LB_MAC))
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    Ok((program, balancer))
+}
+
+/// `bench-floor` loaded into the kernel.
+fn load_floor() -> Result<Ebpf> {
+    let bytes = fs::read(ebpf_dir().join("bench-floor"))
+        .context("reading bench-floor (run `cargo xtask build-ebpf`)")?;
+    let mut obj = Ebpf::load(&bytes).context("loading bench-floor")?;
+    let floor: &mut Xdp = obj
+        .program_mut("bench_floor")
+        .ok_or_else(|| anyhow!("no bench_floor program"))?
+        .try_into()?;
+    floor.load()?;
+    Ok(obj)
+}
+
+pub(crate) fn packet_costs(quick: bool) -> Result<Vec<PacketCost>> {
+    let repeat: u32 = if quick { 100_000 } else { 2_000_000 };
+    let reps = if quick { 3 } else { 11 };
+    let singles: u32 = if quick { 2_000 } else { 20_000 };
+    let (vip, reals) = (BENCH_VIP, BENCH_REALS);
+    let client = Ipv4Addr::new(198, 18, 1, 7);
+    let syn = FrameSpec::tcp(LB_MAC, client, vip, HTTP_PORT).build();
+    let uncached_syn = FrameSpec::tcp(LB_MAC, client, vip, UNCACHED_PORT).build();
+    let other = FrameSpec::tcp(LB_MAC, client, Ipv4Addr::new(198, 18, 0, 10), 22).build();
+    let miss_frames: Vec<Vec<u8>> = (0..singles)
+        .map(|i| FrameSpec::tcp(LB_MAC, Ipv4Addr::from(0x0a00_0000 + i), vip, HTTP_PORT).build())
+        .collect();
+    let hit_frames: Vec<Vec<u8>> = (0..singles).map(|_| syn.clone()).collect();
+
+    let mut floor_obj = load_floor()?;
+    let floor: &mut Xdp = floor_obj
+        .program_mut("bench_floor")
+        .ok_or_else(|| anyhow!("no bench_floor program"))?
+        .try_into()?;
+
+    // The bare forwarder.
+    let real_macs: Vec<[u8; 6]> = reals.iter().map(|a| mac_of(*a)).collect();
+    let mut bare_obj = load_bare_dr(&ebpf_dir().join("bench-bare-dr"), vip, LB_MAC, &real_macs)?;
+    let bare: &mut Xdp = bare_obj
+        .program_mut("bench_bare_dr")
+        .ok_or_else(|| anyhow!("no bench_bare_dr program"))?
+        .try_into()?;
+
+    let (mut program, _balancer) = loaded_product()?;
+    let lb = program.xdp_program().map_err(|e| anyhow!("{e}"))?;
+    // The first run makes the entry: from then on every run is a hit.
+    time_run(lb, &syn, 1, 1, XDP_TX).context("lb_xdp, first VIP frame")?;
+    time_run(lb, &uncached_syn, 1, 1, XDP_TX).context("lb_xdp, first uncached frame")?;
+
+    let mut costs = Vec::new();
+    // Interleave the programs so drift hits all alike.
+    let mut floor_r = Vec::new();
+    let mut bare_r = Vec::new();
+    let mut hit_r = Vec::new();
+    let mut table_r = Vec::new();
+    let mut pass_r = Vec::new();
+    for _ in 0..reps {
+        check_stop()?;
+        floor_r.push(time_run(floor, &syn, repeat, 1, XDP_TX).context("bench-floor")?);
+        bare_r.push(time_run(bare, &syn, repeat, 1, XDP_TX).context("bench-bare-dr")?);
+        hit_r.push(time_run(lb, &syn, repeat, 1, XDP_TX).context("lb_xdp, hit")?);
+        table_r
+            .push(time_run(lb, &uncached_syn, repeat, 1, XDP_TX).context("lb_xdp, uncached hit")?);
+        pass_r.push(time_run(lb, &other, repeat, 1, XDP_PASS).context("lb_xdp, pass")?);
+    }
+    let floor_ns = median(&floor_r).unwrap_or(f64::NAN);
+    let floor1 = time_single(floor, &hit_frames, XDP_TX).context("bench-floor, single")?;
+    let hit1 = time_single(lb, &hit_frames, XDP_TX).context("lb_xdp, single hit")?;
+    let miss1 = time_single(lb, &miss_frames, XDP_TX).context("lb_xdp, single miss")?;
+    let big = |name, what, v: &[f64]| {
+        let ratios: Vec<f64> = v.iter().zip(&floor_r).map(|(ns, f)| ns / f).collect();
+        PacketCost {
+            name,
+            what,
+            repeat,
+            ns: median(v).unwrap_or(f64::NAN),
+            floor_ns,
+            ratio: median(&ratios).unwrap_or(f64::NAN),
+        }
+    };
+    costs.push(big("floor", "`return XDP_TX` (bench-floor)", &floor_r));
+    costs.push(big("bare DR", "bench-bare-dr, VIP frame", &bare_r));
+    costs.push(big(
+        "lbd hit",
+        "lb_xdp, persistence hit (from the flow cache)",
+        &hit_r,
+    ));
+    costs.push(big(
+        "lbd table hit",
+        "lb_xdp, persistence hit from `AFFINITY` (a 5 s timeout: never cached)",
+        &table_r,
+    ));
+    costs.push(big(
+        "lbd pass",
+        "lb_xdp, non-VIP frame (to the kernel)",
+        &pass_r,
+    ));
+    let single = |name, what, ns: f64| PacketCost {
+        name,
+        what,
+        repeat: 1,
+        ns,
+        floor_ns: floor1,
+        ratio: ns / floor1,
+    };
+    costs.push(single(
+        "floor (single)",
+        "`return XDP_TX`, one frame per call",
+        floor1,
+    ));
+    costs.push(single(
+        "lbd hit (single)",
+        "lb_xdp, persistence hit, one frame per call",
+        hit1,
+    ));
+    costs.push(single(
+        "lbd miss (single)",
+        "lb_xdp, new client: Maglev + insert, one frame per call",
+        miss1,
+    ));
+    Ok(costs)
+}
