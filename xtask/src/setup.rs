@@ -28,6 +28,8 @@ const PACKAGES: &[&str] = &[
     "haproxy",
     "wrk",
     "gcc",
+    // ps, pgrep and sysctl for the labs
+    "procps",
 ];
 
 pub fn run() -> Result<()> {

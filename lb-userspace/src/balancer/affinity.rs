@@ -7,15 +7,15 @@ use std::net::Ipv4Addr;
 use lb_common::{Affinity, AffinityKey};
 
 use super::{Balancer, Result};
-use crate::dataplane::Maps;
+use crate::{control::protocol::AffinitySource, dataplane::Maps};
 
 /// What a client's traffic is sent to, and why.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AffinityAnswer {
     /// The real server's name (None: no server would take it).
     pub server: Option<String>,
-    /// "table" (a live affinity entry) or "hash" (the ring).
-    pub source: &'static str,
+    /// A live affinity entry, or the ring.
+    pub source: AffinitySource,
     /// Age of the table entry in seconds.
     pub age_s: Option<f64>,
 }
@@ -113,7 +113,7 @@ impl<M: Maps> Balancer<M> {
                 let age = age_ns as f64 / 1e9;
                 return Ok(AffinityAnswer {
                     server: Some(holder.name.clone()),
-                    source: "table",
+                    source: AffinitySource::Table,
                     age_s: Some(age),
                 });
             }
@@ -124,7 +124,7 @@ impl<M: Maps> Balancer<M> {
             .or_else(|| state.fallback.as_ref().map(|f| f.address.to_string()));
         Ok(AffinityAnswer {
             server,
-            source: "hash",
+            source: AffinitySource::Hash,
             age_s: None,
         })
     }
@@ -142,7 +142,7 @@ mod tests {
         let hashed = b
             .affinity_of("web", client, 0)
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(hashed.source, "hash");
+        assert_eq!(hashed.source, AffinitySource::Hash);
         let state = b.service("web").unwrap_or_else(|e| panic!("{e}")).clone();
         let rs3 = &state.reals[2];
         let key = state.client_key(client);
@@ -160,7 +160,7 @@ mod tests {
             .affinity_of("web", client, 3_000_000_000)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(table.server.as_deref(), Some("rs3"));
-        assert_eq!(table.source, "table");
+        assert_eq!(table.source, AffinitySource::Table);
         assert_eq!(
             b.active_clients(3_000_000_000)
                 .unwrap_or_else(|e| panic!("{e}"))
@@ -170,7 +170,7 @@ mod tests {
         let expired = b
             .affinity_of("web", client, 302_000_000_000)
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(expired.source, "hash");
+        assert_eq!(expired.source, AffinitySource::Hash);
     }
 
     #[test]

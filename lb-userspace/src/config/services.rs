@@ -43,7 +43,6 @@ const ADMIN_STATES: &[(&str, AdminState)] = &[
     ("halt", AdminState::Halt),
 ];
 const SCHEMES: &[(&str, &str)] = &[("http", "http"), ("https", "https")];
-const REDIRECT_CODES: &[u16] = &[301, 302, 303, 307, 308];
 
 pub(super) fn services(ctx: &mut Ctx, entry: &Entry, defaults: &Defaults) -> Vec<Service> {
     let Some(items) = list(
@@ -160,7 +159,7 @@ fn redirect(ctx: &mut Ctx, entry: &Entry, path: &str) -> Option<Redirect> {
     let f = Fields::open(ctx, &entry.value, path, entry.key.pos, REDIRECT_KEYS)?;
     let code = f.or(ctx, "code", 301, |ctx, path, node| {
         let code = ranged::<u16>(100, 599)(ctx, path, node)?;
-        if !REDIRECT_CODES.contains(&code) {
+        if !crate::redirect::REDIRECT_CODES.contains(&code) {
             ctx.error(
                 node.pos(),
                 path,

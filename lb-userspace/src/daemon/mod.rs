@@ -38,7 +38,7 @@ use crate::{
     control::{
         self,
         protocol::{
-            AdminReport, AffinityReport, AffinitySource, Answer, ApplyReport, PlanReport,
+            AdminReport, AffinityReport, Answer, ApplyReport, PlanReport,
             PlanService, Reply, Request,
         },
         Pending,
@@ -616,11 +616,7 @@ impl Daemon {
                     service,
                     client,
                     server: a.server,
-                    source: if a.source == "table" {
-                        AffinitySource::Table
-                    } else {
-                        AffinitySource::Hash
-                    },
+                    source: a.source,
                     age_s: a.age_s,
                 }))
             }

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
 use super::messages::Message;
-use super::session::{role_name, Event, Local, SessionStats, SyncSession};
+use super::session::{Event, Local, SessionStats, SyncSession};
 use super::wire::SyncKey;
 use super::{DEAD_PEER_TIMEOUT, NO_NONCE};
 use crate::config::Role;
@@ -466,7 +466,7 @@ impl Link {
                     *paired = true;
                     log::info!(
                         "sync peer {peer} connected: node {peer_node}, {}",
-                        role_name(peer_role)
+                        peer_role.as_str()
                     );
                     self.stats.connected.store(true, Ordering::Relaxed);
                     LinkEvent::Connected {

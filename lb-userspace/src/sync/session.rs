@@ -29,13 +29,6 @@ pub struct Local {
     pub boot_id: u64,
 }
 
-pub(super) fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Primary => "primary",
-        Role::Secondary => "secondary",
-    }
-}
-
 /// Why a session failed. Each message reads after "sync peer ADDR ".
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SyncError {
@@ -471,7 +464,7 @@ impl SyncSession {
         }
         if hello.role == self.local.role {
             return Err(SyncError::RoleConflict {
-                role: role_name(hello.role),
+                role: hello.role.as_str(),
             });
         }
         self.peer_nonce = Some(hello.nonce);

@@ -125,7 +125,6 @@ fn describe_exit(status: ExitStatus, stderr: &[u8]) -> String {
 mod tests {
     use std::time::Duration;
 
-    use super::*;
     use crate::config::HealthCheck;
     use crate::health::testing::{exec, failed, passed, run};
 

@@ -28,7 +28,6 @@ pub(super) async fn network_probe(
 mod tests {
     use tokio::net::TcpListener;
 
-    use super::*;
     use crate::config::CheckKind;
     use crate::health::testing::{check, failed, passed, run, LOCAL};
 
