@@ -7,8 +7,7 @@
 
 use std::{
     collections::BTreeSet,
-    fs,
-    io,
+    fs, io,
     net::Ipv4Addr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
@@ -252,9 +251,11 @@ impl Vips {
 
     fn write_record(&self) -> Result<()> {
         let text: String = self.owned.iter().map(|vip| format!("{vip}\n")).collect();
-        crate::state_file::write_atomically(&self.record, text.as_bytes()).map_err(|source| VipError::Record {
-            path: self.record.clone(),
-            source,
+        crate::state_file::write_atomically(&self.record, text.as_bytes()).map_err(|source| {
+            VipError::Record {
+                path: self.record.clone(),
+                source,
+            }
         })
     }
 

@@ -9,8 +9,8 @@ use lb_userspace::{
     control::{
         call,
         protocol::{
-            AdminReport, AffinityReport, AffinitySource, ApplyReport, HaRole, HaStatus,
-            PlanReport, Response, ServiceType, StatusReport,
+            AdminReport, AffinityReport, AffinitySource, ApplyReport, HaRole, HaStatus, PlanReport,
+            Response, ServiceType, StatusReport,
         },
         ClientError, Request,
     },
@@ -102,15 +102,21 @@ fn run(args: &Args) -> Result<String, String> {
     };
     match &args.command {
         Command::Status => ask(socket, &Request::Status, json, status),
-        Command::Drain { service, server } => {
-            ask(socket, &set(service, server, AdminState::Drain), json, admin)
-        }
+        Command::Drain { service, server } => ask(
+            socket,
+            &set(service, server, AdminState::Drain),
+            json,
+            admin,
+        ),
         Command::Halt { service, server } => {
             ask(socket, &set(service, server, AdminState::Halt), json, admin)
         }
-        Command::Online { service, server } => {
-            ask(socket, &set(service, server, AdminState::Online), json, admin)
-        }
+        Command::Online { service, server } => ask(
+            socket,
+            &set(service, server, AdminState::Online),
+            json,
+            admin,
+        ),
         Command::Weight {
             service,
             server,

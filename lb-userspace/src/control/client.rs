@@ -70,4 +70,3 @@ pub fn call<T: Response>(
         serde_json::from_str(&line).map_err(|e| ClientError::Reply(format!("{e}: {line:?}")))?;
     reply.into_result().map_err(ClientError::Refused)
 }
-

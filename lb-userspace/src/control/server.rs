@@ -116,4 +116,3 @@ async fn connection(stream: UnixStream, requests: mpsc::Sender<Pending>) {
         }
     }
 }
-

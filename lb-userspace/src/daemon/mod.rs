@@ -7,8 +7,14 @@
 //! to a VIP is already balanced. Shutdown runs the other way. In a pair, the
 //! VIPs follow VRRP instead ([`cluster`]).
 
+mod census;
 mod cluster;
+mod neighbours;
+mod requests;
 mod status;
+
+use census::{census_thread, CensusShared};
+use neighbours::NEIGHBOUR_POLL;
 
 pub use status::format_mac;
 
@@ -20,11 +26,10 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::Context as _;
-use lb_common::{Affinity, AffinityKey};
 use rtnetlink::Handle;
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -33,52 +38,17 @@ use tokio::{
 
 use crate::{
     admin::AdminStore,
-    balancer::{self, Balancer, Census, CensusKey, Health},
-    config::{AdminState, CheckKind, Config, ServiceKind, XdpMode},
-    control::{
-        self,
-        protocol::{
-            AdminReport, AffinityReport, Answer, ApplyReport, PlanReport,
-            PlanService, Reply, Request,
-        },
-        Pending,
-    },
-    dataplane::{AffinityScan, AttachMode, EbpfMaps, Maps, Program},
+    balancer::{self, Balancer, Health},
+    config::{CheckKind, Config, ServiceKind, XdpMode},
+    control::{self, protocol::Reply, Pending},
+    dataplane::{AttachMode, EbpfMaps, Maps, Program},
     guard::Guard,
     health::{CheckTarget, HealthEvent, HealthMonitor},
     metrics::{self, Metrics, Scrape},
-    monotonic_ns, neighbour, state_file,
+    neighbour,
     redirect::{RedirectSpec, Redirects},
     vip::Vips,
 };
-
-/// How long start-up waits for real-server MACs before serving anyway.
-const RESOLVE_WAIT: Duration = Duration::from_secs(3);
-/// How often the neighbour table is read.
-const NEIGHBOUR_POLL: Duration = Duration::from_secs(1);
-/// How often an unresolved address is asked for again.
-const PROMPT_EVERY: Duration = Duration::from_secs(2);
-/// How often active clients are counted (a pass over the affinity table).
-const CENSUS_EVERY: Duration = Duration::from_secs(1);
-
-/// Active-client counting, shared with its background thread. In a pair the
-/// same pass also collects the entries the master streams to its peer.
-#[derive(Default)]
-struct CensusShared {
-    key: CensusKey,
-    latest: Census,
-    /// Collect changed entries for the sync stream.
-    collect: bool,
-    /// Entries written since the pass before (bounded by `MAX_STREAMED`).
-    changed: Vec<(AffinityKey, Affinity)>,
-    /// Collect every live entry on the next pass (a snapshot for the peer).
-    want_full: bool,
-    /// That snapshot, once taken.
-    full: Option<Vec<(AffinityKey, Affinity)>>,
-}
-
-/// Most entries one pass hands to the sync stream; more wait for the next.
-const MAX_STREAMED: usize = 2_000_000;
 
 struct Daemon {
     config_path: PathBuf,
@@ -153,59 +123,6 @@ fn redirect_specs(config: &Config) -> Vec<RedirectSpec> {
             ServiceKind::Forward(_) => None,
         })
         .collect()
-}
-
-/// Counts active clients every [`CENSUS_EVERY`] until `stop` is set, and
-/// collects entries for the sync stream when asked to.
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "owned by the thread it runs on"
-)]
-fn census_thread(
-    scanner: Box<dyn AffinityScan>,
-    shared: Arc<Mutex<CensusShared>>,
-    stop: Arc<AtomicBool>,
-) {
-    let mut since = 0_u64;
-    while !stop.load(Ordering::Relaxed) {
-        let Ok((key, collect, want_full)) = shared
-            .lock()
-            .map(|s| (s.key.clone(), s.collect, s.want_full))
-        else {
-            return;
-        };
-        let started = monotonic_ns();
-        let mut census = Census::default();
-        let mut changed = Vec::new();
-        let mut full = Vec::new();
-        let result = scanner.scan(&mut |k, v| {
-            let live = census.add(&key, k, v, started);
-            if live && collect && v.last_seen_ns >= since && changed.len() < MAX_STREAMED {
-                changed.push((*k, *v));
-            }
-            if live && want_full {
-                full.push((*k, *v));
-            }
-        });
-        match result {
-            Ok(()) => {
-                if let Ok(mut s) = shared.lock() {
-                    s.latest = census;
-                    if collect {
-                        s.changed.extend(changed);
-                        s.changed.truncate(MAX_STREAMED);
-                    }
-                    if want_full {
-                        s.want_full = false;
-                        s.full = Some(full);
-                    }
-                }
-                since = started;
-            }
-            Err(error) => log::warn!("counting active clients: {error}"),
-        }
-        std::thread::sleep(CENSUS_EVERY);
-    }
 }
 
 /// Runs `lbd` until SIGINT or SIGTERM.
@@ -446,19 +363,6 @@ impl Daemon {
         Ok(())
     }
 
-    fn publish_census_key(&self) {
-        if let Ok(mut shared) = self.census.lock() {
-            shared.key = self.balancer.census_key();
-        }
-    }
-
-    fn census(&self) -> Census {
-        self.census
-            .lock()
-            .map(|s| s.latest.clone())
-            .unwrap_or_default()
-    }
-
     fn on_health(&mut self, event: &HealthEvent) {
         self.metrics
             .observe_check(&event.service, &event.server, event.result.latency);
@@ -536,203 +440,5 @@ impl Daemon {
         self.config = next;
         self.follow_neighbours().await;
         Ok(note)
-    }
-
-    /// Asks for every real server's MAC and waits (bounded) for the answers.
-    async fn resolve_at_start(&mut self) {
-        let deadline = Instant::now() + RESOLVE_WAIT;
-        loop {
-            self.follow_neighbours().await;
-            if self.balancer.unresolved().is_empty() || Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let missing = self.balancer.unresolved();
-        if !missing.is_empty() {
-            log::warn!(
-                "no MAC address yet for {missing:?}: frames for them are dropped until they \
-                 answer ARP (are they up, and on the same network as {}?)",
-                self.config.node.interface
-            );
-        }
-    }
-
-    /// Reads the neighbour table; records new or changed MACs; asks the
-    /// kernel to resolve what is missing.
-    async fn follow_neighbours(&mut self) {
-        let table = match neighbour::table(&self.handle, self.ifindex).await {
-            Ok(table) => table,
-            Err(error) => {
-                log::warn!("{error}");
-                return;
-            }
-        };
-        for address in self.balancer.addresses() {
-            if let Some(mac) = table.get(&address) {
-                match self.balancer.set_mac(address, Some(*mac)) {
-                    Ok(true) => log::info!("real server {address} is at {}", format_mac(*mac)),
-                    Ok(false) => {}
-                    Err(error) => log::error!("{error}"),
-                }
-                continue;
-            }
-            let due = self
-                .prompted
-                .get(&address)
-                .is_none_or(|at| at.elapsed() >= PROMPT_EVERY);
-            if due {
-                self.prompted.insert(address, Instant::now());
-                if let Err(error) = neighbour::prompt(&self.handle, self.ifindex, address).await {
-                    log::warn!("{error}");
-                }
-            }
-        }
-    }
-
-    async fn handle_request(&mut self, request: Request) -> Result<Answer, String> {
-        match request {
-            Request::Status => self
-                .status()
-                .map(|s| Answer::Status(Box::new(s)))
-                .map_err(|e| format!("{e:#}")),
-            Request::SetState {
-                service,
-                server,
-                state,
-            } => self.set_state(&service, &server, state).map(Answer::Admin),
-            Request::Weight {
-                service,
-                server,
-                weight,
-            } => self.set_weight(&service, &server, weight).map(Answer::Admin),
-            Request::Apply { file, text } => self.apply_request(&file, &text).await.map(Answer::Apply),
-            Request::Affinity { service, client } => {
-                let a = self
-                    .balancer
-                    .affinity_of(&service, client, monotonic_ns())
-                    .map_err(|e| e.to_string())?;
-                Ok(Answer::Affinity(AffinityReport {
-                    service,
-                    client,
-                    server: a.server,
-                    source: a.source,
-                    age_s: a.age_s,
-                }))
-            }
-            Request::Plan { file, text } => {
-                let next = Config::from_yaml(&text, &file).map_err(|e| e.to_string())?;
-                let next = self.admin.effective(&next);
-                let services = balancer::plan(&self.balancer, &next)
-                    .into_iter()
-                    .map(|(name, moved_share)| PlanService { name, moved_share })
-                    .collect();
-                Ok(Answer::Plan(PlanReport { services }))
-            }
-            Request::Ha => Ok(Answer::Ha(Box::new(self.ha_status()))),
-        }
-    }
-
-    /// The file's weight for a server, if it exists.
-    fn file_weight(&self, service: &str, server: &str) -> Result<u16, String> {
-        let Some(s) = self.config.service(service) else {
-            return Err(balancer::BalancerError::UnknownService(service.to_owned()).to_string());
-        };
-        let ServiceKind::Forward(f) = &s.kind else {
-            return Err(balancer::BalancerError::RedirectService(service.to_owned()).to_string());
-        };
-        f.real_servers
-            .iter()
-            .find(|r| r.name == server)
-            .map(|r| r.weight)
-            .ok_or_else(|| {
-                balancer::BalancerError::UnknownServer {
-                    service: service.to_owned(),
-                    server: server.to_owned(),
-                }
-                .to_string()
-            })
-    }
-
-    /// `lbctl drain|halt|online`: recorded first (so it survives a restart),
-    /// then applied.
-    fn set_state(
-        &mut self,
-        service: &str,
-        server: &str,
-        admin: AdminState,
-    ) -> Result<AdminReport, String> {
-        self.file_weight(service, server)?;
-        if let Some(why) = self.refuse_admin() {
-            return Err(why);
-        }
-        self.admin
-            .set_state(service, server, admin)
-            .map_err(|e| format!("{e}; nothing changed"))?;
-        self.balancer
-            .set_admin_state(service, server, admin)
-            .map_err(|e| e.to_string())?;
-        self.publish_census_key();
-        self.replicate_admin(service, server);
-        log::info!("{service}/{server}: admin state {admin}");
-        Ok(AdminReport {
-            service: service.to_owned(),
-            server: server.to_owned(),
-            admin_state: Some(admin),
-            weight: None,
-        })
-    }
-
-    /// `lbctl weight`: recorded first, then applied.
-    fn set_weight(
-        &mut self,
-        service: &str,
-        server: &str,
-        weight: u16,
-    ) -> Result<AdminReport, String> {
-        let file_weight = self.file_weight(service, server)?;
-        if let Some(why) = self.refuse_admin() {
-            return Err(why);
-        }
-        self.admin
-            .set_weight(service, server, weight, file_weight)
-            .map_err(|e| format!("{e}; nothing changed"))?;
-        self.balancer
-            .set_weight(service, server, weight)
-            .map_err(|e| e.to_string())?;
-        self.replicate_admin(service, server);
-        log::info!("{service}/{server}: weight {weight}");
-        Ok(AdminReport {
-            service: service.to_owned(),
-            server: server.to_owned(),
-            admin_state: None,
-            weight: Some(weight),
-        })
-    }
-
-    /// `lbctl apply`: validate, write the file lbd was started with (so a
-    /// restart or SIGHUP keeps it), then apply.
-    async fn apply_request(&mut self, file: &str, text: &str) -> Result<ApplyReport, String> {
-        if let Some(why) = self.refuse_apply() {
-            return Err(why);
-        }
-        let next = Config::from_yaml(text, file).map_err(|e| e.to_string())?;
-        state_file::write_atomically(&self.config_path, text.as_bytes()).map_err(|error| {
-            format!(
-                "cannot save the configuration to {}: {error}; nothing changed",
-                self.config_path.display()
-            )
-        })?;
-        let note = self
-            .apply(next)
-            .await
-            .map_err(|error| format!("applying failed: {error:#}"))?;
-        text.clone_into(&mut self.config_text);
-        self.replicate_config();
-        log::info!("configuration applied from {file}{note}");
-        Ok(ApplyReport {
-            applied: true,
-            note: note.trim_start_matches("; ").to_owned(),
-        })
     }
 }

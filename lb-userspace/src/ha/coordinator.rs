@@ -348,7 +348,11 @@ impl Coordinator {
     /// `lbctl ha`: the pair as of `now`, with the sync link's endpoint and
     /// counters when it is configured.
     #[must_use]
-    pub fn status(&self, now: Instant, link: Option<(SocketAddrV4, LinkStatsSnapshot)>) -> HaStatus {
+    pub fn status(
+        &self,
+        now: Instant,
+        link: Option<(SocketAddrV4, LinkStatsSnapshot)>,
+    ) -> HaStatus {
         let last = self.vrrp.last_advert();
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let sync = match (&self.sync, link) {
@@ -485,8 +489,11 @@ impl Coordinator {
             match action {
                 Action::SendAdvert { priority } => {
                     let to = self.vrrp.destination();
-                    let message =
-                        vrrp::encode(&self.vrrp.advertisement(priority), self.vrrp.config().local, to);
+                    let message = vrrp::encode(
+                        &self.vrrp.advertisement(priority),
+                        self.vrrp.config().local,
+                        to,
+                    );
                     self.actions.push_back(HaAction::SendVrrp { to, message });
                 }
                 Action::SendGarp => self.garp.announce(now),

@@ -33,7 +33,11 @@ fn address(i: usize) -> Ipv4Addr {
 /// Node 0 is the primary (priority 200), node 1 the secondary (100).
 fn settings(i: usize) -> Settings {
     Settings {
-        role: if i == 0 { Role::Primary } else { Role::Secondary },
+        role: if i == 0 {
+            Role::Primary
+        } else {
+            Role::Secondary
+        },
         vrrp: vrrp::Config {
             vrid: 51,
             priority: if i == 0 { 200 } else { 100 },
@@ -215,7 +219,10 @@ impl Pair {
                     self.now = self.now.max(t);
                     for i in 0..2 {
                         if self.nodes[i].alive
-                            && self.nodes[i].c.poll_timeout().is_some_and(|t| t <= self.now)
+                            && self.nodes[i]
+                                .c
+                                .poll_timeout()
+                                .is_some_and(|t| t <= self.now)
                         {
                             self.nodes[i].c.handle_timeout(self.now);
                         }
@@ -400,7 +407,10 @@ fn cold_start_of_both_makes_the_primary_master_and_replicates_its_configuration(
         pair.nodes[1].applied_yaml.as_deref(),
         Some(pair.nodes[0].config_text.as_str())
     );
-    assert_eq!(pair.nodes[0].applied_yaml, None, "the primary ignores the secondary's");
+    assert_eq!(
+        pair.nodes[0].applied_yaml, None,
+        "the primary ignores the secondary's"
+    );
     assert!(!pair.nodes[0].c.preempt_held() && !pair.nodes[1].c.preempt_held());
     assert_eq!(pair.nodes[0].c.priority(), 200);
 }
@@ -471,7 +481,11 @@ fn a_returning_primary_does_not_preempt_before_it_has_the_sessions() {
     pair.sync_cut = true;
     pair.restart(0);
     pair.advance(SYNC_HOLD / 2);
-    assert_eq!(pair.masters(), vec![1], "no preemption without the sessions");
+    assert_eq!(
+        pair.masters(),
+        vec![1],
+        "no preemption without the sessions"
+    );
     assert!(pair.nodes[0].c.preempt_held());
     assert_eq!(pair.nodes[0].c.priority(), 1);
     pair.sync_cut = false;
@@ -532,8 +546,16 @@ fn admin_changes_replicate_both_ways_and_the_latest_wins() {
     pair.heal();
     pair.advance(ADVERT * 3);
     for node in 0..2 {
-        assert_eq!(pair.state_of(node, "hs1").as_deref(), Some("halt"), "node {node}");
-        assert_eq!(pair.state_of(node, "hs2").as_deref(), Some("online"), "node {node}");
+        assert_eq!(
+            pair.state_of(node, "hs1").as_deref(),
+            Some("halt"),
+            "node {node}"
+        );
+        assert_eq!(
+            pair.state_of(node, "hs2").as_deref(),
+            Some("online"),
+            "node {node}"
+        );
     }
 }
 
@@ -552,10 +574,19 @@ fn only_the_paired_master_streams_sessions() {
         None,
         "the backup's table does not flow to the master"
     );
-    assert_eq!(pair.nodes[1].streams, backup_streams, "a backup never streams");
-    assert!(pair.nodes[0].streams >= streams + 2, "the master streams every second");
+    assert_eq!(
+        pair.nodes[1].streams, backup_streams,
+        "a backup never streams"
+    );
+    assert!(
+        pair.nodes[0].streams >= streams + 2,
+        "the master streams every second"
+    );
     pair.disconnect();
     let streams = pair.nodes[0].streams;
     pair.advance(ADVERT * 3);
-    assert_eq!(pair.nodes[0].streams, streams, "nothing to stream to while unpaired");
+    assert_eq!(
+        pair.nodes[0].streams, streams,
+        "nothing to stream to while unpaired"
+    );
 }

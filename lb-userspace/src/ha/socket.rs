@@ -4,12 +4,7 @@
 //! The protocol itself is [`crate::vrrp`] (sans-IO); the daemon feeds it
 //! what this socket receives and sends what it asks for.
 
-use std::{
-    io,
-    mem::MaybeUninit,
-    net::Ipv4Addr,
-    num::NonZeroU32,
-};
+use std::{io, mem::MaybeUninit, net::Ipv4Addr, num::NonZeroU32};
 
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
 use tokio::io::unix::AsyncFd;

@@ -1,0 +1,165 @@
+//! The control socket's requests, answered from the daemon's state: status,
+//! admin changes (recorded first, then applied, then replicated), apply,
+//! affinity, plan and ha.
+
+use super::Daemon;
+use crate::{
+    balancer,
+    config::{AdminState, Config, ServiceKind},
+    control::protocol::{
+        AdminReport, AffinityReport, Answer, ApplyReport, PlanReport, PlanService, Request,
+    },
+    monotonic_ns, state_file,
+};
+
+impl Daemon {
+    pub(super) async fn handle_request(&mut self, request: Request) -> Result<Answer, String> {
+        match request {
+            Request::Status => self
+                .status()
+                .map(|s| Answer::Status(Box::new(s)))
+                .map_err(|e| format!("{e:#}")),
+            Request::SetState {
+                service,
+                server,
+                state,
+            } => self.set_state(&service, &server, state).map(Answer::Admin),
+            Request::Weight {
+                service,
+                server,
+                weight,
+            } => self
+                .set_weight(&service, &server, weight)
+                .map(Answer::Admin),
+            Request::Apply { file, text } => {
+                self.apply_request(&file, &text).await.map(Answer::Apply)
+            }
+            Request::Affinity { service, client } => {
+                let a = self
+                    .balancer
+                    .affinity_of(&service, client, monotonic_ns())
+                    .map_err(|e| e.to_string())?;
+                Ok(Answer::Affinity(AffinityReport {
+                    service,
+                    client,
+                    server: a.server,
+                    source: a.source,
+                    age_s: a.age_s,
+                }))
+            }
+            Request::Plan { file, text } => {
+                let next = Config::from_yaml(&text, &file).map_err(|e| e.to_string())?;
+                let next = self.admin.effective(&next);
+                let services = balancer::plan(&self.balancer, &next)
+                    .into_iter()
+                    .map(|(name, moved_share)| PlanService { name, moved_share })
+                    .collect();
+                Ok(Answer::Plan(PlanReport { services }))
+            }
+            Request::Ha => Ok(Answer::Ha(Box::new(self.ha_status()))),
+        }
+    }
+
+    /// The file's weight for a server, if it exists.
+    fn file_weight(&self, service: &str, server: &str) -> Result<u16, String> {
+        let Some(s) = self.config.service(service) else {
+            return Err(balancer::BalancerError::UnknownService(service.to_owned()).to_string());
+        };
+        let ServiceKind::Forward(f) = &s.kind else {
+            return Err(balancer::BalancerError::RedirectService(service.to_owned()).to_string());
+        };
+        f.real_servers
+            .iter()
+            .find(|r| r.name == server)
+            .map(|r| r.weight)
+            .ok_or_else(|| {
+                balancer::BalancerError::UnknownServer {
+                    service: service.to_owned(),
+                    server: server.to_owned(),
+                }
+                .to_string()
+            })
+    }
+
+    /// `lbctl drain|halt|online`: recorded first (so it survives a restart),
+    /// then applied.
+    fn set_state(
+        &mut self,
+        service: &str,
+        server: &str,
+        admin: AdminState,
+    ) -> Result<AdminReport, String> {
+        self.file_weight(service, server)?;
+        if let Some(why) = self.refuse_admin() {
+            return Err(why);
+        }
+        self.admin
+            .set_state(service, server, admin)
+            .map_err(|e| format!("{e}; nothing changed"))?;
+        self.balancer
+            .set_admin_state(service, server, admin)
+            .map_err(|e| e.to_string())?;
+        self.publish_census_key();
+        self.replicate_admin(service, server);
+        log::info!("{service}/{server}: admin state {admin}");
+        Ok(AdminReport {
+            service: service.to_owned(),
+            server: server.to_owned(),
+            admin_state: Some(admin),
+            weight: None,
+        })
+    }
+
+    /// `lbctl weight`: recorded first, then applied.
+    fn set_weight(
+        &mut self,
+        service: &str,
+        server: &str,
+        weight: u16,
+    ) -> Result<AdminReport, String> {
+        let file_weight = self.file_weight(service, server)?;
+        if let Some(why) = self.refuse_admin() {
+            return Err(why);
+        }
+        self.admin
+            .set_weight(service, server, weight, file_weight)
+            .map_err(|e| format!("{e}; nothing changed"))?;
+        self.balancer
+            .set_weight(service, server, weight)
+            .map_err(|e| e.to_string())?;
+        self.replicate_admin(service, server);
+        log::info!("{service}/{server}: weight {weight}");
+        Ok(AdminReport {
+            service: service.to_owned(),
+            server: server.to_owned(),
+            admin_state: None,
+            weight: Some(weight),
+        })
+    }
+
+    /// `lbctl apply`: validate, write the file lbd was started with (so a
+    /// restart or SIGHUP keeps it), then apply.
+    async fn apply_request(&mut self, file: &str, text: &str) -> Result<ApplyReport, String> {
+        if let Some(why) = self.refuse_apply() {
+            return Err(why);
+        }
+        let next = Config::from_yaml(text, file).map_err(|e| e.to_string())?;
+        state_file::write_atomically(&self.config_path, text.as_bytes()).map_err(|error| {
+            format!(
+                "cannot save the configuration to {}: {error}; nothing changed",
+                self.config_path.display()
+            )
+        })?;
+        let note = self
+            .apply(next)
+            .await
+            .map_err(|error| format!("applying failed: {error:#}"))?;
+        text.clone_into(&mut self.config_text);
+        self.replicate_config();
+        log::info!("configuration applied from {file}{note}");
+        Ok(ApplyReport {
+            applied: true,
+            note: note.trim_start_matches("; ").to_owned(),
+        })
+    }
+}
