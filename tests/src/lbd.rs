@@ -15,7 +15,7 @@ use std::{
     os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     process::Output,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::Value;
@@ -23,6 +23,7 @@ use serde_json::Value;
 use crate::{
     lab::{DrLab, LabError, ProcHandle},
     paths,
+    wait::{poll_until, Probe, WaitError},
 };
 
 /// An `lbd` the lab tracks (stopped when the lab is dropped at the latest).
@@ -41,6 +42,15 @@ pub struct Lbd {
 
 /// The port of `cluster.sync` in lab pairs.
 pub const SYNC_PORT: u16 = 7946;
+
+/// The VRRP advertisement interval of lab pairs ([`ClusterSpec::primary`]).
+pub const ADVERT_INTERVAL_MS: u32 = 200;
+
+/// How long a SIGKILLed lbd may take to be reaped before it is killed again.
+const CRASH_REAP: Duration = Duration::from_secs(5);
+
+/// How much of its log an [`Lbd`] adds to a failed wait.
+const LOG_ON_FAILED_WAIT: u64 = 8000;
 
 /// Where [`Lbd::start_named`] keeps the files of node `name`: `LAB_DIR/NAME`.
 #[must_use]
@@ -91,14 +101,15 @@ pub struct ClusterSpec {
 }
 
 impl ClusterSpec {
-    /// The lab's primary on `lb` (priority 150, 200 ms adverts, VRID 51)
+    /// The lab's primary on `lb` (priority 150, [`ADVERT_INTERVAL_MS`]
+    /// adverts, VRID 51)
     /// peering with `lb2`, syncing with `key_file` if given.
     #[must_use]
     pub fn primary(lab: &DrLab, key_file: Option<&Path>) -> Self {
         Self {
             vrid: 51,
             priority: 150,
-            advert_interval_ms: 200,
+            advert_interval_ms: ADVERT_INTERVAL_MS,
             preempt: true,
             role: "primary",
             address: lab.lb_address(),
@@ -243,12 +254,19 @@ impl Lbd {
         config: &str,
         log: PathBuf,
     ) -> Result<Self, LabError> {
+        let lbd = paths::lbd();
+        if !lbd.is_file() {
+            return Err(LabError::Invalid(format!(
+                "no lbd at {}: {}",
+                lbd.display(),
+                paths::BUILD_HINT
+            )));
+        }
         let path = dir.join("lbd.yaml");
         fs::write(&path, config).map_err(|source| LabError::Io {
             what: format!("writing {}", path.display()),
             source,
         })?;
-        let lbd = paths::lbd();
         let handle = lab.spawn_in(
             ns,
             &[
@@ -323,19 +341,20 @@ impl Lbd {
     /// Waits until lbd answers `lbctl status` (or `timeout` passes).
     ///
     /// # Errors
-    /// [`LabError::Timeout`] or [`LabError::Invalid`] (lbd exited), with lbd's log.
+    /// [`LabError::Wait`] (timed out, or lbd exited), with lbd's log.
     pub fn wait_answering(&self, lab: &mut DrLab, timeout: Duration) -> Result<Value, LabError> {
         self.wait_for(lab, timeout, "lbd answering `lbctl status`", || {
             self.status()
+                .ok_or_else(|| "`lbctl status` does not answer".to_owned())
         })
     }
 
-    /// Polls `lbctl ha --json` every 50 ms until `accept` holds for it (or
-    /// `timeout` passes); returns the accepted value.
+    /// Polls `lbctl ha --json` until `accept` holds for it (or `timeout`
+    /// passes); returns the accepted value.
     ///
     /// # Errors
-    /// [`LabError::Timeout`] (with the last answer and lbd's log) or
-    /// [`LabError::Invalid`] (lbd exited).
+    /// [`LabError::Wait`] (timed out, with the last answer; or lbd exited),
+    /// with lbd's log.
     pub fn wait_ha(
         &self,
         lab: &mut DrLab,
@@ -343,57 +362,61 @@ impl Lbd {
         what: &str,
         accept: impl Fn(&Value) -> bool,
     ) -> Result<Value, LabError> {
-        let last = std::cell::RefCell::new(Value::Null);
-        let result = self.wait_for(lab, timeout, what, || {
-            let ha = self.ha()?;
-            let ok = accept(&ha);
-            *last.borrow_mut() = ha.clone();
-            ok.then_some(ha)
-        });
-        result.map_err(|e| match e {
-            LabError::Timeout { what, after } => LabError::Timeout {
-                what: format!("{what}; last `lbctl ha`: {}", last.borrow()),
-                after,
-            },
-            other => other,
+        self.wait_for(lab, timeout, what, || {
+            let ha = self
+                .ha()
+                .ok_or_else(|| "`lbctl ha` does not answer".to_owned())?;
+            if accept(&ha) {
+                Ok(ha)
+            } else {
+                Err(format!("`lbctl ha`: {ha}"))
+            }
         })
     }
 
-    /// Polls `probe` every 50 ms until it yields something, lbd exits or
-    /// `timeout` passes.
+    /// Polls `probe` (see [`poll_until`]) until it returns `Ok`, lbd exits
+    /// or `timeout` passes; a failed wait carries the end of lbd's log.
     fn wait_for<T>(
         &self,
         lab: &mut DrLab,
         timeout: Duration,
         what: &str,
-        mut probe: impl FnMut() -> Option<T>,
+        mut probe: impl FnMut() -> Result<T, String>,
     ) -> Result<T, LabError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(found) = probe() {
-                return Ok(found);
-            }
-            if let Some(handle) = self.handle {
-                if let Ok(Some(exit)) = lab.try_wait(handle) {
-                    return Err(LabError::Invalid(format!(
-                        "lbd in {} exited ({exit}) while waiting for {what}; its log:\n{}",
-                        self.ns,
-                        file_tail(&self.log, 8000)
-                    )));
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(LabError::Timeout {
-                    what: format!(
-                        "{what} (lbd in {}); its log:\n{}",
-                        self.ns,
-                        file_tail(&self.log, 8000)
-                    ),
-                    after: timeout,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let what = format!("{what} (lbd in {})", self.ns);
+        poll_until(&what, timeout, || match probe() {
+            Ok(found) => Probe::Ready(found),
+            Err(seen) => match self.handle.map(|h| lab.try_wait(h)) {
+                Some(Ok(Some(exit))) => Probe::Failed(format!("lbd exited ({exit})")),
+                _ => Probe::Pending(seen),
+            },
+        })
+        .map_err(|e| self.with_log(e))
+    }
+
+    /// `e` with the end of lbd's log appended.
+    fn with_log(&self, e: WaitError) -> LabError {
+        let log = format!(
+            "\n---- lbd log {} (last {LOG_ON_FAILED_WAIT} bytes) ----\n{}",
+            self.log.display(),
+            file_tail(&self.log, LOG_ON_FAILED_WAIT)
+        );
+        LabError::Wait(match e {
+            WaitError::TimedOut {
+                what,
+                timeout,
+                last,
+            } => WaitError::TimedOut {
+                what,
+                timeout,
+                last: last + &log,
+            },
+            WaitError::Failed { what, after, why } => WaitError::Failed {
+                what,
+                after,
+                why: why + &log,
+            },
+        })
     }
 
     /// Kills lbd with SIGKILL (a crash: nothing is cleaned up) and reaps it.
@@ -403,10 +426,14 @@ impl Lbd {
     pub fn crash(&mut self, lab: &mut DrLab) -> Result<(), LabError> {
         self.signal(lab, libc::SIGKILL)?;
         if let Some(handle) = self.handle.take() {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while lab.try_wait(handle)?.is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            // Not reaped in time: `kill` below stops it as usual, then reaps it.
+            let _ = poll_until("lbd to die of SIGKILL", CRASH_REAP, || {
+                match lab.try_wait(handle) {
+                    Ok(Some(exit)) => Probe::Ready(exit),
+                    Ok(None) => Probe::Pending("still running".into()),
+                    Err(e) => Probe::Failed(e.to_string()),
+                }
+            });
             lab.kill(handle)?;
         }
         Ok(())
@@ -428,15 +455,22 @@ impl Lbd {
     /// Runs `lbctl --socket SOCKET ARGS...`.
     ///
     /// # Panics
-    /// When lbctl cannot be started at all.
+    /// When lbctl cannot be started at all (saying how to build it).
     #[must_use]
     pub fn lbctl(&self, args: &[&str]) -> Output {
-        std::process::Command::new(paths::lbctl())
+        let lbctl = paths::lbctl();
+        std::process::Command::new(&lbctl)
             .arg("--socket")
             .arg(&self.socket)
             .args(args)
             .output()
-            .unwrap_or_else(|e| panic!("cannot run lbctl: {e}"))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {}: {e} ({})",
+                    lbctl.display(),
+                    paths::BUILD_HINT
+                )
+            })
     }
 
     /// `lbctl status --json`, parsed (None while lbd does not answer).
@@ -453,41 +487,38 @@ impl Lbd {
     /// MAC address (or `timeout` passes).
     ///
     /// # Errors
-    /// [`LabError::Timeout`] with lbd's log.
+    /// [`LabError::Wait`] (timed out, naming the servers without a MAC; or
+    /// lbd exited), with lbd's log.
     pub fn wait_ready(&self, lab: &mut DrLab, timeout: Duration) -> Result<Value, LabError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.status() {
-                let resolved = status["services"].as_array().is_some_and(|services| {
-                    services.iter().all(|s| {
-                        s["real_servers"]
-                            .as_array()
-                            .is_some_and(|rs| rs.iter().all(|r| r["mac"].is_string()))
-                    })
-                });
-                if resolved {
-                    return Ok(status);
-                }
+        self.wait_for(lab, timeout, "lbd ready with every MAC resolved", || {
+            let status = self
+                .status()
+                .ok_or_else(|| "`lbctl status` does not answer".to_owned())?;
+            let unresolved: Vec<String> = status["services"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|s| {
+                    s["real_servers"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|r| !r["mac"].is_string())
+                        .map(move |r| {
+                            format!(
+                                "{}/{}",
+                                s["name"].as_str().unwrap_or("?"),
+                                r["name"].as_str().unwrap_or("?")
+                            )
+                        })
+                })
+                .collect();
+            if unresolved.is_empty() {
+                Ok(status)
+            } else {
+                Err(format!("no MAC yet for {}", unresolved.join(", ")))
             }
-            if let Some(handle) = self.handle {
-                if let Ok(Some(exit)) = lab.try_wait(handle) {
-                    return Err(LabError::Invalid(format!(
-                        "lbd exited ({exit}) before it was ready:\n{}",
-                        std::fs::read_to_string(&self.log).unwrap_or_default()
-                    )));
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(LabError::Timeout {
-                    what: format!(
-                        "lbd ready with every MAC resolved; its log:\n{}",
-                        std::fs::read_to_string(&self.log).unwrap_or_default()
-                    ),
-                    after: timeout,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        })
     }
 
     /// Sends a signal to lbd.

@@ -1,7 +1,9 @@
 //! Test support for the load balancer: the network-namespace lab ([`lab`]),
-//! frame building ([`frames`]), and where the built artifacts are ([`paths`]).
+//! `lbd` in it ([`lbd`]), frame building ([`frames`]), where the built
+//! artifacts are ([`paths`]) and bounded waiting ([`wait`]).
 
 pub mod frames;
 pub mod lab;
 pub mod lbd;
 pub mod paths;
+pub mod wait;

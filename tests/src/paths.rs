@@ -1,6 +1,12 @@
-//! Where `cargo xtask build` puts what the tests run.
+//! Where `cargo xtask build` puts what the tests run, and the checks that a
+//! test which needs root or a built artifact fails, saying how to fix it,
+//! instead of passing without having run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// How to build `lbd`, `lbctl` and the lab binaries.
+pub const BUILD_HINT: &str =
+    "run `cargo xtask build` (it builds the XDP objects first), or point LB_BIN_DIR at them";
 
 /// The cargo target directory (`$CARGO_TARGET_DIR`, else the workspace's).
 #[must_use]
@@ -34,4 +40,38 @@ pub fn lbctl() -> PathBuf {
 #[must_use]
 pub fn lb_bench() -> PathBuf {
     bin_dir().join("lb-bench")
+}
+
+/// Panics unless this process runs as root: `what` (namespace tests, BPF
+/// programs) cannot run otherwise, and must not pass without running.
+///
+/// # Panics
+/// When not root.
+#[track_caller]
+pub fn require_root(what: &str) {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "{what} need root: run the tests as root (for instance `sudo -E cargo xtask test`)"
+    );
+}
+
+/// Panics unless `path` is a file, naming it and `how` to make it.
+///
+/// # Panics
+/// When `path` is not a file.
+#[track_caller]
+pub fn require_file(path: &Path, how: &str) {
+    assert!(path.is_file(), "{} is missing: {how}", path.display());
+}
+
+/// Panics unless `lbd` and `lbctl` are built.
+///
+/// # Panics
+/// When either is missing.
+#[track_caller]
+pub fn require_lbd() {
+    require_file(&lbd(), BUILD_HINT);
+    require_file(&lbctl(), BUILD_HINT);
 }

@@ -2,15 +2,24 @@
 //! passed through to real servers that speak real TLS, and each with its
 //! HTTP-to-HTTPS redirect answered by lbd. Needs root.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
 use lb_tests::{
     lab::{run_in, DrLab, DrLabOptions},
     lbd::{lab_config, Lbd},
+    paths,
+    wait::{wait_until, SLACK},
 };
 
 const HYPERSPACE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
 const MYCHART: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 101);
+/// Client sources of the lab: enough for the spread over Hyperspace's two
+/// servers to mean something.
+const SOURCES: usize = 300;
+/// The share of the sources each of Hyperspace's two servers must get: the
+/// Maglev ring splits new clients evenly by weight (equal here), and 300
+/// sources put 35 % five standard deviations below an even split.
+const SHARE: std::ops::RangeInclusive<f64> = 0.35..=0.65;
 
 /// The Epic example adapted to the lab: rs1 and rs2 serve Hyperspace, rs3 MyChart.
 fn services(lab: &DrLab) -> String {
@@ -29,11 +38,11 @@ fn services(lab: &DrLab) -> String {
 }
 
 fn epic_lab() -> (DrLab, Lbd) {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "namespace tests need root");
+    paths::require_root("namespace tests");
+    paths::require_lbd();
     let mut lab = DrLab::start(DrLabOptions {
         real_servers: 3,
-        client_sources: 16,
+        client_sources: SOURCES,
         vip: HYPERSPACE,
         tls_port: Some(443),
         tls_names: vec![
@@ -76,6 +85,59 @@ fn raw_http(lab: &DrLab, vip: Ipv4Addr, request: &str) -> String {
          except Exception as e:\n    print('ERROR',e)\nsys.stdout.write(data.decode('latin-1'))\n"
     );
     run_in(lab.client_ns(), &["python3", "-c", &script]).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// One HTTPS request (unverified: the spread is the point here) from each
+/// of `sources` to `vip`:443 with SNI `host`, 16 at a time; the first body
+/// line (the answering server) or the error, by source.
+fn https_from_each(
+    lab: &DrLab,
+    vip: Ipv4Addr,
+    host: &str,
+    sources: &[Ipv4Addr],
+) -> BTreeMap<Ipv4Addr, String> {
+    const SCRIPT: &str = r#"
+import json, socket, ssl, sys
+from concurrent.futures import ThreadPoolExecutor
+vip, host, sources = sys.argv[1], sys.argv[2], sys.argv[3:]
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+def ask(source):
+    try:
+        with socket.create_connection((vip, 443), timeout=5, source_address=(source, 0)) as raw:
+            with context.wrap_socket(raw, server_hostname=host) as tls:
+                tls.sendall(b"GET / HTTP/1.0\r\nHost: " + host.encode() + b"\r\n\r\n")
+                data = b""
+                while True:
+                    try:
+                        chunk = tls.recv(4096)
+                    except (ssl.SSLError, ConnectionError):
+                        break
+                    if not chunk:
+                        break
+                    data += chunk
+        body = data.partition(b"\r\n\r\n")[2].decode("utf-8", "replace").strip()
+        return source, body.splitlines()[0] if body else "error: empty body"
+    except Exception as e:
+        return source, f"error: {type(e).__name__}: {e}"
+with ThreadPoolExecutor(16) as pool:
+    print(json.dumps(dict(pool.map(ask, sources))))
+"#;
+    let sources: Vec<String> = sources.iter().map(ToString::to_string).collect();
+    let vip = vip.to_string();
+    let mut cmd = vec!["python3", "-c", SCRIPT, vip.as_str(), host];
+    cmd.extend(sources.iter().map(String::as_str));
+    let out = run_in(lab.client_ns(), &cmd).unwrap_or_else(|e| panic!("{e}"));
+    let answers: BTreeMap<String, String> =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    answers
+        .into_iter()
+        .map(|(source, server)| {
+            let parsed: Ipv4Addr = source.parse().unwrap_or_else(|e| panic!("{source:?}: {e}"));
+            (parsed, server)
+        })
+        .collect()
 }
 
 /// curl with a Host header gets `code` and `Location: location`.
@@ -140,7 +202,6 @@ fn https_passes_through_to_the_real_servers_and_stays_on_one_server() {
     let cert = cert.display().to_string();
     let resolve_hs = format!("hyperspace.example.org:443:{HYPERSPACE}");
     let resolve_mc = format!("mychart.example.org:443:{MYCHART}");
-    let mut hyperspace_servers = std::collections::BTreeSet::new();
     for source in lab.client_sources().iter().take(8) {
         let source = source.to_string();
         let mut seen = Vec::new();
@@ -168,7 +229,6 @@ fn https_passes_through_to_the_real_servers_and_stays_on_one_server() {
             seen[0] == "rs1" || seen[0] == "rs2",
             "Hyperspace answered by {seen:?}"
         );
-        hyperspace_servers.insert(seen[0].clone());
 
         let body = curl(
             &lab,
@@ -184,7 +244,30 @@ fn https_passes_through_to_the_real_servers_and_stays_on_one_server() {
         );
         assert_eq!(body.trim(), "rs3", "MyChart and Hyperspace do not mix");
     }
-    assert!(!hyperspace_servers.is_empty());
+    // New clients spread over both Hyperspace servers.
+    let answers = https_from_each(
+        &lab,
+        HYPERSPACE,
+        "hyperspace.example.org",
+        lab.client_sources(),
+    );
+    let mut share: BTreeMap<&str, usize> = BTreeMap::new();
+    for server in answers.values() {
+        *share.entry(server.as_str()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        share.keys().copied().collect::<Vec<_>>(),
+        ["rs1", "rs2"],
+        "every source answered, by rs1 or rs2: {share:?}"
+    );
+    let as_f64 = |n: usize| f64::from(u32::try_from(n).unwrap_or(u32::MAX));
+    for (server, count) in &share {
+        let fraction = as_f64(*count) / as_f64(SOURCES);
+        assert!(
+            SHARE.contains(&fraction),
+            "{server} has {fraction:.2} of {SOURCES} sources, outside {SHARE:?}: {share:?}"
+        );
+    }
 
     // Following the redirect lands on HTTPS through the VIP.
     let resolve_80 = format!("hyperspace.example.org:80:{HYPERSPACE}");
@@ -213,14 +296,20 @@ fn slow_clients_do_not_stop_the_redirect_service() {
         "import socket,time\nsocks=[]\nfor i in range(300):\n    s=socket.create_connection(('{HYPERSPACE}',80),timeout=5)\n    \
          s.sendall(b'GET / HTTP/1.1\\r\\nHost: slow\\r\\n')\n    socks.append(s)\nprint('open',len(socks),flush=True)\ntime.sleep(8)\n"
     );
-    let slow = std::process::Command::new("ip")
-        .args(["netns", "exec", lab.client_ns(), "python3", "-c", &script])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
     let mut lab = lab;
-    let handle = lab.adopt(slow);
-    std::thread::sleep(Duration::from_secs(2));
+    let log = lab.log_path("slow-clients.log");
+    let ns = lab.client_ns().to_owned();
+    let handle = lab
+        .spawn_in(&ns, &["python3", "-u", "-c", &script], &log)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _ = wait_until("300 slow connections open", SLACK * 5, || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("open 300") {
+            Ok(text)
+        } else {
+            Err(format!("its output: {text:?}"))
+        }
+    });
     let started = std::time::Instant::now();
     let out = curl_verbose(
         &lab,

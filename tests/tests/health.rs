@@ -7,7 +7,8 @@
 //! the real `lbd` from `$LB_BIN_DIR`, real servers answering HTTP with their
 //! own name) and tears it down when it ends. Checks run every 200 ms with
 //! `rise: 2` and `fall: 2`, so a change of health shows within a second or
-//! two; every wait is bounded.
+//! two; every wait is bounded, by a bound derived from these settings plus
+//! [`SLACK`] for a loaded machine.
 
 use std::{
     collections::BTreeMap,
@@ -19,6 +20,8 @@ use std::{
 use lb_tests::{
     lab::{run_in, ClientReport, DrLab, DrLabOptions},
     lbd::{lab_config, Lbd},
+    paths,
+    wait::{try_wait_until, wait_until, SLACK},
 };
 use serde_json::Value;
 
@@ -26,6 +29,9 @@ use serde_json::Value;
 const READY: Duration = Duration::from_secs(20);
 /// Health-check interval of every test service.
 const INTERVAL_MS: u64 = 200;
+/// Timeout of the tcp, http and https checks (the exec check's is
+/// [`INTERVAL_MS`]): no check here lasts longer than one interval.
+const TIMEOUT_MS: u64 = 150;
 /// Consecutive passes that bring a server up.
 const RISE: u64 = 2;
 /// Consecutive failures that take a server down.
@@ -34,24 +40,44 @@ const FALL: u64 = 2;
 const CLIENT_RUN: Duration = Duration::from_secs(20);
 /// Per-connection timeout of the clients.
 const CONN_TIMEOUT: Duration = Duration::from_secs(2);
-/// How stale `lbctl status` counters (active clients) may be, plus slack.
-const COUNTER_LAG: Duration = Duration::from_millis(2500);
+/// lbd counts active clients once a second: counters shown are at most that
+/// old (the contract).
+const CENSUS_EVERY: Duration = Duration::from_secs(1);
 
-/// A server must show down within `fall` × interval + 1 s.
-fn down_bound() -> Duration {
-    Duration::from_millis(FALL * INTERVAL_MS + 1000)
+/// How stale `lbctl status` counters (active clients) may be, plus slack.
+fn counter_lag() -> Duration {
+    CENSUS_EVERY + SLACK
 }
 
-/// A server must show up again within `rise` × interval + 1 s.
+/// The longest `checks` consecutive check results may take to show after a
+/// server changes: the check under way then (one interval), then `checks`
+/// checks, each lasting at most one interval before the next is due one
+/// interval later; plus [`SLACK`].
+fn health_bound(checks: u64) -> Duration {
+    Duration::from_millis(INTERVAL_MS + checks * 2 * INTERVAL_MS) + SLACK
+}
+
+/// A server must show down within `fall` checks.
+fn down_bound() -> Duration {
+    health_bound(FALL)
+}
+
+/// A server must show up again within `rise` checks.
 fn up_bound() -> Duration {
-    Duration::from_millis(RISE * INTERVAL_MS + 1000)
+    health_bound(RISE)
+}
+
+/// How long a wait for a change of health may last: its bound, and as much
+/// again, so that one beyond the bound is reported with how long it took.
+fn patience(bound: Duration) -> Duration {
+    bound * 2
 }
 
 /// A health check of `kind` with the fast test timings; `extra` holds more
 /// flow-mapping entries (`, port: 443, ...`).
 fn check(kind: &str, extra: &str) -> String {
     format!(
-        "{{ type: {kind}, interval_ms: {INTERVAL_MS}, timeout_ms: 150, rise: {RISE}, fall: {FALL}{extra} }}"
+        "{{ type: {kind}, interval_ms: {INTERVAL_MS}, timeout_ms: {TIMEOUT_MS}, rise: {RISE}, fall: {FALL}{extra} }}"
     )
 }
 
@@ -99,8 +125,8 @@ fn web(lab: &DrLab, n: usize, timeout_s: u32, check: &str) -> String {
 }
 
 fn lab_with(opts: DrLabOptions) -> DrLab {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "namespace tests need root");
+    paths::require_root("namespace tests");
+    paths::require_lbd();
     DrLab::start(opts).unwrap_or_else(|e| panic!("lab: {e}"))
 }
 
@@ -120,9 +146,10 @@ fn start(lab: &mut DrLab, services: &str) -> Lbd {
     let lbd = Lbd::start(lab, &config).unwrap_or_else(|e| panic!("starting lbd: {e}"));
     lbd.wait_ready(lab, READY)
         .unwrap_or_else(|e| panic!("lbd not ready: {e}\nconfiguration:\n{config}"));
+    // The first checks start at once and last at most one interval.
     wait_status(
         &lbd,
-        Duration::from_secs(5),
+        Duration::from_millis(2 * INTERVAL_MS) + SLACK,
         "every server checked once",
         |s| all_reals(s).iter().all(|r| !r["last_check"].is_null()),
     );
@@ -189,20 +216,19 @@ fn wait_status(
     done: impl Fn(&Value) -> bool,
 ) -> (Value, Duration) {
     let started = Instant::now();
-    let mut last = Value::Null;
-    loop {
-        if let Some(s) = lbd.status() {
-            if done(&s) {
-                return (s, started.elapsed());
-            }
-            last = s;
+    let found = try_wait_until(what, limit, || {
+        let s = lbd
+            .status()
+            .ok_or_else(|| "`lbctl status` does not answer".to_owned())?;
+        if done(&s) {
+            Ok(s)
+        } else {
+            Err(format!("status {s}"))
         }
-        assert!(
-            started.elapsed() < limit,
-            "{what}: not within {limit:?}; last status: {last}\nlbd log:\n{}",
-            log_tail(lbd)
-        );
-        std::thread::sleep(Duration::from_millis(20));
+    });
+    match found {
+        Ok(s) => (s, started.elapsed()),
+        Err(e) => panic!("{e}\nlbd log:\n{}", log_tail(lbd)),
     }
 }
 
@@ -291,7 +317,7 @@ fn a_failed_server_goes_down_in_time_and_returns_for_new_clients_only() {
     assert!(victims.len() >= 20, "rs2 has clients to lose: {before:?}");
 
     lab.stop_http(1);
-    let (down, took) = wait_status(&lbd, Duration::from_secs(5), "rs2 down", |s| {
+    let (down, took) = wait_status(&lbd, patience(down_bound()), "rs2 down", |s| {
         health_of(s, "web", "rs2") == "down"
     });
     assert!(
@@ -334,7 +360,7 @@ fn a_failed_server_goes_down_in_time_and_returns_for_new_clients_only() {
         .unwrap_or_else(|e| panic!("restarting rs2: {e}"));
     // One passing check is not enough: rs2 stays down until `rise` passes.
     let seen_pass_while_down = std::cell::Cell::new(false);
-    let (_, took) = wait_status(&lbd, Duration::from_secs(5), "rs2 up again", |s| {
+    let (_, took) = wait_status(&lbd, patience(up_bound()), "rs2 up again", |s| {
         let rs2 = real_of(s, "web", "rs2");
         if rs2["health"] == "down" && rs2["last_check"]["passed"] == true {
             seen_pass_while_down.set(true);
@@ -418,7 +444,7 @@ fn a_drained_server_keeps_its_clients_until_they_expire() {
 
     let (_, took) = wait_status(
         &lbd,
-        Duration::from_secs(TIMEOUT_S) + COUNTER_LAG + Duration::from_secs(1),
+        Duration::from_secs(TIMEOUT_S) + counter_lag(),
         "rs2's active clients expire",
         |s| active_clients(s, "web", "rs2") == 0,
     );
@@ -472,8 +498,11 @@ fn a_halted_server_loses_its_clients_at_once() {
         "halt",
         "{halted}"
     );
-    std::thread::sleep(Duration::from_millis(1100));
-    let packets = real_of(&status(&lbd), "web", "rs3")["packets"].as_u64();
+    // Its entries no longer count once lbd has counted again.
+    let (s, _) = wait_status(&lbd, counter_lag(), "rs3's clients no longer active", |s| {
+        active_clients(s, "web", "rs3") == 0
+    });
+    let packets = real_of(&s, "web", "rs3")["packets"].as_u64();
 
     let after = sticky_clients(&lab, &lbd, first, 2);
     for (source, server) in &before {
@@ -486,14 +515,14 @@ fn a_halted_server_loses_its_clients_at_once() {
     }
     let newcomers = sticky_clients(&lab, &lbd, held_back, 1);
     assert_eq!(sources_of(&newcomers, "rs3").count(), 0, "{newcomers:?}");
-    std::thread::sleep(Duration::from_millis(1100));
-    let s = status(&lbd);
+    let (s, _) = wait_status(&lbd, counter_lag(), "rs3 without active clients", |s| {
+        active_clients(s, "web", "rs3") == 0
+    });
     assert_eq!(
         real_of(&s, "web", "rs3")["packets"].as_u64(),
         packets,
         "nothing reaches rs3: {s}"
     );
-    assert_eq!(active_clients(&s, "web", "rs3"), 0, "{s}");
 }
 
 /// With every real server down the fallback gets the traffic; as soon as
@@ -530,7 +559,7 @@ fn the_fallback_serves_while_every_server_is_down() {
     for i in 0..3 {
         lab.stop_http(i);
     }
-    wait_status(&lbd, Duration::from_secs(5), "every server down", |s| {
+    wait_status(&lbd, patience(down_bound()), "every server down", |s| {
         ["rs1", "rs2", "rs3"]
             .iter()
             .all(|r| health_of(s, "web", r) == "down")
@@ -540,7 +569,7 @@ fn the_fallback_serves_while_every_server_is_down() {
         fallen.values().all(|s| s == "rs4"),
         "everybody reaches the fallback: {fallen:?}"
     );
-    let (s, _) = wait_status(&lbd, COUNTER_LAG, "fallback packets counted", |s| {
+    let (s, _) = wait_status(&lbd, counter_lag(), "fallback packets counted", |s| {
         service_of(s, "web")["fallback"]["packets"]
             .as_u64()
             .unwrap_or(0)
@@ -556,12 +585,9 @@ fn the_fallback_serves_while_every_server_is_down() {
 
     lab.start_http(1)
         .unwrap_or_else(|e| panic!("restarting rs2: {e}"));
-    wait_status(
-        &lbd,
-        up_bound() + Duration::from_secs(1),
-        "rs2 up again",
-        |s| health_of(s, "web", "rs2") == "up",
-    );
+    wait_status(&lbd, patience(up_bound()), "rs2 up again", |s| {
+        health_of(s, "web", "rs2") == "up"
+    });
     let back = sticky_clients(&lab, &lbd, &sources, 2);
     assert!(
         back.values().all(|s| s == "rs2"),
@@ -589,7 +615,7 @@ fn https_checks_pass_unverified_and_fail_verified_on_a_self_signed_certificate()
     let lbd = start(&mut lab, &services);
     let (s, _) = wait_status(
         &lbd,
-        Duration::from_secs(5),
+        patience(down_bound()),
         "the verified checks fail",
         |s| {
             ["rs1", "rs2", "rs3"]
@@ -630,7 +656,7 @@ fn an_http_check_needs_its_expected_body() {
         &reals,
     ) + &service("picky", lab.vip(), 8080, 300, &failing, "", &reals);
     let lbd = start(&mut lab, &services);
-    let (s, _) = wait_status(&lbd, Duration::from_secs(5), "the picky checks fail", |s| {
+    let (s, _) = wait_status(&lbd, patience(down_bound()), "the picky checks fail", |s| {
         ["rs1", "rs2", "rs3"]
             .iter()
             .all(|r| health_of(s, "picky", r) == "down")
@@ -665,10 +691,14 @@ fn an_exec_check_follows_its_program() {
 
     let marker = lab.dir().join("down-rs2");
     std::fs::write(&marker, b"").unwrap_or_else(|e| panic!("{e}"));
-    let (s, took) = wait_status(&lbd, Duration::from_secs(5), "rs2 down", |s| {
+    let (s, took) = wait_status(&lbd, patience(down_bound()), "rs2 down", |s| {
         health_of(s, "web", "rs2") == "down"
     });
-    assert!(took <= down_bound(), "rs2 went down after {took:?}");
+    assert!(
+        took <= down_bound(),
+        "rs2 went down after {took:?}, more than {:?}",
+        down_bound()
+    );
     assert_eq!(
         real_of(&s, "web", "rs2")["last_check"]["passed"],
         false,
@@ -680,10 +710,14 @@ fn an_exec_check_follows_its_program() {
     assert!(!served.values().any(|s| s == "rs2"), "{served:?}");
 
     std::fs::remove_file(&marker).unwrap_or_else(|e| panic!("{e}"));
-    let (_, took) = wait_status(&lbd, Duration::from_secs(5), "rs2 up", |s| {
+    let (_, took) = wait_status(&lbd, patience(up_bound()), "rs2 up", |s| {
         health_of(s, "web", "rs2") == "up"
     });
-    assert!(took <= up_bound(), "rs2 came back after {took:?}");
+    assert!(
+        took <= up_bound(),
+        "rs2 came back after {took:?}, more than {:?}",
+        up_bound()
+    );
 }
 
 /// States and weights set with lbctl survive a restart and win over
@@ -872,25 +906,22 @@ fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64
         .map(|s| s.value)
 }
 
-/// Polls `/metrics` until `done` holds; panics after `limit`.
+/// Polls `/metrics` until `done` holds; panics after `limit` with the last
+/// samples.
 fn wait_metrics(
     lab: &DrLab,
     limit: Duration,
     what: &str,
     done: impl Fn(&[Sample]) -> bool,
 ) -> Vec<Sample> {
-    let started = Instant::now();
-    loop {
+    wait_until(what, limit, || {
         let samples = scrape(lab);
         if done(&samples) {
-            return samples;
+            Ok(samples)
+        } else {
+            Err(format!("{samples:?}"))
         }
-        assert!(
-            started.elapsed() < limit,
-            "{what}: not within {limit:?}: {samples:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    })
 }
 
 /// The contract's metrics for service `web` with rs1..rs3, all up, on a
@@ -958,7 +989,7 @@ fn metrics_are_well_formed_and_follow_traffic_and_health() {
     let served = sticky_clients(&lab, &lbd, lab.client_sources(), 1);
     // Each request is at least SYN, request and FIN from the client.
     let grown = packets + 3.0 * 64.0;
-    let samples = wait_metrics(&lab, COUNTER_LAG, "service packets grow", |s| {
+    let samples = wait_metrics(&lab, counter_lag(), "service packets grow", |s| {
         metric(s, "lb_service_packets_total", &web).unwrap_or(0.0) >= grown
     });
     let per_server: f64 = ["rs1", "rs2", "rs3"]
@@ -972,7 +1003,7 @@ fn metrics_are_well_formed_and_follow_traffic_and_health() {
         })
         .sum();
     assert!(per_server >= 3.0 * 64.0, "real-server packets: {samples:?}");
-    wait_metrics(&lab, COUNTER_LAG, "active clients counted", |s| {
+    let _ = wait_metrics(&lab, counter_lag(), "active clients counted", |s| {
         let active: f64 = ["rs1", "rs2", "rs3"]
             .iter()
             .filter_map(|r| {
@@ -988,18 +1019,13 @@ fn metrics_are_well_formed_and_follow_traffic_and_health() {
     assert_eq!(served.len(), 64);
 
     lab.stop_http(1);
-    let samples = wait_metrics(
-        &lab,
-        down_bound() + Duration::from_secs(1),
-        "rs2 down in metrics",
-        |s| {
-            metric(
-                s,
-                "lb_real_server_up",
-                &[("server", "rs2"), ("service", "web")],
-            ) == Some(0.0)
-        },
-    );
+    let samples = wait_metrics(&lab, patience(down_bound()), "rs2 down in metrics", |s| {
+        metric(
+            s,
+            "lb_real_server_up",
+            &[("server", "rs2"), ("service", "web")],
+        ) == Some(0.0)
+    });
     assert_eq!(
         metric(
             &samples,

@@ -9,14 +9,31 @@ use std::time::Duration;
 use lb_tests::{
     lab::{DrLab, DrLabOptions},
     lbd::{lab_config, web_service, Lbd},
+    paths,
+    wait::{wait_until, SLACK},
 };
 
 const READY: Duration = Duration::from_secs(20);
+/// lbd counts active clients once a second: counters shown are at most that
+/// old (the contract).
+const CENSUS_EVERY: Duration = Duration::from_secs(1);
+/// How long a SIGHUP may take to be handled: read the file, apply it.
+const RELOAD: Duration = Duration::from_secs(5);
+/// What lbd logs when a SIGHUP finds an invalid file
+/// (`lb-userspace/src/daemon/mod.rs`, `reload`).
+const BAD_RELOAD_LOGGED: &str = "SIGHUP: the configuration is invalid; nothing changed";
 
 fn lab() -> DrLab {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "namespace tests need root");
+    paths::require_root("namespace tests");
+    paths::require_lbd();
     DrLab::start(DrLabOptions::default()).unwrap_or_else(|e| panic!("lab: {e}"))
+}
+
+/// The number of real servers of the first service and the first one's
+/// weight, from `lbctl status`.
+fn servers_and_first_weight(status: &serde_json::Value) -> (Option<usize>, Option<u64>) {
+    let reals = &status["services"][0]["real_servers"];
+    (reals.as_array().map(Vec::len), reals[0]["weight"].as_u64())
 }
 
 #[test]
@@ -63,43 +80,57 @@ fn every_source_sticks_to_one_server_and_a_removed_server_loses_only_its_own_cli
 
     // The counters moved with the traffic, and active clients are counted
     // (by a pass over the affinity table about once a second).
-    let mut active = 0;
-    let mut service = serde_json::Value::Null;
-    for _ in 0..30 {
-        let status = lbd.status().unwrap_or_else(|| panic!("status"));
-        service = status["services"][0].clone();
-        active = service["real_servers"].as_array().map_or(0, |rs| {
-            rs.iter().filter_map(|r| r["active_clients"].as_u64()).sum()
-        });
-        if active == 256 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let service = wait_until(
+        "one affinity entry per source",
+        CENSUS_EVERY + SLACK,
+        || {
+            let status = lbd
+                .status()
+                .ok_or_else(|| "`lbctl status` does not answer".to_owned())?;
+            let service = status["services"][0].clone();
+            let active: u64 = service["real_servers"].as_array().map_or(0, |rs| {
+                rs.iter().filter_map(|r| r["active_clients"].as_u64()).sum()
+            });
+            if active == 256 {
+                Ok(service)
+            } else {
+                Err(format!("{active} active clients: {service}"))
+            }
+        },
+    );
     assert!(
         service["packets"].as_u64().unwrap_or(0) >= 256 * 5 * 3,
         "{service}"
     );
-    assert_eq!(active, 256, "one affinity entry per source: {service}");
 
-    // Remove rs3 by SIGHUP: its clients move, every other client stays.
+    // Remove rs3 by SIGHUP: its clients move, every other client stays. The
+    // same file sets rs1's weight to 0, so the ring sends every client to
+    // rs2: rs1's clients stay on rs1 only by their affinity entries.
     let removed = lab.real_name(2);
-    std::fs::write(&lbd.config, lab_config(&lab, &web_service(&lab, 2, 300)))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let kept_by_table = lab.real_name(0);
+    assert!(
+        before.values().any(|s| *s == kept_by_table),
+        "{kept_by_table} has clients: {before:?}"
+    );
+    let first = format!("address: {} }}", lab.real_address(0));
+    let reloaded = web_service(&lab, 2, 300).replace(
+        &first,
+        &format!("address: {}, weight: 0 }}", lab.real_address(0)),
+    );
+    assert!(reloaded.contains("weight: 0"), "{reloaded}");
+    std::fs::write(&lbd.config, lab_config(&lab, &reloaded)).unwrap_or_else(|e| panic!("{e}"));
     lbd.signal(&lab, libc::SIGHUP)
         .unwrap_or_else(|e| panic!("{e}"));
-    let mut reloaded = false;
-    for _ in 0..50 {
-        let count = lbd
+    let _ = wait_until("SIGHUP to apply the new file", RELOAD, || {
+        let status = lbd
             .status()
-            .and_then(|s| s["services"][0]["real_servers"].as_array().map(Vec::len));
-        if count == Some(2) {
-            reloaded = true;
-            break;
+            .ok_or_else(|| "`lbctl status` does not answer".to_owned())?;
+        if servers_and_first_weight(&status) == (Some(2), Some(0)) {
+            Ok(status)
+        } else {
+            Err(status["services"][0].to_string())
         }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(reloaded, "SIGHUP applied the new file");
+    });
     let report = lab
         .run_clients(2, Duration::from_mins(1))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -115,20 +146,32 @@ fn every_source_sticks_to_one_server_and_a_removed_server_loses_only_its_own_cli
         }
     }
 
-    // A bad file on SIGHUP changes nothing.
+    // A bad file on SIGHUP changes nothing: lbd handles the signal, says so
+    // in its log, and keeps what it had.
+    let logged_before = lbd.log_text().matches(BAD_RELOAD_LOGGED).count();
     std::fs::write(&lbd.config, "node: { name: x }\nservices: 3\n")
         .unwrap_or_else(|e| panic!("{e}"));
     lbd.signal(&lab, libc::SIGHUP)
         .unwrap_or_else(|e| panic!("{e}"));
-    std::thread::sleep(Duration::from_millis(500));
+    let _ = wait_until("lbd to log the rejected SIGHUP", RELOAD, || {
+        let log = lbd.log_text();
+        if log.matches(BAD_RELOAD_LOGGED).count() > logged_before {
+            Ok(log)
+        } else {
+            let tail: String = log.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+            Err(format!(
+                "no {BAD_RELOAD_LOGGED:?} yet; last lines (newest first): {tail}"
+            ))
+        }
+    });
     let status = lbd
         .status()
         .unwrap_or_else(|| panic!("lbd still answers after a bad reload"));
     assert_eq!(
-        status["services"][0]["real_servers"]
-            .as_array()
-            .map(Vec::len),
-        Some(2)
+        servers_and_first_weight(&status),
+        (Some(2), Some(0)),
+        "nothing changed: {}",
+        status["services"][0]
     );
 
     // Stopping leaves nothing behind: no XDP program, no VIP, no socket.
@@ -174,11 +217,13 @@ fn a_restart_after_a_crash_cleans_up_and_serves_again() {
         .unwrap_or_else(|e| panic!("{e}"));
     lbd.signal(&lab, libc::SIGKILL)
         .unwrap_or_else(|e| panic!("{e}"));
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        !lbd.xdp_attached(&lab).unwrap_or_else(|e| panic!("{e}")),
-        "a dead lbd's XDP link goes with it"
-    );
+    let _ = wait_until("a dead lbd's XDP link to go with it", SLACK, || {
+        match lbd.xdp_attached(&lab) {
+            Ok(false) => Ok("detached"),
+            Ok(true) => Err("XDP still attached".to_owned()),
+            Err(e) => Err(e.to_string()),
+        }
+    });
     assert!(
         lbd.interface_addresses(&lab)
             .unwrap_or_default()

@@ -11,6 +11,7 @@ use std::{collections::BTreeMap, mem::size_of, net::Ipv4Addr};
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{Affinity, Reason};
 use lb_tests::frames::{self, parse_service_frame, FrameSpec};
+use lb_tests::wait::{wait_until, SLACK};
 use lb_userspace::{
     balancer::Balancer,
     config::{AdminState, Config},
@@ -115,7 +116,20 @@ impl Harness {
         Reason::ALL.iter().map(|r| r.name()).zip(counts).collect()
     }
 
-    /// The server the Maglev ring gives `client` of `service`.
+    /// The name of the server the Maglev ring gives `client` of `service`.
+    fn hashed_name(&self, service: &str, client: Ipv4Addr) -> String {
+        let state = self
+            .balancer
+            .service(service)
+            .unwrap_or_else(|e| panic!("{e}"));
+        state
+            .hashed_server(client)
+            .unwrap_or_else(|| panic!("no server for {client}"))
+            .name
+            .clone()
+    }
+
+    /// The MAC of the server the Maglev ring gives `client` of `service`.
     fn hashed_mac(&self, service: &str, client: Ipv4Addr) -> [u8; 6] {
         let state = self
             .balancer
@@ -464,6 +478,7 @@ fn fixtures() {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one client's story, step by step")]
 fn persistence_hit_expiry_and_server_states() {
     let mut h = Harness::new();
     let c = client(33);
@@ -489,10 +504,24 @@ fn persistence_hit_expiry_and_server_states() {
         &mut h,
         &forward("expired entry: back to the hash", frame.clone(), hashed),
     );
+    // The new choice is remembered: with its server drained the ring has
+    // another server for the client, and only the table keeps it where it is.
+    let chosen = h.hashed_name("web", c);
+    h.balancer
+        .set_admin_state("web", &chosen, AdminState::Drain)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(
+        h.hashed_mac("web", c),
+        hashed,
+        "the drained server is out of the ring"
+    );
     check(
         &mut h,
         &forward("and the new choice is remembered", frame.clone(), hashed),
     );
+    h.balancer
+        .set_admin_state("web", &chosen, AdminState::Online)
+        .unwrap_or_else(|e| panic!("{e}"));
 
     h.plant("web", c, other, 10);
     h.balancer
@@ -518,29 +547,30 @@ fn persistence_hit_expiry_and_server_states() {
     let stale = h.reasons()["affinity_stale"];
     assert!(stale >= 1, "the stale entry is counted");
 
-    // A server removed by a reload loses its clients; the others keep theirs.
+    // A server removed by a reload loses its clients; the others keep
+    // theirs, also where the new ring would send them elsewhere: each kept
+    // client remembers a server that is neither its ring choice nor the
+    // removed one.
     h.balancer
         .set_admin_state("web", other, AdminState::Online)
         .unwrap_or_else(|e| panic!("{e}"));
-    let kept = client(44);
-    let kept_mac = h.hashed_mac("web", kept);
-    let kept_frame = FrameSpec::tcp(IFACE_MAC, kept, VIP, 80).build();
-    check(
-        &mut h,
-        &forward(
-            "a client of a server that stays",
-            kept_frame.clone(),
-            kept_mac,
-        ),
-    );
-    let removed = {
-        let web = h.balancer.service("web").unwrap_or_else(|e| panic!("{e}"));
-        web.reals
-            .iter()
-            .find(|r| mac_of(r.address) != kept_mac)
-            .map(|r| r.name.clone())
-            .unwrap_or_default()
-    };
+    let removed = "rs3";
+    let lost = client(45);
+    h.plant("web", lost, removed, 10);
+    let kept: Vec<(Ipv4Addr, &str)> = (100..=163)
+        .map(client)
+        .map(|k| {
+            let hashed = h.hashed_name("web", k);
+            let server = ["rs1", "rs2"]
+                .into_iter()
+                .find(|s| *s != hashed)
+                .unwrap_or("rs1");
+            (k, server)
+        })
+        .collect();
+    for (k, server) in &kept {
+        h.plant("web", *k, server, 10);
+    }
     let without: String = CONFIG
         .lines()
         .filter(|l| !l.contains(&format!("name: {removed},")))
@@ -548,9 +578,33 @@ fn persistence_hit_expiry_and_server_states() {
         .join("\n");
     let config = Config::from_yaml(&without, "fixture.yaml").unwrap_or_else(|e| panic!("{e}"));
     h.balancer.apply(&config).unwrap_or_else(|e| panic!("{e}"));
+    let mut elsewhere_by_ring = 0;
+    for (k, server) in &kept {
+        let mac = real_mac(&h, "web", server);
+        if h.hashed_mac("web", *k) != mac {
+            elsewhere_by_ring += 1;
+        }
+        check(
+            &mut h,
+            &forward(
+                format!("after the reload {k} keeps {server}"),
+                FrameSpec::tcp(IFACE_MAC, *k, VIP, 80).build(),
+                mac,
+            ),
+        );
+    }
+    assert!(
+        elsewhere_by_ring > 0,
+        "the new ring would move some of the kept clients: only the table keeps them"
+    );
+    let lost_to = h.hashed_mac("web", lost);
     check(
         &mut h,
-        &forward("after the reload it keeps its server", kept_frame, kept_mac),
+        &forward(
+            "a client of the removed server goes by the new ring",
+            FrameSpec::tcp(IFACE_MAC, lost, VIP, 80).build(),
+            lost_to,
+        ),
     );
 }
 
@@ -752,34 +806,43 @@ fn short_timeouts_are_not_cached_and_cached_clients_stay_fresh_in_the_table() {
     assert_eq!(h.reasons()["flow_cache_hit"], hits, "never from the cache");
 
     // With a long timeout the cache serves, and still hands the flow back to
-    // the table often enough to keep its last-seen time fresh.
+    // the table often enough to keep its last-seen time fresh. The entry
+    // names a server the ring would not choose, so every frame shows which
+    // of the two decided.
     let config = Config::from_yaml(CONFIG, "fixture.yaml").unwrap_or_else(|e| panic!("{e}"));
     h.balancer.apply(&config).unwrap_or_else(|e| panic!("{e}"));
-    let server = ["rs1", "rs2", "rs3"]
-        .into_iter()
-        .find(|s| real_mac(&h, "web", s) == hashed)
-        .unwrap_or_else(|| panic!("the hashed server"));
+    let (server, server_mac) = other_server(&h, hashed);
     h.plant("web", c, server, 5);
     check(
         &mut h,
-        &forward("refreshes the entry", frame.clone(), hashed),
+        &forward("refreshes the entry", frame.clone(), server_mac),
     );
     let first = last_seen(&h, "web", c);
     assert!(monotonic_ns() - first < 1_000_000_000, "refreshed");
     let hits = h.reasons()["flow_cache_hit"];
-    let start = std::time::Instant::now();
-    let mut refreshed = false;
-    // The cache hands a flow back after 250 ticks: 2.5 s at the slowest HZ
-    // (100), and the table refreshes an entry older than a second.
-    while start.elapsed() < std::time::Duration::from_secs(6) {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        check(&mut h, &forward("a busy client", frame.clone(), hashed));
-        if last_seen(&h, "web", c) != first {
-            refreshed = true;
-            break;
-        }
-    }
-    assert!(refreshed, "a cached client's entry is refreshed");
+    // The cache hands a flow back after FLOW_CACHE_MAX_AGE_JIFFIES ticks
+    // (2.5 s at the slowest HZ, 100), and the table refreshes an entry older
+    // than AFFINITY_REFRESH_NS (a second).
+    let slowest_tick = std::time::Duration::from_millis(10);
+    let bound = slowest_tick * lb_common::FLOW_CACHE_MAX_AGE_JIFFIES
+        + std::time::Duration::from_nanos(lb_common::AFFINITY_REFRESH_NS)
+        + SLACK;
+    let _ = wait_until(
+        "a busy cached client's entry to be refreshed",
+        bound,
+        || {
+            check(&mut h, &forward("a busy client", frame.clone(), server_mac));
+            let seen = last_seen(&h, "web", c);
+            if seen == first {
+                Err(format!(
+                    "last seen {} ms ago",
+                    monotonic_ns().saturating_sub(seen) / 1_000_000
+                ))
+            } else {
+                Ok(seen)
+            }
+        },
+    );
     assert!(
         h.reasons()["flow_cache_hit"] > hits,
         "frames in between came from the cache"
@@ -832,7 +895,35 @@ fn random_frame(rng: &mut StdRng) -> Vec<u8> {
     frame
 }
 
+/// Plants an affinity entry for every client of 198.18.3.0/24 in `web` and
+/// `dns`, each on a server that is not its ring choice; returns the MAC each
+/// must reach, by service and client.
+fn plant_clients_off_the_ring(h: &mut Harness) -> BTreeMap<(&'static str, Ipv4Addr), [u8; 6]> {
+    let mut planted = BTreeMap::new();
+    for (service, servers) in [
+        ("web", ["rs1", "rs2", "rs3"].as_slice()),
+        ("dns", ["dns1", "dns2"].as_slice()),
+    ] {
+        for last in 0..=255 {
+            let c = Ipv4Addr::new(198, 18, 3, last);
+            let hashed = h.hashed_mac(service, c);
+            let server = servers
+                .iter()
+                .copied()
+                .find(|s| real_mac(h, service, s) != hashed)
+                .unwrap_or_else(|| panic!("{service} has a server besides the ring's"));
+            h.plant(service, c, server, 10);
+            planted.insert((service, c), real_mac(h, service, server));
+        }
+    }
+    planted
+}
+
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one generator, one oracle per verdict"
+)]
 fn property_every_forwarded_frame_is_a_service_frame_with_only_its_macs_changed() {
     const FRAMES: usize = 100_000;
     let seed = std::env::var("LB_PROPERTY_SEED")
@@ -841,20 +932,33 @@ fn property_every_forwarded_frame_is_a_service_frame_with_only_its_macs_changed(
         .unwrap_or(0x5eed_1b0b);
     let mut rng = StdRng::seed_from_u64(seed);
     let mut h = Harness::new();
-    let services: Vec<(Ipv4Addr, u16, u8)> = vec![(VIP, 80, 6), (VIP, 53, 17), (VIP_NO_MAC, 80, 6)];
-    let real_macs: Vec<[u8; 6]> = h.balancer.addresses().into_iter().map(mac_of).collect();
+    let services: [((Ipv4Addr, u16, u8), &str); 3] = [
+        ((VIP, 80, 6), "web"),
+        ((VIP, 53, 17), "dns"),
+        ((VIP_NO_MAC, 80, 6), "unresolved"),
+    ];
+    // The oracle: a client of 198.18.3.0/24 goes to the server planted for
+    // it, any other to its ring choice (its first frame writes that choice
+    // to the table, and nothing changes the ring during the run).
+    let planted = plant_clients_off_the_ring(&mut h);
     let before = h.reasons();
     let (mut forwarded, mut passed, mut dropped) = (0_u64, 0_u64, 0_u64);
     for i in 0..FRAMES {
         let frame = random_frame(&mut rng);
         let (verdict, out) = h.run(&frame);
         let service = parse_service_frame(&frame)
-            .filter(|p| p.dst_mac == IFACE_MAC && services.contains(&(p.dst, p.dport, p.protocol)));
+            .filter(|p| p.dst_mac == IFACE_MAC)
+            .and_then(|p| {
+                services
+                    .iter()
+                    .find(|(key, _)| *key == (p.dst, p.dport, p.protocol))
+                    .map(|(_, name)| (p, *name))
+            });
         let context = || format!("frame {i} (seed {seed:#x}): {frame:02x?}");
         match verdict {
             XDP_TX => {
                 forwarded += 1;
-                let s = service.unwrap_or_else(|| {
+                let (s, name) = service.unwrap_or_else(|| {
                     panic!(
                         "forwarded a frame that is not a service frame: {}",
                         context()
@@ -874,16 +978,22 @@ fn property_every_forwarded_frame_is_a_service_frame_with_only_its_macs_changed(
                     context()
                 );
                 assert_eq!(out[6..12], IFACE_MAC, "{}", context());
-                assert!(
-                    real_macs.iter().any(|m| out[0..6] == *m),
-                    "to a real server's MAC: {}",
+                let expected = planted
+                    .get(&(name, s.src))
+                    .copied()
+                    .unwrap_or_else(|| h.hashed_mac(name, s.src));
+                assert_eq!(
+                    out[0..6],
+                    expected,
+                    "to the server of {} in {name}: {}",
+                    s.src,
                     context()
                 );
             }
             XDP_PASS => {
                 passed += 1;
                 assert_eq!(out, frame, "a passed frame is untouched: {}", context());
-                if let Some(s) = service {
+                if let Some((s, _)) = service {
                     panic!(
                         "a well-formed service frame was passed ({s:?}): {}",
                         context()
@@ -892,7 +1002,7 @@ fn property_every_forwarded_frame_is_a_service_frame_with_only_its_macs_changed(
             }
             XDP_DROP => {
                 dropped += 1;
-                let s = service.unwrap_or_else(|| {
+                let (s, _) = service.unwrap_or_else(|| {
                     panic!("dropped a frame that is not a service frame: {}", context())
                 });
                 assert_eq!(
@@ -946,6 +1056,12 @@ fn affinity_map_memlock() -> Option<u64> {
     None
 }
 
+/// The affinity table's kernel memory as the README quotes it (section
+/// "Memory": 117 MiB for 1,250,000 entries).
+const README_AFFINITY_MIB: u64 = 117;
+/// How far the measured figure may be from the README's.
+const MEMORY_TOLERANCE_PERCENT: u64 = 10;
+
 #[test]
 fn the_affinity_table_holds_a_million_clients() {
     const CLIENTS: u32 = 1_000_000;
@@ -955,18 +1071,25 @@ fn the_affinity_table_holds_a_million_clients() {
         .service("web")
         .unwrap_or_else(|e| panic!("{e}"))
         .clone();
-    let rs2 = state
+    let base = u32::from(Ipv4Addr::new(10, 0, 0, 0));
+    let first = Ipv4Addr::from(base);
+    // Every entry names a server the ring would not give the first client,
+    // so that client's frame shows the table decided.
+    let hashed = state
+        .hashed_server(first)
+        .unwrap_or_else(|| panic!("no server for {first}"))
+        .index;
+    let planted = state
         .reals
         .iter()
-        .find(|r| r.name == "rs2")
-        .unwrap_or_else(|| panic!("rs2"));
+        .find(|r| r.index != hashed)
+        .unwrap_or_else(|| panic!("web has a server besides the ring's choice"));
     let now = monotonic_ns();
-    let base = u32::from(Ipv4Addr::new(10, 0, 0, 0));
     for i in 0..CLIENTS {
         let client = Ipv4Addr::from(base + i);
         let entry = Affinity {
-            real: rs2.index,
-            real_address: u32::from_ne_bytes(rs2.address.octets()),
+            real: planted.index,
+            real_address: u32::from_ne_bytes(planted.address.octets()),
             last_seen_ns: now,
         };
         h.balancer
@@ -975,13 +1098,12 @@ fn the_affinity_table_holds_a_million_clients() {
             .unwrap_or_else(|e| panic!("entry {i}: {e}"));
     }
     // The first client written is still there and still wins over the hash.
-    let first = Ipv4Addr::from(base);
     let frame = FrameSpec::tcp(IFACE_MAC, first, VIP, 80).build();
     let (verdict, out) = h.run(&frame);
     assert_eq!(verdict, XDP_TX);
     assert_eq!(
         out[0..6],
-        mac_of(rs2.address),
+        mac_of(planted.address),
         "the oldest of a million entries still counts"
     );
     let active = h
@@ -989,16 +1111,28 @@ fn the_affinity_table_holds_a_million_clients() {
         .active_clients(monotonic_ns())
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        active.get(&rs2.index).copied(),
+        active.get(&planted.index).copied(),
         Some(u64::from(CLIENTS)),
         "no entry was evicted"
     );
-    if let Some(bytes) = affinity_map_memlock() {
-        eprintln!(
-            "affinity table: {} entries, {} MiB locked ({} bytes per entry)",
-            lb_common::MAX_AFFINITY_ENTRIES,
-            bytes >> 20,
-            bytes / u64::from(lb_common::MAX_AFFINITY_ENTRIES)
-        );
-    }
+    let bytes = affinity_map_memlock().unwrap_or_else(|| {
+        panic!(
+            "no affinity map (max_entries {}) among this process's descriptors in /proc/self/fdinfo",
+            lb_common::MAX_AFFINITY_ENTRIES
+        )
+    });
+    eprintln!(
+        "affinity table: {} entries, {} MiB locked ({} bytes per entry)",
+        lb_common::MAX_AFFINITY_ENTRIES,
+        bytes >> 20,
+        bytes / u64::from(lb_common::MAX_AFFINITY_ENTRIES)
+    );
+    let quoted = README_AFFINITY_MIB << 20;
+    let tolerance = quoted * MEMORY_TOLERANCE_PERCENT / 100;
+    assert!(
+        (quoted - tolerance..=quoted + tolerance).contains(&bytes),
+        "the affinity table takes {bytes} bytes ({} MiB); the README says \
+         {README_AFFINITY_MIB} MiB (within {MEMORY_TOLERANCE_PERCENT} %)",
+        bytes >> 20
+    );
 }

@@ -5,11 +5,13 @@
 //! real TLS with a generated certificate. The demo shows which server each
 //! client lands on and that it stays there, a redirect followed to HTTPS, a
 //! drain of one server and the failure of another, and what happens to the
-//! clients. It ends by itself after `--duration` seconds (or on Ctrl-C) and
-//! always removes the lab.
+//! clients. It ends by itself after `--duration` seconds (and the rounds
+//! that show the failed server's clients moving), or on Ctrl-C, and always
+//! removes the lab. Its last lines include one a test can parse:
+//! `moved: failed-server clients M/N, others K/L`.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     net::Ipv4Addr,
     process::ExitCode,
@@ -20,6 +22,7 @@ use std::{
 use lb_tests::{
     lab::{run_in, DrLab, DrLabOptions},
     lbd::{lab_config, Lbd},
+    wait::{try_wait_until, SLACK},
 };
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -33,6 +36,14 @@ const MYCHART: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 101);
 /// Hyperspace clients shown (and sending); MyChart clients.
 const CLINICIANS: usize = 6;
 const PATIENTS: usize = 3;
+/// The demo's health checks: quicker than the example's.
+const HC_INTERVAL_MS: u64 = 500;
+const HC_TIMEOUT_MS: u64 = 400;
+const HC_RISE: u64 = 2;
+const HC_FALL: u64 = 2;
+/// Rounds shown after lbd has taken the failed server out, so that its
+/// clients are seen to move (the demo runs past `--duration` for them).
+const ROUNDS_AFTER_FAILURE: u32 = 2;
 
 fn main() -> ExitCode {
     let duration = std::env::args()
@@ -74,7 +85,13 @@ fn epic_config(lab: &DrLab) -> Result<String, String> {
     let services = services
         .replace("198.18.0.31", &lab.real_address(3).to_string())
         .replace("198.18.0.32", &lab.real_address(4).to_string())
-        .replace("tls_verify: false", "tls_verify: false\n      interval_ms: 500\n      timeout_ms: 400\n      rise: 2\n      fall: 2")
+        .replace(
+            "tls_verify: false",
+            &format!(
+                "tls_verify: false\n      interval_ms: {HC_INTERVAL_MS}\n      timeout_ms: {HC_TIMEOUT_MS}\n      \
+                 rise: {HC_RISE}\n      fall: {HC_FALL}"
+            ),
+        )
         .replace("{ name: hs1,", &format!("{{ name: {},", lab.real_name(0)))
         .replace("{ name: hs2,", &format!("{{ name: {},", lab.real_name(1)))
         .replace("{ name: hs3,", &format!("{{ name: {},", lab.real_name(2)))
@@ -113,6 +130,61 @@ fn columns(sources: &[Ipv4Addr]) -> String {
         let _ = write!(out, "{:>7}", format!(".{}", s.octets()[3]));
         out
     })
+}
+
+/// The health `lbctl status` reports for `server` of `service`.
+fn health_of(lbd: &Lbd, service: &str, server: &str) -> Result<String, String> {
+    let status = lbd
+        .status()
+        .ok_or_else(|| "`lbctl status` does not answer".to_owned())?;
+    status["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["name"] == service)
+        .flat_map(|s| s["real_servers"].as_array().into_iter().flatten())
+        .find(|r| r["name"] == server)
+        .and_then(|r| r["health"].as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| format!("no health of {service}/{server} in {status}"))
+}
+
+/// Stops the web server of the Hyperspace server (not the drained first one)
+/// with the most clinicians, and waits until lbd's health check takes it
+/// out; returns its name.
+fn fail_a_server(
+    lab: &mut DrLab,
+    lbd: &Lbd,
+    home: &BTreeMap<Ipv4Addr, String>,
+) -> Result<String, String> {
+    let clients_of = |name: &str| home.values().filter(|s| *s == name).count();
+    let victim = (1..=2)
+        .max_by_key(|&i| (clients_of(&lab.real_name(i)), std::cmp::Reverse(i)))
+        .unwrap_or(1);
+    let name = lab.real_name(victim);
+    step(&format!(
+        "failure: {name}'s web server stops; the health check takes it out and its clinicians move"
+    ));
+    let started = Instant::now();
+    lab.stop_http(victim);
+    // `fall` failed checks, each at most an interval and a timeout apart,
+    // after the check under way.
+    let bound =
+        Duration::from_millis(HC_INTERVAL_MS + HC_FALL * (HC_INTERVAL_MS + HC_TIMEOUT_MS)) + SLACK;
+    try_wait_until(&format!("lbd to take {name} down"), bound, || {
+        let health = health_of(lbd, "hyperspace", &name)?;
+        if health == "down" {
+            Ok(())
+        } else {
+            Err(format!("{name} is {health}"))
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    println!(
+        "health check: {name} down {:.1?} after its web server stopped",
+        started.elapsed()
+    );
+    Ok(name)
 }
 
 fn lbctl_print(lbd: &Lbd, args: &[&str]) {
@@ -195,10 +267,16 @@ fn demo(duration: Duration) -> Result<(), String> {
     );
     let mut home: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
     let mut moves: Vec<String> = Vec::new();
+    let mut moved: BTreeSet<Ipv4Addr> = BTreeSet::new();
     let (drain_at, fail_at) = (duration / 3, duration * 2 / 3);
-    let (mut drained, mut failed) = (false, false);
+    let mut drained = false;
+    // The failed server and where every client was when it failed.
+    let mut failed: Option<(String, BTreeMap<Ipv4Addr, String>)> = None;
+    let mut rounds_after_failure = 0;
     let mut round = 0;
-    while started.elapsed() < duration && !STOP.load(Ordering::SeqCst) {
+    while !STOP.load(Ordering::SeqCst)
+        && (started.elapsed() < duration || rounds_after_failure < ROUNDS_AFTER_FAILURE)
+    {
         if !drained && started.elapsed() >= drain_at {
             drained = true;
             step("maintenance: lbctl drain hyperspace rs1 (no new clinicians; its clinicians stay until they log off)");
@@ -206,10 +284,11 @@ fn demo(duration: Duration) -> Result<(), String> {
             print!("a clinician never seen before would go to: ");
             lbctl_print(&lbd, &["affinity", "hyperspace", "198.18.2.250"]);
         }
-        if !failed && started.elapsed() >= fail_at {
-            failed = true;
-            step("failure: rs2's web server stops; the health check takes it out and its clinicians move");
-            lab.stop_http(1);
+        if failed.is_some() {
+            rounds_after_failure += 1;
+        } else if started.elapsed() >= fail_at {
+            let victim = fail_a_server(&mut lab, &lbd, &home)?;
+            failed = Some((victim, home.clone()));
         }
         round += 1;
         let mut row = Vec::new();
@@ -227,6 +306,7 @@ fn demo(duration: Duration) -> Result<(), String> {
                 let previous = home.insert(source, server.clone());
                 if let Some(previous) = previous.filter(|p| *p != server) {
                     moves.push(format!(".{}: {previous} -> {server}", source.octets()[3]));
+                    moved.insert(source);
                 }
             }
             row.push(format!("{server:>7}"));
@@ -241,12 +321,36 @@ fn demo(duration: Duration) -> Result<(), String> {
     if moves.is_empty() {
         println!("no client changed server");
     } else {
+        println!("clients that changed server: {}", moves.join(", "));
+    }
+    let mut wrong = Vec::new();
+    if let Some((victim, at_failure)) = &failed {
+        let victims: BTreeSet<Ipv4Addr> = at_failure
+            .iter()
+            .filter(|(_, server)| *server == victim)
+            .map(|(source, _)| *source)
+            .collect();
+        let victims_moved = victims
+            .iter()
+            .filter(|source| home.get(*source).is_some_and(|now| now != victim))
+            .count();
+        let others: Vec<Ipv4Addr> = home
+            .keys()
+            .filter(|source| !victims.contains(*source))
+            .copied()
+            .collect();
+        wrong = others
+            .iter()
+            .filter(|source| moved.contains(*source))
+            .map(|source| format!(".{}", source.octets()[3]))
+            .collect();
         println!(
-            "clients that changed server: {} (only rs2's, when it failed)",
-            moves.join(", ")
+            "moved: failed-server clients {victims_moved}/{}, others {}/{}",
+            victims.len(),
+            wrong.len(),
+            others.len()
         );
     }
-    let wrong: Vec<&String> = moves.iter().filter(|m| !m.contains("rs2 ->")).collect();
 
     step("stopping lbd and removing the lab");
     let mut lbd = lbd;
