@@ -18,6 +18,7 @@ use crate::{
     report::write_outputs,
     scenario::{
         control::{control_plane, ControlPlane},
+        flood::FloodFigures,
         ha::HaStall,
         health::HealthFailover,
         packet::{packet_costs, PacketCost},
@@ -36,6 +37,7 @@ pub(crate) struct Findings {
     pub(crate) control: ControlPlane,
     pub(crate) control_errors: Vec<String>,
     pub(crate) health: Result<HealthFailover, String>,
+    pub(crate) flood: Result<FloodFigures, String>,
     pub(crate) ha: Vec<HaStall>,
     pub(crate) elapsed: Duration,
 }
@@ -151,6 +153,21 @@ pub fn run_bench(opts: &Options) -> Result<Outcome> {
     };
     check_stop()?;
 
+    let flood = if wants("flood") {
+        eprintln!("bench: a flood of spoofed sources");
+        let result = lab.flood_bench(opts).map_err(|e| format!("{e:#}"));
+        if let Err(e) = &result {
+            eprintln!(
+                "bench:   not measured: {}",
+                e.lines().next().unwrap_or_default()
+            );
+        }
+        result
+    } else {
+        Err("skipped (LB_BENCH_ONLY)".into())
+    };
+    check_stop()?;
+
     let mut ha = Vec::new();
     let adverts: &[u64] = match (wants("ha"), opts.quick) {
         (false, _) => &[],
@@ -184,6 +201,7 @@ pub fn run_bench(opts: &Options) -> Result<Outcome> {
         control,
         control_errors,
         health,
+        flood,
         ha,
         elapsed: started.elapsed(),
     };

@@ -27,7 +27,9 @@ pub const MAX_REALS_PER_SERVICE: u32 = MAGLEV_RING_SIZE / 100;
 pub const MAGLEV_RING_SLOTS: u32 = MAX_SERVICES * 2;
 
 /// Capacity of the client affinity (persistence) table: over a million
-/// clients, with room for the kernel LRU's per-CPU free lists.
+/// clients. The table never evicts: a full table (or a service at its
+/// [`Service::max_clients`]) stops remembering new clients, never forgets
+/// a live one. lbd removes expired entries.
 pub const MAX_AFFINITY_ENTRIES: u32 = 1_250_000;
 
 /// Real-server index meaning "no real server" in a Maglev ring or service entry.
@@ -46,10 +48,38 @@ pub const FLOW_CACHE_SLOTS: u32 = 8192;
 /// nanosecond clock read costs a helper call.)
 pub const FLOW_CACHE_MAX_AGE_JIFFIES: u32 = 250;
 
-/// Services with a shorter affinity timeout are never served from the flow
-/// cache, so that their expiry stays as exact as the affinity table's.
-pub const FLOW_CACHE_MIN_TIMEOUT_NS: u64 = 10_000_000_000;
+/// How far an affinity entry's last-seen time may lag behind the client's
+/// last frame: the refresh interval plus the flow cache's longest age (250
+/// jiffies at `HZ=100`), during which cache hits do not touch the table.
+pub const AFFINITY_LAG_NS: u64 = AFFINITY_REFRESH_NS + 2_500_000_000;
 
+/// The shortest `timeout_s` the configuration accepts: well above
+/// [`AFFINITY_LAG_NS`], so that a timeout is honoured to within a few seconds.
+pub const MIN_AFFINITY_TIMEOUT_S: u32 = 10;
+
+/// What the data path compares an entry's age with ([`Service::timeout_ns`])
+/// for a configured timeout: the timeout plus [`AFFINITY_LAG_NS`], so that a
+/// client is never forgotten early, and at most that much late.
+#[must_use]
+pub const fn affinity_expiry_ns(timeout_s: u32) -> u64 {
+    timeout_s as u64 * 1_000_000_000 + AFFINITY_LAG_NS
+}
+
+/// Whether an entry last seen at `last_seen_ns` is still live at `now_ns`.
+/// The age saturates: an entry refreshed by another CPU after `now_ns` was
+/// read (a time "from the future") is as fresh as can be, not 2^64 ns old.
+#[must_use]
+#[expect(
+    clippy::inline_always,
+    reason = "called from the XDP program, which must not make calls"
+)]
+#[inline(always)]
+pub const fn affinity_is_live(now_ns: u64, last_seen_ns: u64, expiry_ns: u64) -> bool {
+    now_ns.saturating_sub(last_seen_ns) <= expiry_ns
+}
+
+/// IP protocol number of ICMP (errors about service traffic are forwarded).
+pub const IPPROTO_ICMP: u8 = 1;
 /// IP protocol numbers used in [`ServiceKey::protocol`].
 pub const IPPROTO_TCP: u8 = 6;
 /// See [`IPPROTO_TCP`].
@@ -81,11 +111,34 @@ pub struct Service {
     pub netmask: u32,
     /// Real-server index used while the ring is empty, or [`NO_REAL`].
     pub fallback_real: u32,
-    /// Affinity timeout: an entry not seen for longer no longer counts.
+    /// Affinity expiry ([`affinity_expiry_ns`] of the configured timeout): an
+    /// entry not seen for longer no longer counts.
     pub timeout_ns: u64,
+    /// The most clients the service may hold in the affinity table; a new
+    /// client beyond it is served from the ring without being remembered.
+    pub max_clients: u32,
+    /// Always zero.
+    pub pad: u32,
 }
 
-/// Real-server flag: its MAC address is known; without it frames are dropped.
+/// Key of the fragments map: a VIP and protocol whose fragments go to one
+/// service (the only service of that protocol on the VIP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VipProtocol {
+    /// Virtual IP address, network byte order.
+    pub vip: u32,
+    /// [`IPPROTO_TCP`] or [`IPPROTO_UDP`].
+    pub protocol: u8,
+    /// Always zero.
+    pub pad: [u8; 3],
+}
+
+/// Entries of the fragments map: one per VIP and protocol.
+pub const MAX_FRAGMENT_TARGETS: u32 = MAX_SERVICES;
+
+/// Real-server flag: its MAC address is known; without it the server is kept
+/// out of the ring, and frames that reach it anyway are dropped.
 pub const REAL_F_RESOLVED: u32 = 1 << 0;
 /// Real-server flag: clients that have an affinity entry for it keep it
 /// (online or drain). Cleared when it is halted, down or removed.
@@ -164,14 +217,11 @@ pub struct Globals {
     pub iface_mac: [u8; 6],
     /// Always zero.
     pub pad: [u8; 2],
-    /// The data path's flow cache holds only decisions taken under this
-    /// number; lbd increments it after changing a service, a real server or
-    /// an affinity entry, which empties every CPU's cache at once. 0 disables
-    /// the cache.
-    pub flow_generation: u64,
 }
 
 /// Why the program returned what it returned: one per-CPU counter each.
+/// Verdicts (exactly one per frame) come first, then notes on how the real
+/// server was chosen.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
@@ -189,9 +239,9 @@ pub enum Reason {
     PassTruncatedIp,
     /// Passed: IPv4 header malformed (IHL < 5, total length shorter than the header).
     PassBadIp,
-    /// Passed: a fragment (all fragments go to the kernel alike).
+    /// Passed: a fragment for a VIP with no single service of its protocol.
     PassFragment,
-    /// Passed: neither TCP nor UDP (ICMP, VRRP, ...).
+    /// Passed: neither TCP, UDP nor ICMP (VRRP, ...).
     PassNotTcpUdp,
     /// Passed: frame ends inside the TCP or UDP header.
     PassTruncatedL4,
@@ -201,28 +251,46 @@ pub enum Reason {
     PassNotService,
     /// Passed: service traffic in a frame not addressed to this interface's MAC.
     PassNotForUs,
+    /// Passed: ICMP that is not an error about a service's traffic (echo, errors about other flows).
+    PassIcmp,
+    /// Passed: an ICMP error whose quoted header is cut short or malformed.
+    PassIcmpTruncated,
     /// Dropped: no real server in the ring and no fallback.
     DropNoReal,
-    /// Dropped: the chosen real server's MAC address is not known yet.
+    /// Dropped: the chosen real server's MAC address is not known (never remembered).
     DropRealUnresolved,
+    /// Dropped: the ring named a server that is halted, down or of another service (a write in flight).
+    DropRealNotReady,
+    /// Dropped: the real server's MAC is the frame's own source (a router answering ARP for an off-link server): sending it back would loop.
+    DropLoop,
     /// Dropped: a map the daemon fills had no entry where one must be.
     DropInternal,
-    /// Informational: a live affinity entry chose the real server.
+    /// Note: a live affinity entry chose the real server.
     AffinityHit,
-    /// Informational: no affinity entry; the Maglev ring chose.
+    /// Note: no affinity entry; the Maglev ring chose.
     AffinityMiss,
-    /// Informational: an entry older than the timeout was replaced.
+    /// Note: an entry older than the timeout was replaced.
     AffinityExpired,
-    /// Informational: an entry for a halted, down or removed server was replaced.
+    /// Note: an entry for a halted, down or removed server was replaced.
     AffinityStale,
-    /// Informational: the fallback server was used.
+    /// Note: the fallback server was used.
     Fallback,
-    /// Informational: an affinity hit served from this CPU's flow cache.
+    /// Note: an affinity hit served from this CPU's flow cache.
     FlowCacheHit,
+    /// Note: a new client's bare TCP SYN was served from the ring and not remembered (a client is remembered once it shows it is real: a frame with ACK).
+    FloodSynUnremembered,
+    /// Note: a new client was served from the ring and not remembered: its service holds its `max_clients`.
+    FloodQuotaFull,
+    /// Note: a new client was served from the ring and not remembered: the affinity table is full.
+    FloodTableFull,
+    /// Note: an ICMP error about a service's traffic was forwarded to the client's real server.
+    IcmpToReal,
+    /// Note: an IPv4 fragment was forwarded (all of a datagram's fragments go to one server).
+    FragmentToReal,
 }
 
 /// Number of [`Reason`] counters.
-pub const REASON_COUNT: u32 = Reason::FlowCacheHit as u32 + 1;
+pub const REASON_COUNT: u32 = Reason::FragmentToReal as u32 + 1;
 
 /// Value of the reasons map (one slot, per CPU): a counter per [`Reason`],
 /// indexed by its number, so a frame looks its CPU's counters up once.
@@ -257,8 +325,12 @@ impl Reason {
         Reason::PassBadL4,
         Reason::PassNotService,
         Reason::PassNotForUs,
+        Reason::PassIcmp,
+        Reason::PassIcmpTruncated,
         Reason::DropNoReal,
         Reason::DropRealUnresolved,
+        Reason::DropRealNotReady,
+        Reason::DropLoop,
         Reason::DropInternal,
         Reason::AffinityHit,
         Reason::AffinityMiss,
@@ -266,6 +338,11 @@ impl Reason {
         Reason::AffinityStale,
         Reason::Fallback,
         Reason::FlowCacheHit,
+        Reason::FloodSynUnremembered,
+        Reason::FloodQuotaFull,
+        Reason::FloodTableFull,
+        Reason::IcmpToReal,
+        Reason::FragmentToReal,
     ];
 
     /// A stable snake-case name for logs, `lbctl status` and metrics labels.
@@ -285,8 +362,12 @@ impl Reason {
             Reason::PassBadL4 => "pass_bad_l4",
             Reason::PassNotService => "pass_not_service",
             Reason::PassNotForUs => "pass_not_for_us",
+            Reason::PassIcmp => "pass_icmp",
+            Reason::PassIcmpTruncated => "pass_icmp_truncated",
             Reason::DropNoReal => "drop_no_real",
             Reason::DropRealUnresolved => "drop_real_unresolved",
+            Reason::DropRealNotReady => "drop_real_not_ready",
+            Reason::DropLoop => "drop_loop",
             Reason::DropInternal => "drop_internal",
             Reason::AffinityHit => "affinity_hit",
             Reason::AffinityMiss => "affinity_miss",
@@ -294,6 +375,11 @@ impl Reason {
             Reason::AffinityStale => "affinity_stale",
             Reason::Fallback => "fallback",
             Reason::FlowCacheHit => "flow_cache_hit",
+            Reason::FloodSynUnremembered => "flood_syn_unremembered",
+            Reason::FloodQuotaFull => "flood_quota_full",
+            Reason::FloodTableFull => "flood_table_full",
+            Reason::IcmpToReal => "icmp_to_real",
+            Reason::FragmentToReal => "fragment_to_real",
         }
     }
 
@@ -359,12 +445,13 @@ pub const fn ring_index(slot: u32, index: u32) -> u32 {
 }
 
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
-const _: () = assert!(core::mem::size_of::<Service>() == 24);
+const _: () = assert!(core::mem::size_of::<Service>() == 32);
 const _: () = assert!(core::mem::size_of::<Real>() == 16);
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
+const _: () = assert!(core::mem::size_of::<VipProtocol>() == 8);
 const _: () = assert!(core::mem::size_of::<Affinity>() == 16);
 const _: () = assert!(core::mem::size_of::<Counters>() == 24);
-const _: () = assert!(core::mem::size_of::<Globals>() == 16);
+const _: () = assert!(core::mem::size_of::<Globals>() == 8);
 const _: () = assert!(MAX_SERVICES <= NO_SERVICE as u32);
 const _: () = assert!((MAGLEV_RING_SLOTS as u64) * (MAGLEV_RING_SIZE as u64) < u32::MAX as u64);
 
@@ -374,6 +461,7 @@ mod pod {
     //! implicit padding (the size assertions above pin the layout).
     use super::{
         Affinity, AffinityKey, Counters, Globals, Real, ReasonCounters, Service, ServiceKey,
+        VipProtocol,
     };
 
     // SAFETY: plain-old-data structs with explicit padding fields, checked sizes.
@@ -390,6 +478,9 @@ mod pod {
     unsafe impl aya::Pod for Counters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Globals {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VipProtocol {}
+    // SAFETY: as above (an array of u64).
     unsafe impl aya::Pod for ReasonCounters {}
 }
 
@@ -406,7 +497,22 @@ mod tests {
             }
         }
         assert!(Reason::DropInternal.is_verdict());
+        assert!(Reason::DropLoop.is_verdict());
         assert!(!Reason::AffinityHit.is_verdict());
+        assert!(!Reason::FloodTableFull.is_verdict());
+    }
+
+    #[test]
+    fn ages_saturate_and_expiry_is_never_early() {
+        let expiry = affinity_expiry_ns(MIN_AFFINITY_TIMEOUT_S);
+        // Refreshed by another CPU after this one read the clock.
+        assert!(affinity_is_live(1_000, 2_000, expiry));
+        assert!(affinity_is_live(0, u64::MAX, expiry));
+        assert!(affinity_is_live(expiry, 0, expiry));
+        assert!(!affinity_is_live(expiry + 1, 0, expiry));
+        // The lag of the refresh and the flow cache is added, never taken.
+        assert!(expiry >= 10_000_000_000 + AFFINITY_REFRESH_NS);
+        assert_eq!(expiry - 10_000_000_000, AFFINITY_LAG_NS);
     }
 
     #[test]

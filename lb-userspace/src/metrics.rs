@@ -59,6 +59,8 @@ pub struct RealSample {
     pub up: bool,
     /// Live affinity entries.
     pub active_clients: u64,
+    /// Whether its MAC address is known (else it gets no client).
+    pub resolved: bool,
 }
 
 /// One service's numbers at scrape time.
@@ -72,6 +74,10 @@ pub struct ServiceSample {
     pub bytes: u64,
     /// Its real servers.
     pub reals: Vec<RealSample>,
+    /// Entries it holds in the affinity table (live or not yet swept).
+    pub remembered_clients: u64,
+    /// The most it may hold.
+    pub max_clients: u64,
 }
 
 /// Everything a scrape shows.
@@ -129,6 +135,10 @@ impl Metrics {
     ///
     /// # Errors
     /// Never in practice (fixed, valid metric names).
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one registration and one fill per metric, in contract order"
+    )]
     pub fn render(&self, snapshot: &Snapshot) -> Result<String, MetricsError> {
         let registry = Registry::new();
         let counter =
@@ -178,6 +188,21 @@ impl Metrics {
             "Clients with a live affinity entry for the real server",
             &["service", "server"],
         )?;
+        let real_resolved = gauge(
+            "lb_real_server_resolved",
+            "1 if the real server's MAC address is known (an unresolved server gets no client)",
+            &["service", "server"],
+        )?;
+        let remembered = gauge(
+            "lb_service_remembered_clients",
+            "Entries a service holds in the affinity table, live or not yet removed",
+            &["service"],
+        )?;
+        let max_clients = gauge(
+            "lb_service_max_clients",
+            "The most entries a service may hold in the affinity table (new clients beyond are served from the ring, not remembered)",
+            &["service"],
+        )?;
         let dataplane = counter(
             "lb_dataplane_decisions_total",
             "Frames by what the XDP program did with them and why",
@@ -188,12 +213,21 @@ impl Metrics {
                 .with_label_values(&[&s.name])
                 .inc_by(s.packets);
             service_bytes.with_label_values(&[&s.name]).inc_by(s.bytes);
+            remembered
+                .with_label_values(&[&s.name])
+                .set(i64::try_from(s.remembered_clients).unwrap_or(i64::MAX));
+            max_clients
+                .with_label_values(&[&s.name])
+                .set(i64::try_from(s.max_clients).unwrap_or(i64::MAX));
             for r in &s.reals {
                 let labels = [s.name.as_str(), r.name.as_str()];
                 real_packets.with_label_values(&labels).inc_by(r.packets);
                 real_bytes.with_label_values(&labels).inc_by(r.bytes);
                 real_new.with_label_values(&labels).inc_by(r.new_clients);
                 real_up.with_label_values(&labels).set(i64::from(r.up));
+                real_resolved
+                    .with_label_values(&labels)
+                    .set(i64::from(r.resolved));
                 real_active
                     .with_label_values(&labels)
                     .set(i64::try_from(r.active_clients).unwrap_or(i64::MAX));
@@ -327,7 +361,10 @@ mod tests {
                     new_clients: 2,
                     up: true,
                     active_clients: 2,
+                    resolved: false,
                 }],
+                remembered_clients: 3,
+                max_clients: 1_250_000,
             }],
             affinity_entries: 2,
             ha_master: true,
@@ -341,6 +378,9 @@ mod tests {
             "lb_real_server_packets_total{server=\"rs1\",service=\"web\"} 10",
             "lb_real_server_up{server=\"rs1\",service=\"web\"} 1",
             "lb_real_server_active_clients{server=\"rs1\",service=\"web\"} 2",
+            "lb_real_server_resolved{server=\"rs1\",service=\"web\"} 0",
+            "lb_service_remembered_clients{service=\"web\"} 3",
+            "lb_service_max_clients{service=\"web\"} 1250000",
             "lb_affinity_entries 2",
             "lb_ha_master 1",
             "lb_sync_connected 0",

@@ -106,7 +106,10 @@ impl Vips {
     }
 
     /// The interface's IPv4 addresses with their prefix lengths.
-    async fn addresses(&self) -> Result<Vec<(Ipv4Addr, u8)>> {
+    ///
+    /// # Errors
+    /// When the addresses cannot be listed.
+    pub async fn addresses(&self) -> Result<Vec<(Ipv4Addr, u8)>> {
         let mut messages = self
             .handle
             .address()

@@ -33,7 +33,8 @@ pub struct FrameSpec {
 }
 
 impl FrameSpec {
-    /// A TCP SYN from `src` to `dst:dport`.
+    /// A TCP segment with ACK set (an established client's) from `src` to
+    /// `dst:dport`.
     #[must_use]
     pub fn tcp(dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, dport: u16) -> Self {
         Self {
@@ -44,11 +45,20 @@ impl FrameSpec {
             protocol: 6,
             sport: 40_000,
             dport,
-            tcp_flags: 0x02,
+            tcp_flags: 0x10,
             ip_options: Vec::new(),
             frag: 0x4000,
             ttl: 64,
             payload: Vec::new(),
+        }
+    }
+
+    /// A bare TCP SYN (no ACK) from `src` to `dst:dport`.
+    #[must_use]
+    pub fn syn(dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, dport: u16) -> Self {
+        Self {
+            tcp_flags: 0x02,
+            ..Self::tcp(dst_mac, src, dst, dport)
         }
     }
 
@@ -128,6 +138,66 @@ impl FrameSpec {
         frame.extend_from_slice(&l4);
         frame
     }
+}
+
+/// An ICMP error (`kind` 3 destination unreachable, 11 time exceeded) from
+/// `from` to `to`, quoting the first `quote` bytes of `quoted`'s IP datagram
+/// (the frame `quoted` without its Ethernet header), as a router sends it.
+#[must_use]
+pub fn icmp_error(
+    dst_mac: [u8; 6],
+    from: Ipv4Addr,
+    to: Ipv4Addr,
+    kind: u8,
+    code: u8,
+    quoted: &[u8],
+    quote: usize,
+) -> Vec<u8> {
+    let datagram = quoted.get(14..).unwrap_or_default();
+    let mut payload = datagram[..quote.min(datagram.len())].to_vec();
+    let mut icmp = vec![kind, code, 0, 0, 0, 0, 0x05, 0xdc];
+    icmp.append(&mut payload);
+    let sum = checksum(&icmp, 0);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut spec = FrameSpec {
+        protocol: 1,
+        ..FrameSpec::tcp(dst_mac, from, to, 0)
+    };
+    spec.src_mac = [0x02, 0, 0, 0, 0, 0x01];
+    let mut frame = spec.build();
+    // Replace the echo request `build` makes with the error.
+    frame.truncate(14 + 20);
+    frame.extend_from_slice(&icmp);
+    let total = u16::try_from(20 + icmp.len()).unwrap_or(u16::MAX);
+    frame[16..18].copy_from_slice(&total.to_be_bytes());
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let check = checksum(&frame[14..34], 0);
+    frame[24..26].copy_from_slice(&check.to_be_bytes());
+    frame
+}
+
+/// `frame` (unfragmented IPv4 without options) cut into two fragments, the
+/// first carrying `first_len` bytes of the IP payload (a multiple of 8).
+#[must_use]
+pub fn fragments(frame: &[u8], first_len: usize) -> (Vec<u8>, Vec<u8>) {
+    let header = &frame[..34];
+    let payload = &frame[34..];
+    let piece = |data: &[u8], frag: u16| {
+        let mut out = header.to_vec();
+        let total = u16::try_from(20 + data.len()).unwrap_or(u16::MAX);
+        out[16..18].copy_from_slice(&total.to_be_bytes());
+        out[20..22].copy_from_slice(&frag.to_be_bytes());
+        out[24..26].copy_from_slice(&[0, 0]);
+        let check = checksum(&out[14..34], 0);
+        out[24..26].copy_from_slice(&check.to_be_bytes());
+        out.extend_from_slice(data);
+        out
+    };
+    let offset = u16::try_from(first_len / 8).unwrap_or(0);
+    (
+        piece(&payload[..first_len], 0x2000),
+        piece(&payload[first_len..], offset),
+    )
 }
 
 fn partial(bytes: &[u8]) -> u32 {
@@ -236,6 +306,37 @@ pub fn parse_service_frame(frame: &[u8]) -> Option<ServiceFrame> {
         dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
         protocol,
         dport: u16::from_be_bytes([l4[2], l4[3]]),
+    })
+}
+
+/// The reference parser for fragments: `Some` (with `dport` 0) when `frame`
+/// is an Ethernet/IPv4 fragment (first or later) with a complete IP header,
+/// whatever follows it.
+#[must_use]
+pub fn parse_fragment(frame: &[u8]) -> Option<ServiceFrame> {
+    if frame.len() < 14 || frame[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = &frame[14..];
+    if ip.len() < 20 || ip[0] >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    if ihl < 20 || total < ihl || total > ip.len() {
+        return None;
+    }
+    if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff == 0 {
+        return None;
+    }
+    let mut dst_mac = [0; 6];
+    dst_mac.copy_from_slice(&frame[..6]);
+    Some(ServiceFrame {
+        dst_mac,
+        src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+        protocol: ip[9],
+        dport: 0,
     })
 }
 

@@ -1,7 +1,9 @@
 //! Test support for the load balancer: the network-namespace lab ([`lab`]),
-//! `lbd` in it ([`lbd`]), frame building ([`frames`]), where the built
-//! artifacts are ([`paths`]) and bounded waiting ([`wait`]).
+//! `lbd` in it ([`lbd`]), frame building ([`frames`]), spoofed-source
+//! floods sent into a lab ([`flood`]), where the built artifacts are
+//! ([`paths`]) and bounded waiting ([`wait`]).
 
+pub mod flood;
 pub mod frames;
 pub mod lab;
 pub mod lbd;

@@ -6,7 +6,7 @@ use super::Target;
 use crate::{
     options::{System, Workload},
     run::Findings,
-    scenario::traffic::RunResult,
+    scenario::{flood::RealTraffic, traffic::RunResult},
     stats::summarise,
 };
 
@@ -52,7 +52,7 @@ pub(super) fn findings_json(f: &Findings, targets: &[Target]) -> Value {
         "systems": systems,
         "runs": f.runs.iter().map(|(round, r)| r.json(*round)).collect::<Vec<_>>(),
         "packet_cost": match &f.costs {
-            Ok(c) => json!(c.iter().map(|c| json!({"name": c.name, "repeat": c.repeat, "ns": c.ns, "floor_ns": c.floor_ns, "ratio": c.ratio})).collect::<Vec<_>>()),
+            Ok(c) => json!(c.iter().map(|c| json!({"name": c.name, "repeat": c.repeat, "ns": c.ns, "floor_ns": c.floor_ns, "ratio": c.ratio, "bare_ratio": if c.bare_ratio.is_nan() { None } else { Some(c.bare_ratio) }})).collect::<Vec<_>>()),
             Err(e) => json!({"error": e}),
         },
         "control": {
@@ -71,6 +71,7 @@ pub(super) fn findings_json(f: &Findings, targets: &[Target]) -> Value {
             Ok(h) => json!({"victim": h.victim, "clients": h.clients, "first_moved_ms": h.first_moved_ms, "all_moved_ms": h.all_moved_ms, "settings": h.settings}),
             Err(e) => json!({"error": e}),
         },
+        "flood": flood_json(f),
         "ha": f.ha.iter().map(|h| match &h.result {
             Ok(m) => json!({"advert_ms": h.advert_ms, "stall_ms": m.stall_ms, "recovered": m.recovered,
                             "failed_attempts": m.failed_attempts, "failing_sources": m.failing_sources,
@@ -80,4 +81,23 @@ pub(super) fn findings_json(f: &Findings, targets: &[Target]) -> Value {
         }).collect::<Vec<_>>(),
         "targets": targets.iter().map(|t| json!({"what": t.what, "value": t.value, "bound": t.bound, "at_least": t.at_least, "verdict": t.verdict()})).collect::<Vec<_>>(),
     })
+}
+
+/// The flood scenario's figures (see `scenario::flood`).
+fn flood_json(f: &Findings) -> Value {
+    let traffic = |t: &RealTraffic| json!({"requests": t.requests, "duration_s": t.duration_s, "errors": t.errors, "rate": t.rate()});
+    match &f.flood {
+        Ok(x) => json!({
+            "seconds": x.seconds, "cap_pps": x.cap, "services": x.services,
+            "frames": x.flood.frames, "flood_s": x.flood.elapsed.as_secs_f64(),
+            "flood_pps": x.flood.rate(), "passes": x.flood.passes_completed,
+            "retries": x.flood.retries, "forwarded": x.forwarded,
+            "quota_full": x.quota_full, "table_full": x.table_full,
+            "syn_unremembered": x.syn_unremembered, "entries_after": x.entries_after,
+            "clients": x.clients, "on_drained": x.on_drained, "moved": x.moved,
+            "forgotten": x.forgotten, "without": traffic(&x.without),
+            "during": traffic(&x.during), "ratio": x.ratio(),
+        }),
+        Err(e) => json!({"error": e}),
+    }
 }

@@ -16,6 +16,31 @@ pub struct CensusKey {
     slots: BTreeMap<u32, (u32, bool)>,
 }
 
+/// How long past its expiry an entry stays before lbd removes it: the data
+/// path replaces an expired entry itself when its client comes back, so
+/// there is no hurry, and a margin keeps lbd well clear of entries the data
+/// path is renewing.
+pub const SWEEP_MARGIN_NS: u64 = 5_000_000_000;
+
+/// Entries of a service the key does not name (removed, or added after the
+/// key was taken) are removed once unseen for this long.
+pub const UNKNOWN_SERVICE_GRACE_NS: u64 = 60_000_000_000;
+
+impl CensusKey {
+    /// Whether lbd should remove this entry from the table: expired by more
+    /// than [`SWEEP_MARGIN_NS`] (ages saturate: an entry renewed after
+    /// `now_ns` was read is fresh), or of a service gone for
+    /// [`UNKNOWN_SERVICE_GRACE_NS`].
+    #[must_use]
+    pub fn sweepable(&self, k: &AffinityKey, v: &Affinity, now_ns: u64) -> bool {
+        let age = now_ns.saturating_sub(v.last_seen_ns);
+        match self.timeouts.get(&k.service_id) {
+            Some(timeout) => age > timeout.saturating_add(SWEEP_MARGIN_NS),
+            None => age > UNKNOWN_SERVICE_GRACE_NS,
+        }
+    }
+}
+
 /// Live affinity entries, counted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Census {
@@ -93,5 +118,39 @@ impl<M: Maps> Balancer<M> {
             census_out.add(&key, k, v, now_ns);
         })?;
         Ok(census_out.per_real)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{balancer, THREE};
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn only_entries_well_past_their_expiry_or_of_gone_services_are_swept() {
+        let b = balancer(&THREE);
+        let key = b.census_key();
+        let state = b.service("web").unwrap_or_else(|e| panic!("{e}"));
+        let expiry = state.timeout_ns();
+        let client = state.client_key("198.18.1.1".parse().unwrap_or_else(|e| panic!("{e}")));
+        let entry = |last_seen_ns| Affinity {
+            real: state.reals[0].index,
+            real_address: u32::from_ne_bytes(state.reals[0].address.octets()),
+            last_seen_ns,
+        };
+        let now = 10_000 * S;
+        assert!(!key.sweepable(&client, &entry(now - expiry), now));
+        assert!(!key.sweepable(&client, &entry(now - expiry - SWEEP_MARGIN_NS), now));
+        assert!(key.sweepable(&client, &entry(now - expiry - SWEEP_MARGIN_NS - 1), now));
+        // Renewed by the data path after `now` was read: fresh, kept.
+        assert!(!key.sweepable(&client, &entry(now + S), now));
+        let gone = AffinityKey {
+            service_id: state.id + 1,
+            ..client
+        };
+        assert!(!key.sweepable(&gone, &entry(now - UNKNOWN_SERVICE_GRACE_NS), now));
+        assert!(key.sweepable(&gone, &entry(now - UNKNOWN_SERVICE_GRACE_NS - 1), now));
     }
 }

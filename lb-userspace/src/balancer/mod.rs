@@ -25,7 +25,8 @@ use std::{
 };
 
 use lb_common::{
-    Counters, Globals, Real, MAGLEV_RING_SIZE, MAX_REALS, MAX_SERVICES, NO_REAL, NO_SERVICE,
+    Counters, Globals, Real, VipProtocol, MAGLEV_RING_SIZE, MAX_AFFINITY_ENTRIES, MAX_REALS,
+    MAX_SERVICES, NO_REAL, NO_SERVICE,
 };
 
 pub use self::affinity::AffinityAnswer;
@@ -75,6 +76,10 @@ pub struct Balancer<M: Maps> {
     reals_in_use: BTreeMap<u32, (String, Ipv4Addr)>,
     iface_mac: [u8; 6],
     macs: BTreeMap<Ipv4Addr, [u8; 6]>,
+    /// Where the search for a free service id starts: ids go round, so an
+    /// id is handed out again only after every other one has been, long
+    /// after lbd has swept the entries of the service that had it.
+    next_id: u32,
 }
 
 impl<M: Maps> Balancer<M> {
@@ -86,7 +91,6 @@ impl<M: Maps> Balancer<M> {
         maps.set_globals(Globals {
             iface_mac,
             pad: [0; 2],
-            flow_generation: 1,
         })?;
         Ok(Self {
             maps,
@@ -94,6 +98,7 @@ impl<M: Maps> Balancer<M> {
             reals_in_use: BTreeMap::new(),
             iface_mac,
             macs: BTreeMap::new(),
+            next_id: 0,
         })
     }
 
@@ -192,9 +197,12 @@ impl<M: Maps> Balancer<M> {
         // this apply: those of removed ones are only cleared at the end.
         let old_ids: BTreeSet<u32> = self.services.values().map(|s| s.id).collect();
         let mut fresh_ids = (0..MAX_SERVICES)
+            .map(|i| (self.next_id + i) % MAX_SERVICES)
             .filter(|id| !used_ids.contains(id) && !old_ids.contains(id))
             .collect::<Vec<_>>()
             .into_iter();
+        let shares = client_shares(config);
+        let mut new_ids = Vec::new();
         let mut fresh_reals = (1..MAX_REALS)
             .filter(|i| !reals_in_use.contains_key(i) && !self.reals_in_use.contains_key(i))
             .collect::<Vec<_>>()
@@ -206,9 +214,12 @@ impl<M: Maps> Balancer<M> {
                 continue;
             };
             let old = self.services.get(&service.name);
-            let id = match old {
-                Some(old) => old.id,
-                None => fresh_ids.next().ok_or(BalancerError::TooManyServices)?,
+            let id = if let Some(old) = old {
+                old.id
+            } else {
+                let id = fresh_ids.next().ok_or(BalancerError::TooManyServices)?;
+                new_ids.push(id);
+                id
             };
             let mut reals = Vec::with_capacity(forward.real_servers.len());
             for rs in &forward.real_servers {
@@ -277,17 +288,31 @@ impl<M: Maps> Balancer<M> {
                     live_slot,
                     ring,
                     retired,
+                    max_clients: shares.get(&service.name).copied().unwrap_or(1),
                 },
             );
         }
 
-        // 1. Real-server slots (new ones with fresh counters).
+        // 1. Real-server slots (new ones with fresh counters, new services
+        //    with a fresh client count). Slots that gain a right (or keep
+        //    theirs) are written before the rings that use them; slots that
+        //    lose one, after the rings that no longer do (`write_server`).
         for index in &new_indexes {
             self.maps.reset_real_counters(*index)?;
         }
+        for id in &new_ids {
+            self.maps.reset_client_count(*id);
+            self.next_id = (id + 1) % MAX_SERVICES;
+        }
+        let mut losing = Vec::new();
         for state in next.values() {
             for r in state.reals.iter().chain(state.fallback.iter()) {
-                self.maps.set_real(r.index, r.slot(state.id))?;
+                let slot = r.slot(state.id);
+                if self.loses_right(r.index, &slot) {
+                    losing.push((r.index, slot));
+                } else {
+                    self.maps.set_real(r.index, slot)?;
+                }
             }
         }
         // 2. Rings and service entries; a service whose key changed is
@@ -301,12 +326,16 @@ impl<M: Maps> Balancer<M> {
             }
             Self::project_service(&mut self.maps, state, old.is_none())?;
         }
-        // 3. What is gone.
+        // 3. What is gone, and what lost a right.
         for (name, old) in &self.services {
             if !next.contains_key(name) {
                 self.maps.remove_service(&old.key())?;
             }
         }
+        for (index, slot) in losing {
+            self.maps.set_real(index, slot)?;
+        }
+        self.maps.set_fragments(&fragment_ports(config))?;
         for (index, (owner, _)) in &self.reals_in_use {
             if !reals_in_use.contains_key(index) {
                 self.maps.set_real(
@@ -378,9 +407,9 @@ impl<M: Maps> Balancer<M> {
         admin: AdminState,
     ) -> Result<()> {
         let (maps, state, i) = self.real_mut(service, server)?;
+        let before = state.reals[i].slot(state.id);
         state.reals[i].admin = admin;
-        maps.set_real(state.reals[i].index, state.reals[i].slot(state.id))?;
-        Self::project_service(maps, state, false)
+        Self::write_server(maps, state, i, &before)
     }
 
     /// Changes a real server's weight.
@@ -399,9 +428,46 @@ impl<M: Maps> Balancer<M> {
     /// Unknown service or server; a failed map write.
     pub fn set_health(&mut self, service: &str, server: &str, health: Health) -> Result<()> {
         let (maps, state, i) = self.real_mut(service, server)?;
+        let before = state.reals[i].slot(state.id);
         state.reals[i].health = health;
-        maps.set_real(state.reals[i].index, state.reals[i].slot(state.id))?;
-        Self::project_service(maps, state, false)
+        Self::write_server(maps, state, i, &before)
+    }
+
+    /// Writes a changed real server and its service's ring in the order
+    /// that never sends a new client where it may not go: a server that
+    /// loses a right (to keep clients, to be resolved) leaves the ring
+    /// first and has its slot written after; a server that gains one has its
+    /// slot written first and joins the ring after. The data path checks
+    /// the slot's flags on the ring path too, so a frame that read the old
+    /// ring in between is dropped rather than remembered on a halted server.
+    fn write_server(maps: &mut M, state: &mut ServiceState, i: usize, before: &Real) -> Result<()> {
+        let slot = state.reals[i].slot(state.id);
+        let index = state.reals[i].index;
+        if slot.flags & !before.flags == 0 && before.flags & !slot.flags != 0 {
+            Self::project_service(maps, state, false)?;
+            maps.set_real(index, slot)?;
+        } else {
+            maps.set_real(index, slot)?;
+            Self::project_service(maps, state, false)?;
+        }
+        Ok(())
+    }
+
+    /// Whether writing `slot` at `index` takes a flag away from what the
+    /// data path has there now.
+    fn loses_right(&self, index: u32, slot: &Real) -> bool {
+        self.services
+            .values()
+            .flat_map(|s| {
+                s.reals
+                    .iter()
+                    .chain(s.fallback.iter())
+                    .map(move |r| (r.index, r.slot(s.id)))
+            })
+            .find(|(i, _)| *i == index)
+            .is_some_and(|(_, now)| {
+                now.flags & !slot.flags != 0 && now.service_id == slot.service_id
+            })
     }
 
     /// Records the MAC address of `address` (or its loss), for every server
@@ -418,12 +484,17 @@ impl<M: Maps> Balancer<M> {
             None => self.macs.remove(&address),
         };
         for state in self.services.values_mut() {
-            let id = state.id;
-            for r in state.reals.iter_mut().chain(state.fallback.iter_mut()) {
-                if r.address == address {
-                    r.mac = mac;
-                    self.maps.set_real(r.index, r.slot(id))?;
+            for i in 0..state.reals.len() {
+                if state.reals[i].address == address {
+                    let before = state.reals[i].slot(state.id);
+                    state.reals[i].mac = mac;
+                    Self::write_server(&mut self.maps, state, i, &before)?;
                 }
+            }
+            let id = state.id;
+            if let Some(f) = state.fallback.as_mut().filter(|f| f.address == address) {
+                f.mac = mac;
+                self.maps.set_real(f.index, f.slot(id))?;
             }
         }
         Ok(true)
@@ -456,6 +527,63 @@ impl<M: Maps> Balancer<M> {
     pub fn reasons(&self) -> Result<Vec<u64>> {
         Ok(self.maps.reasons()?)
     }
+
+    /// Entries the service holds in the affinity table (live or not yet
+    /// swept), as the data path counts them against its `max_clients`.
+    #[must_use]
+    pub fn remembered_clients(&self, state: &ServiceState) -> u64 {
+        self.maps.client_count(state.id)
+    }
+}
+
+/// Each forwarding service's `max_clients`: its own, else an even share of
+/// what the services with their own leave of the table.
+fn client_shares(config: &Config) -> BTreeMap<String, u32> {
+    let forwards: Vec<(&str, Option<u32>)> = config
+        .services
+        .iter()
+        .filter_map(|s| match &s.kind {
+            ServiceKind::Forward(f) => Some((s.name.as_str(), f.persistence.max_clients)),
+            ServiceKind::Redirect(_) => None,
+        })
+        .collect();
+    let reserved: u32 = forwards.iter().filter_map(|(_, m)| *m).sum();
+    let open = u32::try_from(forwards.iter().filter(|(_, m)| m.is_none()).count()).unwrap_or(1);
+    let share = MAX_AFFINITY_ENTRIES.saturating_sub(reserved) / open.max(1);
+    forwards
+        .into_iter()
+        .map(|(name, own)| (name.to_owned(), own.unwrap_or(share).max(1)))
+        .collect()
+}
+
+/// The fragments map: for each VIP and protocol with exactly one service
+/// (forwarding or redirect), that service's port, if it forwards. Where a
+/// VIP has several services of a protocol, fragments cannot be told apart
+/// without reassembly, so they all go to the kernel.
+fn fragment_ports(config: &Config) -> BTreeMap<VipProtocol, u16> {
+    let mut seen: BTreeMap<(u32, u8), (usize, Option<u16>)> = BTreeMap::new();
+    for s in &config.services {
+        let key = state::service_key(s);
+        let entry = seen.entry((key.vip, key.protocol)).or_insert((0, None));
+        entry.0 += 1;
+        entry.1 = match s.kind {
+            ServiceKind::Forward(_) => Some(key.port),
+            ServiceKind::Redirect(_) => None,
+        };
+    }
+    seen.into_iter()
+        .filter_map(|((vip, protocol), (count, port))| {
+            let port = port.filter(|_| count == 1)?;
+            Some((
+                VipProtocol {
+                    vip,
+                    protocol,
+                    pad: [0; 3],
+                },
+                port,
+            ))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -464,7 +592,7 @@ mod tests {
 
     use super::testing::{balancer, config, live_ring, real_indexes, MAC, THREE};
     use super::*;
-    use crate::dataplane::FakeMaps;
+    use crate::dataplane::{FakeMaps, Write};
 
     #[test]
     fn apply_projects_services_reals_and_a_full_ring() {
@@ -475,15 +603,18 @@ mod tests {
         assert_eq!(key.port, 80_u16.to_be());
         assert_eq!(key.protocol, 6);
         assert_eq!(service.netmask, u32::MAX);
-        assert_eq!(service.timeout_ns, 300 * 1_000_000_000);
+        assert_eq!(service.timeout_ns, lb_common::affinity_expiry_ns(300));
         let ring = live_ring(&b);
         assert_eq!(ring.len(), MAGLEV_RING_SIZE as usize);
         let indexes: BTreeSet<u32> = ring.iter().copied().collect();
         assert_eq!(indexes.len(), 3);
         for index in indexes {
             let real = b.maps().reals[&index];
-            assert_eq!(real.flags & REAL_F_KEEP_CLIENTS, REAL_F_KEEP_CLIENTS);
-            assert_eq!(real.flags & REAL_F_RESOLVED, 0, "no MAC yet");
+            assert_eq!(
+                real.flags,
+                REAL_F_KEEP_CLIENTS | REAL_F_RESOLVED,
+                "resolved and keeping clients"
+            );
         }
     }
 
@@ -532,7 +663,7 @@ mod tests {
 
     #[test]
     fn a_resolved_mac_marks_every_slot_of_that_address() {
-        let mut b = balancer(&THREE);
+        let mut b = super::testing::unresolved_balancer(&THREE);
         assert_eq!(b.unresolved().len(), 3);
         let mac = [2, 0, 0, 0, 0, 21];
         assert!(b
@@ -581,16 +712,177 @@ mod tests {
         assert_eq!(total(&b), expected, "back with fresh counters");
     }
 
+    fn two_services() -> Config {
+        let yaml = "node: { name: lb1, interface: eth0 }\nservices:\n  - name: web\n    vip: 198.18.0.100\n    port: 80\n    real_servers: [{ name: rs1, address: 198.18.0.21 }, { name: rs2, address: 198.18.0.22 }]\n  - name: mail\n    vip: 198.18.0.101\n    port: 25\n    persistence: { max_clients: 1000 }\n    real_servers: [{ name: rs1, address: 198.18.0.21 }]\n  - name: dns\n    vip: 198.18.0.101\n    port: 53\n    protocol: udp\n    real_servers: [{ name: rs1, address: 198.18.0.21 }]\n  - name: web-redirect\n    vip: 198.18.0.100\n    port: 8080\n    redirect: { code: 301, scheme: https }\n";
+        Config::from_yaml(yaml, "test.yaml").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn resolved(config: &Config) -> Balancer<FakeMaps> {
+        let mut b = Balancer::new(FakeMaps::default(), MAC).unwrap_or_else(|e| panic!("{e}"));
+        b.apply(config).unwrap_or_else(|e| panic!("{e}"));
+        for address in b.addresses() {
+            b.set_mac(address, Some([2, 0, 0, 0, 1, 1]))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        b
+    }
+
     #[test]
-    fn every_service_change_empties_the_flow_cache() {
-        let mut b = balancer(&THREE);
-        let before = b.maps().globals.flow_generation;
+    fn a_change_empties_the_flow_cache_of_its_own_service_only() {
+        let mut b = resolved(&two_services());
+        let web = b.service("web").unwrap_or_else(|e| panic!("{e}")).id;
+        let mail = b.service("mail").unwrap_or_else(|e| panic!("{e}")).id;
+        let before = b.maps().generations.clone();
         b.set_admin_state("web", "rs1", AdminState::Drain)
             .unwrap_or_else(|e| panic!("{e}"));
-        let after_drain = b.maps().globals.flow_generation;
-        assert!(after_drain > before, "the drained ring switched in");
+        assert!(
+            b.maps().generations[&web] > before[&web],
+            "web's cache emptied"
+        );
+        assert_eq!(
+            b.maps().generations[&mail],
+            before[&mail],
+            "mail keeps its cache"
+        );
+        b.set_health("mail", "rs1", Health::Down)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let after = b.maps().generations.clone();
+        assert!(after[&mail] > before[&mail]);
         b.apply(&config(&THREE[..2]))
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(b.maps().globals.flow_generation > after_drain);
+        assert!(
+            b.maps().generations[&web] > after[&web],
+            "a reload empties it too"
+        );
+        assert!(
+            b.maps().generations[&mail] > after[&mail],
+            "a removed service's cache is emptied"
+        );
+    }
+
+    #[test]
+    fn a_server_losing_a_right_leaves_the_ring_before_its_slot_changes() {
+        let mut b = balancer(&THREE);
+        let rs1 = real_indexes(&b)[0];
+        let halt_position = |b: &Balancer<FakeMaps>| {
+            let writes = &b.maps().writes;
+            let slot = writes
+                .iter()
+                .rposition(|w| matches!(w, Write::Real { index, .. } if *index == rs1));
+            let service = writes
+                .iter()
+                .rposition(|w| matches!(w, Write::Service { .. }));
+            (slot, service)
+        };
+        b.maps_mut().writes.clear();
+        b.set_admin_state("web", "rs1", AdminState::Halt)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (slot, service) = halt_position(&b);
+        assert!(
+            service < slot,
+            "halt: the ring without rs1 is live before rs1's slot loses its clients: {:?}",
+            b.maps().writes
+        );
+        assert!(!live_ring(&b).contains(&rs1));
+        b.maps_mut().writes.clear();
+        b.set_admin_state("web", "rs1", AdminState::Online)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (slot, service) = halt_position(&b);
+        assert!(
+            slot < service,
+            "online: rs1's slot keeps clients before the ring names it: {:?}",
+            b.maps().writes
+        );
+        b.maps_mut().writes.clear();
+        b.set_health("web", "rs2", Health::Down)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let rs2 = real_indexes(&b)[1];
+        let writes = &b.maps().writes;
+        let slot = writes
+            .iter()
+            .position(|w| matches!(w, Write::Real { index, .. } if *index == rs2));
+        let service = writes
+            .iter()
+            .position(|w| matches!(w, Write::Service { .. }));
+        assert!(service < slot, "down: ring first: {writes:?}");
+    }
+
+    #[test]
+    fn an_unresolved_server_gets_no_client_and_keeps_none() {
+        let mut b = super::testing::unresolved_balancer(&THREE);
+        assert!(
+            live_ring(&b).iter().all(|i| *i == NO_REAL),
+            "no server has answered ARP: the ring is empty"
+        );
+        for index in real_indexes(&b) {
+            let real = b.maps().reals[&index];
+            assert_eq!(real.flags & (REAL_F_RESOLVED | REAL_F_KEEP_CLIENTS), 0);
+        }
+        let rs2: Ipv4Addr = "198.18.0.22".parse().unwrap_or_else(|e| panic!("{e}"));
+        b.set_mac(rs2, Some([2, 0, 0, 0, 0, 22]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let indexes: BTreeSet<u32> = live_ring(&b).into_iter().collect();
+        let rs2_index = real_indexes(&b)[1];
+        assert_eq!(
+            indexes,
+            BTreeSet::from([rs2_index]),
+            "only rs2 takes clients"
+        );
+        let flags = b.maps().reals[&rs2_index].flags;
+        assert_eq!(flags, REAL_F_RESOLVED | REAL_F_KEEP_CLIENTS);
+        let state = b.service("web").unwrap_or_else(|e| panic!("{e}"));
+        assert!(!state.reals[0].resolved() && state.reals[1].resolved());
+    }
+
+    #[test]
+    fn client_shares_split_what_explicit_maxima_leave() {
+        let b = resolved(&two_services());
+        let max = |name: &str| {
+            b.service(name)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .max_clients
+        };
+        assert_eq!(max("mail"), 1000);
+        assert_eq!(max("web"), (MAX_AFFINITY_ENTRIES - 1000) / 2);
+        assert_eq!(max("dns"), (MAX_AFFINITY_ENTRIES - 1000) / 2);
+        let (_, web) = b
+            .maps()
+            .services
+            .iter()
+            .find(|(k, _)| k.port == 80_u16.to_be())
+            .unwrap_or_else(|| panic!("web"));
+        assert_eq!(web.max_clients, max("web"), "the data path gets the share");
+    }
+
+    #[test]
+    fn fragments_go_to_the_only_service_of_a_vip_and_protocol() {
+        let b = resolved(&two_services());
+        let vip = |a: [u8; 4], protocol| VipProtocol {
+            vip: u32::from_ne_bytes(a),
+            protocol,
+            pad: [0; 3],
+        };
+        let expected = BTreeMap::from([
+            // mail (tcp 25) and dns (udp 53) are alone on .101 in their protocol.
+            (vip([198, 18, 0, 101], 6), 25_u16.to_be()),
+            (vip([198, 18, 0, 101], 17), 53_u16.to_be()),
+        ]);
+        // web shares .100/tcp with a redirect service: its fragments go to the kernel.
+        assert_eq!(b.maps().fragments, expected);
+    }
+
+    #[test]
+    fn service_ids_go_round_before_one_is_reused() {
+        let mut b = balancer(&THREE);
+        let first = b.service("web").unwrap_or_else(|e| panic!("{e}")).id;
+        let mut other = config(&THREE);
+        other.services[0].name = "web2".into();
+        b.apply(&other).unwrap_or_else(|e| panic!("{e}"));
+        let second = b.service("web2").unwrap_or_else(|e| panic!("{e}")).id;
+        assert_ne!(
+            first, second,
+            "a removed service's id is not handed out at once"
+        );
+        assert_eq!(b.maps().client_count(second), 0);
     }
 }

@@ -46,7 +46,10 @@ pub fn plan<M: Maps>(current: &Balancer<M>, next: &Config) -> Vec<(String, f64)>
                     weight: rs.weight,
                     admin: previous.map_or(rs.state, |p| p.admin),
                     health: previous.map_or(Health::Up, |p| p.health),
-                    mac: None,
+                    // A server new to the service is planned as resolved:
+                    // by the time clients reach it, it will have answered ARP
+                    // (or lbd warns that it did not).
+                    mac: previous.map_or(Some([0; 6]), |p| p.mac),
                 }
             })
             .collect();

@@ -6,8 +6,8 @@
 use std::net::Ipv4Addr;
 
 use lb_common::{
-    client_hash, AffinityKey, Counters, Real, Service as MapService, ServiceKey, MAGLEV_RING_SIZE,
-    NO_REAL, NO_SERVICE, REAL_F_KEEP_CLIENTS, REAL_F_RESOLVED,
+    affinity_expiry_ns, client_hash, AffinityKey, Counters, Real, Service as MapService,
+    ServiceKey, MAGLEV_RING_SIZE, NO_REAL, NO_SERVICE, REAL_F_KEEP_CLIENTS, REAL_F_RESOLVED,
 };
 
 use crate::{
@@ -44,16 +44,26 @@ pub struct RealState {
 }
 
 impl RealState {
+    /// Whether its MAC address is known. A server that never answered ARP
+    /// gets no client and holds none: frames for it could only be dropped.
+    #[must_use]
+    pub fn resolved(&self) -> bool {
+        self.mac.is_some()
+    }
+
     /// Whether new clients may be sent to it.
     #[must_use]
     pub fn takes_new_clients(&self) -> bool {
-        self.admin == AdminState::Online && self.health == Health::Up && self.weight > 0
+        self.admin == AdminState::Online
+            && self.health == Health::Up
+            && self.weight > 0
+            && self.resolved()
     }
 
     /// Whether its existing clients keep it.
     #[must_use]
     pub fn keeps_clients(&self) -> bool {
-        self.admin != AdminState::Halt && self.health == Health::Up
+        self.admin != AdminState::Halt && self.health == Health::Up && self.resolved()
     }
 
     /// The data path's entry for this server as a slot of service `service_id`.
@@ -92,6 +102,9 @@ pub struct ServiceState {
     /// Traffic counted by real-server slots that have since left the
     /// service (the data path counts per slot; a service is their sum).
     pub(super) retired: Counters,
+    /// The most clients it may hold in the affinity table (its
+    /// `max_clients`, else its share of the table).
+    pub max_clients: u32,
 }
 
 impl ServiceState {
@@ -115,7 +128,9 @@ impl ServiceState {
             ring_slot: self.live_slot,
             netmask: netmask_be(netmask),
             fallback_real: self.fallback.as_ref().map_or(NO_REAL, |f| f.index),
-            timeout_ns: u64::from(timeout_s) * 1_000_000_000,
+            timeout_ns: affinity_expiry_ns(timeout_s),
+            max_clients: self.max_clients,
+            pad: 0,
         }
     }
 
@@ -136,14 +151,16 @@ impl ServiceState {
         self.reals.iter().find(|r| r.index == index)
     }
 
-    /// The affinity timeout in nanoseconds.
+    /// When an affinity entry expires, in nanoseconds since it was last
+    /// seen: the configured timeout plus the data path's lag
+    /// ([`affinity_expiry_ns`]).
     #[must_use]
     pub fn timeout_ns(&self) -> u64 {
         self.map_entry().timeout_ns
     }
 }
 
-fn service_key(service: &config::Service) -> ServiceKey {
+pub(super) fn service_key(service: &config::Service) -> ServiceKey {
     ServiceKey {
         vip: u32::from_ne_bytes(service.vip.octets()),
         port: service.port.to_be(),

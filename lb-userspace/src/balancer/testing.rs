@@ -22,7 +22,19 @@ pub(super) fn config(reals: &[(&str, &str)]) -> Config {
     }
 }
 
+/// A balancer whose real servers have all answered ARP.
 pub(super) fn balancer(reals: &[(&str, &str)]) -> Balancer<FakeMaps> {
+    let mut b = unresolved_balancer(reals);
+    for (i, address) in b.addresses().into_iter().enumerate() {
+        let mac = [2, 0, 0, 0, 1, u8::try_from(i).unwrap_or(0)];
+        b.set_mac(address, Some(mac))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    b
+}
+
+/// A balancer whose real servers have not answered ARP yet.
+pub(super) fn unresolved_balancer(reals: &[(&str, &str)]) -> Balancer<FakeMaps> {
     let mut b = Balancer::new(FakeMaps::default(), MAC).unwrap_or_else(|e| panic!("{e}"));
     b.apply(&config(reals)).unwrap_or_else(|e| panic!("{e}"));
     b

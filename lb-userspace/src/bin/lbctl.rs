@@ -294,14 +294,23 @@ fn status(report: &StatusReport) -> String {
         ha(&report.ha).trim_end(),
     );
     for service in &report.services {
-        let counters = match (&service.kind, &service.redirect) {
-            (ServiceType::Redirect, Some(r)) => format!(
+        let counters = if let (ServiceType::Redirect, Some(r)) = (&service.kind, &service.redirect)
+        {
+            format!(
                 "redirect {} to {}, {} requests answered",
                 r.code,
                 r.scheme,
                 service.requests.unwrap_or(0)
-            ),
-            _ => format!("packets {}  bytes {}", service.packets, service.bytes),
+            )
+        } else {
+            let mut line = format!("packets {}  bytes {}", service.packets, service.bytes);
+            if let (Some(held), Some(max)) = (service.remembered_clients, service.max_clients) {
+                let _ = write!(line, "  remembered {held}/{max}");
+                if held >= max {
+                    line.push_str(" (full: new clients are not remembered)");
+                }
+            }
+            line
         };
         let _ = writeln!(
             out,
@@ -315,7 +324,12 @@ fn status(report: &StatusReport) -> String {
                 vec![
                     r.name.clone(),
                     r.address.to_string(),
-                    r.health.as_str().to_owned(),
+                    if r.resolved {
+                        r.health.as_str().to_owned()
+                    } else {
+                        // It gets no client whatever its check says.
+                        format!("{} unresolved", r.health.as_str())
+                    },
                     r.admin_state.to_string(),
                     r.weight.to_string(),
                     r.active_clients.to_string(),

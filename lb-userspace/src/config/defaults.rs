@@ -3,12 +3,17 @@
 //! field by field.
 
 use super::diag::{wrong_type, Ctx};
-use super::fields::{boolean, choice, list, non_empty, ranged, string, Fields, Set};
+use super::fields::{boolean, choice, floored, list, non_empty, ranged, string, Fields, Set};
 use super::model::{CheckKind, HealthCheck, Persistence};
 use super::yaml::{is_digits, Entry, Pos, Scalar, Yaml};
 
 const DEFAULTS_KEYS: &[&str] = &["persistence", "health_check"];
-const PERSISTENCE_KEYS: &[&str] = &["timeout_s", "netmask"];
+const PERSISTENCE_KEYS: &[&str] = &["timeout_s", "netmask", "max_clients"];
+
+/// Why `timeout_s` has a floor: see `lb_common::affinity_expiry_ns`.
+const SHORT_TIMEOUT: &str = "a client's last-seen time is refreshed every second and cached \
+    decisions live up to 2.5 s, so timeouts are honoured to within 3.5 s (never early); \
+    use 10 or more";
 const CHECK_KEYS: &[&str] = &[
     "type",
     "port",
@@ -58,6 +63,7 @@ pub(super) fn defaults(ctx: &mut Ctx, entry: &Entry) -> Defaults {
 pub(super) struct PersistenceSpec {
     timeout_s: Option<u32>,
     netmask: Option<u8>,
+    max_clients: Option<u32>,
 }
 
 pub(super) fn persistence(ctx: &mut Ctx, entry: &Entry, path: &str) -> PersistenceSpec {
@@ -65,8 +71,22 @@ pub(super) fn persistence(ctx: &mut Ctx, entry: &Entry, path: &str) -> Persisten
         return PersistenceSpec::default();
     };
     PersistenceSpec {
-        timeout_s: f.opt(ctx, "timeout_s", ranged(1, 604_800)),
+        timeout_s: f.opt(
+            ctx,
+            "timeout_s",
+            floored(
+                1,
+                604_800,
+                i64::from(lb_common::MIN_AFFINITY_TIMEOUT_S),
+                SHORT_TIMEOUT,
+            ),
+        ),
         netmask: f.opt(ctx, "netmask", ranged(8, 32)),
+        max_clients: f.opt(
+            ctx,
+            "max_clients",
+            ranged(1, i64::from(lb_common::MAX_AFFINITY_ENTRIES)),
+        ),
     }
 }
 
@@ -225,6 +245,7 @@ pub(super) fn merge_persistence(own: PersistenceSpec, inherited: PersistenceSpec
     Persistence {
         timeout_s: own.timeout_s.or(inherited.timeout_s).unwrap_or(300),
         netmask: own.netmask.or(inherited.netmask).unwrap_or(32),
+        max_clients: own.max_clients.or(inherited.max_clients),
     }
 }
 
@@ -330,7 +351,8 @@ services:
             a.persistence,
             Persistence {
                 timeout_s: 600,
-                netmask: 32
+                netmask: 32,
+                max_clients: None
             }
         );
         let hc = &a.health_check;
@@ -347,7 +369,8 @@ services:
             b.persistence,
             Persistence {
                 timeout_s: 600,
-                netmask: 24
+                netmask: 24,
+                max_clients: None
             }
         );
         let hc = &b.health_check;

@@ -257,6 +257,24 @@ fn integer(ctx: &mut Ctx, path: &str, node: &Yaml, lo: i64, hi: i64) -> Option<i
     }
 }
 
+/// An integer in `lo..=hi`, converted to `T`, and refused with `why` below
+/// `floor` (a value the range allows but the product cannot honour).
+pub(super) fn floored<T: TryFrom<i64> + 'static>(
+    lo: i64,
+    hi: i64,
+    floor: i64,
+    why: &'static str,
+) -> Get<T> {
+    Box::new(move |ctx, path, node| {
+        let v = integer(ctx, path, node, lo, hi)?;
+        if v < floor {
+            ctx.error(node.pos(), path, format!("{v} is below {floor}: {why}"));
+            return None;
+        }
+        T::try_from(v).ok()
+    })
+}
+
 /// An integer in `lo..=hi`, converted to `T`.
 pub(super) fn ranged<T: TryFrom<i64> + 'static>(lo: i64, hi: i64) -> Get<T> {
     Box::new(move |ctx, path, node| {

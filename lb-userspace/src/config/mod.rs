@@ -196,7 +196,7 @@ services:                        # required (may be an empty list)
     port: 443                    # required; 1..=65535
     protocol: tcp                # tcp | udp; default tcp
     forwarding: dr               # dr (default); anything else: "forwarding mode X is not supported yet; use dr"
-    persistence: { timeout_s: 3600, netmask: 32 }   # timeout_s 1..=604800, netmask 8..=32
+    persistence: { timeout_s: 3600, netmask: 32 }   # timeout_s 10..=604800, netmask 8..=32
     health_check:
       type: https                # tcp | http | https | exec | none
       port: 443                  # default: the service port
@@ -266,7 +266,8 @@ services:                        # required (may be an empty list)
             fwd.persistence,
             Persistence {
                 timeout_s: 3600,
-                netmask: 32
+                netmask: 32,
+                max_clients: None
             }
         );
         assert_eq!(
@@ -324,7 +325,8 @@ services:                        # required (may be an empty list)
             fwd.persistence,
             Persistence {
                 timeout_s: 300,
-                netmask: 32
+                netmask: 32,
+                max_clients: None
             }
         );
         let hc = &fwd.health_check;

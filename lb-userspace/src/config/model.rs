@@ -190,6 +190,9 @@ pub struct Persistence {
     pub timeout_s: u32,
     /// Prefix length grouping client addresses (32: per address).
     pub netmask: u8,
+    /// The most clients the service may hold in the persistence table
+    /// (absent: an even share of what the other services leave).
+    pub max_clients: Option<u32>,
 }
 
 /// A health check, with defaults merged in.

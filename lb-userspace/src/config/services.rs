@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use lb_common::{MAX_REALS, MAX_REALS_PER_SERVICE, MAX_SERVICES};
+use lb_common::{MAX_AFFINITY_ENTRIES, MAX_REALS, MAX_REALS_PER_SERVICE, MAX_SERVICES};
 
 use super::defaults::{check, merge_check, merge_persistence, persistence, Defaults};
 use super::diag::Ctx;
@@ -75,6 +75,23 @@ pub(super) fn services(ctx: &mut Ctx, entry: &Entry, defaults: &Defaults) -> Vec
         ) {
             services.push(s);
         }
+    }
+    let reserved: u64 = services
+        .iter()
+        .filter_map(|s| match &s.kind {
+            ServiceKind::Forward(f) => f.persistence.max_clients.map(u64::from),
+            ServiceKind::Redirect(_) => None,
+        })
+        .sum();
+    if reserved > u64::from(MAX_AFFINITY_ENTRIES) {
+        ctx.error(
+            entry.key.pos,
+            "services",
+            format!(
+                "persistence.max_clients adds up to {reserved} over all services; the \
+                 persistence table holds {MAX_AFFINITY_ENTRIES}: lower some of them"
+            ),
+        );
     }
     // Slot 0 of the data path's real-server array means "none".
     let capacity = MAX_REALS - 1;
@@ -325,6 +342,20 @@ mod tests {
             &yaml,
             loc(&yaml, "7 }", 0),
             "services[0].persistence.netmask: 7 is out of range; expected 8..=32",
+        );
+        let yaml = with_services(&format!("{WEB}    persistence: {{ timeout_s: 9 }}\n"));
+        assert_only(
+            &yaml,
+            loc(&yaml, "9 }", 0),
+            "services[0].persistence.timeout_s: 9 is below 10: a client's last-seen time is \
+             refreshed every second and cached decisions live up to 2.5 s, so timeouts are \
+             honoured to within 3.5 s (never early); use 10 or more",
+        );
+        let yaml = with_services(&format!("{WEB}    persistence: {{ max_clients: 0 }}\n"));
+        assert_only(
+            &yaml,
+            loc(&yaml, "0 }", 0),
+            "services[0].persistence.max_clients: 0 is out of range; expected 1..=1250000",
         );
         let yaml = with_services(&format!(
             "{WEB}    health_check: {{ interval_ms: 1000, timeout_ms: 2000 }}\n"

@@ -198,6 +198,13 @@ pub struct ServiceStatus {
     /// A redirect service's settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect: Option<RedirectStatus>,
+    /// Entries it holds in the persistence table (live or not yet removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remembered_clients: Option<u64>,
+    /// The most it may hold; new clients beyond are served from the ring
+    /// without being remembered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_clients: Option<u64>,
     /// Requests a redirect service answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests: Option<u64>,
@@ -251,6 +258,10 @@ pub struct RealStatus {
     /// Its MAC address, once resolved.
     #[serde(default)]
     pub mac: Option<String>,
+    /// Whether its MAC address is known; an unresolved server gets no
+    /// client and keeps none.
+    #[serde(default = "resolved_by_default")]
+    pub resolved: bool,
 }
 
 /// The last health check of a real server.
@@ -461,6 +472,11 @@ pub struct SyncStatus {
     pub last_error: Option<String>,
 }
 
+/// [`RealStatus::resolved`] of a status written before it existed.
+fn resolved_by_default() -> bool {
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -524,10 +540,13 @@ mod tests {
                     bytes: 3,
                     new_clients: 1,
                     mac: None,
+                    resolved: false,
                 }],
                 fallback: None,
                 redirect: None,
                 requests: None,
+                remembered_clients: Some(1),
+                max_clients: Some(1_250_000),
             }],
             dataplane: BTreeMap::new(),
         };
@@ -543,6 +562,8 @@ mod tests {
         assert_eq!(r["health"], "up");
         assert_eq!(r["admin_state"], "drain");
         assert_eq!(r["address"], "198.18.0.21");
+        assert_eq!(r["resolved"], false);
+        assert_eq!(s["remembered_clients"], 1);
         for key in ["name", "weight", "active_clients", "packets", "bytes"] {
             assert!(!r[key].is_null(), "real-server field {key}");
         }

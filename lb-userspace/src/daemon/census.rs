@@ -1,6 +1,7 @@
 //! Active-client counting: a background thread passes over the affinity
-//! table about once a second, counts live entries per real server, and in a
-//! pair also collects what the master streams to its peer.
+//! table about once a second, counts live entries per real server, removes
+//! entries well past their expiry (the table never evicts by itself), and
+//! in a pair also collects what the master streams to its peer.
 
 use std::{
     sync::{
@@ -41,6 +42,9 @@ pub(super) struct CensusShared {
 /// Most entries one pass hands to the sync stream; more wait for the next.
 const MAX_STREAMED: usize = 2_000_000;
 
+/// Most entries one pass removes (a system call each); more wait for the next.
+const MAX_SWEPT: usize = 500_000;
+
 /// Counts active clients every [`CENSUS_EVERY`] until `stop` is set, and
 /// collects entries for the sync stream when asked to.
 #[expect(
@@ -48,7 +52,7 @@ const MAX_STREAMED: usize = 2_000_000;
     reason = "owned by the thread it runs on"
 )]
 pub(super) fn census_thread(
-    scanner: Box<dyn AffinityScan>,
+    mut scanner: Box<dyn AffinityScan>,
     shared: Arc<Mutex<CensusShared>>,
     stop: Arc<AtomicBool>,
 ) {
@@ -64,8 +68,12 @@ pub(super) fn census_thread(
         let mut census = Census::default();
         let mut changed = Vec::new();
         let mut full = Vec::new();
+        let mut dead = Vec::new();
         let result = scanner.scan(&mut |k, v| {
             let live = census.add(&key, k, v, started);
+            if !live && dead.len() < MAX_SWEPT && key.sweepable(k, v, started) {
+                dead.push(*k);
+            }
             if live && collect && v.last_seen_ns >= since && changed.len() < MAX_STREAMED {
                 changed.push((*k, *v));
             }
@@ -73,6 +81,7 @@ pub(super) fn census_thread(
                 full.push((*k, *v));
             }
         });
+        sweep(scanner.as_mut(), &key, &dead);
         match result {
             Ok(()) => {
                 if let Ok(mut s) = shared.lock() {
@@ -91,6 +100,25 @@ pub(super) fn census_thread(
             Err(error) => log::warn!("counting active clients: {error}"),
         }
         std::thread::sleep(CENSUS_EVERY);
+    }
+}
+
+/// Removes the entries found dead, each checked again just before (the
+/// data path may have renewed it since the pass read it).
+fn sweep(scanner: &mut dyn AffinityScan, key: &CensusKey, dead: &[AffinityKey]) {
+    let mut removed = 0_usize;
+    for k in dead {
+        match scanner.remove_if(k, &|v| key.sweepable(k, v, monotonic_ns())) {
+            Ok(true) => removed += 1,
+            Ok(false) => {}
+            Err(error) => {
+                log::warn!("removing expired persistence entries: {error}");
+                return;
+            }
+        }
+    }
+    if removed > 0 {
+        log::debug!("removed {removed} expired persistence entries");
     }
 }
 

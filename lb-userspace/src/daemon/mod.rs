@@ -7,6 +7,7 @@
 //! to a VIP is already balanced. Shutdown runs the other way. In a pair, the
 //! VIPs follow VRRP instead ([`cluster`]).
 
+mod advice;
 mod census;
 mod cluster;
 mod neighbours;
@@ -229,6 +230,7 @@ impl Daemon {
         config: Config,
     ) -> anyhow::Result<()> {
         self.apply_services(&config)?;
+        self.advise(&config).await;
         self.resolve_at_start().await;
         self.attach_mode = self
             .program
@@ -434,6 +436,7 @@ impl Daemon {
         next.node = self.config.node.clone();
         next.cluster = self.config.cluster.clone();
         self.apply_services(&next)?;
+        self.advise(&next).await;
         if self.holds_vips() {
             self.vips.set(&wanted_vips(&next)).await?;
         }

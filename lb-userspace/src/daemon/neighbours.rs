@@ -27,8 +27,8 @@ impl Daemon {
         let missing = self.balancer.unresolved();
         if !missing.is_empty() {
             log::warn!(
-                "no MAC address yet for {missing:?}: frames for them are dropped until they \
-                 answer ARP (are they up, and on the same network as {}?)",
+                "no MAC address yet for {missing:?}: they get no client until they answer \
+                 ARP (are they up, and on the same network as {}?)",
                 self.config.node.interface
             );
         }
@@ -47,7 +47,10 @@ impl Daemon {
         for address in self.balancer.addresses() {
             if let Some(mac) = table.get(&address) {
                 match self.balancer.set_mac(address, Some(*mac)) {
-                    Ok(true) => log::info!("real server {address} is at {}", format_mac(*mac)),
+                    Ok(true) => {
+                        log::info!("real server {address} is at {}", format_mac(*mac));
+                        self.publish_census_key();
+                    }
                     Ok(false) => {}
                     Err(error) => log::error!("{error}"),
                 }

@@ -62,6 +62,7 @@ impl Daemon {
                         new_clients: c.new_clients,
                         up: r.health == Health::Up,
                         active_clients: census.per_real.get(&r.index).copied().unwrap_or(0),
+                        resolved: r.resolved(),
                     }
                 })
                 .collect();
@@ -70,6 +71,8 @@ impl Daemon {
                 packets: counters.packets,
                 bytes: counters.bytes,
                 reals,
+                remembered_clients: self.balancer.remembered_clients(state),
+                max_clients: u64::from(state.max_clients),
             });
         }
         let reasons = self.balancer.reasons().unwrap_or_default();
@@ -102,6 +105,8 @@ impl Daemon {
                 fallback: None,
                 redirect: None,
                 requests: None,
+                remembered_clients: None,
+                max_clients: None,
             };
             match &service.kind {
                 ServiceKind::Redirect(r) => {
@@ -119,6 +124,8 @@ impl Daemon {
                     entry.packets = counters.packets;
                     entry.bytes = counters.bytes;
                     entry.new_clients = Some(counters.new_clients);
+                    entry.remembered_clients = Some(self.balancer.remembered_clients(state));
+                    entry.max_clients = Some(u64::from(state.max_clients));
                     for r in &state.reals {
                         let c = self.balancer.real_counters(r)?;
                         let last = health
@@ -140,6 +147,7 @@ impl Daemon {
                             bytes: c.bytes,
                             new_clients: c.new_clients,
                             mac: r.mac.map(format_mac),
+                            resolved: r.resolved(),
                         });
                     }
                     if let Some(f) = &state.fallback {

@@ -4,9 +4,8 @@
 //! for background scans.
 
 use std::{
-    mem::size_of,
-    os::fd::{AsFd as _, AsRawFd as _},
-    sync::atomic::{fence, Ordering},
+    collections::{BTreeMap, HashMap as StdHashMap},
+    sync::Arc,
 };
 
 use aya::{
@@ -15,12 +14,20 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    ring_index, Affinity, AffinityKey, Counters, Globals, Real, Reason, ReasonCounters, Service,
-    ServiceKey, MAGLEV_RING_SLOTS,
+    Affinity, AffinityKey, Counters, Globals, Real, Reason, ReasonCounters, Service, ServiceKey,
+    VipProtocol, MAX_SERVICES, NO_SERVICE,
 };
-use memmap2::{MmapMut, MmapOptions};
 
-use super::{next_generation, AffinityScan, DataplaneError, Maps, Result};
+use super::{
+    mapped::{ClientCounts, RingMemory},
+    next_generation, AffinityScan, DataplaneError, Maps, Result,
+};
+
+/// `BPF_NOEXIST`: insert only where there is no entry.
+const BPF_NOEXIST: u64 = 1;
+/// `EEXIST` and `E2BIG`, as a hash map's insert answers them.
+const EEXIST: i32 = 17;
+const E2BIG: i32 = 7;
 
 /// The compiled XDP object, embedded at build time by `build.rs` from
 /// `cargo xtask build-ebpf`'s output (empty when it was not built).
@@ -160,11 +167,18 @@ impl Program {
             rings: RingMemory::map(take("MAGLEV_RINGS")?)?,
             reals: Array::try_from(take("REALS")?).map_err(map_err("REALS"))?,
             affinity: HashMap::try_from(take("AFFINITY")?).map_err(map_err("AFFINITY"))?,
+            client_counts: Arc::new(ClientCounts::map(take("CLIENT_COUNTS")?)?),
+            generations: Array::try_from(take("FLOW_GENERATIONS")?)
+                .map_err(map_err("FLOW_GENERATIONS"))?,
+            fragments: HashMap::try_from(take("FRAGMENTS")?).map_err(map_err("FRAGMENTS"))?,
             real_stats: PerCpuArray::try_from(take("REAL_STATS")?)
                 .map_err(map_err("REAL_STATS"))?,
             reasons: PerCpuArray::try_from(take("REASONS")?).map_err(map_err("REASONS"))?,
             globals: Array::try_from(take("GLOBALS")?).map_err(map_err("GLOBALS"))?,
-            globals_written: Globals::default(),
+            generations_written: vec![0; MAX_SERVICES as usize],
+            slot_owners: StdHashMap::new(),
+            service_ids: StdHashMap::new(),
+            fragments_written: BTreeMap::new(),
         })
     }
 }
@@ -175,9 +189,11 @@ impl Drop for Program {
     }
 }
 
-/// An affinity-table handle of its own (a second descriptor on the same map).
+/// An affinity-table handle of its own (a second descriptor on the same
+/// map), with the client counts it keeps true when it removes entries.
 pub struct AffinityReader {
     map: HashMap<MapData, AffinityKey, Affinity>,
+    counts: Arc<ClientCounts>,
 }
 
 fn scan_map(
@@ -187,7 +203,7 @@ fn scan_map(
     for entry in map {
         match entry {
             Ok((key, value)) => f(&key, &value),
-            // An entry evicted between listing and reading is simply gone.
+            // An entry removed between listing and reading is simply gone.
             Err(MapError::KeyNotFound | MapError::ElementNotFound) => {}
             Err(e) => return Err(map_error("AFFINITY")(e)),
         }
@@ -195,58 +211,41 @@ fn scan_map(
     Ok(())
 }
 
+fn get_entry(
+    map: &HashMap<MapData, AffinityKey, Affinity>,
+    key: AffinityKey,
+) -> Result<Option<Affinity>> {
+    match map.get(&key, 0) {
+        Ok(value) => Ok(Some(value)),
+        Err(MapError::KeyNotFound | MapError::ElementNotFound) => Ok(None),
+        Err(e) => Err(map_error("AFFINITY")(e)),
+    }
+}
+
 impl AffinityScan for AffinityReader {
     fn scan(&self, f: &mut dyn FnMut(&AffinityKey, &Affinity)) -> Result<()> {
         scan_map(&self.map, f)
     }
-}
 
-/// The Maglev ring array, mapped into this process: writing a ring is 16381
-/// stores rather than 16381 system calls (a drain reaches the data path in
-/// microseconds, not tens of milliseconds).
-struct RingMemory {
-    memory: MmapMut,
-    /// Keeps the map's descriptor as long as the mapping.
-    _map: MapData,
-}
-
-impl RingMemory {
-    /// Bytes from one array element to the next: the kernel rounds an array
-    /// map's values up to 8 bytes.
-    const STRIDE: usize = size_of::<u32>().next_multiple_of(8);
-
-    fn map(map: Map) -> Result<Self> {
-        let Map::Array(map) = map else {
-            return Err(DataplaneError::Missing("MAGLEV_RINGS as an array"));
+    fn remove_if(
+        &mut self,
+        key: &AffinityKey,
+        still_dead: &dyn Fn(&Affinity) -> bool,
+    ) -> Result<bool> {
+        let Some(entry) = get_entry(&self.map, *key)? else {
+            return Ok(false);
         };
-        let len = ring_index(MAGLEV_RING_SLOTS, 0) as usize * Self::STRIDE;
-        // SAFETY: the mapping is of a BPF array created mmapable by the
-        // object; only this process writes it, and the data path reads
-        // whole 4-byte entries, which these single aligned stores never tear.
-        let memory = unsafe {
-            MmapOptions::new()
-                .len(len)
-                .map_mut(map.fd().as_fd().as_raw_fd())
+        if !still_dead(&entry) {
+            return Ok(false);
         }
-        .map_err(DataplaneError::RingMemory)?;
-        Ok(Self { memory, _map: map })
-    }
-
-    /// Writes `ring` into `slot`; the caller then points the service at it.
-    fn write(&mut self, slot: u32, ring: &[u32]) -> Result<()> {
-        let start = ring_index(slot, 0) as usize * Self::STRIDE;
-        let end = ring_index(slot + 1, 0) as usize * Self::STRIDE;
-        let area = self
-            .memory
-            .get_mut(start..end)
-            .ok_or(DataplaneError::Missing("a ring slot of MAGLEV_RINGS"))?;
-        for (entry, real) in area.chunks_exact_mut(Self::STRIDE).zip(ring) {
-            entry[..size_of::<u32>()].copy_from_slice(&real.to_ne_bytes());
+        match self.map.remove(key) {
+            Ok(()) => {
+                self.counts.take_one(key.service_id);
+                Ok(true)
+            }
+            Err(MapError::KeyNotFound | MapError::ElementNotFound) => Ok(false),
+            Err(e) => Err(map_error("AFFINITY")(e)),
         }
-        // The ring is complete before the service entry (a system call)
-        // can make the data path read it.
-        fence(Ordering::Release);
-        Ok(())
     }
 }
 
@@ -256,11 +255,20 @@ pub struct EbpfMaps {
     rings: RingMemory,
     reals: Array<MapData, Real>,
     affinity: HashMap<MapData, AffinityKey, Affinity>,
+    client_counts: Arc<ClientCounts>,
+    generations: Array<MapData, u32>,
+    fragments: HashMap<MapData, VipProtocol, u16>,
     real_stats: PerCpuArray<MapData, Counters>,
     reasons: PerCpuArray<MapData, ReasonCounters>,
     globals: Array<MapData, Globals>,
-    /// What `globals` holds, so the generation can be bumped without a read.
-    globals_written: Globals,
+    /// What `generations` holds, so a generation is bumped without a read.
+    generations_written: Vec<u32>,
+    /// The service id each real-server slot was last written with.
+    slot_owners: StdHashMap<u32, u16>,
+    /// The id of each service written.
+    service_ids: StdHashMap<ServiceKey, u32>,
+    /// What `fragments` holds.
+    fragments_written: BTreeMap<VipProtocol, u16>,
 }
 
 fn map_error(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
@@ -280,24 +288,64 @@ fn zeroes() -> Result<PerCpuValues<Counters>> {
     PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(DataplaneError::PerCpu)
 }
 
+/// The errno of a failed map syscall, if that is what `error` is.
+fn errno(error: &MapError) -> Option<i32> {
+    match error {
+        MapError::SyscallError(e) => e.io_error.raw_os_error(),
+        _ => None,
+    }
+}
+
+impl EbpfMaps {
+    fn set_generation(&mut self, service_id: u32, generation: u32) -> Result<()> {
+        if service_id >= MAX_SERVICES {
+            return Ok(());
+        }
+        self.generations
+            .set(service_id, generation, 0)
+            .map_err(map_error("FLOW_GENERATIONS"))?;
+        if let Some(written) = self.generations_written.get_mut(service_id as usize) {
+            *written = generation;
+        }
+        Ok(())
+    }
+
+    /// The client counts, shared with the affinity scanner.
+    #[must_use]
+    pub fn client_counts(&self) -> Arc<ClientCounts> {
+        Arc::clone(&self.client_counts)
+    }
+}
+
 impl Maps for EbpfMaps {
     fn set_globals(&mut self, globals: Globals) -> Result<()> {
         self.globals
             .set(0, globals, 0)
-            .map_err(map_error("GLOBALS"))?;
-        self.globals_written = globals;
-        Ok(())
+            .map_err(map_error("GLOBALS"))
     }
 
-    fn flush_flow_cache(&mut self) -> Result<()> {
-        let mut globals = self.globals_written;
-        globals.flow_generation = next_generation(globals.flow_generation);
-        self.set_globals(globals)
+    fn flush_flow_cache(&mut self, service_id: u32) -> Result<()> {
+        let current = self
+            .generations_written
+            .get(service_id as usize)
+            .copied()
+            .unwrap_or(0);
+        self.set_generation(service_id, next_generation(current))
+    }
+
+    fn disable_flow_cache(&mut self, service_id: u32) -> Result<()> {
+        self.set_generation(service_id, 0)
     }
 
     fn set_real(&mut self, index: u32, real: Real) -> Result<()> {
         self.reals.set(index, real, 0).map_err(map_error("REALS"))?;
-        self.flush_flow_cache()
+        let before = self.slot_owners.insert(index, real.service_id);
+        for owner in [before, Some(real.service_id)].into_iter().flatten() {
+            if owner != NO_SERVICE {
+                self.flush_flow_cache(u32::from(owner))?;
+            }
+        }
+        Ok(())
     }
 
     fn set_ring(&mut self, slot: u32, ring: &[u32]) -> Result<()> {
@@ -308,7 +356,8 @@ impl Maps for EbpfMaps {
         self.services
             .insert(key, service, 0)
             .map_err(map_error("SERVICES"))?;
-        self.flush_flow_cache()
+        self.service_ids.insert(key, service.id);
+        self.flush_flow_cache(service.id)
     }
 
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
@@ -316,7 +365,34 @@ impl Maps for EbpfMaps {
             Ok(()) | Err(MapError::KeyNotFound | MapError::ElementNotFound) => {}
             Err(e) => return Err(map_error("SERVICES")(e)),
         }
-        self.flush_flow_cache()
+        match self.service_ids.remove(key) {
+            Some(id) => self.flush_flow_cache(id),
+            None => Ok(()),
+        }
+    }
+
+    fn set_fragments(&mut self, targets: &BTreeMap<VipProtocol, u16>) -> Result<()> {
+        for (target, port) in targets {
+            if self.fragments_written.get(target) != Some(port) {
+                self.fragments
+                    .insert(target, port, 0)
+                    .map_err(map_error("FRAGMENTS"))?;
+            }
+        }
+        let gone: Vec<VipProtocol> = self
+            .fragments_written
+            .keys()
+            .filter(|t| !targets.contains_key(t))
+            .copied()
+            .collect();
+        for target in &gone {
+            match self.fragments.remove(target) {
+                Ok(()) | Err(MapError::KeyNotFound | MapError::ElementNotFound) => {}
+                Err(e) => return Err(map_error("FRAGMENTS")(e)),
+            }
+        }
+        self.fragments_written = targets.clone();
+        Ok(())
     }
 
     fn reset_real_counters(&mut self, index: u32) -> Result<()> {
@@ -344,11 +420,7 @@ impl Maps for EbpfMaps {
     }
 
     fn affinity(&self, key: &AffinityKey) -> Result<Option<Affinity>> {
-        match self.affinity.get(key, 0) {
-            Ok(value) => Ok(Some(value)),
-            Err(MapError::KeyNotFound | MapError::ElementNotFound) => Ok(None),
-            Err(e) => Err(map_error("AFFINITY")(e)),
-        }
+        get_entry(&self.affinity, *key)
     }
 
     fn for_each_affinity(&self, f: &mut dyn FnMut(&AffinityKey, &Affinity)) -> Result<()> {
@@ -360,17 +432,45 @@ impl Maps for EbpfMaps {
         let data = MapData::from_id(info.id()).map_err(map_error("AFFINITY"))?;
         let map = Map::from_map_data(data).map_err(map_error("AFFINITY"))?;
         let map = HashMap::try_from(map).map_err(map_error("AFFINITY"))?;
-        Ok(Box::new(AffinityReader { map }))
+        Ok(Box::new(AffinityReader {
+            map,
+            counts: self.client_counts(),
+        }))
     }
 
-    fn set_affinities(&mut self, entries: &[(AffinityKey, Affinity)]) -> Result<()> {
-        let written = entries.iter().try_for_each(|(key, value)| {
-            self.affinity
-                .insert(key, value, 0)
-                .map_err(map_error("AFFINITY"))
-        });
+    fn set_affinities(&mut self, entries: &[(AffinityKey, Affinity)]) -> Result<usize> {
+        let mut full = 0;
+        let mut services = std::collections::BTreeSet::new();
+        let mut written = Ok(());
+        for (key, value) in entries {
+            services.insert(key.service_id);
+            match self.affinity.insert(key, value, BPF_NOEXIST) {
+                Ok(()) => self.client_counts.add(key.service_id, 1),
+                Err(e) if errno(&e) == Some(EEXIST) => {
+                    if let Err(e) = self.affinity.insert(key, value, 0) {
+                        written = Err(map_error("AFFINITY")(e));
+                        break;
+                    }
+                }
+                Err(e) if errno(&e) == Some(E2BIG) => full += 1,
+                Err(e) => {
+                    written = Err(map_error("AFFINITY")(e));
+                    break;
+                }
+            }
+        }
         // Also after a failure: the entries written before it count.
-        self.flush_flow_cache()?;
-        written
+        for service_id in services {
+            self.flush_flow_cache(service_id)?;
+        }
+        written.map(|()| full)
+    }
+
+    fn client_count(&self, service_id: u32) -> u64 {
+        self.client_counts.get(service_id)
+    }
+
+    fn reset_client_count(&mut self, service_id: u32) {
+        self.client_counts.reset(service_id);
     }
 }

@@ -1,11 +1,25 @@
 //! [`FakeMaps`], the data path's maps in memory, so that the control plane
 //! is tested without root.
 
-use std::collections::HashMap as StdHashMap;
+use std::collections::{BTreeMap, HashMap as StdHashMap};
 
-use lb_common::{Affinity, AffinityKey, Counters, Globals, Real, Reason, Service, ServiceKey};
+use lb_common::{
+    Affinity, AffinityKey, Counters, Globals, Real, Reason, Service, ServiceKey, VipProtocol,
+    NO_SERVICE,
+};
 
 use super::{next_generation, AffinityScan, Maps, Result};
+
+/// One write to the maps, in the order made (tests check the order).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// A real-server slot: its index and flags.
+    Real { index: u32, flags: u32 },
+    /// A ring slot.
+    Ring { slot: u32 },
+    /// A service entry: its id and live ring slot.
+    Service { id: u32, ring_slot: u32 },
+}
 
 /// An in-memory stand-in for [`EbpfMaps`](super::EbpfMaps), for control-plane tests.
 #[derive(Debug, Default)]
@@ -18,10 +32,18 @@ pub struct FakeMaps {
     pub rings: StdHashMap<u32, Vec<u32>>,
     /// Services.
     pub services: StdHashMap<ServiceKey, Service>,
+    /// The fragments map.
+    pub fragments: BTreeMap<VipProtocol, u16>,
     /// Real-server counters by index.
     pub real_stats: StdHashMap<u32, Counters>,
     /// Affinity entries.
     pub affinity: StdHashMap<AffinityKey, Affinity>,
+    /// Flow-cache generation by service id.
+    pub generations: BTreeMap<u32, u32>,
+    /// Client counts by service id.
+    pub client_counts: BTreeMap<u32, u64>,
+    /// Slots, rings and services, in the order written.
+    pub writes: Vec<Write>,
 }
 
 impl Maps for FakeMaps {
@@ -30,20 +52,43 @@ impl Maps for FakeMaps {
         Ok(())
     }
     fn set_real(&mut self, index: u32, real: Real) -> Result<()> {
-        self.reals.insert(index, real);
-        self.flush_flow_cache()
+        let before = self.reals.insert(index, real);
+        self.writes.push(Write::Real {
+            index,
+            flags: real.flags,
+        });
+        for owner in [before.map(|r| r.service_id), Some(real.service_id)]
+            .into_iter()
+            .flatten()
+        {
+            if owner != NO_SERVICE {
+                self.flush_flow_cache(u32::from(owner))?;
+            }
+        }
+        Ok(())
     }
     fn set_ring(&mut self, slot: u32, ring: &[u32]) -> Result<()> {
         self.rings.insert(slot, ring.to_vec());
+        self.writes.push(Write::Ring { slot });
         Ok(())
     }
     fn set_service(&mut self, key: ServiceKey, service: Service) -> Result<()> {
         self.services.insert(key, service);
-        self.flush_flow_cache()
+        self.writes.push(Write::Service {
+            id: service.id,
+            ring_slot: service.ring_slot,
+        });
+        self.flush_flow_cache(service.id)
     }
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
-        self.services.remove(key);
-        self.flush_flow_cache()
+        match self.services.remove(key) {
+            Some(service) => self.flush_flow_cache(service.id),
+            None => Ok(()),
+        }
+    }
+    fn set_fragments(&mut self, targets: &BTreeMap<VipProtocol, u16>) -> Result<()> {
+        self.fragments = targets.clone();
+        Ok(())
     }
     fn reset_real_counters(&mut self, index: u32) -> Result<()> {
         self.real_stats.remove(&index);
@@ -65,12 +110,28 @@ impl Maps for FakeMaps {
     fn affinity_scanner(&self) -> Result<Box<dyn AffinityScan>> {
         Ok(Box::new(FakeAffinity(self.affinity.clone())))
     }
-    fn set_affinities(&mut self, entries: &[(AffinityKey, Affinity)]) -> Result<()> {
-        self.affinity.extend(entries.iter().copied());
-        self.flush_flow_cache()
+    fn set_affinities(&mut self, entries: &[(AffinityKey, Affinity)]) -> Result<usize> {
+        for (key, value) in entries {
+            if self.affinity.insert(*key, *value).is_none() {
+                *self.client_counts.entry(key.service_id).or_insert(0) += 1;
+            }
+            self.flush_flow_cache(key.service_id)?;
+        }
+        Ok(0)
     }
-    fn flush_flow_cache(&mut self) -> Result<()> {
-        self.globals.flow_generation = next_generation(self.globals.flow_generation);
+    fn client_count(&self, service_id: u32) -> u64 {
+        self.client_counts.get(&service_id).copied().unwrap_or(0)
+    }
+    fn reset_client_count(&mut self, service_id: u32) {
+        self.client_counts.insert(service_id, 0);
+    }
+    fn flush_flow_cache(&mut self, service_id: u32) -> Result<()> {
+        let generation = self.generations.entry(service_id).or_insert(0);
+        *generation = next_generation(*generation);
+        Ok(())
+    }
+    fn disable_flow_cache(&mut self, service_id: u32) -> Result<()> {
+        self.generations.insert(service_id, 0);
         Ok(())
     }
 }
@@ -82,5 +143,16 @@ impl AffinityScan for FakeAffinity {
     fn scan(&self, f: &mut dyn FnMut(&AffinityKey, &Affinity)) -> Result<()> {
         self.0.iter().for_each(|(k, v)| f(k, v));
         Ok(())
+    }
+    fn remove_if(
+        &mut self,
+        key: &AffinityKey,
+        still_dead: &dyn Fn(&Affinity) -> bool,
+    ) -> Result<bool> {
+        if self.0.get(key).is_some_and(still_dead) {
+            self.0.remove(key);
+            return Ok(true);
+        }
+        Ok(false)
     }
 }

@@ -7,12 +7,16 @@
 
 mod ebpf;
 mod fake;
+mod mapped;
 
 use aya::{maps::MapError, programs::ProgramError, EbpfError};
-use lb_common::{Affinity, AffinityKey, Counters, Globals, Real, Service, ServiceKey};
+use std::collections::BTreeMap;
+
+use lb_common::{Affinity, AffinityKey, Counters, Globals, Real, Service, ServiceKey, VipProtocol};
 
 pub use self::ebpf::{AffinityReader, AttachMode, EbpfMaps, Program};
-pub use self::fake::FakeMaps;
+pub use self::fake::{FakeMaps, Write};
+pub use self::mapped::ClientCounts;
 
 /// Errors of the data path.
 #[derive(Debug, thiserror::Error)]
@@ -44,9 +48,15 @@ pub enum DataplaneError {
         #[source]
         source: MapError,
     },
-    /// The ring array could not be mapped into memory.
-    #[error("cannot map MAGLEV_RINGS into memory (an old kernel without BPF_F_MMAPABLE?): {0}")]
-    RingMemory(#[source] std::io::Error),
+    /// An array map could not be mapped into memory.
+    #[error("cannot map {map} into memory (an old kernel without BPF_F_MMAPABLE?): {source}")]
+    Mapped {
+        /// The map's name.
+        map: &'static str,
+        /// The system's answer.
+        #[source]
+        source: std::io::Error,
+    },
     /// A value for the per-CPU maps could not be built.
     #[error("per-CPU value: {0}")]
     PerCpu(#[source] std::io::Error),
@@ -57,10 +67,11 @@ type Result<T, E = DataplaneError> = std::result::Result<T, E>;
 /// What the control plane reads and writes in the data path. Every method
 /// fails only when a map operation fails.
 ///
-/// The data path caches its forwarding decisions per CPU (see
-/// [`Globals::flow_generation`]); every write that could contradict a cached
-/// decision (a service or a real server written or removed, an affinity
-/// entry written) empties that cache itself, so callers never have to.
+/// The data path caches its forwarding decisions per CPU and per service
+/// (see `FLOW_GENERATIONS` in lb-ebpf); every write that could contradict a
+/// cached decision (a service or one of its real-server slots written or
+/// removed, an affinity entry written) empties that service's cache itself,
+/// so callers never have to, and other services keep theirs.
 #[expect(
     clippy::missing_errors_doc,
     reason = "one rule for all methods, stated above"
@@ -68,7 +79,8 @@ type Result<T, E = DataplaneError> = std::result::Result<T, E>;
 pub trait Maps {
     /// Sets the data path's global settings.
     fn set_globals(&mut self, globals: Globals) -> Result<()>;
-    /// Writes a real-server slot.
+    /// Writes a real-server slot (and empties the cache of the service that
+    /// held it and of the one that holds it now).
     fn set_real(&mut self, index: u32, real: Real) -> Result<()>;
     /// Writes a whole Maglev ring into `slot`.
     fn set_ring(&mut self, slot: u32, ring: &[u32]) -> Result<()>;
@@ -76,6 +88,9 @@ pub trait Maps {
     fn set_service(&mut self, key: ServiceKey, service: Service) -> Result<()>;
     /// Removes a service (absent is fine).
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()>;
+    /// Replaces the fragments map: the port of the one service of each VIP
+    /// and protocol whose fragments the data path forwards.
+    fn set_fragments(&mut self, targets: &BTreeMap<VipProtocol, u16>) -> Result<()>;
     /// Zeroes the counters of a real-server index (on reuse).
     fn reset_real_counters(&mut self, index: u32) -> Result<()>;
     /// A real server's counters, summed over CPUs.
@@ -88,30 +103,52 @@ pub trait Maps {
     /// Calls `f` for every affinity entry.
     fn for_each_affinity(&self, f: &mut dyn FnMut(&AffinityKey, &Affinity)) -> Result<()>;
     /// A second, independent handle on the affinity table, so a background
-    /// thread can walk it without holding up the daemon.
+    /// thread can walk it (and remove expired entries) without holding up
+    /// the daemon.
     fn affinity_scanner(&self) -> Result<Box<dyn AffinityScan>>;
     /// Adds or replaces affinity entries (HA sync; tests), then empties the
-    /// flow cache once.
-    fn set_affinities(&mut self, entries: &[(AffinityKey, Affinity)]) -> Result<()>;
+    /// flow cache of their services. New entries count towards their
+    /// service's clients; returns how many did not fit (a full table).
+    fn set_affinities(&mut self, entries: &[(AffinityKey, Affinity)]) -> Result<usize>;
     /// Adds or replaces one affinity entry.
     fn set_affinity(&mut self, key: AffinityKey, value: Affinity) -> Result<()> {
-        self.set_affinities(&[(key, value)])
+        self.set_affinities(&[(key, value)]).map(|_| ())
     }
-    /// Empties the data path's flow cache on every CPU: the next frame of
-    /// every flow is decided from the shared tables again.
-    fn flush_flow_cache(&mut self) -> Result<()>;
+    /// Entries service `service_id` holds in the affinity table.
+    fn client_count(&self, service_id: u32) -> u64;
+    /// Starts the count of a service id given to a new service from zero.
+    fn reset_client_count(&mut self, service_id: u32);
+    /// Empties the flow cache of one service on every CPU.
+    fn flush_flow_cache(&mut self, service_id: u32) -> Result<()>;
+    /// Keeps one service's decisions out of the flow cache until its next
+    /// write (benchmarks measure the table path with it).
+    fn disable_flow_cache(&mut self, service_id: u32) -> Result<()>;
 }
 
-/// Walks the affinity table.
+/// Walks the affinity table, and removes expired entries from it.
 pub trait AffinityScan: Send {
     /// Calls `f` for every entry.
     ///
     /// # Errors
     /// When reading the map fails.
     fn scan(&self, f: &mut dyn FnMut(&AffinityKey, &Affinity)) -> Result<()>;
+
+    /// Removes the entry of `key` if `still_dead` says so of it as it is
+    /// now (read again just before removing, so an entry the data path has
+    /// just renewed stays), and counts it out of its service. Returns
+    /// whether it was removed.
+    ///
+    /// # Errors
+    /// When the map operation fails.
+    fn remove_if(
+        &mut self,
+        key: &AffinityKey,
+        still_dead: &dyn Fn(&Affinity) -> bool,
+    ) -> Result<bool>;
 }
 
-/// The flow-cache generation after `current`: never 0, which disables the cache.
-fn next_generation(current: u64) -> u64 {
+/// A service's flow-cache generation after `current`: never 0, which
+/// disables the cache.
+fn next_generation(current: u32) -> u32 {
     current.wrapping_add(1).max(1)
 }

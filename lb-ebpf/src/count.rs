@@ -1,0 +1,43 @@
+//! Counting: every verdict and note in [`REASONS`](crate::REASONS), and the
+//! traffic of each real server in [`REAL_STATS`](crate::REAL_STATS).
+
+use lb_common::{Counters, Reason, ReasonCounters};
+
+use crate::{REAL_STATS, REASONS};
+
+/// This CPU's [`REASONS`] slot, looked up once per frame.
+#[derive(Clone, Copy)]
+pub struct Tally(Option<*mut ReasonCounters>);
+
+impl Tally {
+    #[inline(always)]
+    pub fn this_cpu() -> Self {
+        Self(REASONS.get_ptr_mut(0))
+    }
+
+    #[inline(always)]
+    pub fn count(self, reason: Reason) {
+        if let Some(tally) = self.0 {
+            // SAFETY: per-CPU slot, no other writer while this program runs here.
+            if let Some(counter) = unsafe { (*tally).counts.get_mut(reason as usize) } {
+                *counter += 1;
+            }
+        }
+    }
+}
+
+/// Counts a forwarded frame of `bytes` for real-server slot `real`.
+#[inline(always)]
+pub fn count_forwarded(real: u32, bytes: u64, new_client: bool) {
+    let counters: Option<*mut Counters> = REAL_STATS.get_ptr_mut(real);
+    if let Some(c) = counters {
+        // SAFETY: per-CPU slot, as in `Tally::count`.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+            if new_client {
+                (*c).new_clients += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Array maps mapped into this process (`BPF_F_MMAPABLE`): the Maglev rings,
+//! written with plain stores instead of one system call per entry, and the
+//! per-service client counts, which the data path and lbd change atomically.
+
+use std::{
+    mem::size_of,
+    os::fd::{AsFd as _, AsRawFd as _},
+    sync::atomic::{fence, AtomicU64, Ordering},
+};
+
+use aya::maps::{Map, MapData};
+use lb_common::{ring_index, MAGLEV_RING_SLOTS, MAX_SERVICES};
+use memmap2::{MmapOptions, MmapRaw};
+
+use super::{DataplaneError, Result};
+
+/// An mmapable array map, mapped: `len` values `stride` bytes apart (the
+/// kernel rounds an array's values up to 8 bytes).
+struct MappedArray {
+    memory: MmapRaw,
+    /// Keeps the map's descriptor as long as the mapping.
+    _map: MapData,
+}
+
+impl MappedArray {
+    fn map(map: Map, name: &'static str, bytes: usize) -> Result<Self> {
+        let Map::Array(map) = map else {
+            return Err(DataplaneError::Missing(name));
+        };
+        let memory = MmapOptions::new()
+            .len(bytes)
+            .map_raw(map.fd().as_fd().as_raw_fd())
+            .map_err(|source| DataplaneError::Mapped { map: name, source })?;
+        Ok(Self { memory, _map: map })
+    }
+}
+
+/// The Maglev ring array, mapped: writing a ring is 16381 stores rather than
+/// 16381 system calls (a drain reaches the data path in microseconds, not
+/// tens of milliseconds).
+pub(super) struct RingMemory(MappedArray);
+
+impl RingMemory {
+    const STRIDE: usize = size_of::<u32>().next_multiple_of(8);
+
+    pub(super) fn map(map: Map) -> Result<Self> {
+        let bytes = ring_index(MAGLEV_RING_SLOTS, 0) as usize * Self::STRIDE;
+        MappedArray::map(map, "MAGLEV_RINGS", bytes).map(Self)
+    }
+
+    /// Writes `ring` into `slot`; the caller then points the service at it.
+    pub(super) fn write(&mut self, slot: u32, ring: &[u32]) -> Result<()> {
+        if slot >= MAGLEV_RING_SLOTS {
+            return Err(DataplaneError::Missing("a ring slot of MAGLEV_RINGS"));
+        }
+        let start = ring_index(slot, 0) as usize * Self::STRIDE;
+        let base = self.0.memory.as_mut_ptr();
+        #[expect(
+            clippy::cast_ptr_alignment,
+            reason = "the mapping is page-aligned and entries are 8 bytes apart"
+        )]
+        for (i, real) in ring.iter().take(ring_index(1, 0) as usize).enumerate() {
+            // SAFETY: inside the mapping (slot checked above, at most one
+            // slot's entries); aligned 4-byte stores, which the data path's
+            // 4-byte loads never see torn. Only this process writes rings.
+            unsafe {
+                base.add(start + i * Self::STRIDE)
+                    .cast::<u32>()
+                    .write_volatile(*real);
+            }
+        }
+        // The ring is complete before the service entry (a system call)
+        // can make the data path read it.
+        fence(Ordering::Release);
+        Ok(())
+    }
+}
+
+/// How many affinity entries each service holds, by service id: the data
+/// path adds one for each client it remembers (`lock xadd`); lbd takes one
+/// for each entry it removes.
+pub struct ClientCounts(MappedArray);
+
+impl ClientCounts {
+    const STRIDE: usize = size_of::<u64>();
+
+    pub(super) fn map(map: Map) -> Result<Self> {
+        MappedArray::map(map, "CLIENT_COUNTS", MAX_SERVICES as usize * Self::STRIDE).map(Self)
+    }
+
+    fn counter(&self, service_id: u32) -> Option<&AtomicU64> {
+        if service_id >= MAX_SERVICES {
+            return None;
+        }
+        // SAFETY: inside the mapping, 8-byte aligned (page-aligned base,
+        // 8-byte stride), and only ever changed atomically, here and in the
+        // data path; the mapping lives as long as `self`.
+        Some(unsafe {
+            AtomicU64::from_ptr(
+                self.0
+                    .memory
+                    .as_mut_ptr()
+                    .add(service_id as usize * Self::STRIDE)
+                    .cast(),
+            )
+        })
+    }
+
+    /// Entries service `service_id` holds.
+    #[must_use]
+    pub fn get(&self, service_id: u32) -> u64 {
+        self.counter(service_id)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Counts `n` entries added by lbd (the peer's).
+    pub fn add(&self, service_id: u32, n: u64) {
+        if let Some(c) = self.counter(service_id) {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts one entry removed, never below zero (an id handed to a new
+    /// service starts from zero while the old service's entries are swept).
+    pub fn take_one(&self, service_id: u32) {
+        if let Some(c) = self.counter(service_id) {
+            let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+    }
+
+    /// Starts a new service's count from zero.
+    pub fn reset(&self, service_id: u32) {
+        if let Some(c) = self.counter(service_id) {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+}
