@@ -272,18 +272,7 @@ pub struct ServiceFrame {
 /// independently of the XDP program's parser.
 #[must_use]
 pub fn parse_service_frame(frame: &[u8]) -> Option<ServiceFrame> {
-    if frame.len() < 14 || frame[12..14] != [0x08, 0x00] {
-        return None;
-    }
-    let ip = &frame[14..];
-    if ip.len() < 20 || ip[0] >> 4 != 4 {
-        return None;
-    }
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    if ihl < 20 || total < ihl || total > ip.len() {
-        return None;
-    }
+    let (ip, ihl, total) = ipv4_datagram(frame)?;
     let frag = u16::from_be_bytes([ip[6], ip[7]]);
     if frag & 0x3fff != 0 {
         return None;
@@ -314,18 +303,7 @@ pub fn parse_service_frame(frame: &[u8]) -> Option<ServiceFrame> {
 /// whatever follows it.
 #[must_use]
 pub fn parse_fragment(frame: &[u8]) -> Option<ServiceFrame> {
-    if frame.len() < 14 || frame[12..14] != [0x08, 0x00] {
-        return None;
-    }
-    let ip = &frame[14..];
-    if ip.len() < 20 || ip[0] >> 4 != 4 {
-        return None;
-    }
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    if ihl < 20 || total < ihl || total > ip.len() {
-        return None;
-    }
+    let (ip, _, _) = ipv4_datagram(frame)?;
     if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff == 0 {
         return None;
     }
@@ -338,6 +316,24 @@ pub fn parse_fragment(frame: &[u8]) -> Option<ServiceFrame> {
         protocol: ip[9],
         dport: 0,
     })
+}
+
+/// The IPv4 datagram of an Ethernet frame with a complete header and total
+/// length: the bytes from the IP header on, its header length and its total.
+fn ipv4_datagram(frame: &[u8]) -> Option<(&[u8], usize, usize)> {
+    if frame.len() < 14 || frame[12..14] != [0x08, 0x00] {
+        return None;
+    }
+    let ip = &frame[14..];
+    if ip.len() < 20 || ip[0] >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    if ihl < 20 || total < ihl || total > ip.len() {
+        return None;
+    }
+    Some((ip, ihl, total))
 }
 
 #[cfg(test)]
