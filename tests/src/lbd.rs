@@ -577,3 +577,33 @@ impl Lbd {
         Ok(out.contains("prog/xdp"))
     }
 }
+
+/// `lbctl ARGS`, asserting exit 0.
+///
+/// # Panics
+/// When lbctl fails, with its status and stderr.
+pub fn lbctl_ok(lbd: &Lbd, args: &[&str]) -> Output {
+    let out = lbd.lbctl(args);
+    assert!(
+        out.status.success(),
+        "lbctl {args:?}: {} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `lbctl affinity SERVICE CLIENT --json`, parsed.
+///
+/// # Panics
+/// When lbctl fails or does not answer JSON.
+pub fn affinity(lbd: &Lbd, service: &str, client: Ipv4Addr) -> Value {
+    let client = client.to_string();
+    let out = lbctl_ok(lbd, &["affinity", service, &client, "--json"]);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "lbctl affinity output is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}

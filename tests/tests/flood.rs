@@ -17,7 +17,6 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     net::{Ipv4Addr, SocketAddrV4},
-    process::Output,
     sync::{Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
@@ -26,7 +25,7 @@ use lb_common::MAX_AFFINITY_ENTRIES;
 use lb_tests::{
     flood::{flood, spoofed_source, FloodFrame, FloodReport, FloodSpec, SPOOFED_SOURCES},
     lab::{run_in, DrLab, DrLabOptions},
-    lbd::{lab_config, Lbd},
+    lbd::{affinity, lab_config, lbctl_ok, Lbd},
     paths,
     wait::{try_wait_until, wait_until, SLACK},
 };
@@ -118,30 +117,6 @@ fn service(lab: &DrLab, name: &str, vip: Ipv4Addr, rs3_extra: &str, more: &str) 
 fn status(lbd: &Lbd) -> Value {
     lbd.status()
         .unwrap_or_else(|| panic!("`lbctl status` does not answer"))
-}
-
-/// `lbctl ARGS`, asserting exit 0.
-fn lbctl_ok(lbd: &Lbd, args: &[&str]) -> Output {
-    let out = lbd.lbctl(args);
-    assert!(
-        out.status.success(),
-        "lbctl {args:?}: {} {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// `lbctl affinity SERVICE CLIENT --json`, parsed.
-fn affinity(lbd: &Lbd, service: &str, client: Ipv4Addr) -> Value {
-    let client = client.to_string();
-    let out = lbctl_ok(lbd, &["affinity", service, &client, "--json"]);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "lbctl affinity output is not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
 }
 
 /// A data-path counter from `lbctl status` (`dataplane`, by reason name).

@@ -13,13 +13,12 @@
 use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
-    process::Output,
     time::{Duration, Instant},
 };
 
 use lb_tests::{
     lab::{run_in, ClientReport, DrLab, DrLabOptions},
-    lbd::{lab_config, Lbd},
+    lbd::{affinity, lab_config, lbctl_ok, Lbd},
     paths,
     wait::{try_wait_until, wait_until, SLACK},
 };
@@ -230,30 +229,6 @@ fn wait_status(
         Ok(s) => (s, started.elapsed()),
         Err(e) => panic!("{e}\nlbd log:\n{}", log_tail(lbd)),
     }
-}
-
-/// `lbctl ARGS`, asserting exit 0.
-fn lbctl_ok(lbd: &Lbd, args: &[&str]) -> Output {
-    let out = lbd.lbctl(args);
-    assert!(
-        out.status.success(),
-        "lbctl {args:?}: {} {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// `lbctl affinity SERVICE CLIENT --json`, parsed.
-fn affinity(lbd: &Lbd, service: &str, client: Ipv4Addr) -> Value {
-    let client = client.to_string();
-    let out = lbctl_ok(lbd, &["affinity", service, &client, "--json"]);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "lbctl affinity output is not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
 }
 
 fn clients(lab: &DrLab, sources: &[Ipv4Addr], rounds: usize) -> ClientReport {
