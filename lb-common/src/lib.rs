@@ -35,9 +35,18 @@ pub const MAX_AFFINITY_ENTRIES: u32 = 1_250_000;
 /// Real-server index meaning "no real server" in a Maglev ring or service entry.
 pub const NO_REAL: u32 = 0;
 
-/// A live affinity entry's last-seen time is refreshed at most this often, so
-/// a busy client does not write the shared table on every packet.
+/// The longest a busy client's entry goes without its last-seen time being
+/// refreshed: [`AFFINITY_FRESH_JIFFIES`] at the slowest tick, `HZ=100`. (So
+/// a busy client does not write the shared table on every packet.)
 pub const AFFINITY_REFRESH_NS: u64 = 1_000_000_000;
+
+/// An entry the data path refreshed less than this many kernel ticks ago is
+/// live without reading the nanosecond clock, a helper call: at most 1 s at
+/// `HZ=100` (the fewest ticks a second Linux has), well inside the shortest
+/// timeout, [`MIN_AFFINITY_TIMEOUT_S`]. The data path refreshes a live entry
+/// only once it is older: at most every 100 ticks, at least every
+/// [`AFFINITY_REFRESH_NS`].
+pub const AFFINITY_FRESH_JIFFIES: u64 = 100;
 
 /// Slots of the XDP program's per-CPU flow cache (a power of two): 320 KiB a CPU.
 pub const FLOW_CACHE_SLOTS: u32 = 8192;
@@ -182,9 +191,13 @@ pub struct Affinity {
     pub real: u32,
     /// That real server's address when the entry was made, network byte order.
     pub real_address: u32,
-    /// `CLOCK_MONOTONIC` nanoseconds of the last packet (refreshed at most every
-    /// [`AFFINITY_REFRESH_NS`]).
+    /// `CLOCK_MONOTONIC` nanoseconds of the last packet (refreshed at least
+    /// every [`AFFINITY_REFRESH_NS`] while the client sends).
     pub last_seen_ns: u64,
+    /// `bpf_jiffies64()` when the data path last wrote `last_seen_ns`; 0 when
+    /// lbd wrote the entry. While it is less than [`AFFINITY_FRESH_JIFFIES`]
+    /// old the entry is live without a clock read (see there).
+    pub seen_jiffies: u64,
 }
 
 /// Traffic counters kept per CPU for each real-server slot (a service's are
@@ -449,7 +462,7 @@ const _: () = assert!(core::mem::size_of::<Service>() == 32);
 const _: () = assert!(core::mem::size_of::<Real>() == 16);
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
 const _: () = assert!(core::mem::size_of::<VipProtocol>() == 8);
-const _: () = assert!(core::mem::size_of::<Affinity>() == 16);
+const _: () = assert!(core::mem::size_of::<Affinity>() == 24);
 const _: () = assert!(core::mem::size_of::<Counters>() == 24);
 const _: () = assert!(core::mem::size_of::<Globals>() == 8);
 const _: () = assert!(MAX_SERVICES <= NO_SERVICE as u32);

@@ -43,7 +43,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     affinity_is_live, client_hash, ring_index, Affinity, AffinityKey, Counters, Globals, Real,
-    Reason, ReasonCounters, Service, ServiceKey, VipProtocol, AFFINITY_REFRESH_NS,
+    Reason, ReasonCounters, Service, ServiceKey, VipProtocol, AFFINITY_FRESH_JIFFIES,
     FLOW_CACHE_SLOTS, MAGLEV_RING_SIZE, MAGLEV_RING_SLOTS, MAX_AFFINITY_ENTRIES,
     MAX_FRAGMENT_TARGETS, MAX_REALS, MAX_SERVICES, NO_REAL, REAL_F_KEEP_CLIENTS, REAL_F_RESOLVED,
 };
@@ -146,13 +146,37 @@ enum Remembered {
     Absent,
 }
 
+/// The clocks of a decision: the kernel tick, always read (the verifier
+/// inlines it), and the nanosecond clock, a helper call, read only when an
+/// entry is not known to be fresh or a new one is written.
+struct Clock {
+    jiffies: u64,
+    ns: Option<u64>,
+}
+
+impl Clock {
+    #[inline(always)]
+    fn ns(&mut self) -> u64 {
+        match self.ns {
+            Some(ns) => ns,
+            None => {
+                // SAFETY: a helper without arguments.
+                let ns = unsafe { bpf_ktime_get_ns() };
+                self.ns = Some(ns);
+                ns
+            }
+        }
+    }
+}
+
 /// The client's affinity entry. `refresh`: bring a live entry's last-seen
-/// time up to `now` (at most once per `AFFINITY_REFRESH_NS`).
+/// time up to now, unless the data path did so less than
+/// `AFFINITY_FRESH_JIFFIES` ticks ago (then it is live without a clock read).
 #[inline(always)]
 fn lookup_affinity(
     key: &AffinityKey,
     service: &Service,
-    now: u64,
+    clock: &mut Clock,
     refresh: bool,
     tally: Tally,
 ) -> Remembered {
@@ -164,8 +188,13 @@ fn lookup_affinity(
         real: index,
         real_address,
         last_seen_ns,
+        seen_jiffies,
     } = unsafe { *entry };
-    if !affinity_is_live(now, last_seen_ns, service.timeout_ns) {
+    // Saturating: another CPU may have stored a tick or a time later than
+    // the one read here.
+    let fresh =
+        seen_jiffies != 0 && clock.jiffies.saturating_sub(seen_jiffies) < AFFINITY_FRESH_JIFFIES;
+    if !fresh && !affinity_is_live(clock.ns(), last_seen_ns, service.timeout_ns) {
         tally.count(Reason::AffinityExpired);
         return Remembered::Replaceable;
     }
@@ -182,10 +211,13 @@ fn lookup_affinity(
             return Remembered::Replaceable;
         }
     };
-    // Saturating: another CPU may have stored a time later than `now`.
-    if refresh && now.saturating_sub(last_seen_ns) > AFFINITY_REFRESH_NS {
-        // SAFETY: as above; a racing writer on another CPU stores a time as good.
-        unsafe { (*entry).last_seen_ns = now };
+    if refresh && !fresh {
+        // SAFETY: as above; a racing writer on another CPU stores a time as
+        // good. The time first: an entry that looks fresh is live.
+        unsafe {
+            (*entry).last_seen_ns = clock.ns();
+            (*entry).seen_jiffies = clock.jiffies;
+        }
     }
     tally.count(Reason::AffinityHit);
     Remembered::Live(Target { index, real })
@@ -326,12 +358,11 @@ fn try_lb_xdp(ctx: &XdpContext, tally: Tally) -> Result<(), Reason> {
             }
         }
     }
-    // SAFETY: a helper without arguments; the verifier inlines it. The low
-    // 32 bits are enough to measure an age of a few hundred ticks.
-    let jiffies = unsafe { bpf_jiffies64() } as u32;
+    // SAFETY: a helper without arguments; the verifier inlines it.
+    let jiffies = unsafe { bpf_jiffies64() };
 
     let cached = match frame.kind {
-        FrameKind::Datagram { .. } => cache::lookup(&frame.key, frame.client, jiffies),
+        FrameKind::Datagram { .. } => cache::lookup(&frame.key, frame.client, jiffies as u32),
         _ => None,
     };
     let decision = match cached {
@@ -372,7 +403,7 @@ fn try_lb_xdp(ctx: &XdpContext, tally: Tally) -> Result<(), Reason> {
 fn decide(
     frame: &Frame,
     iface_mac: MacWords,
-    jiffies: u32,
+    jiffies: u64,
     tally: Tally,
 ) -> Result<Decision, Reason> {
     // SAFETY: the map value is only read here.
@@ -381,15 +412,13 @@ fn decide(
         return Err(Reason::PassNotForUs);
     }
     let generation = cache::generation(service.id);
-
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let mut clock = Clock { jiffies, ns: None };
     let key = AffinityKey {
         service_id: service.id,
         client: frame.client & service.netmask,
     };
     let icmp = frame.kind == FrameKind::IcmpError;
-    let (target, new_client, in_table) = match lookup_affinity(&key, &service, now, !icmp, tally) {
+    let (target, new_client, in_table) = match lookup_affinity(&key, &service, &mut clock, !icmp, tally) {
         Remembered::Live(target) => (target, false, true),
         other => {
             tally.count(Reason::AffinityMiss);
@@ -402,7 +431,8 @@ fn decide(
                     let entry = Affinity {
                         real: target.index,
                         real_address: target.real.address,
-                        last_seen_ns: now,
+                        last_seen_ns: clock.ns(),
+                        seen_jiffies: clock.jiffies,
                     };
                     let replace = matches!(other, Remembered::Replaceable);
                     remembered = remember(&key, &entry, &service, replace, tally);
@@ -427,7 +457,7 @@ fn decide(
             service.id,
             &decision,
             generation,
-            jiffies,
+            jiffies as u32,
         );
     }
     Ok(decision)

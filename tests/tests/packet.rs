@@ -176,6 +176,7 @@ impl Harness {
             real: real.index,
             real_address: u32::from_ne_bytes(real.address.octets()),
             last_seen_ns,
+            seen_jiffies: 0,
         };
         self.balancer
             .maps_mut()
@@ -1119,7 +1120,7 @@ fn affinity_map_memlock() -> Option<u64> {
 
 /// The affinity table's kernel memory as the README quotes it (section
 /// "Memory": MiB for 1,250,000 entries).
-const README_AFFINITY_MIB: u64 = 117;
+const README_AFFINITY_MIB: u64 = 127;
 /// How far the measured figure may be from the README's.
 const MEMORY_TOLERANCE_PERCENT: u64 = 10;
 
@@ -1154,6 +1155,7 @@ fn the_affinity_table_holds_a_million_clients_and_a_full_table_evicts_none() {
         real: planted.index,
         real_address: u32::from_ne_bytes(planted.address.octets()),
         last_seen_ns: now,
+        seen_jiffies: 0,
     };
     let mut batch = Vec::with_capacity(10_000);
     for i in 0..CLIENTS {

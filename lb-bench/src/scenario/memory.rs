@@ -13,7 +13,7 @@ use lb_userspace::{
 };
 
 use crate::{
-    scenario::packet::{small_config, LB_MAC},
+    scenario::packet::{small_config, BENCH_REALS, LB_MAC},
     signal::check_stop,
     stats::ms,
 };
@@ -54,6 +54,12 @@ pub(crate) fn affinity_memory(fill: u32) -> Result<AffinityMemory> {
     let mut balancer = Balancer::new(maps, LB_MAC).map_err(|e| anyhow!("{e}"))?;
     let config = Config::from_yaml(&small_config(), "bench.yaml").map_err(|e| anyhow!("{e}"))?;
     balancer.apply(&config).map_err(|e| anyhow!("{e}"))?;
+    // Resolved, as in a lab: an unresolved server keeps no clients.
+    for real in BENCH_REALS {
+        balancer
+            .set_mac(real, Some(LB_MAC))
+            .map_err(|e| anyhow!("{e}"))?;
+    }
     let web = balancer.service("web").map_err(|e| anyhow!("{e}"))?.clone();
     let rs1 = web
         .reals
@@ -71,6 +77,7 @@ pub(crate) fn affinity_memory(fill: u32) -> Result<AffinityMemory> {
             real: rs1.index,
             real_address: u32::from_ne_bytes(rs1.address.octets()),
             last_seen_ns: now,
+            seen_jiffies: 0,
         };
         balancer
             .maps_mut()

@@ -111,7 +111,7 @@ pub(crate) fn small_config() -> String {
 }
 
 const BENCH_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
-const BENCH_REALS: [Ipv4Addr; 3] = [
+pub(crate) const BENCH_REALS: [Ipv4Addr; 3] = [
     Ipv4Addr::new(198, 18, 0, 21),
     Ipv4Addr::new(198, 18, 0, 22),
     Ipv4Addr::new(198, 18, 0, 23),

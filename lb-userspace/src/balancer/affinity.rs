@@ -86,6 +86,7 @@ impl<M: Maps> Balancer<M> {
             real: real.index,
             real_address: u32::from_ne_bytes(real.address.octets()),
             last_seen_ns: now_ns.saturating_sub(u64::from(entry.age_ms) * 1_000_000),
+            seen_jiffies: 0,
         };
         Some((service.client_key(entry.client), value))
     }
@@ -106,6 +107,7 @@ impl<M: Maps> Balancer<M> {
             real,
             real_address,
             last_seen_ns,
+            ..
         }) = self.maps.affinity(&key)?
         {
             let age_ns = now_ns.saturating_sub(last_seen_ns);
@@ -159,6 +161,7 @@ mod tests {
                     real: rs3.index,
                     real_address: u32::from_ne_bytes(rs3.address.octets()),
                     last_seen_ns: 1_000_000_000,
+                    seen_jiffies: 0,
                 },
             )
             .unwrap_or_else(|e| panic!("{e}"));

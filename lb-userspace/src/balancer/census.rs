@@ -139,6 +139,7 @@ mod tests {
             real: state.reals[0].index,
             real_address: u32::from_ne_bytes(state.reals[0].address.octets()),
             last_seen_ns,
+            seen_jiffies: 0,
         };
         let now = 10_000 * S;
         assert!(!key.sweepable(&client, &entry(now - expiry), now));
