@@ -5,9 +5,11 @@
 //! plane's truth and projects it onto the XDP maps through [`dataplane`] (the
 //! only module that touches aya), [`neighbour`] follows real-server MAC
 //! addresses, [`vip`] holds the virtual addresses, [`control`] is the socket
-//! `lbctl` talks to, and [`daemon`] ties them together.
+//! `lbctl` talks to, [`audit`] records every administrative change, and
+//! [`daemon`] ties them together.
 
 pub mod admin;
+pub mod audit;
 pub mod balancer;
 pub mod config;
 pub mod control;

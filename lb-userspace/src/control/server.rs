@@ -23,8 +23,10 @@ use super::protocol::{Answer, Reply, Request};
 /// Largest request accepted (a configuration file travels inside `apply`).
 pub const MAX_REQUEST_BYTES: usize = 4 << 20;
 
-/// A request waiting for the daemon's answer.
-pub type Pending = (Request, oneshot::Sender<Reply<Answer>>);
+/// A request waiting for the daemon's answer: the request, the Unix user id
+/// of the process that sent it (the socket's peer credentials; `None` if
+/// the kernel would not say), and where the answer goes.
+pub type Pending = (Request, Option<u32>, oneshot::Sender<Reply<Answer>>);
 
 /// Errors of the control socket.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +85,7 @@ pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Pending>) {
 }
 
 async fn connection(stream: UnixStream, requests: mpsc::Sender<Pending>) {
+    let caller = stream.peer_cred().ok().map(|c| c.uid());
     let (read, mut write) = stream.into_split();
     let mut lines = TokioBufReader::new(read.take(MAX_REQUEST_BYTES as u64 + 1));
     let mut line = String::new();
@@ -99,7 +102,7 @@ async fn connection(stream: UnixStream, requests: mpsc::Sender<Pending>) {
                     Err(error) => Reply::<Answer>::error(format!("malformed request: {error}")),
                     Ok(request) => {
                         let (tx, rx) = oneshot::channel();
-                        if requests.send((request, tx)).await.is_err() {
+                        if requests.send((request, caller, tx)).await.is_err() {
                             return;
                         }
                         rx.await

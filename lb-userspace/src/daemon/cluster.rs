@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 
 use super::Daemon;
 use crate::{
+    audit::Actor,
     config::{self, Config},
     control::protocol::HaStatus,
     ha::{Coordinator, HaAction, Outgoing, Received, Settings, VrrpSocket},
@@ -349,18 +350,35 @@ impl Daemon {
         }
     }
 
+    /// The peer, as the audit log names it.
+    fn peer_actor(&self) -> Actor {
+        let name = self
+            .cluster
+            .as_ref()
+            .and_then(|c| c.coordinator.peer_node())
+            .unwrap_or("the peer");
+        Actor::Peer(name.to_owned())
+    }
+
     /// Takes a peer's admin change if newer; returns whether it was taken.
     fn merge_admin(&mut self, change: &sync::AdminChange) -> bool {
+        let record = |o: Option<&crate::admin::Override>| {
+            o.map_or(serde_json::Value::Null, |o| {
+                serde_json::json!({"admin_state": o.state, "weight": o.weight})
+            })
+        };
+        let before = record(self.admin.get(&change.service, &change.server));
         match self.admin.merge(change) {
             Ok(taken) => {
                 if taken {
-                    log::info!(
-                        "sync: admin change from the peer: {}/{} {:?} {:?}",
+                    let after = record(self.admin.get(&change.service, &change.server));
+                    let what = format!(
+                        "{} {}/{}",
+                        change.state.as_deref().unwrap_or("weight"),
                         change.service,
-                        change.server,
-                        change.state,
-                        change.weight
+                        change.server
                     );
+                    self.audit.record(&self.peer_actor(), &what, &before, &after);
                 }
                 taken
             }
@@ -381,7 +399,16 @@ impl Daemon {
             .with_context(|| format!("keeping it in {}", path.display()))?;
         let mut next = self.config.clone();
         next.services = primary.services;
+        let before = super::config_summary(&self.config_text);
         self.apply(next).await?;
+        if before != super::config_summary(yaml) {
+            self.audit.record(
+                &self.peer_actor(),
+                "configuration from the primary",
+                &before,
+                &super::config_summary(yaml),
+            );
+        }
         log::info!(
             "sync: configuration from the primary applied ({} services)",
             self.config.services.len()

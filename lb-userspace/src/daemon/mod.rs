@@ -39,6 +39,7 @@ use tokio::{
 
 use crate::{
     admin::AdminStore,
+    audit::{Actor, AuditLog},
     balancer::{self, Balancer, Health},
     config::{CheckKind, Config, ServiceKind, XdpMode},
     control::{self, protocol::Reply, Pending},
@@ -60,6 +61,8 @@ struct Daemon {
     attach_mode: &'static str,
     balancer: Balancer<EbpfMaps>,
     admin: AdminStore,
+    /// `STATE_DIR/audit.log`: every administrative change.
+    audit: AuditLog,
     health: HealthMonitor,
     redirects: Redirects,
     guard: Guard,
@@ -145,7 +148,10 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     if !leftovers.is_empty() {
         log::warn!("removed VIPs a previous lbd left behind: {leftovers:?}");
     }
-    let admin = AdminStore::load(&node.state_dir)?;
+    let (admin, warning) = AdminStore::load_or_set_aside(&node.state_dir, &node.name)?;
+    if let Some(warning) = warning {
+        log::error!("{warning}");
+    }
 
     let mut program = Program::load()?;
     let maps = program.take_maps()?;
@@ -172,6 +178,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         attach_mode: "detached",
         balancer,
         admin,
+        audit: AuditLog::new(&node.state_dir),
         health: HealthMonitor::new(health_tx),
         redirects: Redirects::new(),
         guard: Guard::new(&node.interface),
@@ -194,6 +201,19 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         log::warn!("removing {}: {error}", node.control_socket.display());
     }
     result
+}
+
+/// A configuration text as the audit log shows it: its SHA-256 and size
+/// (the file itself is kept where it was applied from).
+fn config_summary(text: &str) -> serde_json::Value {
+    use sha2::Digest as _;
+    use std::fmt::Write as _;
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    let hex = digest.iter().fold(String::new(), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    });
+    serde_json::json!({"sha256": hex, "bytes": text.len()})
 }
 
 /// On a secondary: the services of the primary's configuration it kept.
@@ -281,8 +301,9 @@ impl Daemon {
                 _ = interrupt.recv() => { log::info!("SIGINT: stopping"); break; }
                 _ = terminate.recv() => { log::info!("SIGTERM: stopping"); break; }
                 _ = hangup.recv() => self.reload().await,
-                Some((request, reply)) = requests.recv() => {
-                    let answer = match self.handle_request(request).await {
+                Some((request, caller, reply)) = requests.recv() => {
+                    let actor = caller.map_or_else(|| Actor::Lbctl("unknown user".into()), Actor::lbctl_user);
+                    let answer = match self.handle_request(request, &actor).await {
                         Ok(answer) => Reply::ok(answer),
                         Err(message) => Reply::error(message),
                     };
@@ -327,6 +348,19 @@ impl Daemon {
         // (a port taken by another program), and it changes nothing if it does.
         self.redirects.set(redirect_specs(&effective))?;
         self.balancer.apply(&effective)?;
+        match self.admin.adopt(config) {
+            Ok(dropped) => {
+                for (service, server) in dropped {
+                    self.audit.record(
+                        &Actor::Reload,
+                        &format!("{service}/{server}: the lbctl weight gives way to the file's"),
+                        &serde_json::Value::Null,
+                        &serde_json::Value::Null,
+                    );
+                }
+            }
+            Err(error) => log::warn!("{error}"),
+        }
         let forwarded: Vec<_> = effective
             .services
             .iter()
@@ -410,11 +444,21 @@ impl Daemon {
                     next.services = replicated;
                 }
                 let text = std::fs::read_to_string(&self.config_path).unwrap_or_default();
+                let before = config_summary(&self.config_text);
                 match self.apply(next).await {
                     Ok(note) => {
+                        let after = config_summary(&text);
                         self.config_text = text;
                         self.replicate_config();
                         log::info!("SIGHUP: configuration reloaded{note}");
+                        if before != after {
+                            self.audit.record(
+                                &Actor::Reload,
+                                &format!("reload {} (SIGHUP)", self.config_path.display()),
+                                &before,
+                                &after,
+                            );
+                        }
                     }
                     Err(error) => {
                         log::error!("SIGHUP: applying the configuration failed: {error:#}");

@@ -2,8 +2,11 @@
 //! admin changes (recorded first, then applied, then replicated), apply,
 //! affinity, plan and ha.
 
+use serde_json::{json, Value};
+
 use super::Daemon;
 use crate::{
+    audit::Actor,
     balancer,
     config::{AdminState, Config, ServiceKind},
     control::protocol::{
@@ -13,7 +16,14 @@ use crate::{
 };
 
 impl Daemon {
-    pub(super) async fn handle_request(&mut self, request: Request) -> Result<Answer, String> {
+    /// Answers one request from `actor` (an `lbctl` caller). Only the
+    /// changing requests (drain, halt, online, weight, apply) change
+    /// anything, and each lands in the audit log.
+    pub(super) async fn handle_request(
+        &mut self,
+        request: Request,
+        actor: &Actor,
+    ) -> Result<Answer, String> {
         match request {
             Request::Status => self
                 .status()
@@ -23,17 +33,20 @@ impl Daemon {
                 service,
                 server,
                 state,
-            } => self.set_state(&service, &server, state).map(Answer::Admin),
+            } => self
+                .set_state(&service, &server, state, actor)
+                .map(Answer::Admin),
             Request::Weight {
                 service,
                 server,
                 weight,
             } => self
-                .set_weight(&service, &server, weight)
+                .set_weight(&service, &server, weight, actor)
                 .map(Answer::Admin),
-            Request::Apply { file, text } => {
-                self.apply_request(&file, &text).await.map(Answer::Apply)
-            }
+            Request::Apply { file, text } => self
+                .apply_request(&file, &text, actor)
+                .await
+                .map(Answer::Apply),
             Request::Affinity { service, client } => {
                 let a = self
                     .balancer
@@ -81,6 +94,18 @@ impl Daemon {
             })
     }
 
+    /// A real server's admin state and weight as they are now, for the
+    /// audit log.
+    fn server_now(&self, service: &str, server: &str) -> Value {
+        self.balancer
+            .service(service)
+            .ok()
+            .and_then(|s| s.reals.iter().find(|r| r.name == server))
+            .map_or(Value::Null, |r| {
+                json!({"admin_state": r.admin.to_string(), "weight": r.weight})
+            })
+    }
+
     /// `lbctl drain|halt|online`: recorded first (so it survives a restart),
     /// then applied.
     fn set_state(
@@ -88,11 +113,13 @@ impl Daemon {
         service: &str,
         server: &str,
         admin: AdminState,
+        actor: &Actor,
     ) -> Result<AdminReport, String> {
         self.file_weight(service, server)?;
         if let Some(why) = self.refuse_admin() {
             return Err(why);
         }
+        let before = self.server_now(service, server);
         self.admin
             .set_state(service, server, admin)
             .map_err(|e| format!("{e}; nothing changed"))?;
@@ -101,7 +128,9 @@ impl Daemon {
             .map_err(|e| e.to_string())?;
         self.publish_census_key();
         self.replicate_admin(service, server);
-        log::info!("{service}/{server}: admin state {admin}");
+        let after = self.server_now(service, server);
+        self.audit
+            .record(actor, &format!("{admin} {service}/{server}"), &before, &after);
         Ok(AdminReport {
             service: service.to_owned(),
             server: server.to_owned(),
@@ -116,11 +145,13 @@ impl Daemon {
         service: &str,
         server: &str,
         weight: u16,
+        actor: &Actor,
     ) -> Result<AdminReport, String> {
         let file_weight = self.file_weight(service, server)?;
         if let Some(why) = self.refuse_admin() {
             return Err(why);
         }
+        let before = self.server_now(service, server);
         self.admin
             .set_weight(service, server, weight, file_weight)
             .map_err(|e| format!("{e}; nothing changed"))?;
@@ -128,7 +159,13 @@ impl Daemon {
             .set_weight(service, server, weight)
             .map_err(|e| e.to_string())?;
         self.replicate_admin(service, server);
-        log::info!("{service}/{server}: weight {weight}");
+        let after = self.server_now(service, server);
+        self.audit.record(
+            actor,
+            &format!("weight {service}/{server} {weight}"),
+            &before,
+            &after,
+        );
         Ok(AdminReport {
             service: service.to_owned(),
             server: server.to_owned(),
@@ -139,10 +176,16 @@ impl Daemon {
 
     /// `lbctl apply`: validate, write the file lbd was started with (so a
     /// restart or SIGHUP keeps it), then apply.
-    async fn apply_request(&mut self, file: &str, text: &str) -> Result<ApplyReport, String> {
+    async fn apply_request(
+        &mut self,
+        file: &str,
+        text: &str,
+        actor: &Actor,
+    ) -> Result<ApplyReport, String> {
         if let Some(why) = self.refuse_apply() {
             return Err(why);
         }
+        let before = super::config_summary(&self.config_text);
         let next = Config::from_yaml(text, file).map_err(|e| e.to_string())?;
         state_file::write_atomically(&self.config_path, text.as_bytes()).map_err(|error| {
             format!(
@@ -157,6 +200,12 @@ impl Daemon {
         text.clone_into(&mut self.config_text);
         self.replicate_config();
         log::info!("configuration applied from {file}{note}");
+        self.audit.record(
+            actor,
+            &format!("apply {file}"),
+            &before,
+            &super::config_summary(text),
+        );
         Ok(ApplyReport {
             applied: true,
             note: note.trim_start_matches("; ").to_owned(),

@@ -303,6 +303,12 @@ impl Coordinator {
         self.sync.as_ref().is_some_and(|s| s.connected)
     }
 
+    /// The peer's node name, once a sync session has paired.
+    #[must_use]
+    pub fn peer_node(&self) -> Option<&str> {
+        self.sync.as_ref().and_then(|s| s.peer_node.as_deref())
+    }
+
     /// The VRRP state.
     #[must_use]
     pub fn state(&self) -> State {

@@ -74,6 +74,8 @@ struct Node {
     transitions: Vec<(Duration, State)>,
     /// Session streams this node's coordinator asked for.
     streams: usize,
+    /// How far this node's wall clock is off, in milliseconds.
+    wall_skew_ms: i64,
 }
 
 enum Delivery {
@@ -100,7 +102,7 @@ impl Pair {
                 let dir = std::env::temp_dir()
                     .join(format!("lbd-pair-{test}-{i}-{}", std::process::id()));
                 let _ = std::fs::remove_dir_all(&dir);
-                let admin = AdminStore::load(&dir).unwrap_or_else(|e| panic!("{e}"));
+                let admin = AdminStore::load(&dir, &format!("node{i}")).unwrap_or_else(|e| panic!("{e}"));
                 Node {
                     c: Coordinator::new(base, settings(i)),
                     alive: true,
@@ -114,6 +116,7 @@ impl Pair {
                     sessions_at_takeover: None,
                     transitions: Vec::new(),
                     streams: 0,
+                    wall_skew_ms: 0,
                 }
             })
             .collect();
@@ -136,6 +139,11 @@ impl Pair {
 
     fn ms(&self) -> u64 {
         u64::try_from(self.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Node `i`'s wall clock, in Unix milliseconds (skewed as set).
+    fn wall_ms(&self, i: usize) -> u64 {
+        (1_700_000_000_000 + self.ms()).saturating_add_signed(self.nodes[i].wall_skew_ms)
     }
 
     fn masters(&self) -> Vec<usize> {
@@ -198,7 +206,7 @@ impl Pair {
     fn restart(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         node.c = Coordinator::new(self.now, settings(i));
-        node.admin = AdminStore::load(&node.dir).unwrap_or_else(|e| panic!("{e}"));
+        node.admin = AdminStore::load(&node.dir, &format!("node{i}")).unwrap_or_else(|e| panic!("{e}"));
         node.alive = true;
         node.sessions.clear();
         node.sessions_at_takeover = None;
@@ -353,7 +361,7 @@ impl Pair {
         if let Some(why) = self.nodes[i].c.refuse_admin() {
             return Err(why);
         }
-        let ms = self.ms();
+        let ms = self.wall_ms(i);
         let node = &mut self.nodes[i];
         node.admin
             .set_state_at(SERVICE, server, state, ms)
@@ -556,6 +564,45 @@ fn admin_changes_replicate_both_ways_and_the_latest_wins() {
             Some("online"),
             "node {node}"
         );
+    }
+}
+
+/// Issue 12: a change made after seeing the peer's is the later one,
+/// whichever node's wall clock is ten minutes off and in which direction.
+#[test]
+fn a_ten_minute_clock_skew_changes_nothing() {
+    for skew in [-600_000, 600_000] {
+        let mut pair = Pair::steady(&format!("skew{skew}"));
+        pair.nodes[1].wall_skew_ms = skew;
+        pair.drain(0, "hs1", AdminState::Drain)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(pair.state_of(1, "hs1").as_deref(), Some("drain"));
+        // The primary unreachable: the secondary, master, halts hs1.
+        pair.partition();
+        pair.advance(ADVERT * 6);
+        assert!(pair.nodes[1].c.is_master());
+        pair.drain(1, "hs1", AdminState::Halt)
+            .unwrap_or_else(|e| panic!("{e}"));
+        pair.heal();
+        pair.advance(ADVERT * 3);
+        for node in 0..2 {
+            assert_eq!(
+                pair.state_of(node, "hs1").as_deref(),
+                Some("halt"),
+                "node {node}, skew {skew} ms: the secondary's later halt"
+            );
+        }
+        // And back: the primary returns hs1 after seeing the halt.
+        pair.drain(0, "hs1", AdminState::Online)
+            .unwrap_or_else(|e| panic!("{e}"));
+        pair.advance(ADVERT);
+        for node in 0..2 {
+            assert_eq!(
+                pair.state_of(node, "hs1").as_deref(),
+                Some("online"),
+                "node {node}, skew {skew} ms: the primary's later online"
+            );
+        }
     }
 }
 

@@ -88,6 +88,8 @@ pub(super) fn change(n: u64) -> AdminChange {
         weight: Some(u16::try_from(n).unwrap()),
         file_weight: n.is_multiple_of(3).then_some(100),
         changed_ms: 1_700_000_000_000 + n,
+        seq: n,
+        origin: "lb1".into(),
     }
 }
 

@@ -22,7 +22,7 @@ const KIND_ADMIN: u8 = 17;
 const KIND_SESSIONS: u8 = 18;
 
 /// Smallest encodings of list elements, to bound counts by the bytes left.
-const MIN_ADMIN_CHANGE_LEN: usize = 2 + 2 + 1 + 1 + 1 + 8;
+const MIN_ADMIN_CHANGE_LEN: usize = 2 + 2 + 1 + 1 + 1 + 8 + 8 + 2;
 const MIN_SESSION_ENTRY_LEN: usize = 2 + 4 + 4 + 4;
 /// Encoded size of a session entry apart from its service name.
 const SESSION_ENTRY_FIXED_LEN: usize = MIN_SESSION_ENTRY_LEN;
@@ -40,7 +40,8 @@ pub enum Message {
         /// The primary's admin changes.
         admin: Vec<AdminChange>,
     },
-    /// Admin-state changes, in both directions; the latest `changed_ms` wins.
+    /// Admin-state changes, in both directions; the latest (by `seq`, then
+    /// `origin`) wins.
     Admin {
         /// The changes.
         changes: Vec<AdminChange>,
@@ -69,8 +70,12 @@ pub struct AdminChange {
     pub weight: Option<u16>,
     /// The file's weight when the lbctl weight was set.
     pub file_weight: Option<u16>,
-    /// Unix time of the change in milliseconds.
+    /// Unix time of the change in milliseconds (for people; never compared).
     pub changed_ms: u64,
+    /// The change's hybrid-logical-clock stamp: the later change wins.
+    pub seq: u64,
+    /// The node that made it (the tie-break between equal counters).
+    pub origin: String,
 }
 
 /// One affinity entry: service by name and server by address, because ids
@@ -279,6 +284,8 @@ impl Writer {
             self.opt_u16(c.weight);
             self.opt_u16(c.file_weight);
             self.u64(c.changed_ms);
+            self.u64(c.seq);
+            self.str16("node name", &c.origin)?;
         }
         Ok(())
     }
@@ -422,6 +429,8 @@ impl<'a> Reader<'a> {
                 weight: self.opt_u16("weight presence")?,
                 file_weight: self.opt_u16("file weight presence")?,
                 changed_ms: self.u64()?,
+                seq: self.u64()?,
+                origin: self.str16()?,
             });
         }
         Ok(changes)

@@ -63,7 +63,7 @@ pub use session::{Event, Local, SendError, SessionStats, SyncError, SyncSession}
 pub use wire::{KeyError, SyncKey, MIN_KEY_LEN};
 
 /// Version of the sync protocol carried in every frame header.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Largest frame, length prefix and tag included (4 MiB).
 pub const MAX_FRAME: usize = 4 * 1024 * 1024;
 /// Length of the per-connection random nonce.
