@@ -418,29 +418,30 @@ fn decide(
         client: frame.client & service.netmask,
     };
     let icmp = frame.kind == FrameKind::IcmpError;
-    let (target, new_client, in_table) = match lookup_affinity(&key, &service, &mut clock, !icmp, tally) {
-        Remembered::Live(target) => (target, false, true),
-        other => {
-            tally.count(Reason::AffinityMiss);
-            let (target, may_remember) = lookup_ring(&service, key.client, tally)?;
-            let mut remembered = false;
-            if may_remember && !icmp {
-                if frame.kind == (FrameKind::Datagram { syn_only: true }) {
-                    tally.count(Reason::FloodSynUnremembered);
-                } else {
-                    let entry = Affinity {
-                        real: target.index,
-                        real_address: target.real.address,
-                        last_seen_ns: clock.ns(),
-                        seen_jiffies: clock.jiffies,
-                    };
-                    let replace = matches!(other, Remembered::Replaceable);
-                    remembered = remember(&key, &entry, &service, replace, tally);
+    let (target, new_client, in_table) =
+        match lookup_affinity(&key, &service, &mut clock, !icmp, tally) {
+            Remembered::Live(target) => (target, false, true),
+            other => {
+                tally.count(Reason::AffinityMiss);
+                let (target, may_remember) = lookup_ring(&service, key.client, tally)?;
+                let mut remembered = false;
+                if may_remember && !icmp {
+                    if frame.kind == (FrameKind::Datagram { syn_only: true }) {
+                        tally.count(Reason::FloodSynUnremembered);
+                    } else {
+                        let entry = Affinity {
+                            real: target.index,
+                            real_address: target.real.address,
+                            last_seen_ns: clock.ns(),
+                            seen_jiffies: clock.jiffies,
+                        };
+                        let replace = matches!(other, Remembered::Replaceable);
+                        remembered = remember(&key, &entry, &service, replace, tally);
+                    }
                 }
+                (target, true, remembered)
             }
-            (target, true, remembered)
-        }
-    };
+        };
     if target.real.flags & REAL_F_RESOLVED == 0 {
         return Err(Reason::DropRealUnresolved);
     }

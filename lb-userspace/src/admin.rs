@@ -490,10 +490,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(rs1(&store.effective(&config(100, "online"))).weight, 10);
         assert_eq!(rs1(&store.effective(&config(300, "online"))).weight, 300);
-        assert!(
-            store.get("web", "rs1").is_some(),
-            "looking changes nothing"
-        );
+        assert!(store.get("web", "rs1").is_some(), "looking changes nothing");
         let dropped = store
             .adopt(&config(300, "online"))
             .unwrap_or_else(|e| panic!("{e}"));
@@ -566,7 +563,9 @@ mod tests {
         assert!(peer.merge(&ours).unwrap_or_else(|e| panic!("{e}")));
         assert!(!store.merge(&theirs).unwrap_or_else(|e| panic!("{e}")));
         assert_eq!(
-            peer.get("web", "rs1").and_then(|o| o.state.clone()).as_deref(),
+            peer.get("web", "rs1")
+                .and_then(|o| o.state.clone())
+                .as_deref(),
             Some("online")
         );
         // The clock survives a restart, also once the records are gone.
@@ -610,7 +609,10 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         let store = AdminStore::load(&d, "a").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
-            store.get("web", "rs1").and_then(|o| o.state.clone()).as_deref(),
+            store
+                .get("web", "rs1")
+                .and_then(|o| o.state.clone())
+                .as_deref(),
             Some("drain")
         );
         let _ = std::fs::remove_dir_all(&d);

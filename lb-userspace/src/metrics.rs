@@ -7,7 +7,7 @@
 //! text format every Prometheus and most parsers read). The HTTP side only
 //! moves bytes: each scrape asks the daemon's loop for a rendering.
 
-use std::{convert::Infallible, net::SocketAddr, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use http_body_util::Full;
 use hyper::{
@@ -26,6 +26,18 @@ use tokio::{
     net::TcpListener,
     sync::{mpsc, oneshot},
 };
+
+use crate::limits::{Caps, ConnectionGate};
+
+/// The metrics listener's caps: scrapers are few (a Prometheus pair, an
+/// operator's curl), so anything beyond is refused.
+pub const CAPS: Caps = Caps {
+    per_address: 8,
+    total: 64,
+};
+
+/// Longest a scraper's connection stays open.
+const MAX_CONNECTION_AGE: Duration = Duration::from_mins(2);
 
 /// Errors of the metrics endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -279,27 +291,40 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener, MetricsError> {
 }
 
 /// Serves `/metrics` forever, asking `scrapes` for each rendering.
-pub async fn serve(listener: TcpListener, scrapes: mpsc::Sender<Scrape>) {
+pub async fn serve(
+    listener: TcpListener,
+    scrapes: mpsc::Sender<Scrape>,
+    gate: Arc<ConnectionGate>,
+) {
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(error) => {
                 log::warn!("metrics: accept failed: {error}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
+        let admission = match gate.admit(peer.ip()) {
+            Ok(admission) => admission,
+            Err(refusal) => {
+                log::debug!("metrics: closing a connection from {peer}: {refusal}");
+                continue;
+            }
+        };
         let scrapes = scrapes.clone();
         tokio::spawn(async move {
+            let _admission = admission;
             let service = service_fn(move |request: Request<Incoming>| {
                 let scrapes = scrapes.clone();
                 async move { Ok::<_, Infallible>(respond(&request, &scrapes).await) }
             });
-            let _ = http1::Builder::new()
+            let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                .serve_connection(TokioIo::new(stream), service);
+            // A scraper that keeps its connection also gives it back.
+            let _ = tokio::time::timeout(MAX_CONNECTION_AGE, connection).await;
         });
     }
 }

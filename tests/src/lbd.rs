@@ -239,10 +239,23 @@ impl Lbd {
     /// # Errors
     /// When the file cannot be written or lbd not started.
     pub fn start(lab: &mut DrLab, config: &str) -> Result<Self, LabError> {
+        Self::start_wrapped(lab, config, &[])
+    }
+
+    /// [`Self::start`] with lbd run by `wrapper` (a command and its
+    /// arguments before lbd's, e.g. `prlimit --nofile=1024:`).
+    ///
+    /// # Errors
+    /// As [`Self::start`].
+    pub fn start_wrapped(
+        lab: &mut DrLab,
+        config: &str,
+        wrapper: &[&str],
+    ) -> Result<Self, LabError> {
         let dir = lab.dir().to_owned();
         let ns = lab.lb_ns().to_owned();
         let log = lab.log_path("lbd");
-        Self::spawn(lab, &ns, &dir, config, log)
+        Self::spawn(lab, &ns, &dir, config, log, wrapper)
     }
 
     /// Writes `DIR/lbd.yaml` and starts lbd on it in `ns`, logging to `log`;
@@ -253,6 +266,7 @@ impl Lbd {
         dir: &Path,
         config: &str,
         log: PathBuf,
+        wrapper: &[&str],
     ) -> Result<Self, LabError> {
         let lbd = paths::lbd();
         if !lbd.is_file() {
@@ -267,15 +281,10 @@ impl Lbd {
             what: format!("writing {}", path.display()),
             source,
         })?;
-        let handle = lab.spawn_in(
-            ns,
-            &[
-                &lbd.display().to_string(),
-                "--config",
-                &path.display().to_string(),
-            ],
-            &log,
-        )?;
+        let (lbd, file) = (lbd.display().to_string(), path.display().to_string());
+        let mut command: Vec<&str> = wrapper.to_vec();
+        command.extend([lbd.as_str(), "--config", file.as_str()]);
+        let handle = lab.spawn_in(ns, &command, &log)?;
         Ok(Self {
             config: path,
             socket: dir.join("lbd.sock"),
@@ -306,7 +315,7 @@ impl Lbd {
             source,
         })?;
         let log = dir.join("lbd.log");
-        Self::spawn(lab, ns, &dir, config, log)
+        Self::spawn(lab, ns, &dir, config, log, &[])
     }
 
     /// The namespace lbd runs in.

@@ -6,9 +6,11 @@
 
 use std::{
     collections::BTreeMap,
+    fmt::Write as _,
     fs,
+    net::SocketAddrV4,
     path::Path,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use lb_tests::{
@@ -18,6 +20,7 @@ use lb_tests::{
     wait::wait_until,
 };
 use serde_json::Value;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 const READY: Duration = Duration::from_secs(20);
 const RELOAD: Duration = Duration::from_secs(5);
@@ -108,7 +111,11 @@ fn dry_runs_change_nothing_and_a_drain_survives_plan_reload_and_restart() {
     ];
     for args in &read_only {
         lbctl_ok(&lbd, args);
-        assert_eq!(snapshot(&state_dir), before, "lbctl {args:?} changed a file");
+        assert_eq!(
+            snapshot(&state_dir),
+            before,
+            "lbctl {args:?} changed a file"
+        );
     }
     let check = std::process::Command::new(paths::lbd())
         .args(["--config", &plan_file, "--check"])
@@ -128,7 +135,7 @@ fn dry_runs_change_nothing_and_a_drain_survives_plan_reload_and_restart() {
     let seen = reloads(&lbd);
     lbd.signal(&lab, libc::SIGHUP)
         .unwrap_or_else(|e| panic!("{e}"));
-    let _ = wait_until("the SIGHUP to be handled", RELOAD, || {
+    let () = wait_until("the SIGHUP to be handled", RELOAD, || {
         if reloads(&lbd) > seen {
             Ok(())
         } else {
@@ -163,4 +170,187 @@ fn dry_runs_change_nothing_and_a_drain_survives_plan_reload_and_restart() {
     );
     assert_eq!(audit[1]["what"], format!("online web/{rs3}"));
     assert_eq!(audit[1]["before"]["admin_state"], "drain");
+}
+
+/// Port of the redirect service of the connection test.
+const REDIRECT_PORT: u16 = 8081;
+/// Connections held to each of the redirect and metrics ports.
+const HELD_PER_PORT: usize = 1500;
+/// How long they are held.
+const HOLD: Duration = Duration::from_secs(20);
+
+/// Keeps up to `count` TCP connections open to each of `targets` from the
+/// client namespace for `hold`, spread over its source addresses, opening
+/// a new one whenever lbd closes one (as an attacker would); returns the
+/// number of connections made in all.
+fn hold_connections(
+    lab: &DrLab,
+    targets: Vec<SocketAddrV4>,
+    count: usize,
+    hold: Duration,
+) -> std::thread::JoinHandle<usize> {
+    let sources = lab.client_sources().to_vec();
+    let ns = lab.client_ns().to_owned();
+    std::thread::spawn(move || {
+        lb_tests::lab::in_netns(&ns, move || {
+            let connect = |i: usize, to: SocketAddrV4| -> Option<Socket> {
+                let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).ok()?;
+                let source = SocketAddrV4::new(sources[i % sources.len()], 0);
+                socket.bind(&SockAddr::from(source)).ok()?;
+                socket
+                    .connect_timeout(&SockAddr::from(to), Duration::from_millis(300))
+                    .ok()?;
+                socket.set_nonblocking(true).ok()?;
+                Some(socket)
+            };
+            let started = Instant::now();
+            let mut pool: Vec<(SocketAddrV4, Option<Socket>)> = targets
+                .iter()
+                .flat_map(|to| std::iter::repeat_n(*to, count))
+                .map(|to| (to, None))
+                .collect();
+            let mut made = 0;
+            while started.elapsed() < hold {
+                for (i, (to, slot)) in pool.iter_mut().enumerate() {
+                    if started.elapsed() >= hold {
+                        break;
+                    }
+                    let alive = slot.as_ref().is_some_and(|socket| {
+                        let mut byte = [std::mem::MaybeUninit::new(0_u8)];
+                        matches!(
+                            socket.peek(&mut byte),
+                            Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock
+                        )
+                    });
+                    if !alive {
+                        *slot = connect(i, *to);
+                        made += usize::from(slot.is_some());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            made
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
+    })
+}
+
+/// The contract's "Bounded resources" and issue 12's scenario: 3,000
+/// connections held open from the client's 256 addresses to a redirect port
+/// and the metrics port for 20 s. lbd starts with the open-file limit
+/// systemd gives a service (1024). Every real server stays up (tcp checks
+/// every 300 ms), `lbctl status` answers, forwarding goes on, and a new
+/// redirect is answered once the connections are gone.
+#[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, step by step")]
+fn held_connections_take_nothing_from_checks_control_or_forwarding() {
+    let mut lab = lab();
+    let (vip, lb) = (lab.vip(), lab.lb_address());
+    let mut services = format!(
+        "  - name: web\n    vip: {vip}\n    port: {}\n    persistence: {{ timeout_s: 300 }}\n    \
+         health_check: {{ type: tcp, interval_ms: 300, timeout_ms: 250, rise: 1, fall: 2 }}\n    \
+         real_servers:\n",
+        lab.http_port()
+    );
+    for i in 0..3 {
+        let _ = writeln!(
+            services,
+            "      - {{ name: {}, address: {} }}",
+            lab.real_name(i),
+            lab.real_address(i)
+        );
+    }
+    let _ = writeln!(
+        services,
+        "  - name: to-https\n    vip: {vip}\n    port: {REDIRECT_PORT}\n    \
+         redirect: {{ code: 301, scheme: https }}"
+    );
+    let config = lab_config(&lab, &services).replace(
+        "metrics_listen: 127.0.0.1:9100",
+        &format!("metrics_listen: {lb}:9100"),
+    );
+    let lbd = Lbd::start_wrapped(&mut lab, &config, &["prlimit", "--nofile=1024:"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    lbd.wait_ready(&mut lab, READY)
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let redirect = SocketAddrV4::new(vip, REDIRECT_PORT);
+    let metrics = SocketAddrV4::new(lb, 9100);
+    let holder = hold_connections(&lab, vec![redirect, metrics], HELD_PER_PORT, HOLD);
+    // Let the connections pile up first.
+    std::thread::sleep(Duration::from_secs(3));
+    let holding = Instant::now();
+    let mut rounds = 0;
+    while holding.elapsed() < HOLD.saturating_sub(Duration::from_secs(4)) {
+        let status = lbd
+            .status()
+            .unwrap_or_else(|| panic!("`lbctl status` does not answer:\n{}", lbd.log_text()));
+        for server in status["services"][0]["real_servers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            assert_eq!(
+                server["health"],
+                "up",
+                "{} went down under held connections:\n{}",
+                server["name"],
+                lbd.log_text()
+            );
+        }
+        let report = lab
+            .run_clients_with(
+                &lab.client_sources()[..16],
+                1,
+                Duration::from_secs(10),
+                Duration::from_secs(2),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            report.failures().is_empty(),
+            "forwarding: {}",
+            report.summary()
+        );
+        rounds += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(rounds >= 3, "checked {rounds} times in {HOLD:?}");
+    let made = holder
+        .join()
+        .unwrap_or_else(|_| panic!("the connection holder panicked"));
+    eprintln!("{made} connections made to the redirect and metrics ports");
+    assert!(
+        made >= 2 * HELD_PER_PORT / 2,
+        "only {made} connections were made"
+    );
+
+    let answered = wait_until(
+        "a new redirect to be answered",
+        Duration::from_secs(10),
+        || {
+            lb_tests::lab::run_in(
+                lab.client_ns(),
+                &[
+                    "curl",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "2",
+                    &format!("http://{vip}:{REDIRECT_PORT}/x"),
+                ],
+            )
+            .map_err(|e| e.to_string())
+            .and_then(|code| {
+                if code.trim() == "301" {
+                    Ok(code)
+                } else {
+                    Err(format!("answered {code:?}"))
+                }
+            })
+        },
+    );
+    assert_eq!(answered.trim(), "301");
 }

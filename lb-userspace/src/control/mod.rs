@@ -9,4 +9,4 @@ pub mod server;
 
 pub use client::{call, ClientError};
 pub use protocol::{Answer, Reply, Request};
-pub use server::{bind, serve, ControlError, Pending, MAX_REQUEST_BYTES};
+pub use server::{bind, serve, ControlError, Pending, CAPS, MAX_REQUEST_BYTES};

@@ -7,8 +7,10 @@
 
 use std::{
     io,
+    net::{IpAddr, Ipv4Addr},
     os::unix::{fs::PermissionsExt, net::UnixStream as StdUnixStream},
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -19,6 +21,7 @@ use tokio::{
 };
 
 use super::protocol::{Answer, Reply, Request};
+use crate::limits::{Caps, ConnectionGate};
 
 /// Largest request accepted (a configuration file travels inside `apply`).
 pub const MAX_REQUEST_BYTES: usize = 4 << 20;
@@ -69,13 +72,33 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     Ok(listener)
 }
 
-/// Accepts connections forever, passing each request to `requests`.
-pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Pending>) {
+/// The control socket's caps: only root can connect (mode 0600), but a
+/// script gone wrong should not take every descriptor either. All callers
+/// count as one address.
+pub const CAPS: Caps = Caps {
+    per_address: 64,
+    total: 64,
+};
+
+/// Accepts connections forever, passing each request to `requests`, while
+/// `gate` admits them.
+pub async fn serve(
+    listener: UnixListener,
+    requests: mpsc::Sender<Pending>,
+    gate: Arc<ConnectionGate>,
+) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(connection(stream, requests.clone()));
-            }
+            Ok((stream, _)) => match gate.admit(IpAddr::V4(Ipv4Addr::UNSPECIFIED)) {
+                Ok(admission) => {
+                    let requests = requests.clone();
+                    tokio::spawn(async move {
+                        let _admission = admission;
+                        connection(stream, requests).await;
+                    });
+                }
+                Err(refusal) => log::warn!("control socket: closing a connection: {refusal}"),
+            },
             Err(error) => {
                 log::warn!("control socket: accept failed: {error}");
                 tokio::time::sleep(Duration::from_millis(100)).await;

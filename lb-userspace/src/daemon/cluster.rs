@@ -363,9 +363,10 @@ impl Daemon {
     /// Takes a peer's admin change if newer; returns whether it was taken.
     fn merge_admin(&mut self, change: &sync::AdminChange) -> bool {
         let record = |o: Option<&crate::admin::Override>| {
-            o.map_or(serde_json::Value::Null, |o| {
-                serde_json::json!({"admin_state": o.state, "weight": o.weight})
-            })
+            o.map_or(
+                serde_json::Value::Null,
+                |o| serde_json::json!({"admin_state": o.state, "weight": o.weight}),
+            )
         };
         let before = record(self.admin.get(&change.service, &change.server));
         match self.admin.merge(change) {
@@ -378,7 +379,8 @@ impl Daemon {
                         change.service,
                         change.server
                     );
-                    self.audit.record(&self.peer_actor(), &what, &before, &after);
+                    self.audit
+                        .record(&self.peer_actor(), &what, &before, &after);
                 }
                 taken
             }

@@ -46,9 +46,10 @@ use crate::{
     dataplane::{AttachMode, EbpfMaps, Maps, Program},
     guard::Guard,
     health::{CheckTarget, HealthEvent, HealthMonitor},
+    limits::{self, Budget, ConnectionGate},
     metrics::{self, Metrics, Scrape},
     neighbour,
-    redirect::{RedirectSpec, Redirects},
+    redirect::{Limits as RedirectLimits, RedirectSpec, Redirects},
     vip::Vips,
 };
 
@@ -63,6 +64,9 @@ struct Daemon {
     admin: AdminStore,
     /// `STATE_DIR/audit.log`: every administrative change.
     audit: AuditLog,
+    /// The descriptors lbd's listeners share (the rest is kept for checks,
+    /// VRRP, sync and control).
+    budget: Arc<Budget>,
     health: HealthMonitor,
     redirects: Redirects,
     guard: Guard,
@@ -141,6 +145,16 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         config.services = replicated;
     }
     let node = config.node.clone();
+    let fd_limit = limits::raise_fd_limit().unwrap_or_else(|error| {
+        log::warn!("cannot read the open-file limit: {error}; assuming 1024");
+        1024
+    });
+    let budget = Budget::for_fd_limit(fd_limit);
+    log::info!(
+        "open-file limit {fd_limit}: listeners may hold {} connections, {} are kept for checks, VRRP, sync and control",
+        budget.capacity(),
+        limits::RESERVED_FDS
+    );
     let handle = neighbour::connect()?;
     let iface = neighbour::interface(&handle, &node.interface).await?;
     let mut vips = Vips::new(handle.clone(), iface.index, iface.mac, &node.state_dir)?;
@@ -179,8 +193,9 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         balancer,
         admin,
         audit: AuditLog::new(&node.state_dir),
+        budget: Arc::clone(&budget),
         health: HealthMonitor::new(health_tx),
-        redirects: Redirects::new(),
+        redirects: Redirects::with_limits(RedirectLimits::default(), budget),
         guard: Guard::new(&node.interface),
         metrics: Metrics::new()?,
         census,
@@ -286,9 +301,12 @@ impl Daemon {
         );
 
         let (tx, mut requests) = mpsc::channel::<Pending>(64);
-        let server = tokio::spawn(control::serve(listener, tx));
+        let control_gate = ConnectionGate::new(control::CAPS, Arc::clone(&self.budget));
+        let server = tokio::spawn(control::serve(listener, tx, control_gate));
         let (scrape_tx, mut scrapes) = mpsc::channel::<Scrape>(16);
-        let metrics_server = tokio::spawn(metrics::serve(metrics_listener, scrape_tx));
+        let metrics_gate = ConnectionGate::new(metrics::CAPS, Arc::clone(&self.budget));
+        let metrics_server =
+            tokio::spawn(metrics::serve(metrics_listener, scrape_tx, metrics_gate));
         let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let mut interrupt =
             signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;

@@ -101,9 +101,10 @@ impl Daemon {
             .service(service)
             .ok()
             .and_then(|s| s.reals.iter().find(|r| r.name == server))
-            .map_or(Value::Null, |r| {
-                json!({"admin_state": r.admin.to_string(), "weight": r.weight})
-            })
+            .map_or(
+                Value::Null,
+                |r| json!({"admin_state": r.admin.to_string(), "weight": r.weight}),
+            )
     }
 
     /// `lbctl drain|halt|online`: recorded first (so it survives a restart),
@@ -129,8 +130,12 @@ impl Daemon {
         self.publish_census_key();
         self.replicate_admin(service, server);
         let after = self.server_now(service, server);
-        self.audit
-            .record(actor, &format!("{admin} {service}/{server}"), &before, &after);
+        self.audit.record(
+            actor,
+            &format!("{admin} {service}/{server}"),
+            &before,
+            &after,
+        );
         Ok(AdminReport {
             service: service.to_owned(),
             server: server.to_owned(),

@@ -102,7 +102,8 @@ impl Pair {
                 let dir = std::env::temp_dir()
                     .join(format!("lbd-pair-{test}-{i}-{}", std::process::id()));
                 let _ = std::fs::remove_dir_all(&dir);
-                let admin = AdminStore::load(&dir, &format!("node{i}")).unwrap_or_else(|e| panic!("{e}"));
+                let admin =
+                    AdminStore::load(&dir, &format!("node{i}")).unwrap_or_else(|e| panic!("{e}"));
                 Node {
                     c: Coordinator::new(base, settings(i)),
                     alive: true,
@@ -206,7 +207,8 @@ impl Pair {
     fn restart(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         node.c = Coordinator::new(self.now, settings(i));
-        node.admin = AdminStore::load(&node.dir, &format!("node{i}")).unwrap_or_else(|e| panic!("{e}"));
+        node.admin =
+            AdminStore::load(&node.dir, &format!("node{i}")).unwrap_or_else(|e| panic!("{e}"));
         node.alive = true;
         node.sessions.clear();
         node.sessions_at_takeover = None;

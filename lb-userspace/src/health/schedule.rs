@@ -244,6 +244,21 @@ impl Registry {
         let Some(entry) = self.entries.get_mut(&id) else {
             return Vec::new();
         };
+        if result.local_error {
+            // Says nothing about the server: not counted, not shown as its
+            // last check, and logged for the operator.
+            log::warn!(
+                "health check of {} not counted: {} (a problem on this machine, not the server's)",
+                entry
+                    .subscribers
+                    .iter()
+                    .map(|(service, server)| format!("{service}/{server}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                result.detail
+            );
+            return Vec::new();
+        }
         let changed = entry.hysteresis.record(result.passed).is_some();
         let health = entry.hysteresis.health();
         let events = entry
@@ -324,6 +339,7 @@ impl Registry {
 fn unchecked_result() -> ProbeResult {
     ProbeResult {
         passed: true,
+        local_error: false,
         latency: Duration::ZERO,
         detail: "no check (type none)".to_owned(),
     }
@@ -456,6 +472,7 @@ async fn run_check(
             Ok(spec) => probe(spec, &target).await,
             Err(reason) => ProbeResult {
                 passed: false,
+                local_error: false,
                 latency: Duration::ZERO,
                 detail: format!("cannot run the check: {reason}"),
             },
@@ -501,6 +518,7 @@ mod tests {
     fn result(passed: bool) -> ProbeResult {
         ProbeResult {
             passed,
+            local_error: false,
             latency: Duration::from_millis(1),
             detail: if passed {
                 "connected"
@@ -600,6 +618,27 @@ mod tests {
             .map(|s| (s.target.service.as_str(), s.target.server.as_str()))
             .collect();
         assert_eq!(names, [("a", "s1"), ("b", "s2")]);
+    }
+
+    /// Issue 12: a check that fails for a reason on this machine (here: out
+    /// of file descriptors) says nothing about the server and never flips it.
+    #[test]
+    fn a_local_error_is_not_counted_and_never_takes_a_server_down() {
+        let mut r = Registry::default();
+        let targets = vec![tgt("a", "s", [10, 0, 0, 1], check(CheckKind::Tcp, 80))];
+        let id = r.update(targets).start[0].id;
+        let local = ProbeResult {
+            passed: false,
+            local_error: true,
+            latency: Duration::ZERO,
+            detail: "cannot connect from here: Too many open files (os error 24)".to_owned(),
+        };
+        for _ in 0..10 {
+            assert!(r.record(id, local.clone()).is_empty(), "not counted");
+        }
+        // A real failure still counts: the first one takes it down at once.
+        let events = r.record(id, result(false));
+        assert_eq!((events[0].health, events[0].changed), (Health::Down, true));
     }
 
     #[test]

@@ -15,11 +15,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use log::{debug, warn};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::response::respond;
 use super::{Limits, RedirectError, RedirectSpec};
+use crate::limits::{Admission, ConnectionGate};
 
 /// Largest request head hyper buffers per connection, bounding memory per client.
 const MAX_BUF_SIZE: usize = 64 * 1024;
@@ -81,32 +82,34 @@ impl Listener {
     }
 }
 
-/// Accepts connections until aborted, serving each in its own task while a
-/// connection slot is free and resetting it at once otherwise.
+/// Accepts connections until aborted, serving each in its own task while
+/// the gate admits it (its client address and the listener under their
+/// caps, lbd's listeners under their budget) and resetting it at once
+/// otherwise.
 pub(super) async fn accept_loop(
     socket: Arc<TcpListener>,
     spec: watch::Receiver<Arc<RedirectSpec>>,
     answered: Arc<AtomicU64>,
     limits: Limits,
+    gate: Arc<ConnectionGate>,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = socket.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    if let Ok(slot) = Arc::clone(&slots).try_acquire_owned() {
-                        connections.spawn(serve(stream, slot, spec.clone(), Arc::clone(&answered), limits));
-                    } else {
+                Ok((stream, peer)) => match gate.admit(peer.ip()) {
+                    Ok(admission) => {
+                        connections.spawn(serve(stream, admission, spec.clone(), Arc::clone(&answered), limits));
+                    }
+                    Err(refusal) => {
                         debug!(
-                            "redirect listener {:?}: {} connections open, resetting {peer}",
+                            "redirect listener {:?}: resetting {peer}: {refusal}",
                             socket.local_addr(),
-                            limits.max_connections
                         );
                         // SO_LINGER 0: reset rather than leave the socket in TIME_WAIT.
                         let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
                     }
-                }
+                },
                 Err(error) if is_per_connection(&error) => {}
                 Err(error) => {
                     warn!(
@@ -135,7 +138,7 @@ fn is_per_connection(error: &io::Error) -> bool {
 /// the connection reaches its maximum age.
 async fn serve(
     stream: TcpStream,
-    _slot: OwnedSemaphorePermit,
+    _admission: Admission,
     spec: watch::Receiver<Arc<RedirectSpec>>,
     answered: Arc<AtomicU64>,
     limits: Limits,
@@ -406,6 +409,32 @@ mod tests {
             }
             assert!(Instant::now() < deadline, "slot never freed");
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn one_client_address_cannot_take_the_whole_listener() {
+        let limits = Limits {
+            max_per_address: 4,
+            ..Limits::default()
+        };
+        let redirects = start(limits, vec![loopback("p", 1, 301)]);
+        let addr = redirects.local_addr("p").expect("bound");
+        let mut open = Vec::new();
+        for _ in 0..4 {
+            open.push(connect(addr).await);
+        }
+        // The fifth from the same address is closed at once...
+        let mut fifth = connect(addr).await;
+        expect_closed(&mut fifth, Duration::from_secs(1)).await;
+        // ...and the four are served.
+        for stream in &mut open {
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+                .await
+                .expect("write");
+            let (head, _) = read_response(stream, false).await;
+            assert!(head.starts_with("HTTP/1.1 301 "), "{head}");
         }
     }
 

@@ -35,6 +35,7 @@ use tokio::sync::watch;
 pub use self::listener::bind;
 use self::listener::{accept_loop, Listener};
 pub use self::response::{location, respond, BadRequest};
+use crate::limits::{Budget, Caps, ConnectionGate};
 
 /// Redirection status codes a redirect service may answer with (RFC 9110 §15.4).
 pub const REDIRECT_CODES: &[u16] = &[301, 302, 303, 307, 308];
@@ -129,6 +130,9 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Concurrent connections per listener; further ones are reset at once.
     pub max_connections: usize,
+    /// Concurrent connections per client address and listener (a site's
+    /// NAT puts many clients behind one address: generous, but bounded).
+    pub max_per_address: usize,
     /// Longest a connection may live, whatever it does (bounds slow readers and
     /// slowly sent request bodies).
     pub max_connection_age: Duration,
@@ -138,7 +142,8 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(10),
-            max_connections: 1024,
+            max_connections: 4096,
+            max_per_address: 256,
             max_connection_age: Duration::from_mins(2),
         }
     }
@@ -147,24 +152,34 @@ impl Default for Limits {
 /// The redirect listeners: one task per VIP:port, reconciled by [`Redirects::set`].
 ///
 /// Dropping it stops every listener and closes their connections.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Redirects {
     limits: Limits,
+    /// The descriptors all of lbd's listeners share.
+    budget: Arc<Budget>,
     listeners: HashMap<SocketAddrV4, Listener>,
 }
 
+impl Default for Redirects {
+    fn default() -> Self {
+        Self::with_limits(Limits::default(), Budget::with_capacity(usize::MAX))
+    }
+}
+
 impl Redirects {
-    /// No listeners, default [`Limits`].
+    /// No listeners, default [`Limits`], no budget beyond them (tests).
     #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// No listeners; listeners started later use `limits`.
+    /// No listeners; listeners started later use `limits` and draw on
+    /// `budget`.
     #[must_use]
-    pub fn with_limits(limits: Limits) -> Self {
+    pub fn with_limits(limits: Limits, budget: Arc<Budget>) -> Self {
         Self {
             limits,
+            budget,
             listeners: HashMap::new(),
         }
     }
@@ -229,11 +244,19 @@ impl Redirects {
             let (spec_tx, spec_rx) = watch::channel(Arc::new(spec));
             let answered = Arc::new(AtomicU64::new(0));
             let socket = Arc::new(socket);
+            let gate = ConnectionGate::new(
+                Caps {
+                    per_address: self.limits.max_per_address,
+                    total: self.limits.max_connections,
+                },
+                Arc::clone(&self.budget),
+            );
             let task = tokio::spawn(accept_loop(
                 Arc::clone(&socket),
                 spec_rx,
                 Arc::clone(&answered),
                 self.limits,
+                gate,
             ));
             self.listeners.insert(
                 addr,

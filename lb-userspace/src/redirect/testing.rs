@@ -23,7 +23,8 @@ pub(super) fn loopback(service: &str, last_octet: u8, code: u16) -> RedirectSpec
 }
 
 pub(super) fn start(limits: Limits, specs: Vec<RedirectSpec>) -> Redirects {
-    let mut redirects = Redirects::with_limits(limits);
+    let mut redirects =
+        Redirects::with_limits(limits, crate::limits::Budget::with_capacity(usize::MAX));
     redirects.set(specs).expect("listeners start");
     redirects
 }

@@ -7,7 +7,7 @@ use std::process::{ExitStatus, Stdio};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::{timed_out, Outcome, ProbeSpec, ProbeTarget};
+use super::{is_local, timed_out, LocalError, Outcome, ProbeSpec, ProbeTarget};
 
 /// At most this many bytes of an exec check's standard error are kept for
 /// the failure reason.
@@ -23,11 +23,11 @@ pub(super) async fn exec_probe(
     command: &[String],
     check: &ProbeSpec,
     target: &ProbeTarget,
-) -> Outcome {
+) -> Result<Outcome, LocalError> {
     let Some((program, args)) = command.split_first() else {
-        return Err("no command configured".to_owned());
+        return Ok(Err("no command configured".to_owned()));
     };
-    let mut child = tokio::process::Command::new(program)
+    let spawned = tokio::process::Command::new(program)
         .args(args)
         .env("LB_SERVER_ADDRESS", target.address.to_string())
         .env("LB_SERVER_PORT", check.port.to_string())
@@ -38,8 +38,12 @@ pub(super) async fn exec_probe(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) if is_local(&e) => return Err(LocalError(format!("cannot run {program} now: {e}"))),
+        Err(e) => return Ok(Err(format!("cannot run {program}: {e}"))),
+    };
     let mut group = GroupKiller(child.id().and_then(|pid| i32::try_from(pid).ok()));
     let stderr = child.stderr.take();
     let finished = tokio::time::timeout(check.timeout, async {
@@ -50,14 +54,14 @@ pub(super) async fn exec_probe(
         group.kill();
         // Kills the program if it still runs, and reaps it.
         let _ = child.kill().await;
-        return Err(timed_out(check.timeout));
+        return Ok(Err(timed_out(check.timeout)));
     };
     group.disarm();
-    match done {
+    Ok(match done {
         (Ok(status), _) if status.success() => Ok("exit 0".to_owned()),
         (Ok(status), stderr) => Err(describe_exit(status, &stderr)),
         (Err(e), _) => Err(format!("waiting for {program}: {e}")),
-    }
+    })
 }
 
 /// Kills an exec check's process group, at the latest when dropped (the

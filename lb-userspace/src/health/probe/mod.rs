@@ -101,6 +101,10 @@ pub struct ProbeTarget {
 pub struct ProbeResult {
     /// Whether the check passed.
     pub passed: bool,
+    /// The check could not run for a reason on this machine (no file
+    /// descriptors, no memory, no local port): it says nothing about the
+    /// server, so it is logged and never counted towards rise or fall.
+    pub local_error: bool,
     /// Time from the start of the probe to its outcome.
     pub latency: Duration,
     /// What happened, for an operator: "status 503 not in 200-399",
@@ -135,36 +139,54 @@ impl Phase {
 /// A pass or fail reason.
 type Outcome = Result<String, String>;
 
+/// Why a probe could not run at all on this machine.
+struct LocalError(String);
+
+/// The errors of a socket or process call that are this machine's, not the
+/// server's: out of descriptors, memory, buffers or local ports.
+fn is_local(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(
+            libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOMEM
+                | libc::ENOBUFS
+                | libc::EADDRNOTAVAIL
+                | libc::EAGAIN
+        )
+    )
+}
+
 /// Runs `check` once against `target`.
 pub async fn probe(check: &ProbeSpec, target: &ProbeTarget) -> ProbeResult {
     let started = Instant::now();
     let outcome = match &check.kind {
-        ProbeKind::None => Ok("no check (type none)".to_owned()),
+        ProbeKind::None => Ok(Ok("no check (type none)".to_owned())),
         ProbeKind::Exec(command) => exec_probe(command, check, target).await,
         ProbeKind::Tcp | ProbeKind::Http(_) => {
             let phase = Phase::default();
             match tokio::time::timeout(check.timeout, network_probe(check, target, &phase)).await {
                 Ok(outcome) => outcome,
-                Err(_) => Err(format!(
+                Err(_) => Ok(Err(format!(
                     "{} ({})",
                     timed_out(check.timeout),
                     phase.describe()
-                )),
+                ))),
             }
         }
     };
     let latency = started.elapsed();
-    match outcome {
-        Ok(detail) => ProbeResult {
-            passed: true,
-            latency,
-            detail,
-        },
-        Err(detail) => ProbeResult {
-            passed: false,
-            latency,
-            detail,
-        },
+    let (passed, local_error, detail) = match outcome {
+        Ok(Ok(detail)) => (true, false, detail),
+        Ok(Err(detail)) => (false, false, detail),
+        Err(LocalError(detail)) => (false, true, detail),
+    };
+    ProbeResult {
+        passed,
+        local_error,
+        latency,
+        detail,
     }
 }
 

@@ -5,23 +5,25 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpStream;
 
-use super::{Outcome, Phase, ProbeKind, ProbeSpec, ProbeTarget};
+use super::{is_local, LocalError, Outcome, Phase, ProbeKind, ProbeSpec, ProbeTarget};
 
 pub(super) async fn network_probe(
     check: &ProbeSpec,
     target: &ProbeTarget,
     phase: &Phase,
-) -> Outcome {
-    let stream = TcpStream::connect(SocketAddr::from((target.address, check.port)))
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::ConnectionRefused => "connect refused".to_owned(),
-            _ => format!("connect: {e}"),
-        })?;
-    let ProbeKind::Http(http) = &check.kind else {
-        return Ok("connected".to_owned());
+) -> Result<Outcome, LocalError> {
+    let stream = match TcpStream::connect(SocketAddr::from((target.address, check.port))).await {
+        Ok(stream) => stream,
+        Err(e) if is_local(&e) => return Err(LocalError(format!("cannot connect from here: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Ok(Err("connect refused".to_owned()))
+        }
+        Err(e) => return Ok(Err(format!("connect: {e}"))),
     };
-    super::http::request(stream, http, check, target, phase).await
+    let ProbeKind::Http(http) = &check.kind else {
+        return Ok(Ok("connected".to_owned()));
+    };
+    Ok(super::http::request(stream, http, check, target, phase).await)
 }
 
 #[cfg(test)]
@@ -38,5 +40,13 @@ mod tests {
         passed(&run(&check(CheckKind::Tcp, port)).await, "connected");
         drop(listener);
         failed(&run(&check(CheckKind::Tcp, port)).await, "connect refused");
+    }
+
+    #[test]
+    fn running_out_of_descriptors_is_a_local_error() {
+        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+        assert!(super::is_local(&emfile));
+        let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert!(!super::is_local(&refused));
     }
 }
