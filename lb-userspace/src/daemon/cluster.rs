@@ -27,7 +27,7 @@ use crate::{
 
 /// The sync link as the daemon holds it.
 struct Link {
-    outgoing: mpsc::Sender<Message>,
+    outgoing: sync::Outbox,
     stats: Arc<LinkStats>,
     peer: SocketAddrV4,
 }
@@ -155,7 +155,7 @@ async fn start_sync(
                 s.listen
             )
         })?;
-    let (out_tx, out_rx) = mpsc::channel(4096);
+    let (out_tx, out_rx) = sync::outbox();
     let stats = Arc::new(LinkStats::default());
     let link = LinkConfig {
         listen: s.listen,
@@ -345,8 +345,8 @@ impl Daemon {
         let Some(link) = self.cluster.as_ref().and_then(|c| c.link.as_ref()) else {
             return;
         };
-        if let Err(error) = link.outgoing.try_send(message) {
-            log::warn!("sync: a message to the peer was not queued: {error}");
+        if let Err(error) = link.outgoing.push(message) {
+            log::warn!("sync: {error}");
         }
     }
 

@@ -10,12 +10,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use futures::stream::{FuturesUnordered, StreamExt as _};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
 use super::messages::Message;
+use super::outbox::OutboxReceiver;
 use super::session::{Event, Local, SessionStats, SyncSession};
 use super::wire::SyncKey;
 use super::{DEAD_PEER_TIMEOUT, NO_NONCE};
@@ -31,6 +33,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const READ_CHUNK: usize = 64 * 1024;
 /// Unwritten bytes above which no more messages are taken from the daemon.
 const WRITE_HIGH_WATER: usize = 1024 * 1024;
+/// Connections from the peer's address that may be authenticating at once;
+/// more are closed at once.
+const MAX_HANDSHAKES: usize = 4;
+/// The same refusal is logged at most once in this long (with a count of
+/// those not logged).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What the link needs to know: `cluster.sync`, the key, this node.
 #[derive(Debug, Clone)]
@@ -173,7 +181,7 @@ impl LinkStats {
 pub async fn run(
     listener: TcpListener,
     config: LinkConfig,
-    mut outgoing: mpsc::Receiver<Message>,
+    mut outgoing: OutboxReceiver,
     incoming: mpsc::Sender<LinkEvent>,
     stats: Arc<LinkStats>,
 ) -> Result<(), LinkError> {
@@ -203,26 +211,56 @@ enum Outcome {
     Stop,
     /// The connection is over.
     Ended { paired: bool, reason: String },
-    /// The peer connected anew; carry on with that connection.
+    /// The peer connected anew and authenticated; carry on with that
+    /// connection.
     Replaced {
         paired: bool,
         reason: String,
-        stream: TcpStream,
+        next: Box<Paired>,
     },
 }
 
-/// Logs a failure at warning level unless it repeats the previous one.
+/// Connections authenticating at once.
+type Handshakes<'a> =
+    FuturesUnordered<std::pin::Pin<Box<dyn Future<Output = Result<Paired, String>> + Send + 'a>>>;
+
+/// A connection whose handshake has completed: the peer holds the key.
+struct Paired {
+    session: SyncSession,
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    peer_node: String,
+    peer_role: Role,
+    peer_boot_id: u64,
+}
+
+/// Logs a failure at warning level unless it repeats the previous one
+/// within [`REFUSAL_LOG_EVERY`]; repeats are counted and the count is
+/// logged with the next warning. (Lines name addresses, never source
+/// ports, so a flood of connections repeats one line.)
 #[derive(Default)]
-struct Quiet(Option<String>);
+struct Quiet {
+    last: Option<(String, Instant)>,
+    repeats: u64,
+}
 
 impl Quiet {
     fn warn(&mut self, line: &str) {
-        if self.0.as_deref() == Some(line) {
-            log::debug!("{line}");
+        let now = Instant::now();
+        if let Some((last, at)) = &self.last {
+            if last == line && now.duration_since(*at) < REFUSAL_LOG_EVERY {
+                self.repeats += 1;
+                log::debug!("{line}");
+                return;
+            }
+        }
+        if self.repeats > 0 {
+            log::warn!("{line} (and {} more like it before)", self.repeats);
         } else {
             log::warn!("{line}");
-            self.0 = Some(line.to_owned());
         }
+        self.repeats = 0;
+        self.last = Some((line.to_owned(), now));
     }
 }
 
@@ -244,7 +282,7 @@ struct Link {
 
 /// Awaits `fut` while dropping what the daemon sends meanwhile; `None` when
 /// the daemon has dropped its sender.
-async fn draining<F: Future>(outgoing: &mut mpsc::Receiver<Message>, fut: F) -> Option<F::Output> {
+async fn draining<F: Future>(outgoing: &mut OutboxReceiver, fut: F) -> Option<F::Output> {
     tokio::pin!(fut);
     loop {
         tokio::select! {
@@ -274,7 +312,7 @@ impl Link {
         self.config.peer
     }
 
-    async fn dial_loop(&self, outgoing: &mut mpsc::Receiver<Message>) {
+    async fn dial_loop(&self, outgoing: &mut OutboxReceiver) {
         let mut backoff = Backoff(BACKOFF_MIN);
         let mut quiet = Quiet::default();
         loop {
@@ -286,7 +324,14 @@ impl Link {
                 return;
             };
             let outcome = match attempt {
-                Ok(Ok(stream)) => self.drive(stream, None, outgoing).await,
+                Ok(Ok(stream)) => match draining(outgoing, self.handshake(stream)).await {
+                    None => Outcome::Stop,
+                    Some(Ok(paired)) => self.drive(paired, None, outgoing).await,
+                    Some(Err(reason)) => Outcome::Ended {
+                        paired: false,
+                        reason,
+                    },
+                },
                 Ok(Err(e)) => Outcome::Ended {
                     paired: false,
                     reason: format!("sync peer {} cannot be reached: {e}", self.peer()),
@@ -322,26 +367,26 @@ impl Link {
         }
     }
 
-    async fn accept_loop(&self, listener: &TcpListener, outgoing: &mut mpsc::Receiver<Message>) {
+    async fn accept_loop(&self, listener: &TcpListener, outgoing: &mut OutboxReceiver) {
         let mut quiet = Quiet::default();
         let mut next = None;
         loop {
-            let stream = match next.take() {
-                Some(stream) => stream,
-                None => match draining(outgoing, self.accept_peer(listener)).await {
-                    Some(stream) => stream,
+            let paired = match next.take() {
+                Some(paired) => paired,
+                None => match draining(outgoing, self.accept_authenticated(listener)).await {
+                    Some(paired) => paired,
                     None => return,
                 },
             };
-            let (paired, reason) = match self.drive(stream, Some(listener), outgoing).await {
+            let (paired, reason) = match self.drive(paired, Some(listener), outgoing).await {
                 Outcome::Stop => return,
                 Outcome::Ended { paired, reason } => (paired, reason),
                 Outcome::Replaced {
                     paired,
                     reason,
-                    stream,
+                    next: replacement,
                 } => {
-                    next = Some(stream);
+                    next = Some(*replacement);
                     (paired, reason)
                 }
             };
@@ -377,25 +422,61 @@ impl Link {
             return true;
         }
         quiet.warn(&format!(
-            "sync connection from {from} refused: only the peer {} may connect (cluster.sync.peer)",
+            "sync connection from {} refused: only the peer {} may connect (cluster.sync.peer)",
+            from.ip(),
             self.peer().ip()
         ));
         false
     }
 
-    /// Waits for a connection from the peer's address.
-    async fn accept_peer(&self, listener: &TcpListener) -> TcpStream {
+    /// Waits for a connection from the peer's address that authenticates.
+    /// Several may be authenticating at once (up to [`MAX_HANDSHAKES`]), so
+    /// connections that never complete a handshake cannot hold up the one
+    /// that does.
+    async fn accept_authenticated(&self, listener: &TcpListener) -> Paired {
         let mut quiet = Quiet::default();
+        let mut handshakes = FuturesUnordered::new();
         loop {
-            match listener.accept().await {
-                Ok((stream, from)) if self.admits(from, &mut quiet) => return stream,
-                Ok(_) => {}
-                Err(e) => {
-                    quiet.warn(&format!("sync listener {}: {e}", self.config.listen));
-                    tokio::time::sleep(BACKOFF_MIN).await;
-                }
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, from)) if self.admits(from, &mut quiet) => {
+                        self.start_handshake(&mut handshakes, stream, from, &mut quiet);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        quiet.warn(&format!("sync listener {}: {e}", self.config.listen));
+                        tokio::time::sleep(BACKOFF_MIN).await;
+                    }
+                },
+                Some(done) = handshakes.next(), if !handshakes.is_empty() => match done {
+                    Ok(paired) => return paired,
+                    Err(reason) => {
+                        self.stats.set_error(&reason);
+                        quiet.warn(&reason);
+                    }
+                },
             }
         }
+    }
+
+    /// Starts authenticating `stream`, unless [`MAX_HANDSHAKES`] are under
+    /// way already (then it is closed).
+    fn start_handshake<'a>(
+        &'a self,
+        handshakes: &mut Handshakes<'a>,
+        stream: TcpStream,
+        from: SocketAddr,
+        quiet: &mut Quiet,
+    ) {
+        if handshakes.len() >= MAX_HANDSHAKES {
+            quiet.warn(&format!(
+                "sync connection from {} closed: {MAX_HANDSHAKES} connections from the peer's \
+                 address are authenticating already",
+                from.ip()
+            ));
+            return;
+        }
+        handshakes.push(Box::pin(self.handshake(stream)));
     }
 
     /// On the dialing node: closes whatever connects, saying why.
@@ -404,9 +485,10 @@ impl Link {
         loop {
             match listener.accept().await {
                 Ok((_, from)) => quiet.warn(&format!(
-                    "sync connection from {from} refused: this node has the lower sync address \
+                    "sync connection from {} refused: this node has the lower sync address \
                      and dials its peer; on the other node cluster.sync.listen must be {} and \
                      cluster.sync.peer {}",
+                    from.ip(),
                     self.peer(),
                     self.config.listen
                 )),
@@ -453,6 +535,59 @@ impl Link {
         }
     }
 
+    /// Greets and authenticates `stream` within [`CONNECT_TIMEOUT`]: the
+    /// peer must complete the handshake (prove it holds the key) before the
+    /// connection counts for anything.
+    async fn handshake(&self, stream: TcpStream) -> Result<Paired, String> {
+        let peer = self.peer();
+        let (mut session, mut rd, mut wr) = self.greet(stream).await?;
+        let attempt = async {
+            let mut rbuf = vec![0; READ_CHUNK];
+            loop {
+                while let Some(frame) = session.poll_transmit() {
+                    wr.write_all(&frame)
+                        .await
+                        .map_err(|e| format!("sync peer {peer}: connection failed: {e}"))?;
+                }
+                match session.poll_event() {
+                    Some(Event::Paired {
+                        peer_node,
+                        peer_role,
+                        peer_boot_id,
+                    }) => return Ok((peer_node, peer_role, peer_boot_id)),
+                    Some(Event::Failed(e)) => return Err(format!("sync peer {peer} {e}")),
+                    Some(Event::Received(_)) | None => {}
+                }
+                match rd.read(&mut rbuf).await {
+                    Ok(0) => {
+                        return Err(format!(
+                            "sync connection from {} closed before it authenticated",
+                            peer.ip()
+                        ))
+                    }
+                    Ok(n) => session.handle_bytes(Instant::now(), &rbuf[..n]),
+                    Err(e) => return Err(format!("sync peer {peer}: connection failed: {e}")),
+                }
+            }
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+            Ok(Ok((peer_node, peer_role, peer_boot_id))) => Ok(Paired {
+                session,
+                rd,
+                wr,
+                peer_node,
+                peer_role,
+                peer_boot_id,
+            }),
+            Ok(Err(reason)) => Err(reason),
+            Err(_) => Err(format!(
+                "sync connection from {} did not authenticate within {} s",
+                peer.ip(),
+                CONNECT_TIMEOUT.as_secs()
+            )),
+        }
+    }
+
     /// Hands the session's events to the daemon; `Err` ends the connection.
     async fn deliver(&self, session: &mut SyncSession, paired: &mut bool) -> Result<(), Outcome> {
         let peer = self.peer();
@@ -490,27 +625,46 @@ impl Link {
         Ok(())
     }
 
-    /// Runs one connection until it fails or the daemon goes away.
+    /// Runs one authenticated connection until it fails, the peer connects
+    /// anew and authenticates, or the daemon goes away.
     async fn drive(
         &self,
-        stream: TcpStream,
+        paired_conn: Paired,
         listener: Option<&TcpListener>,
-        outgoing: &mut mpsc::Receiver<Message>,
+        outgoing: &mut OutboxReceiver,
     ) -> Outcome {
         let peer = self.peer();
         let ended = |paired, reason: String| Outcome::Ended { paired, reason };
-        let (mut session, mut rd, mut wr) = match self.greet(stream).await {
-            Ok(greeted) => greeted,
-            Err(reason) => return ended(false, reason),
+        let Paired {
+            mut session,
+            mut rd,
+            mut wr,
+            peer_node,
+            peer_role,
+            peer_boot_id,
+        } = paired_conn;
+        log::info!(
+            "sync peer {peer} connected: node {peer_node}, {}",
+            peer_role.as_str()
+        );
+        self.stats.connected.store(true, Ordering::Relaxed);
+        let connected = LinkEvent::Connected {
+            peer_node,
+            peer_role,
+            peer_boot_id,
         };
+        if self.incoming.send(connected).await.is_err() {
+            return Outcome::Stop;
+        }
         let mut wbuf: Vec<u8> = Vec::new();
         let mut rbuf = vec![0; READ_CHUNK];
-        let mut paired = false;
+        let mut paired = true;
         let base = {
             let s = self.stats.snapshot();
             (s.sent, s.received)
         };
         let mut quiet = Quiet::default();
+        let mut handshakes = FuturesUnordered::new();
         loop {
             while let Some(frame) = session.poll_transmit() {
                 wbuf.extend_from_slice(&frame);
@@ -539,23 +693,31 @@ impl Link {
                 },
                 message = outgoing.recv(), if wbuf.len() < WRITE_HIGH_WATER => match message {
                     None => return Outcome::Stop,
-                    Some(message) if paired => {
+                    Some(message) => {
                         if let Err(e) = session.send(message) {
                             log::warn!("sync peer {peer}: message not sent: {e}");
                         }
                     }
-                    Some(_) => {}
                 },
+                // A new connection from the peer's address replaces this one
+                // only once it has authenticated: one that does not (a
+                // stranger on the peer's address) never disturbs the session.
                 accepted = accept_on(listener) => match accepted {
                     Ok((stream, from)) if self.admits(from, &mut quiet) => {
-                        return Outcome::Replaced {
-                            paired,
-                            reason: format!("sync peer {peer} connected anew; the old connection is closed"),
-                            stream,
-                        };
+                        self.start_handshake(&mut handshakes, stream, from, &mut quiet);
                     }
                     Ok(_) => {}
-                    Err(e) => log::warn!("sync listener {}: {e}", self.config.listen),
+                    Err(e) => quiet.warn(&format!("sync listener {}: {e}", self.config.listen)),
+                },
+                Some(done) = handshakes.next(), if !handshakes.is_empty() => match done {
+                    Ok(next) => {
+                        return Outcome::Replaced {
+                            paired,
+                            reason: format!("sync peer {peer} connected anew and authenticated; the old connection is closed"),
+                            next: Box::new(next),
+                        };
+                    }
+                    Err(reason) => quiet.warn(&reason),
                 },
                 () = tokio::time::sleep_until(sleep_to), if deadline.is_some() => {
                     session.handle_timeout(Instant::now());
@@ -574,7 +736,7 @@ mod tests {
     use crate::sync::session_batches;
 
     struct Node {
-        out: mpsc::Sender<Message>,
+        out: crate::sync::Outbox,
         events: mpsc::Receiver<LinkEvent>,
         stats: Arc<LinkStats>,
         task: tokio::task::JoinHandle<Result<(), LinkError>>,
@@ -595,7 +757,7 @@ mod tests {
         key: SyncKey,
         me: Local,
     ) -> Node {
-        let (out, out_rx) = mpsc::channel(16);
+        let (out, out_rx) = crate::sync::outbox();
         let (ev_tx, events) = mpsc::channel(16);
         let stats = Arc::new(LinkStats::default());
         let config = LinkConfig {
@@ -641,12 +803,12 @@ mod tests {
             yaml: "services: []\n".into(),
             admin: vec![change(1)],
         };
-        a.out.send(config.clone()).await.unwrap();
+        a.out.push(config.clone()).unwrap();
         assert_eq!(next_event(&mut b).await, LinkEvent::Message(config));
 
         let snapshot = session_batches((0..100).map(entry).collect(), true);
         for m in &snapshot {
-            b.out.send(m.clone()).await.unwrap();
+            b.out.push(m.clone()).unwrap();
         }
         for m in snapshot {
             assert_eq!(next_event(&mut a).await, LinkEvent::Message(m));
@@ -664,6 +826,52 @@ mod tests {
             LinkEvent::Disconnected { .. }
         ));
         assert!(!b.stats.snapshot().connected);
+    }
+
+    /// Issue 12, "Sync under attack": connections from the peer's own
+    /// address that never authenticate (silent, or sending garbage) do not
+    /// replace or disturb the paired session, in either direction.
+    #[tokio::test]
+    async fn unauthenticated_connections_from_the_peers_address_do_not_disturb_the_session() {
+        let lo = Ipv4Addr::LOCALHOST;
+        let ((la, a_addr), (lb, b_addr)) = (listener(lo).await, listener(lo).await);
+        let mut a = start(la, a_addr, b_addr, key(), local("lb1", Role::Primary));
+        let mut b = start(lb, b_addr, a_addr, key(), local("lb2", Role::Secondary));
+        assert!(matches!(
+            next_event(&mut a).await,
+            LinkEvent::Connected { .. }
+        ));
+        assert!(matches!(
+            next_event(&mut b).await,
+            LinkEvent::Connected { .. }
+        ));
+
+        let mut held = Vec::new();
+        for round in 0..20_u8 {
+            for to in [a_addr, b_addr] {
+                if let Ok(mut stream) = TcpStream::connect(to).await {
+                    if round % 2 == 0 {
+                        let _ = stream.write_all(&[0, 0, 0, 40, 2, 1, round]).await;
+                    }
+                    held.push(stream);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            // An admin change still goes through at once.
+            a.out
+                .push(Message::Admin {
+                    changes: vec![change(u64::from(round))],
+                })
+                .unwrap();
+            match next_event(&mut b).await {
+                LinkEvent::Message(Message::Admin { changes }) => {
+                    assert_eq!(changes, vec![change(u64::from(round))]);
+                }
+                other => panic!("round {round}: {other:?}"),
+            }
+        }
+        assert!(a.events.try_recv().is_err(), "the primary saw no event");
+        assert!(b.stats.snapshot().connected && a.stats.snapshot().connected);
     }
 
     #[tokio::test]

@@ -11,8 +11,9 @@
 //!   to write) and [`SyncSession::poll_event`]. It never reads the clock,
 //!   touches a socket or draws random numbers (the session nonce is an input).
 //! - [`run`], the thin tokio edge: one TCP connection to the peer at a time,
-//!   re-established with bounded backoff, exchanging [`Message`]s and
-//!   [`LinkEvent`]s with the daemon over mpsc channels.
+//!   re-established with bounded backoff, taking [`Message`]s from an
+//!   [`Outbox`] (configuration and admin changes ahead of sessions) and
+//!   giving [`LinkEvent`]s to the daemon over an mpsc channel.
 //!
 //! # Wire format
 //!
@@ -51,6 +52,7 @@ use std::time::Duration;
 
 mod link;
 mod messages;
+mod outbox;
 mod session;
 mod wire;
 
@@ -59,6 +61,7 @@ pub use messages::{
     session_batches, AdminChange, DecodeError, Message, SessionEntry, SnapshotMark,
     SESSION_BATCH_BYTES,
 };
+pub use outbox::{outbox, Outbox, OutboxReceiver, SessionsDropped, SESSION_QUEUE_BYTES};
 pub use session::{Event, Local, SendError, SessionStats, SyncError, SyncSession};
 pub use wire::{KeyError, SyncKey, MIN_KEY_LEN};
 
