@@ -18,7 +18,7 @@ use std::{
 
 use lb_tests::lab::{in_netns, run, DrLab, DrLabOptions, ProcHandle};
 use lb_tests::lbd::{
-    lab_config_named, web_service, write_key, ClusterSpec, Lbd, ADVERT_INTERVAL_MS,
+    lab_config_named, web_service, write_key, ClusterSpec, Lbd, ADVERT_INTERVAL_MS, SYNC_PORT,
 };
 use lb_tests::paths;
 use lb_tests::wait::{try_wait_until, wait_until, SLACK};
@@ -1626,4 +1626,117 @@ fn lbd_takes_over_quickly_from_a_stopping_keepalived() {
         client_neigh(&lab, vip)
     );
     assert!(client_neigh(&lab, vip).contains(&mac(lab.lb_mac())));
+}
+
+/// Opens a connection to `target` from namespace `ns` every 50 ms for
+/// `duration`, sending nothing on even ones and a bogus sync frame header on
+/// odd ones, and keeps each open for 2 s: a stranger on the peer's address
+/// that does not hold the key. Returns the connections made.
+fn sync_stranger(
+    ns: &str,
+    target: SocketAddrV4,
+    duration: Duration,
+) -> std::thread::JoinHandle<usize> {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        in_netns(&ns, move || {
+            use std::io::Write as _;
+            let started = Instant::now();
+            let mut open: std::collections::VecDeque<(Instant, std::net::TcpStream)> =
+                std::collections::VecDeque::new();
+            let mut made = 0;
+            while started.elapsed() < duration {
+                if let Ok(mut stream) =
+                    std::net::TcpStream::connect_timeout(&target.into(), Duration::from_millis(200))
+                {
+                    if made % 2 == 1 {
+                        let _ = stream.write_all(&[0, 0, 0, 60, 2, 1, 0, 0, 0, 0]);
+                    }
+                    made += 1;
+                    open.push_back((Instant::now(), stream));
+                }
+                while open
+                    .front()
+                    .is_some_and(|(at, _)| at.elapsed() > Duration::from_secs(2))
+                {
+                    open.pop_front();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            made
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
+    })
+}
+
+/// Issue 12, "Sync under attack": a process on each node's peer address
+/// opens connections that never authenticate to that node's sync port, 20
+/// a second for 10 s, first against the primary, then the secondary. The
+/// pair stays paired throughout, and a drain on the primary reaches the
+/// secondary within a second during the attack.
+#[test]
+fn strangers_on_the_peers_address_do_not_unpair_the_sync_channel() {
+    let pair = start_pair(Keys::Same);
+    wait_for_primary_services(&pair);
+    let lab = &pair.lab;
+    let attacks = [
+        (
+            lab.lb2_ns(),
+            SocketAddrV4::new(lab.lb_address(), SYNC_PORT),
+            "lb1",
+        ),
+        (
+            lab.lb_ns(),
+            SocketAddrV4::new(lab.lb2_address(), SYNC_PORT),
+            "lb2",
+        ),
+    ];
+    for (round, (ns, target, victim)) in attacks.into_iter().enumerate() {
+        let attack = sync_stranger(ns, target, Duration::from_secs(10));
+        let started = Instant::now();
+        std::thread::sleep(Duration::from_secs(2));
+        let state = if round == 0 { "drain" } else { "online" };
+        lbctl_ok(&pair.lb1, &[state, "web", "rs2"]);
+        let reached = poll(Duration::from_secs(1) + SLACK, || {
+            pair.lb2.status().is_some_and(|s| {
+                web_servers(&s)
+                    .get("rs2")
+                    .is_some_and(|r| r["admin_state"] == state)
+            })
+        });
+        eprintln!("attack on {victim}: {state} of rs2 on the secondary after {reached:?}");
+        assert!(
+            reached.is_some_and(|t| t <= Duration::from_secs(1)),
+            "attack on {victim}: the {state} reached the secondary after {reached:?} (at most 1 s)"
+        );
+        while started.elapsed() < Duration::from_secs(10) {
+            for (name, lbd) in [("lb1", &pair.lb1), ("lb2", &pair.lb2)] {
+                let ha = lbd.ha();
+                assert!(
+                    ha.as_ref().is_some_and(|v| v["sync"]["connected"] == true),
+                    "attack on {victim}: {name} unpaired after {:?}: {ha:?}\n{}",
+                    started.elapsed(),
+                    lbd.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let made = attack
+            .join()
+            .unwrap_or_else(|_| panic!("the stranger panicked"));
+        assert!(
+            made >= 100,
+            "attack on {victim}: only {made} connections made"
+        );
+        let log = if victim == "lb1" {
+            pair.lb1.log_text()
+        } else {
+            pair.lb2.log_text()
+        };
+        let refusals = log.matches("sync connection from").count();
+        assert!(
+            refusals < made / 4,
+            "attack on {victim}: {refusals} log lines for {made} connections (rate-limited?)"
+        );
+    }
 }

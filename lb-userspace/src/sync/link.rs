@@ -234,33 +234,42 @@ struct Paired {
     peer_boot_id: u64,
 }
 
-/// Logs a failure at warning level unless it repeats the previous one
-/// within [`REFUSAL_LOG_EVERY`]; repeats are counted and the count is
-/// logged with the next warning. (Lines name addresses, never source
-/// ports, so a flood of connections repeats one line.)
+/// Logs failures at warning level, each distinct line at most once in
+/// [`REFUSAL_LOG_EVERY`]; repeats are counted and the count is logged with
+/// the line's next warning. (Lines name addresses, never source ports, so
+/// a flood of connections repeats a few lines.)
 #[derive(Default)]
 struct Quiet {
-    last: Option<(String, Instant)>,
-    repeats: u64,
+    /// Line -> when it was last logged, and repeats since.
+    lines: std::collections::HashMap<String, (Instant, u64)>,
 }
+
+/// Distinct lines remembered; more clears the memory (then each is logged
+/// once more).
+const QUIET_LINES: usize = 64;
 
 impl Quiet {
     fn warn(&mut self, line: &str) {
         let now = Instant::now();
-        if let Some((last, at)) = &self.last {
-            if last == line && now.duration_since(*at) < REFUSAL_LOG_EVERY {
-                self.repeats += 1;
+        if let Some((at, repeats)) = self.lines.get_mut(line) {
+            if now.duration_since(*at) < REFUSAL_LOG_EVERY {
+                *repeats += 1;
                 log::debug!("{line}");
                 return;
             }
+            if *repeats > 0 {
+                log::warn!("{line} (and {repeats} more like it before)");
+            } else {
+                log::warn!("{line}");
+            }
+            (*at, *repeats) = (now, 0);
+            return;
         }
-        if self.repeats > 0 {
-            log::warn!("{line} (and {} more like it before)", self.repeats);
-        } else {
-            log::warn!("{line}");
+        if self.lines.len() >= QUIET_LINES {
+            self.lines.clear();
         }
-        self.repeats = 0;
-        self.last = Some((line.to_owned(), now));
+        log::warn!("{line}");
+        self.lines.insert(line.to_owned(), (now, 0));
     }
 }
 
