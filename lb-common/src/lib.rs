@@ -87,6 +87,9 @@ pub const fn affinity_is_live(now_ns: u64, last_seen_ns: u64, expiry_ns: u64) ->
     now_ns.saturating_sub(last_seen_ns) <= expiry_ns
 }
 
+/// VIPs the data path answers ARP for (at most one per service).
+pub const MAX_HELD_VIPS: u32 = MAX_SERVICES;
+
 /// IP protocol number of ICMP (errors about service traffic are forwarded).
 pub const IPPROTO_ICMP: u8 = 1;
 /// IP protocol numbers used in [`ServiceKey::protocol`].
@@ -240,7 +243,7 @@ pub struct Globals {
 pub enum Reason {
     /// Forwarded to a real server (`XDP_TX`).
     Forwarded = 0,
-    /// Passed: not IPv4 and not IPv6 (ARP, LLDP, ...).
+    /// Passed: neither IPv4, IPv6 nor ARP (LLDP, ...).
     PassNotIpv4,
     /// Passed: IPv6 (not served yet).
     PassIpv6,
@@ -278,6 +281,11 @@ pub enum Reason {
     DropLoop,
     /// Dropped: a map the daemon fills had no entry where one must be.
     DropInternal,
+    /// Answered (`XDP_TX`): an ARP request for a VIP this node holds.
+    ArpAnswered,
+    /// Passed: ARP that is not a request for a VIP this node holds (the
+    /// kernel drops requests for the others: lbd's guard).
+    PassArp,
     /// Note: a live affinity entry chose the real server.
     AffinityHit,
     /// Note: no affinity entry; the Maglev ring chose.
@@ -345,6 +353,8 @@ impl Reason {
         Reason::DropRealNotReady,
         Reason::DropLoop,
         Reason::DropInternal,
+        Reason::ArpAnswered,
+        Reason::PassArp,
         Reason::AffinityHit,
         Reason::AffinityMiss,
         Reason::AffinityExpired,
@@ -382,6 +392,8 @@ impl Reason {
             Reason::DropRealNotReady => "drop_real_not_ready",
             Reason::DropLoop => "drop_loop",
             Reason::DropInternal => "drop_internal",
+            Reason::ArpAnswered => "arp_answered",
+            Reason::PassArp => "pass_arp",
             Reason::AffinityHit => "affinity_hit",
             Reason::AffinityMiss => "affinity_miss",
             Reason::AffinityExpired => "affinity_expired",
@@ -401,7 +413,7 @@ impl Reason {
     /// counted per frame.
     #[must_use]
     pub const fn is_verdict(self) -> bool {
-        (self as u32) <= Reason::DropInternal as u32
+        (self as u32) <= Reason::PassArp as u32
     }
 }
 

@@ -28,6 +28,7 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod arp;
 mod cache;
 mod count;
 mod parse;
@@ -45,7 +46,8 @@ use lb_common::{
     affinity_is_live, client_hash, ring_index, Affinity, AffinityKey, Counters, Globals, Real,
     Reason, ReasonCounters, Service, ServiceKey, VipProtocol, AFFINITY_FRESH_JIFFIES,
     FLOW_CACHE_SLOTS, MAGLEV_RING_SIZE, MAGLEV_RING_SLOTS, MAX_AFFINITY_ENTRIES,
-    MAX_FRAGMENT_TARGETS, MAX_REALS, MAX_SERVICES, NO_REAL, REAL_F_KEEP_CLIENTS, REAL_F_RESOLVED,
+    MAX_FRAGMENT_TARGETS, MAX_HELD_VIPS, MAX_REALS, MAX_SERVICES, NO_REAL, REAL_F_KEEP_CLIENTS,
+    REAL_F_RESOLVED,
 };
 
 use crate::{
@@ -114,6 +116,12 @@ static REASONS: PerCpuArray<ReasonCounters> = PerCpuArray::with_max_entries(1, 0
 /// Slot 0: settings of the whole data path (the interface MAC). Written by lbd.
 #[map]
 static GLOBALS: Array<Globals> = Array::with_max_entries(1, 0);
+
+/// The VIPs this node holds now (master, or a single node), by address in
+/// network byte order: ARP requests for them are answered here (see `arp`).
+/// Written by lbd as it adds and removes VIPs.
+#[map]
+static HELD_VIPS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_HELD_VIPS, 0);
 
 /// Per-CPU, direct-mapped decisions (see `cache`). Written and read here only.
 #[map]
@@ -316,6 +324,14 @@ fn rewrite_macs(ctx: &XdpContext, dst: MacWords, src: MacWords) -> Result<(), Re
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let tally = Tally::this_cpu();
+    if let Some(arp) = answer_arp(&ctx) {
+        let (action, reason) = match arp {
+            Ok(()) => (xdp_action::XDP_TX, Reason::ArpAnswered),
+            Err(reason) => (xdp_action::XDP_PASS, reason),
+        };
+        tally.count(reason);
+        return action;
+    }
     let (action, reason) = match try_lb_xdp(&ctx, tally) {
         Ok(()) => (xdp_action::XDP_TX, Reason::Forwarded),
         Err(reason) => {
@@ -332,6 +348,15 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     };
     tally.count(reason);
     action
+}
+
+/// `None` for a frame that is not ARP; else as [`arp::answer`].
+#[inline(always)]
+fn answer_arp(ctx: &XdpContext) -> Option<Result<(), Reason>> {
+    // An array's slot always exists; before lbd writes it, HELD_VIPS is
+    // empty too and nothing is answered.
+    let iface_mac = GLOBALS.get(0).map_or([0; 3], |g| mac_words(g.iface_mac));
+    arp::answer(ctx, iface_mac)
 }
 
 /// `Ok` forwards the (rewritten) frame; `Err` names why it is passed or dropped.

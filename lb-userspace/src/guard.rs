@@ -8,7 +8,14 @@
 //! A small nftables table drops those packets in the kernel instead: the
 //! client retransmits, and its connection survives.
 //!
-//! The table is written with `nft -f -`, nftables' own tool: one atomic
+//! A second table (family `arp`) keeps the kernel from answering ARP for
+//! the VIPs at all: while lbd runs, its XDP program answers ARP for the VIPs
+//! this node holds (master, or a single node), and when lbd dies nobody here
+//! answers any more, so a dead master, whose kernel still holds the VIPs,
+//! never draws clients back from the new master (contract: "A node whose lbd
+//! died never answers ARP for the VIPs").
+//!
+//! The tables are written with `nft -f -`, nftables' own tool: one atomic
 //! transaction per change, and nothing to keep in step with the kernel's
 //! netlink ABI by hand. Without `nft` lbd still runs, with a warning.
 
@@ -59,27 +66,41 @@ impl Guard {
         &self.table
     }
 
-    /// The ruleset that drops, in the kernel's input path, what XDP forwards.
+    /// The ruleset that drops, in the kernel's input path, what XDP forwards
+    /// (`services`), and every ARP request for one of `vips`.
     #[must_use]
-    pub fn ruleset(&self, services: &[(Ipv4Addr, u16, Protocol)]) -> String {
+    pub fn ruleset(&self, services: &[(Ipv4Addr, u16, Protocol)], vips: &[Ipv4Addr]) -> String {
         let mut rules = String::new();
         for (vip, port, protocol) in services {
             let _ = writeln!(rules, "    ip daddr {vip} {protocol} dport {port} drop");
         }
-        // "add" then "delete" empties the table whether or not it existed,
+        let mut arp_rules = String::new();
+        for vip in vips {
+            let _ = writeln!(
+                arp_rules,
+                "    arp operation request arp daddr ip {vip} drop"
+            );
+        }
+        // "add" then "delete" empties a table whether or not it existed,
         // all in the same transaction as the new contents.
         format!(
-            "add table ip {t}\ndelete table ip {t}\ntable ip {t} {{\n  chain input {{\n    type filter hook input priority filter - 10; policy accept;\n{rules}  }}\n}}\n",
+            "add table ip {t}\ndelete table ip {t}\ntable ip {t} {{\n  chain input {{\n    type filter hook input priority filter - 10; policy accept;\n{rules}  }}\n}}\n\
+             add table arp {t}\ndelete table arp {t}\ntable arp {t} {{\n  chain input {{\n    type filter hook input priority filter; policy accept;\n{arp_rules}  }}\n}}\n",
             t = self.table
         )
     }
 
-    /// Makes the guard cover exactly `services` (forwarding VIP:port:protocol).
+    /// Makes the guard cover exactly `services` (forwarding VIP:port:protocol)
+    /// and the ARP of `vips` (every VIP of the configuration).
     ///
     /// # Errors
-    /// When nft is missing or refuses the table.
-    pub fn set(&self, services: &[(Ipv4Addr, u16, Protocol)]) -> Result<(), GuardError> {
-        nft(&self.ruleset(services))
+    /// When nft is missing or refuses the tables.
+    pub fn set(
+        &self,
+        services: &[(Ipv4Addr, u16, Protocol)],
+        vips: &[Ipv4Addr],
+    ) -> Result<(), GuardError> {
+        nft(&self.ruleset(services, vips))
     }
 
     /// Removes the guard (at a clean stop).
@@ -88,7 +109,7 @@ impl Guard {
     /// When nft is missing or fails.
     pub fn remove(&self) -> Result<(), GuardError> {
         nft(&format!(
-            "add table ip {t}\ndelete table ip {t}\n",
+            "add table ip {t}\ndelete table ip {t}\nadd table arp {t}\ndelete table arp {t}\n",
             t = self.table
         ))
     }
@@ -127,13 +148,21 @@ mod tests {
     fn the_ruleset_drops_exactly_the_forwarded_services() {
         let guard = Guard::new("eth0.10");
         assert_eq!(guard.table(), "lbd_eth0_10");
-        let text = guard.ruleset(&[
-            (Ipv4Addr::new(198, 18, 0, 100), 443, Protocol::Tcp),
-            (Ipv4Addr::new(198, 18, 0, 100), 53, Protocol::Udp),
-        ]);
+        let text = guard.ruleset(
+            &[
+                (Ipv4Addr::new(198, 18, 0, 100), 443, Protocol::Tcp),
+                (Ipv4Addr::new(198, 18, 0, 100), 53, Protocol::Udp),
+            ],
+            &[
+                Ipv4Addr::new(198, 18, 0, 100),
+                Ipv4Addr::new(198, 18, 0, 101),
+            ],
+        );
         assert!(text.starts_with("add table ip lbd_eth0_10\ndelete table ip lbd_eth0_10\n"));
         assert!(text.contains("ip daddr 198.18.0.100 tcp dport 443 drop\n"));
         assert!(text.contains("ip daddr 198.18.0.100 udp dport 53 drop\n"));
-        assert_eq!(text.matches(" drop").count(), 2);
+        assert!(text.contains("add table arp lbd_eth0_10\ndelete table arp lbd_eth0_10\n"));
+        assert!(text.contains("arp operation request arp daddr ip 198.18.0.101 drop\n"));
+        assert_eq!(text.matches(" drop").count(), 4);
     }
 }

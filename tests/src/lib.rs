@@ -1,8 +1,9 @@
 //! Test support for the load balancer: the network-namespace lab ([`lab`]),
 //! `lbd` in it ([`lbd`]), frame building ([`frames`]), spoofed-source
 //! floods sent into a lab ([`flood`]), where the built artifacts are
-//! ([`paths`]) and bounded waiting ([`wait`]).
+//! ([`paths`]), bounded waiting ([`wait`]) and who answers ARP ([`arp`]).
 
+pub mod arp;
 pub mod flood;
 pub mod frames;
 pub mod lab;

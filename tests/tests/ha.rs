@@ -1740,3 +1740,60 @@ fn strangers_on_the_peers_address_do_not_unpair_the_sync_channel() {
         );
     }
 }
+
+/// The MACs that answer an ARP request for the VIP from the client.
+fn vip_answerers(lab: &DrLab) -> Vec<String> {
+    lb_tests::arp::who_answers(
+        lab.client_ns(),
+        "eth0",
+        lab.client_mac(),
+        lab.client_address(),
+        lab.vip(),
+        Duration::from_millis(600),
+    )
+    .unwrap_or_else(|e| panic!("asking who answers ARP for the VIP: {e}"))
+    .into_iter()
+    .map(mac)
+    .collect()
+}
+
+/// The contract: "A node whose lbd died never answers ARP for the VIPs
+/// once its peer is master." `kill -9` of the master leaves the VIP on its
+/// interface; its kernel must not answer ARP for it, before or after the
+/// takeover (only the node that holds the VIP and runs lbd answers).
+#[test]
+fn a_killed_master_never_answers_arp_for_the_vips() {
+    let mut pair = start_pair(Keys::Same);
+    let (lb1_mac, lb2_mac) = (mac(pair.lab.lb_mac()), mac(pair.lab.lb2_mac()));
+    assert_eq!(
+        vip_answerers(&pair.lab),
+        vec![lb1_mac.clone()],
+        "the master answers, alone"
+    );
+
+    pair.lb1
+        .crash(&mut pair.lab)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        holds(pair.lab.lb_ns(), pair.lab.vip()),
+        "the dead master's kernel still holds the VIP (the case at hand)"
+    );
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    let mut answered_by_lb2 = false;
+    while started.elapsed() < Duration::from_secs(6) {
+        let answerers = vip_answerers(&pair.lab);
+        assert!(
+            !answerers.contains(&lb1_mac),
+            "the dead master answered ARP for the VIP {:?} after the kill: {answerers:?}",
+            started.elapsed()
+        );
+        answered_by_lb2 |= answerers == vec![lb2_mac.clone()];
+        seen.push(answerers);
+    }
+    assert!(
+        answered_by_lb2,
+        "the new master answers ARP for the VIP: {seen:?}\n{}",
+        pair.lb2.log_text()
+    );
+}

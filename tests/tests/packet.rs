@@ -189,6 +189,8 @@ impl Harness {
 enum Output {
     /// Byte for byte the input.
     Unchanged,
+    /// Byte for byte this frame.
+    Exactly(Vec<u8>),
     /// The input with these destination and source MACs, nothing else changed.
     Macs([u8; 6], [u8; 6]),
 }
@@ -232,6 +234,9 @@ fn check(h: &mut Harness, f: &Fixture) {
             "{}: output must be the input untouched",
             f.name
         ),
+        Output::Exactly(ref expected) => {
+            assert_eq!(&out, expected, "{}: output", f.name);
+        }
         Output::Macs(dst, src) => {
             let mut expected = f.input.clone();
             expected[0..6].copy_from_slice(&dst);
@@ -251,6 +256,68 @@ fn check(h: &mut Harness, f: &Fixture) {
         "{}: exactly its reason is counted once",
         f.name
     );
+}
+
+/// The contract's "A node whose lbd died never answers ARP for the VIPs":
+/// the kernel never does (lbd's guard), so the data path answers ARP
+/// requests for the VIPs this node holds, and only those.
+#[test]
+fn arp_is_answered_for_held_vips_only() {
+    let mut h = Harness::new();
+    let request = frames::arp(OTHER_MAC, client(7), VIP);
+    check(
+        &mut h,
+        &pass("a VIP not held (backup)", request.clone(), Reason::PassArp),
+    );
+    h.balancer
+        .maps_mut()
+        .set_held_vips(&[VIP].into_iter().collect())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut reply = OTHER_MAC.to_vec();
+    reply.extend_from_slice(&IFACE_MAC);
+    reply.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2]);
+    reply.extend_from_slice(&IFACE_MAC);
+    reply.extend_from_slice(&VIP.octets());
+    reply.extend_from_slice(&OTHER_MAC);
+    reply.extend_from_slice(&client(7).octets());
+    check(
+        &mut h,
+        &Fixture {
+            name: "a held VIP: the request becomes the reply, sent back".into(),
+            input: request.clone(),
+            verdict: XDP_TX,
+            output: Output::Exactly(reply),
+            reason: Reason::ArpAnswered,
+        },
+    );
+    let mut announcement = frames::arp(OTHER_MAC, VIP, VIP);
+    check(
+        &mut h,
+        &pass(
+            "a gratuitous request for the VIP (the other node's announcement)",
+            announcement.clone(),
+            Reason::PassArp,
+        ),
+    );
+    announcement[21] = 2;
+    check(&mut h, &pass("an ARP reply", announcement, Reason::PassArp));
+    check(
+        &mut h,
+        &pass(
+            "a request for another address",
+            frames::arp(OTHER_MAC, client(7), Ipv4Addr::new(198, 18, 0, 10)),
+            Reason::PassArp,
+        ),
+    );
+    check(
+        &mut h,
+        &pass("truncated ARP", request[..30].to_vec(), Reason::PassArp),
+    );
+    h.balancer
+        .maps_mut()
+        .set_held_vips(&std::collections::BTreeSet::new())
+        .unwrap_or_else(|e| panic!("{e}"));
+    check(&mut h, &pass("the VIP given up", request, Reason::PassArp));
 }
 
 fn client(i: u8) -> Ipv4Addr {
@@ -331,9 +398,9 @@ fn fixtures() {
             Reason::PassNotService,
         ),
         pass(
-            "ARP",
+            "ARP for a VIP this node does not hold (backup)",
             frames::arp(OTHER_MAC, client(7), VIP),
-            Reason::PassNotIpv4,
+            Reason::PassArp,
         ),
         pass(
             "ICMP echo to the VIP",

@@ -270,11 +270,16 @@ impl Daemon {
                         log::error!("cluster: now MASTER but adding the VIPs failed: {error}");
                     }
                 }
+                self.publish_held_vips(None);
             }
-            HaAction::RemoveVips => match self.vips.remove_all().await {
-                Ok(()) => log::warn!("cluster: VIPs released"),
-                Err(error) => log::error!("cluster: removing the VIPs failed: {error}"),
-            },
+            HaAction::RemoveVips => {
+                self.publish_held_vips(Some(&std::collections::BTreeSet::new()));
+                match self.vips.remove_all().await {
+                    Ok(()) => log::warn!("cluster: VIPs released"),
+                    Err(error) => log::error!("cluster: removing the VIPs failed: {error}"),
+                }
+                self.publish_held_vips(None);
+            }
             HaAction::Garp { frames } => {
                 for vip in self.vips.owned().clone() {
                     for _ in 0..frames {

@@ -273,6 +273,7 @@ impl Daemon {
         let (mut vrrp_packets, mut sync_events) = match &config.cluster {
             None => {
                 let added = self.vips.set(&wanted_vips(&config)).await?;
+                self.publish_held_vips(None);
                 log::info!("single node: VIPs added: {added:?}");
                 let (_, vrrp) = mpsc::channel(1);
                 let (_, sync) = mpsc::channel(1);
@@ -344,10 +345,24 @@ impl Daemon {
         Ok(())
     }
 
+    /// Tells the data path which VIPs to answer ARP for: those held now,
+    /// and of those only the ones in `keep` if given (before VIPs are
+    /// removed, so that none is answered for after it has gone).
+    fn publish_held_vips(&mut self, keep: Option<&BTreeSet<Ipv4Addr>>) {
+        let held: BTreeSet<Ipv4Addr> = match keep {
+            Some(keep) => self.vips.owned().intersection(keep).copied().collect(),
+            None => self.vips.owned().clone(),
+        };
+        if let Err(error) = self.balancer.maps_mut().set_held_vips(&held) {
+            log::error!("the data path will not answer ARP for the VIPs: {error}");
+        }
+    }
+
     async fn shutdown(&mut self) {
         self.health.shutdown();
         self.redirects.shutdown();
         self.stop_cluster().await;
+        self.publish_held_vips(Some(&BTreeSet::new()));
         self.program.detach();
         if let Err(error) = self.vips.remove_all().await {
             log::error!("removing VIPs at shutdown: {error}");
@@ -385,7 +400,8 @@ impl Daemon {
             .filter(|s| matches!(s.kind, ServiceKind::Forward(_)))
             .map(|s| (s.vip, s.port, s.protocol))
             .collect();
-        if let Err(error) = self.guard.set(&forwarded) {
+        let vips: Vec<Ipv4Addr> = wanted_vips(&effective).into_iter().collect();
+        if let Err(error) = self.guard.set(&forwarded, &vips) {
             log::warn!("{error}");
         }
         self.health.update(check_targets(&effective));
@@ -500,7 +516,11 @@ impl Daemon {
         self.apply_services(&next)?;
         self.advise(&next).await;
         if self.holds_vips() {
-            self.vips.set(&wanted_vips(&next)).await?;
+            let wanted = wanted_vips(&next);
+            // A VIP given up is answered no longer before it leaves.
+            self.publish_held_vips(Some(&wanted));
+            self.vips.set(&wanted).await?;
+            self.publish_held_vips(None);
         }
         self.config = next;
         self.follow_neighbours().await;

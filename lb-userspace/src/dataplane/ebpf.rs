@@ -4,7 +4,8 @@
 //! for background scans.
 
 use std::{
-    collections::{BTreeMap, HashMap as StdHashMap},
+    collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
+    net::Ipv4Addr,
     sync::Arc,
 };
 
@@ -171,6 +172,7 @@ impl Program {
             generations: Array::try_from(take("FLOW_GENERATIONS")?)
                 .map_err(map_err("FLOW_GENERATIONS"))?,
             fragments: HashMap::try_from(take("FRAGMENTS")?).map_err(map_err("FRAGMENTS"))?,
+            held_vips: HashMap::try_from(take("HELD_VIPS")?).map_err(map_err("HELD_VIPS"))?,
             real_stats: PerCpuArray::try_from(take("REAL_STATS")?)
                 .map_err(map_err("REAL_STATS"))?,
             reasons: PerCpuArray::try_from(take("REASONS")?).map_err(map_err("REASONS"))?,
@@ -179,6 +181,7 @@ impl Program {
             slot_owners: StdHashMap::new(),
             service_ids: StdHashMap::new(),
             fragments_written: BTreeMap::new(),
+            held_vips_written: BTreeSet::new(),
         })
     }
 }
@@ -258,6 +261,10 @@ pub struct EbpfMaps {
     client_counts: Arc<ClientCounts>,
     generations: Array<MapData, u32>,
     fragments: HashMap<MapData, VipProtocol, u16>,
+    /// The VIPs the data path answers ARP for (`HELD_VIPS`).
+    held_vips: HashMap<MapData, u32, u8>,
+    /// What `held_vips` holds.
+    held_vips_written: BTreeSet<Ipv4Addr>,
     real_stats: PerCpuArray<MapData, Counters>,
     reasons: PerCpuArray<MapData, ReasonCounters>,
     globals: Array<MapData, Globals>,
@@ -392,6 +399,25 @@ impl Maps for EbpfMaps {
             }
         }
         self.fragments_written = targets.clone();
+        Ok(())
+    }
+
+    fn set_held_vips(&mut self, vips: &BTreeSet<Ipv4Addr>) -> Result<()> {
+        let key = |vip: &Ipv4Addr| u32::from_ne_bytes(vip.octets());
+        // Gone first: a VIP given up is answered no longer before any other
+        // change.
+        for vip in self.held_vips_written.difference(vips) {
+            match self.held_vips.remove(&key(vip)) {
+                Ok(()) | Err(MapError::KeyNotFound | MapError::ElementNotFound) => {}
+                Err(e) => return Err(map_error("HELD_VIPS")(e)),
+            }
+        }
+        for vip in vips.difference(&self.held_vips_written) {
+            self.held_vips
+                .insert(key(vip), 1, 0)
+                .map_err(map_error("HELD_VIPS"))?;
+        }
+        self.held_vips_written.clone_from(vips);
         Ok(())
     }
 

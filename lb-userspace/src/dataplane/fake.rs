@@ -34,6 +34,8 @@ pub struct FakeMaps {
     pub services: StdHashMap<ServiceKey, Service>,
     /// The fragments map.
     pub fragments: BTreeMap<VipProtocol, u16>,
+    /// The VIPs answered for.
+    pub held_vips: std::collections::BTreeSet<std::net::Ipv4Addr>,
     /// Real-server counters by index.
     pub real_stats: StdHashMap<u32, Counters>,
     /// Affinity entries.
@@ -88,6 +90,13 @@ impl Maps for FakeMaps {
     }
     fn set_fragments(&mut self, targets: &BTreeMap<VipProtocol, u16>) -> Result<()> {
         self.fragments = targets.clone();
+        Ok(())
+    }
+    fn set_held_vips(
+        &mut self,
+        vips: &std::collections::BTreeSet<std::net::Ipv4Addr>,
+    ) -> Result<()> {
+        self.held_vips.clone_from(vips);
         Ok(())
     }
     fn reset_real_counters(&mut self, index: u32) -> Result<()> {

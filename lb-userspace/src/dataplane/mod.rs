@@ -10,7 +10,8 @@ mod fake;
 mod mapped;
 
 use aya::{maps::MapError, programs::ProgramError, EbpfError};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 
 use lb_common::{Affinity, AffinityKey, Counters, Globals, Real, Service, ServiceKey, VipProtocol};
 
@@ -91,6 +92,9 @@ pub trait Maps {
     /// Replaces the fragments map: the port of the one service of each VIP
     /// and protocol whose fragments the data path forwards.
     fn set_fragments(&mut self, targets: &BTreeMap<VipProtocol, u16>) -> Result<()>;
+    /// Replaces the VIPs the data path answers ARP for: those this node
+    /// holds now.
+    fn set_held_vips(&mut self, vips: &BTreeSet<Ipv4Addr>) -> Result<()>;
     /// Zeroes the counters of a real-server index (on reuse).
     fn reset_real_counters(&mut self, index: u32) -> Result<()>;
     /// A real server's counters, summed over CPUs.
