@@ -131,7 +131,8 @@ pub struct Limits {
     /// Concurrent connections per listener; further ones are reset at once.
     pub max_connections: usize,
     /// Concurrent connections per client address and listener (a site's
-    /// NAT puts many clients behind one address: generous, but bounded).
+    /// NAT puts a whole hospital's browsers behind one address: generous,
+    /// but a quarter of the listener at most).
     pub max_per_address: usize,
     /// Longest a connection may live, whatever it does (bounds slow readers and
     /// slowly sent request bodies).
@@ -143,7 +144,7 @@ impl Default for Limits {
         Self {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 4096,
-            max_per_address: 256,
+            max_per_address: 1024,
             max_connection_age: Duration::from_mins(2),
         }
     }
