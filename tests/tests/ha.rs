@@ -672,6 +672,7 @@ fn stop_keepalive(lab: &mut DrLab, KeepAlive { handle, out }: KeepAlive) -> Keep
 struct Keepalived {
     handle: ProcHandle,
     log: PathBuf,
+    conf: PathBuf,
 }
 
 impl Keepalived {
@@ -728,7 +729,28 @@ impl Keepalived {
                 &log,
             )
             .unwrap_or_else(|e| panic!("cannot start keepalived: {e}"));
-        Keepalived { handle, log }
+        Keepalived { handle, log, conf }
+    }
+
+    /// Rewrites the configuration with `vips` as its virtual addresses and
+    /// reloads it (SIGHUP), as an operator adding a VIP would.
+    fn reload_with(&self, lab: &DrLab, vips: &[Ipv4Addr]) {
+        let text = std::fs::read_to_string(&self.conf).unwrap_or_else(|e| panic!("{e}"));
+        let start = text
+            .find("  virtual_ipaddress {")
+            .unwrap_or_else(|| panic!("{text}"));
+        let list: String = vips
+            .iter()
+            .map(|vip| format!("    {vip}/32 dev eth0\n"))
+            .collect();
+        let text = format!("{}  virtual_ipaddress {{\n{list}  }}\n}}\n", &text[..start]);
+        std::fs::write(&self.conf, text).unwrap_or_else(|e| panic!("{e}"));
+        let pid = lab
+            .pid(self.handle)
+            .and_then(|p| i32::try_from(p).ok())
+            .unwrap_or_else(|| panic!("keepalived is not running"));
+        // SAFETY: kill(2) on a child the lab started and has not reaped.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
     }
 
     fn log_text(&self) -> String {
@@ -1796,4 +1818,62 @@ fn a_killed_master_never_answers_arp_for_the_vips() {
         "the new master answers ARP for the VIP: {seen:?}\n{}",
         pair.lb2.log_text()
     );
+}
+
+/// Issue 12: a VIP added by reload on both nodes of an lbd + keepalived pair
+/// (keepalived reloaded with the same list) never makes two masters:
+/// keepalived discards advertisements whose address list differs from its
+/// own, so lbd's must list the VIPs it holds now, not those it started with.
+#[test]
+fn a_vip_added_by_reload_keeps_one_master_beside_keepalived() {
+    let mut lab = ha_lab();
+    let cluster = ClusterSpec {
+        advert_interval_ms: KEEPALIVED_ADVERT_MS,
+        ..ClusterSpec::primary(&lab, None)
+    };
+    let config = lab_config_named(&lab, "lb1", &cluster.yaml(), &web_service(&lab, 3, 300));
+    let ns1 = lab.lb_ns().to_string();
+    let lbd = Lbd::start_named(&mut lab, &ns1, "lb1", &config).unwrap_or_else(|e| panic!("{e}"));
+    lbd.wait_ready(&mut lab, READY)
+        .unwrap_or_else(|e| panic!("{e}"));
+    lbd.wait_ha(&mut lab, Duration::from_secs(6), "lbd master", |v| {
+        v["state"] == "master"
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let ns2 = lab.lb2_ns().to_string();
+    let from_lb2 = (lab.lb2_address(), lab.lb_address());
+    let ka = Keepalived::start(&mut lab, &ns2, "keepalived", from_lb2, 100, "BACKUP");
+    let backup = poll(Duration::from_secs(3), || ka.entered("BACKUP") > 0);
+    assert!(backup.is_some(), "keepalived:\n{}", ka.log_text());
+
+    // Both reloaded with a second VIP, lbd first.
+    let vip2 = Ipv4Addr::new(198, 18, 0, 120);
+    let services = format!(
+        "{}  - name: second\n    vip: {vip2}\n    port: 8080\n    redirect: {{ code: 301, scheme: https }}\n",
+        web_service(&lab, 3, 300)
+    );
+    let reloaded = lab_config_named(&lab, "lb1", &cluster.yaml(), &services);
+    std::fs::write(&lbd.config, reloaded).unwrap_or_else(|e| panic!("{e}"));
+    lbd.signal(&lab, libc::SIGHUP)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let took = poll(Duration::from_secs(5), || holds(&ns1, vip2));
+    assert!(took.is_some(), "lbd took the new VIP:\n{}", lbd.log_text());
+    ka.reload_with(&lab, &[lab.vip(), vip2]);
+
+    // Three master-down intervals of keepalived (3.6 s each at 1 s adverts).
+    let start = Instant::now();
+    let mut states = Vec::new();
+    while start.elapsed() < Duration::from_secs(12) {
+        states.push((
+            lbd.ha_state().unwrap_or_default(),
+            holds(&ns2, lab.vip()) || holds(&ns2, vip2),
+        ));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        states.iter().all(|s| *s == ("master".to_string(), false)),
+        "lbd master, keepalived without a VIP, throughout: {states:?}\n{}",
+        ka.log_text()
+    );
+    assert_eq!(ka.entered("MASTER"), 0, "{}", ka.log_text());
 }

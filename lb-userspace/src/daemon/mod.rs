@@ -319,7 +319,10 @@ impl Daemon {
             tokio::select! {
                 _ = interrupt.recv() => { log::info!("SIGINT: stopping"); break; }
                 _ = terminate.recv() => { log::info!("SIGTERM: stopping"); break; }
-                _ = hangup.recv() => self.reload().await,
+                _ = hangup.recv() => {
+                    self.reload().await;
+                    self.carry_out_ha().await;
+                }
                 Some((request, caller, reply)) = requests.recv() => {
                     let actor = caller.map_or_else(|| Actor::Lbctl("unknown user".into()), Actor::lbctl_user);
                     let answer = match self.handle_request(request, &actor).await {
@@ -515,6 +518,12 @@ impl Daemon {
         next.cluster = self.config.cluster.clone();
         self.apply_services(&next)?;
         self.advise(&next).await;
+        if let Some(cluster) = self.cluster.as_mut() {
+            let vips = wanted_vips(&next).into_iter().collect();
+            if let Err(error) = cluster.coordinator.vips_changed(Instant::now(), vips) {
+                log::error!("VRRP: {error}; advertisements keep the previous VIPs");
+            }
+        }
         if self.holds_vips() {
             let wanted = wanted_vips(&next);
             // A VIP given up is answered no longer before it leaves.

@@ -258,6 +258,22 @@ impl Coordinator {
         }
     }
 
+    /// The configuration's VIPs changed (reload, `lbctl apply`, the
+    /// primary's configuration): advertisements list them from now on (at
+    /// once while master).
+    ///
+    /// # Errors
+    /// More VIPs than an advertisement can list; nothing changes then.
+    pub fn vips_changed(
+        &mut self,
+        now: Instant,
+        vips: Vec<std::net::Ipv4Addr>,
+    ) -> Result<(), crate::vrrp::ConfigError> {
+        self.vrrp.set_addresses(now, vips)?;
+        self.pump(now);
+        Ok(())
+    }
+
     /// An admin change was made here: send it to the peer.
     pub fn admin_changed(&mut self, service: &str, server: &str) {
         self.send(Outgoing::Admin {

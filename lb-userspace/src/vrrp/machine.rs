@@ -431,6 +431,33 @@ impl Vrrp {
         }
     }
 
+    /// The virtual addresses changed (a reload or the primary's replicated
+    /// configuration added or removed a VIP): advertisements list the new
+    /// ones from now on, and a master sends one at once, so the peer (lbd
+    /// or keepalived) compares its list with the addresses held now.
+    ///
+    /// # Errors
+    /// More than 255 addresses; the list is left as it was.
+    pub fn set_addresses(
+        &mut self,
+        now: Instant,
+        addresses: Vec<Ipv4Addr>,
+    ) -> Result<(), ConfigError> {
+        if addresses.len() > MAX_ADDRESSES {
+            return Err(ConfigError::TooManyAddresses(addresses.len()));
+        }
+        if same_addresses(&addresses, &self.config.addresses) {
+            return Ok(());
+        }
+        self.config.addresses = addresses;
+        if self.state == State::Master {
+            self.send_advert(self.priority);
+            self.timers
+                .set(Timer::Adver, now + self.advertisement_interval());
+        }
+        Ok(())
+    }
+
     /// Counts a packet the edge dropped before [`Vrrp::handle_advert`], e.g.
     /// `vrrp.record_drop((&error).into())` for a [`DecodeError`].
     pub fn record_drop(&mut self, reason: DropReason) {
@@ -1091,6 +1118,53 @@ mod tests {
         assert_eq!(sim.nodes[0].poll_timeout(), Some(now + ms(1000)));
         sim.nodes[0].set_priority(now, 0);
         assert_eq!(sim.nodes[0].priority(), 1, "clamped to 1..=254");
+    }
+
+    /// Issue 12: a reload that adds or removes a VIP changes what the
+    /// advertisements list (a keepalived peer compares the list), at once
+    /// while master; a backup's next adverts (if it becomes master) too.
+    #[test]
+    fn adverts_list_the_addresses_after_a_change() {
+        let mut sim = Sim::new(vec![config(node(1), 200), config(node(2), 100)]);
+        sim.start_all();
+        sim.run_until(ms(10_000));
+        assert_eq!(sim.states(), [State::Master, State::Backup]);
+        let now = sim.now;
+        let three = vec![VIP1, VIP2, Ipv4Addr::new(198, 18, 0, 102)];
+        assert_eq!(sim.nodes[0].set_addresses(now, three.clone()), Ok(()));
+        assert_eq!(
+            sim.nodes[0].poll_action(),
+            Some(Action::SendAdvert { priority: 200 }),
+            "the master advertises the new list at once"
+        );
+        assert_eq!(sim.nodes[0].advertisement(200).addresses, three);
+        assert_eq!(sim.nodes[1].set_addresses(now, three.clone()), Ok(()));
+        assert_eq!(
+            sim.nodes[1].poll_action(),
+            None,
+            "a backup does not advertise"
+        );
+        assert_eq!(
+            sim.nodes[0].set_addresses(now, vec![three[2], VIP2, VIP1]),
+            Ok(()),
+        );
+        assert_eq!(
+            sim.nodes[0].poll_action(),
+            None,
+            "the same list in another order"
+        );
+        let mismatches = sim.nodes[1].counters().address_list_mismatch;
+        sim.run_until(ms(15_000));
+        assert_eq!(
+            sim.nodes[1].counters().address_list_mismatch,
+            mismatches,
+            "both list the same addresses"
+        );
+        assert_eq!(
+            sim.nodes[0].set_addresses(now, vec![VIP1; 256]),
+            Err(ConfigError::TooManyAddresses(256))
+        );
+        assert_eq!(sim.nodes[0].advertisement(200).addresses, three);
     }
 
     #[test]
