@@ -9,6 +9,7 @@
 
 use std::{
     collections::BTreeMap,
+    fmt::Write as _,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
     path::PathBuf,
@@ -739,10 +740,10 @@ impl Keepalived {
         let start = text
             .find("  virtual_ipaddress {")
             .unwrap_or_else(|| panic!("{text}"));
-        let list: String = vips
-            .iter()
-            .map(|vip| format!("    {vip}/32 dev eth0\n"))
-            .collect();
+        let list = vips.iter().fold(String::new(), |mut list, vip| {
+            let _ = writeln!(list, "    {vip}/32 dev eth0");
+            list
+        });
         let text = format!("{}  virtual_ipaddress {{\n{list}  }}\n}}\n", &text[..start]);
         std::fs::write(&self.conf, text).unwrap_or_else(|e| panic!("{e}"));
         let pid = lab
@@ -1481,25 +1482,32 @@ fn a_healed_split_brain_leaves_one_master_that_owns_the_clients_arp() {
     );
 }
 
+/// lbd as the primary on `lb` (no sync, keepalived's advertisement
+/// interval), serving `web` and master: the start of the tests beside
+/// keepalived. Returns its cluster section and lbd.
+fn lbd_master_beside_keepalived(lab: &mut DrLab) -> (ClusterSpec, Lbd) {
+    let cluster = ClusterSpec {
+        advert_interval_ms: KEEPALIVED_ADVERT_MS,
+        ..ClusterSpec::primary(lab, None)
+    };
+    let config = lab_config_named(lab, "lb1", &cluster.yaml(), &web_service(lab, 3, 300));
+    let ns1 = lab.lb_ns().to_string();
+    let lbd = Lbd::start_named(lab, &ns1, "lb1", &config).unwrap_or_else(|e| panic!("{e}"));
+    lbd.wait_ready(lab, READY).unwrap_or_else(|e| panic!("{e}"));
+    lbd.wait_ha(lab, Duration::from_secs(6), "lbd master", |v| {
+        v["state"] == "master"
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    (cluster, lbd)
+}
+
 /// lbd (priority 150) is master beside keepalived (100); neither flaps; when
 /// lbd is killed, keepalived takes the VIP.
 #[test]
 fn keepalived_takes_over_from_a_killed_lbd() {
     let mut lab = ha_lab();
-    let cluster = ClusterSpec {
-        advert_interval_ms: KEEPALIVED_ADVERT_MS,
-        ..ClusterSpec::primary(&lab, None)
-    };
-    let config = lab_config_named(&lab, "lb1", &cluster.yaml(), &web_service(&lab, 3, 300));
+    let (_, mut lbd) = lbd_master_beside_keepalived(&mut lab);
     let ns1 = lab.lb_ns().to_string();
-    let mut lbd =
-        Lbd::start_named(&mut lab, &ns1, "lb1", &config).unwrap_or_else(|e| panic!("{e}"));
-    lbd.wait_ready(&mut lab, READY)
-        .unwrap_or_else(|e| panic!("{e}"));
-    lbd.wait_ha(&mut lab, Duration::from_secs(6), "lbd master", |v| {
-        v["state"] == "master"
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
     let ns2 = lab.lb2_ns().to_string();
     let from_lb2 = (lab.lb2_address(), lab.lb_address());
     let ka_priority = 100;
@@ -1662,7 +1670,6 @@ fn sync_stranger(
     let ns = ns.to_owned();
     std::thread::spawn(move || {
         in_netns(&ns, move || {
-            use std::io::Write as _;
             let started = Instant::now();
             let mut open: std::collections::VecDeque<(Instant, std::net::TcpStream)> =
                 std::collections::VecDeque::new();
@@ -1827,19 +1834,8 @@ fn a_killed_master_never_answers_arp_for_the_vips() {
 #[test]
 fn a_vip_added_by_reload_keeps_one_master_beside_keepalived() {
     let mut lab = ha_lab();
-    let cluster = ClusterSpec {
-        advert_interval_ms: KEEPALIVED_ADVERT_MS,
-        ..ClusterSpec::primary(&lab, None)
-    };
-    let config = lab_config_named(&lab, "lb1", &cluster.yaml(), &web_service(&lab, 3, 300));
+    let (cluster, lbd) = lbd_master_beside_keepalived(&mut lab);
     let ns1 = lab.lb_ns().to_string();
-    let lbd = Lbd::start_named(&mut lab, &ns1, "lb1", &config).unwrap_or_else(|e| panic!("{e}"));
-    lbd.wait_ready(&mut lab, READY)
-        .unwrap_or_else(|e| panic!("{e}"));
-    lbd.wait_ha(&mut lab, Duration::from_secs(6), "lbd master", |v| {
-        v["state"] == "master"
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
     let ns2 = lab.lb2_ns().to_string();
     let from_lb2 = (lab.lb2_address(), lab.lb_address());
     let ka = Keepalived::start(&mut lab, &ns2, "keepalived", from_lb2, 100, "BACKUP");

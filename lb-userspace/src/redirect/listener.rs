@@ -368,21 +368,15 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn connections_beyond_the_limit_are_closed_at_once() {
-        let limits = Limits {
-            max_connections: 8,
-            ..Limits::default()
-        };
-        let redirects = start(limits, vec![loopback("r", 1, 301)]);
-        let addr = redirects.local_addr("r").expect("bound");
+    /// Opens `cap` connections to `addr`, checks that one more is closed at
+    /// once and that the `cap` open ones are still served; returns them.
+    async fn fill_to_the_cap(addr: SocketAddrV4, cap: usize) -> Vec<TcpStream> {
         let mut open = Vec::new();
-        for _ in 0..8 {
+        for _ in 0..cap {
             open.push(connect(addr).await);
         }
-        let mut ninth = connect(addr).await;
-        expect_closed(&mut ninth, Duration::from_secs(1)).await;
-        // The first eight are still served.
+        let mut one_more = connect(addr).await;
+        expect_closed(&mut one_more, Duration::from_secs(1)).await;
         for stream in &mut open {
             stream
                 .write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
@@ -391,6 +385,18 @@ mod tests {
             let (head, _) = read_response(stream, false).await;
             assert!(head.starts_with("HTTP/1.1 301 "), "{head}");
         }
+        open
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_are_closed_at_once() {
+        let limits = Limits {
+            max_connections: 8,
+            ..Limits::default()
+        };
+        let redirects = start(limits, vec![loopback("r", 1, 301)]);
+        let addr = redirects.local_addr("r").expect("bound");
+        let mut open = fill_to_the_cap(addr, 8).await;
         // Closing one frees its slot.
         drop(open.pop());
         let deadline = Instant::now() + WAIT;
@@ -419,23 +425,8 @@ mod tests {
             ..Limits::default()
         };
         let redirects = start(limits, vec![loopback("p", 1, 301)]);
-        let addr = redirects.local_addr("p").expect("bound");
-        let mut open = Vec::new();
-        for _ in 0..4 {
-            open.push(connect(addr).await);
-        }
-        // The fifth from the same address is closed at once...
-        let mut fifth = connect(addr).await;
-        expect_closed(&mut fifth, Duration::from_secs(1)).await;
-        // ...and the four are served.
-        for stream in &mut open {
-            stream
-                .write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
-                .await
-                .expect("write");
-            let (head, _) = read_response(stream, false).await;
-            assert!(head.starts_with("HTTP/1.1 301 "), "{head}");
-        }
+        // All from 127.0.0.1: the fifth is closed, the four are served.
+        let _open = fill_to_the_cap(redirects.local_addr("p").expect("bound"), 4).await;
     }
 
     #[test]
