@@ -354,3 +354,58 @@ fn held_connections_take_nothing_from_checks_control_or_forwarding() {
     );
     assert_eq!(answered.trim(), "301");
 }
+
+/// Issue 12, "Durable and atomic": `lbctl apply` is all or nothing. A file
+/// that cannot be applied here (its redirect port is taken by another
+/// program) is refused with the reason, the file lbd runs from is left as
+/// it was byte for byte, and nothing else changes; once the port is free,
+/// the same file applies and is saved.
+#[test]
+fn an_apply_that_fails_changes_neither_the_service_nor_the_file() {
+    let mut lab = lab();
+    let config = lab_config(&lab, &web_service(&lab, 3, 300));
+    let lbd = Lbd::start(&mut lab, &config).unwrap_or_else(|e| panic!("{e}"));
+    lbd.wait_ready(&mut lab, READY)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let taken = lb_tests::lab::in_netns(lab.lb_ns(), || {
+        std::net::TcpListener::bind(("0.0.0.0", REDIRECT_PORT))
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    let bigger = lab_config(
+        &lab,
+        &format!(
+            "{}  - name: to-https\n    vip: {}\n    port: {REDIRECT_PORT}\n    \
+             redirect: {{ code: 301, scheme: https }}\n",
+            web_service(&lab, 3, 300),
+            lab.vip()
+        ),
+    );
+    let file = lab.dir().join("bigger.yaml");
+    fs::write(&file, &bigger).unwrap_or_else(|e| panic!("{e}"));
+    let running = fs::read_to_string(&lbd.config).unwrap_or_else(|e| panic!("{e}"));
+    let out = lbd.lbctl(&["apply", &file.display().to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "refused: {stderr}");
+    assert!(stderr.contains("nothing changed"), "{stderr}");
+    assert_eq!(
+        fs::read_to_string(&lbd.config).unwrap_or_default(),
+        running,
+        "the file lbd runs from is unchanged"
+    );
+    let services = |lbd: &Lbd| {
+        lbd.status()
+            .and_then(|s| s["services"].as_array().map(Vec::len))
+    };
+    assert_eq!(services(&lbd), Some(1), "nothing applied");
+
+    drop(taken);
+    lbctl_ok(&lbd, &["apply", &file.display().to_string()]);
+    assert_eq!(services(&lbd), Some(2));
+    assert_eq!(
+        fs::read_to_string(&lbd.config).unwrap_or_default(),
+        bigger,
+        "saved once applied"
+    );
+}

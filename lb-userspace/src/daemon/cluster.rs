@@ -402,12 +402,21 @@ impl Daemon {
         let primary = Config::from_yaml(yaml, "configuration from the primary")
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let path = replicated_path(&self.config.node.state_dir);
-        state_file::write_atomically(&path, yaml.as_bytes())
-            .with_context(|| format!("keeping it in {}", path.display()))?;
         let mut next = self.config.clone();
         next.services = primary.services;
         let before = super::config_summary(&self.config_text);
-        self.apply(next).await?;
+        // Applied first and kept only then: the secondary never keeps a
+        // configuration it could not apply.
+        let previous = self.config.clone();
+        if let Err(error) = self.apply(next).await {
+            self.restore(previous).await;
+            return Err(error);
+        }
+        if let Err(error) = state_file::write_atomically(&path, yaml.as_bytes()) {
+            self.restore(previous).await;
+            return Err(anyhow::anyhow!(error))
+                .with_context(|| format!("keeping it in {}", path.display()));
+        }
         if before != super::config_summary(yaml) {
             self.audit.record(
                 &self.peer_actor(),

@@ -505,6 +505,17 @@ impl Daemon {
         }
     }
 
+    /// Applies `previous` again after a configuration failed to apply or
+    /// to be saved (a step that failed may have left part of the new one).
+    async fn restore(&mut self, previous: Config) {
+        if let Err(error) = self.apply(previous).await {
+            log::error!(
+                "restoring the configuration in force before failed too: {error:#}; \
+                 check `lbctl status` and reload (SIGHUP)"
+            );
+        }
+    }
+
     /// Applies a validated configuration's services; `node` and `cluster`
     /// changes wait for a restart (the returned note says so).
     async fn apply(&mut self, next: Config) -> anyhow::Result<String> {

@@ -179,8 +179,10 @@ impl Daemon {
         })
     }
 
-    /// `lbctl apply`: validate, write the file lbd was started with (so a
-    /// restart or SIGHUP keeps it), then apply.
+    /// `lbctl apply`: validate, apply, then save over the file lbd was
+    /// started with (so a restart or SIGHUP keeps it). All or nothing: if
+    /// applying or saving fails, the configuration in force before is
+    /// applied again and the file is left as it was.
     async fn apply_request(
         &mut self,
         file: &str,
@@ -192,16 +194,21 @@ impl Daemon {
         }
         let before = super::config_summary(&self.config_text);
         let next = Config::from_yaml(text, file).map_err(|e| e.to_string())?;
-        state_file::write_atomically(&self.config_path, text.as_bytes()).map_err(|error| {
-            format!(
-                "cannot save the configuration to {}: {error}; nothing changed",
+        let previous = self.config.clone();
+        let note = match self.apply(next).await {
+            Ok(note) => note,
+            Err(error) => {
+                self.restore(previous).await;
+                return Err(format!("applying failed: {error:#}; nothing changed"));
+            }
+        };
+        if let Err(error) = state_file::write_atomically(&self.config_path, text.as_bytes()) {
+            self.restore(previous).await;
+            return Err(format!(
+                "cannot save the configuration to {}: {error}; the previous configuration is in force again",
                 self.config_path.display()
-            )
-        })?;
-        let note = self
-            .apply(next)
-            .await
-            .map_err(|error| format!("applying failed: {error:#}"))?;
+            ));
+        }
         text.clone_into(&mut self.config_text);
         self.replicate_config();
         log::info!("configuration applied from {file}{note}");
