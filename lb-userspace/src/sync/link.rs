@@ -6,8 +6,7 @@
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt as _};
@@ -16,9 +15,11 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
+use super::link_stats::LinkStats;
 use super::messages::Message;
 use super::outbox::OutboxReceiver;
-use super::session::{Event, Local, SessionStats, SyncSession};
+use super::quiet::Quiet;
+use super::session::{Event, Local, SyncSession};
 use super::wire::SyncKey;
 use super::{DEAD_PEER_TIMEOUT, NO_NONCE};
 use crate::config::Role;
@@ -36,9 +37,6 @@ const WRITE_HIGH_WATER: usize = 1024 * 1024;
 /// Connections from the peer's address that may be authenticating at once;
 /// more are closed at once.
 const MAX_HANDSHAKES: usize = 4;
-/// The same refusal is logged at most once in this long (with a count of
-/// those not logged).
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What the link needs to know: `cluster.sync`, the key, this node.
 #[derive(Debug, Clone)]
@@ -86,79 +84,6 @@ pub enum LinkError {
     },
 }
 
-/// Link state shared with `lbctl ha` and the metrics; written by [`run`] only.
-#[derive(Debug)]
-pub struct LinkStats {
-    connected: AtomicBool,
-    sent: AtomicU64,
-    received: AtomicU64,
-    /// `u64::MAX` while unknown.
-    lag_ms: AtomicU64,
-    last_error: Mutex<Option<String>>,
-}
-
-/// A copy of [`LinkStats`] at one moment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinkStatsSnapshot {
-    /// Whether a session is paired now.
-    pub connected: bool,
-    /// Messages sent since the daemon started.
-    pub sent: u64,
-    /// Messages received since the daemon started.
-    pub received: u64,
-    /// Latest heartbeat round trip, queueing included.
-    pub lag_ms: Option<u64>,
-    /// The latest reason a connection failed or ended.
-    pub last_error: Option<String>,
-}
-
-impl Default for LinkStats {
-    fn default() -> Self {
-        LinkStats {
-            connected: AtomicBool::new(false),
-            sent: AtomicU64::new(0),
-            received: AtomicU64::new(0),
-            lag_ms: AtomicU64::new(u64::MAX),
-            last_error: Mutex::new(None),
-        }
-    }
-}
-
-impl LinkStats {
-    /// Reads the current values.
-    #[must_use]
-    pub fn snapshot(&self) -> LinkStatsSnapshot {
-        let lag = self.lag_ms.load(Ordering::Relaxed);
-        LinkStatsSnapshot {
-            connected: self.connected.load(Ordering::Relaxed),
-            sent: self.sent.load(Ordering::Relaxed),
-            received: self.received.load(Ordering::Relaxed),
-            lag_ms: (lag != u64::MAX).then_some(lag),
-            last_error: self
-                .last_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
-        }
-    }
-
-    fn set_error(&self, reason: &str) {
-        *self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(reason.to_owned());
-    }
-
-    fn update(&self, base: (u64, u64), session: SessionStats) {
-        self.sent.store(base.0 + session.sent, Ordering::Relaxed);
-        self.received
-            .store(base.1 + session.received, Ordering::Relaxed);
-        if let Some(lag) = session.lag_ms {
-            self.lag_ms.store(lag, Ordering::Relaxed);
-        }
-    }
-}
-
 /// Runs the sync link until the daemon drops its end of `outgoing` or
 /// `incoming`.
 ///
@@ -201,7 +126,7 @@ pub async fn run(
     } else {
         link.accept_loop(&listener, &mut outgoing).await;
     }
-    link.stats.connected.store(false, Ordering::Relaxed);
+    link.stats.set_connected(false);
     Ok(())
 }
 
@@ -232,45 +157,6 @@ struct Paired {
     peer_node: String,
     peer_role: Role,
     peer_boot_id: u64,
-}
-
-/// Logs failures at warning level, each distinct line at most once in
-/// [`REFUSAL_LOG_EVERY`]; repeats are counted and the count is logged with
-/// the line's next warning. (Lines name addresses, never source ports, so
-/// a flood of connections repeats a few lines.)
-#[derive(Default)]
-struct Quiet {
-    /// Line -> when it was last logged, and repeats since.
-    lines: std::collections::HashMap<String, (Instant, u64)>,
-}
-
-/// Distinct lines remembered; more clears the memory (then each is logged
-/// once more).
-const QUIET_LINES: usize = 64;
-
-impl Quiet {
-    fn warn(&mut self, line: &str) {
-        let now = Instant::now();
-        if let Some((at, repeats)) = self.lines.get_mut(line) {
-            if now.duration_since(*at) < REFUSAL_LOG_EVERY {
-                *repeats += 1;
-                log::debug!("{line}");
-                return;
-            }
-            if *repeats > 0 {
-                log::warn!("{line} (and {repeats} more like it before)");
-            } else {
-                log::warn!("{line}");
-            }
-            (*at, *repeats) = (now, 0);
-            return;
-        }
-        if self.lines.len() >= QUIET_LINES {
-            self.lines.clear();
-        }
-        log::warn!("{line}");
-        self.lines.insert(line.to_owned(), (now, 0));
-    }
 }
 
 struct Backoff(Duration);
@@ -416,7 +302,7 @@ impl Link {
             return true;
         }
         log::warn!("{reason}");
-        self.stats.connected.store(false, Ordering::Relaxed);
+        self.stats.set_connected(false);
         self.incoming
             .send(LinkEvent::Disconnected {
                 reason: reason.to_owned(),
@@ -612,7 +498,7 @@ impl Link {
                         "sync peer {peer} connected: node {peer_node}, {}",
                         peer_role.as_str()
                     );
-                    self.stats.connected.store(true, Ordering::Relaxed);
+                    self.stats.set_connected(true);
                     LinkEvent::Connected {
                         peer_node,
                         peer_role,
@@ -656,7 +542,7 @@ impl Link {
             "sync peer {peer} connected: node {peer_node}, {}",
             peer_role.as_str()
         );
-        self.stats.connected.store(true, Ordering::Relaxed);
+        self.stats.set_connected(true);
         let connected = LinkEvent::Connected {
             peer_node,
             peer_role,

@@ -51,12 +51,15 @@
 use std::time::Duration;
 
 mod link;
+mod link_stats;
 mod messages;
 mod outbox;
+mod quiet;
 mod session;
 mod wire;
 
-pub use link::{run, LinkConfig, LinkError, LinkEvent, LinkStats, LinkStatsSnapshot};
+pub use link::{run, LinkConfig, LinkError, LinkEvent};
+pub use link_stats::{LinkStats, LinkStatsSnapshot};
 pub use messages::{
     session_batches, AdminChange, DecodeError, Message, SessionEntry, SnapshotMark,
     SESSION_BATCH_BYTES,
