@@ -1873,3 +1873,48 @@ fn a_vip_added_by_reload_keeps_one_master_beside_keepalived() {
     );
     assert_eq!(ka.entered("MASTER"), 0, "{}", ka.log_text());
 }
+
+/// Issue 12: a VIP added by reload on the primary of an lbd pair reaches the
+/// secondary with the replicated configuration; the pair never has two
+/// masters, the master takes the new VIP and the backup does not.
+#[test]
+fn a_vip_added_by_reload_on_the_primary_keeps_one_master() {
+    let pair = start_pair(Keys::Same);
+    wait_for_primary_services(&pair);
+    let lab = &pair.lab;
+    let vip2 = Ipv4Addr::new(198, 18, 0, 120);
+    let key = lab.dir().join("lb1.key");
+    let services = format!(
+        "{}  - name: second\n    vip: {vip2}\n    port: 8080\n    redirect: {{ code: 301, scheme: https }}\n",
+        web_service(lab, 3, 300)
+    );
+    let reloaded = lab_config_named(
+        lab,
+        "lb1",
+        &ClusterSpec::primary(lab, Some(&key)).yaml(),
+        &services,
+    );
+    std::fs::write(&pair.lb1.config, reloaded).unwrap_or_else(|e| panic!("{e}"));
+    pair.lb1
+        .signal(lab, libc::SIGHUP)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let samples = pair.sample_for(Duration::from_secs(8), |_| false);
+    let table = show(&samples);
+    assert!(
+        samples
+            .iter()
+            .all(|s| s.sole_master() == 1 && s.vip1 && !s.vip2),
+        "lb1 the only master, holding the VIP, throughout:\n{table}"
+    );
+    assert!(holds(lab.lb_ns(), vip2), "the master took the new VIP");
+    assert!(!holds(lab.lb2_ns(), vip2), "the backup did not");
+    let second = pair
+        .lb2
+        .status()
+        .and_then(|s| s["services"].as_array().map(Vec::len));
+    assert_eq!(
+        second,
+        Some(2),
+        "the secondary has the primary's new service"
+    );
+}
