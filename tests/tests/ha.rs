@@ -1291,6 +1291,19 @@ fn configuration_and_admin_changes_flow_from_the_primary_only() {
         "apply changed the primary"
     );
     wait_lb2("apply", &|rs| rs.len() == 2 && !rs.contains_key("rs3"));
+    // The secondary answered: `lbctl ha` on the primary shows it applied
+    // the version sent.
+    let answered = poll(SLACK, || {
+        pair.lb1.ha().is_some_and(|v| {
+            v["sync"]["config_version"].is_u64()
+                && v["sync"]["peer_applied_version"] == v["sync"]["config_version"]
+        })
+    });
+    assert!(
+        answered.is_some(),
+        "the primary knows the secondary applied its configuration: {:?}",
+        pair.lb1.ha().map(|v| v["sync"].clone())
+    );
 
     lbctl_ok(&pair.lb1, &["weight", "web", "rs1", "50"]);
     wait_lb2("weight", &|rs| {

@@ -263,6 +263,17 @@ fn ha(ha: &HaStatus) -> String {
     } else {
         "sync not configured".into()
     };
+    let sync_line = match (sync.config_version, sync.peer_applied_version) {
+        (Some(sent), applied) => {
+            let answer = match (applied, &sync.peer_apply_error) {
+                (None, _) => "no answer yet".to_owned(),
+                (Some(v), Some(why)) => format!("configuration {v} NOT applied: {why}"),
+                (Some(v), None) => format!("configuration {v} applied"),
+            };
+            format!("{sync_line}\nconfiguration {sent} sent; the secondary: {answer}")
+        }
+        (None, _) => sync_line,
+    };
     let state = serde_json::to_value(ha.state)
         .ok()
         .and_then(|v| v.as_str().map(str::to_uppercase))

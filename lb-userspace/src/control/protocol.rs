@@ -470,6 +470,15 @@ pub struct SyncStatus {
     /// Why the last connection failed or ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// On the primary: the version of the configuration last sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_version: Option<u64>,
+    /// On the primary: the last version the secondary answered for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_applied_version: Option<u64>,
+    /// On the primary: why the secondary could not apply that version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_apply_error: Option<String>,
 }
 
 /// [`RealStatus::resolved`] of a status written before it existed.

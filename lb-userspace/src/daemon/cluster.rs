@@ -290,12 +290,23 @@ impl Daemon {
                 }
             }
             HaAction::Send(outgoing) => self.send_to_peer(outgoing),
-            HaAction::ApplyConfig { yaml, admin } => {
+            HaAction::ApplyConfig {
+                version,
+                yaml,
+                admin,
+            } => {
                 for change in &admin {
                     self.merge_admin(change);
                 }
-                if let Err(error) = self.apply_replicated(&yaml).await {
-                    log::error!("sync: the primary's configuration was not applied: {error:#}");
+                let error = match self.apply_replicated(&yaml).await {
+                    Ok(()) => None,
+                    Err(error) => {
+                        log::error!("sync: the primary's configuration was not applied: {error:#}");
+                        Some(format!("{error:#}"))
+                    }
+                };
+                if let Some(c) = self.cluster.as_mut() {
+                    c.coordinator.config_applied(version, error);
                 }
             }
             HaAction::MergeAdmin(changes) => {

@@ -83,8 +83,11 @@ pub enum HaAction {
     /// Send to the peer (only handed out while paired).
     Send(Outgoing),
     /// The secondary takes the primary's configuration (its services) with
-    /// the primary's admin changes merged first, and keeps it.
+    /// the primary's admin changes merged first, keeps it once applied, and
+    /// answers with [`Coordinator::config_applied`].
     ApplyConfig {
+        /// The configuration's version (for the answer).
+        version: u64,
         /// The primary's configuration text.
         yaml: String,
         /// The primary's admin changes.
@@ -137,6 +140,9 @@ struct SyncView {
     peer_node: Option<String>,
     /// Configurations sent (primary) or received (secondary).
     config_version: u64,
+    /// On the primary: the last configuration the secondary answered for,
+    /// and why it could not apply it, if it could not.
+    peer_applied: Option<(u64, Option<String>)>,
 }
 
 /// One node of the pair.
@@ -274,6 +280,23 @@ impl Coordinator {
         Ok(())
     }
 
+    /// The secondary applied the primary's configuration `version`, or
+    /// could not (`error`): tell the primary (`lbctl ha` there shows it).
+    pub fn config_applied(&mut self, version: u64, error: Option<String>) {
+        if self.role == Role::Secondary {
+            self.send(Outgoing::Message(Message::Applied { version, error }));
+        }
+    }
+
+    /// The configuration version last sent (primary) or received
+    /// (secondary), and on the primary the secondary's last answer.
+    #[must_use]
+    pub fn config_versions(&self) -> (u64, Option<(u64, Option<String>)>) {
+        self.sync
+            .as_ref()
+            .map_or((0, None), |s| (s.config_version, s.peer_applied.clone()))
+    }
+
     /// An admin change was made here: send it to the peer.
     pub fn admin_changed(&mut self, service: &str, server: &str) {
         self.send(Outgoing::Admin {
@@ -387,6 +410,9 @@ impl Coordinator {
                 received: stats.received,
                 lag_ms: stats.lag_ms,
                 last_error: stats.last_error,
+                config_version: (self.role == Role::Primary).then_some(view.config_version),
+                peer_applied_version: view.peer_applied.as_ref().map(|(v, _)| *v),
+                peer_apply_error: view.peer_applied.as_ref().and_then(|(_, e)| e.clone()),
             },
             _ => SyncStatus::default(),
         };
@@ -451,8 +477,25 @@ impl Coordinator {
                 if let Some(sync) = self.sync.as_mut() {
                     sync.config_version = version;
                 }
-                self.actions
-                    .push_back(HaAction::ApplyConfig { yaml, admin });
+                self.actions.push_back(HaAction::ApplyConfig {
+                    version,
+                    yaml,
+                    admin,
+                });
+            }
+            Message::Applied { version, error } => {
+                if self.role != Role::Primary {
+                    return;
+                }
+                match &error {
+                    None => log::info!("sync: the secondary applied configuration {version}"),
+                    Some(why) => log::error!(
+                        "sync: the secondary could not apply configuration {version}: {why}"
+                    ),
+                }
+                if let Some(sync) = self.sync.as_mut() {
+                    sync.peer_applied = Some((version, error));
+                }
             }
             Message::Admin { changes } => self.actions.push_back(HaAction::MergeAdmin(changes)),
             Message::Sessions { entries, snapshot } => {

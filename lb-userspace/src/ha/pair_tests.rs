@@ -315,11 +315,16 @@ impl Pair {
                 };
                 self.deliver_sync(peer, message);
             }
-            HaAction::ApplyConfig { yaml, admin } => {
+            HaAction::ApplyConfig {
+                version,
+                yaml,
+                admin,
+            } => {
                 for change in &admin {
                     node.admin.merge(change).unwrap_or_else(|e| panic!("{e}"));
                 }
                 node.applied_yaml = Some(yaml);
+                node.c.config_applied(version, None);
             }
             HaAction::MergeAdmin(changes) => {
                 for change in &changes {
@@ -423,6 +428,14 @@ fn cold_start_of_both_makes_the_primary_master_and_replicates_its_configuration(
     );
     assert!(!pair.nodes[0].c.preempt_held() && !pair.nodes[1].c.preempt_held());
     assert_eq!(pair.nodes[0].c.priority(), 200);
+    // Issue 12: the secondary tells the primary it applied what it was sent.
+    let (sent, applied) = pair.nodes[0].c.config_versions();
+    assert!(sent >= 1, "the primary sent its configuration");
+    assert_eq!(
+        applied,
+        Some((sent, None)),
+        "and knows the secondary applied it"
+    );
 }
 
 /// RFC 5798 section 6.4.2: a backup becomes master when

@@ -126,6 +126,14 @@ pub(super) fn all_bodies() -> Vec<Body> {
         Body::Message(Message::Admin {
             changes: vec![change(6)],
         }),
+        Body::Message(Message::Applied {
+            version: 4,
+            error: None,
+        }),
+        Body::Message(Message::Applied {
+            version: 5,
+            error: Some("cannot bind 198.18.0.100:80: address in use".into()),
+        }),
         Body::Message(Message::Sessions {
             entries: vec![entry(1), entry(2)],
             snapshot: Some(SnapshotMark::Begin { total: 2 }),

@@ -20,6 +20,7 @@ const KIND_HEARTBEAT_ACK: u8 = 4;
 const KIND_CONFIG: u8 = 16;
 const KIND_ADMIN: u8 = 17;
 const KIND_SESSIONS: u8 = 18;
+const KIND_APPLIED: u8 = 19;
 
 /// Smallest encodings of list elements, to bound counts by the bytes left.
 const MIN_ADMIN_CHANGE_LEN: usize = 2 + 2 + 1 + 1 + 1 + 8 + 8 + 2;
@@ -45,6 +46,14 @@ pub enum Message {
     Admin {
         /// The changes.
         changes: Vec<AdminChange>,
+    },
+    /// The secondary's answer to a [`Message::Config`]: applied (and kept),
+    /// or not, and why.
+    Applied {
+        /// The configuration's version.
+        version: u64,
+        /// Why it could not be applied; `None`: applied.
+        error: Option<String>,
     },
     /// Affinity entries. A full snapshot (sent on every (re)connection) is a
     /// run of these from one marked `Begin` to one marked `End`; a receiver
@@ -171,6 +180,7 @@ impl Body {
             Body::Message(Message::Config { .. }) => KIND_CONFIG,
             Body::Message(Message::Admin { .. }) => KIND_ADMIN,
             Body::Message(Message::Sessions { .. }) => KIND_SESSIONS,
+            Body::Message(Message::Applied { .. }) => KIND_APPLIED,
         }
     }
 }
@@ -184,6 +194,7 @@ pub(super) fn kind_name(kind: u8) -> &'static str {
         KIND_CONFIG => "Config",
         KIND_ADMIN => "Admin",
         KIND_SESSIONS => "Sessions",
+        KIND_APPLIED => "Applied",
         _ => "unknown",
     }
 }
@@ -314,6 +325,16 @@ pub(super) fn encode_payload(w: &mut Writer, body: &Body) -> Result<(), SendErro
             w.admin(admin)?;
         }
         Body::Message(Message::Admin { changes }) => w.admin(changes)?,
+        Body::Message(Message::Applied { version, error }) => {
+            w.u64(*version);
+            match error {
+                None => w.u8(0),
+                Some(error) => {
+                    w.u8(1);
+                    w.str16("apply error", error)?;
+                }
+            }
+        }
         Body::Message(Message::Sessions { entries, snapshot }) => {
             match snapshot {
                 None => w.u8(0),
@@ -487,6 +508,15 @@ pub(super) fn decode_body(kind: u8, payload: &[u8]) -> Result<Body, DecodeError>
         KIND_ADMIN => Body::Message(Message::Admin {
             changes: r.admin()?,
         }),
+        KIND_APPLIED => {
+            let version = r.u64()?;
+            let error = if r.flag("apply error presence")? {
+                Some(r.str16()?)
+            } else {
+                None
+            };
+            Body::Message(Message::Applied { version, error })
+        }
         KIND_SESSIONS => {
             let snapshot = match r.u8()? {
                 0 => None,

@@ -2,7 +2,7 @@
 //! that configuration and admin changes never wait behind, or are dropped
 //! for, bulk session traffic.
 //!
-//! - **Control** (`Config`, `Admin`): always taken, and always sent first.
+//! - **Control** (`Config`, `Admin`, `Applied`): always taken, and always sent first.
 //!   They are few and small (one per `lbctl` change or reload), so the queue
 //!   needs no bound of its own.
 //! - **Sessions**: bounded in bytes ([`SESSION_QUEUE_BYTES`]). A batch that
@@ -94,7 +94,9 @@ impl Outbox {
                 q.session_bytes += bytes;
                 q.sessions.push_back((message, bytes));
             }
-            Message::Config { .. } | Message::Admin { .. } => q.control.push_back(message),
+            Message::Config { .. } | Message::Admin { .. } | Message::Applied { .. } => {
+                q.control.push_back(message);
+            }
         }
         drop(q);
         self.0.ready.notify_one();
