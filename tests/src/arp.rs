@@ -29,19 +29,21 @@ pub fn who_answers(
     target: Ipv4Addr,
     wait: Duration,
 ) -> io::Result<Vec<[u8; 6]>> {
-    let interface = interface.to_owned();
-    in_netns(ns, move || ask(&interface, src_mac, src_ip, target, wait))
-        .map_err(|e| io::Error::other(e.to_string()))?
+    let name = CString::new(interface).map_err(io::Error::other)?;
+    in_netns(ns, move || {
+        ask(&name, &frames::arp(src_mac, src_ip, target), target, wait)
+    })
+    .map_err(|e| io::Error::other(e.to_string()))?
 }
 
+/// Sends `request` on interface `name` of this thread's namespace and
+/// collects the replies from `target` for `wait`.
 fn ask(
-    interface: &str,
-    src_mac: [u8; 6],
-    src_ip: Ipv4Addr,
+    name: &CString,
+    request: &[u8],
     target: Ipv4Addr,
     wait: Duration,
 ) -> io::Result<Vec<[u8; 6]>> {
-    let name = CString::new(interface).map_err(io::Error::other)?;
     // SAFETY: `name` is NUL-terminated and outlives the call.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     if index == 0 {
@@ -86,7 +88,6 @@ fn ask(
             tv_len,
         );
     }
-    let request = frames::arp(src_mac, src_ip, target);
     // SAFETY: `request` is a valid buffer; the socket is bound to the interface.
     if unsafe { libc::send(fd.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) } < 0 {
         return Err(io::Error::last_os_error());

@@ -378,6 +378,17 @@ impl Pair {
         Ok(())
     }
 
+    /// Both nodes record admin state `state` for `server`.
+    fn assert_both(&self, server: &str, state: &str, why: &str) {
+        for node in 0..2 {
+            assert_eq!(
+                self.state_of(node, server).as_deref(),
+                Some(state),
+                "node {node}, {server}: {why}"
+            );
+        }
+    }
+
     fn state_of(&self, i: usize, server: &str) -> Option<String> {
         self.nodes[i]
             .admin
@@ -568,18 +579,8 @@ fn admin_changes_replicate_both_ways_and_the_latest_wins() {
 
     pair.heal();
     pair.advance(ADVERT * 3);
-    for node in 0..2 {
-        assert_eq!(
-            pair.state_of(node, "hs1").as_deref(),
-            Some("halt"),
-            "node {node}"
-        );
-        assert_eq!(
-            pair.state_of(node, "hs2").as_deref(),
-            Some("online"),
-            "node {node}"
-        );
-    }
+    pair.assert_both("hs1", "halt", "");
+    pair.assert_both("hs2", "online", "");
 }
 
 /// Issue 12: a change made after seeing the peer's is the later one,
@@ -600,24 +601,14 @@ fn a_ten_minute_clock_skew_changes_nothing() {
             .unwrap_or_else(|e| panic!("{e}"));
         pair.heal();
         pair.advance(ADVERT * 3);
-        for node in 0..2 {
-            assert_eq!(
-                pair.state_of(node, "hs1").as_deref(),
-                Some("halt"),
-                "node {node}, skew {skew} ms: the secondary's later halt"
-            );
-        }
+        let why = format!("skew {skew} ms: the secondary's later halt");
+        pair.assert_both("hs1", "halt", &why);
         // And back: the primary returns hs1 after seeing the halt.
         pair.drain(0, "hs1", AdminState::Online)
             .unwrap_or_else(|e| panic!("{e}"));
         pair.advance(ADVERT);
-        for node in 0..2 {
-            assert_eq!(
-                pair.state_of(node, "hs1").as_deref(),
-                Some("online"),
-                "node {node}, skew {skew} ms: the primary's later online"
-            );
-        }
+        let why = format!("skew {skew} ms: the primary's later online");
+        pair.assert_both("hs1", "online", &why);
     }
 }
 

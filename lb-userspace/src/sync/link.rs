@@ -670,6 +670,16 @@ mod tests {
         }
     }
 
+    /// lb1 (primary) and lb2 (secondary) on loopback with the same key,
+    /// started (not yet paired), and their sync addresses.
+    async fn two_edges() -> (Node, Node, (SocketAddrV4, SocketAddrV4)) {
+        let lo = Ipv4Addr::LOCALHOST;
+        let ((la, a_addr), (lb, b_addr)) = (listener(lo).await, listener(lo).await);
+        let a = start(la, a_addr, b_addr, key(), local("lb1", Role::Primary));
+        let b = start(lb, b_addr, a_addr, key(), local("lb2", Role::Secondary));
+        (a, b, (a_addr, b_addr))
+    }
+
     async fn next_event(node: &mut Node) -> LinkEvent {
         tokio::time::timeout(Duration::from_secs(10), node.events.recv())
             .await
@@ -679,10 +689,7 @@ mod tests {
 
     #[tokio::test]
     async fn two_edges_pair_and_replicate_over_loopback() {
-        let lo = Ipv4Addr::LOCALHOST;
-        let ((la, a_addr), (lb, b_addr)) = (listener(lo).await, listener(lo).await);
-        let mut a = start(la, a_addr, b_addr, key(), local("lb1", Role::Primary));
-        let mut b = start(lb, b_addr, a_addr, key(), local("lb2", Role::Secondary));
+        let (mut a, mut b, _) = two_edges().await;
 
         assert!(matches!(
             next_event(&mut a).await,
@@ -728,10 +735,7 @@ mod tests {
     /// replace or disturb the paired session, in either direction.
     #[tokio::test]
     async fn unauthenticated_connections_from_the_peers_address_do_not_disturb_the_session() {
-        let lo = Ipv4Addr::LOCALHOST;
-        let ((la, a_addr), (lb, b_addr)) = (listener(lo).await, listener(lo).await);
-        let mut a = start(la, a_addr, b_addr, key(), local("lb1", Role::Primary));
-        let mut b = start(lb, b_addr, a_addr, key(), local("lb2", Role::Secondary));
+        let (mut a, mut b, (a_addr, b_addr)) = two_edges().await;
         assert!(matches!(
             next_event(&mut a).await,
             LinkEvent::Connected { .. }
