@@ -17,6 +17,7 @@ use crate::{
     options::Options,
     report::write_outputs,
     scenario::{
+        census::CensusFigures,
         control::{control_plane, ControlPlane},
         flood::FloodFigures,
         ha::HaStall,
@@ -38,6 +39,7 @@ pub(crate) struct Findings {
     pub(crate) control_errors: Vec<String>,
     pub(crate) health: Result<HealthFailover, String>,
     pub(crate) flood: Result<FloodFigures, String>,
+    pub(crate) census: Result<CensusFigures, String>,
     pub(crate) ha: Vec<HaStall>,
     pub(crate) elapsed: Duration,
 }
@@ -168,6 +170,22 @@ pub fn run_bench(opts: &Options) -> Result<Outcome> {
     };
     check_stop()?;
 
+    let census = if wants("census") {
+        eprintln!("bench: lbd's CPU with a million active clients, and their snapshot to a peer");
+        let entries = if opts.quick { 100_000 } else { 1_000_000 };
+        let result = lab.census_bench(entries).map_err(|e| format!("{e:#}"));
+        if let Err(e) = &result {
+            eprintln!(
+                "bench:   not measured: {}",
+                e.lines().next().unwrap_or_default()
+            );
+        }
+        result
+    } else {
+        Err("skipped (LB_BENCH_ONLY)".into())
+    };
+    check_stop()?;
+
     let mut ha = Vec::new();
     let adverts: &[u64] = match (wants("ha"), opts.quick) {
         (false, _) => &[],
@@ -202,6 +220,7 @@ pub fn run_bench(opts: &Options) -> Result<Outcome> {
         control_errors,
         health,
         flood,
+        census,
         ha,
         elapsed: started.elapsed(),
     };

@@ -1931,3 +1931,98 @@ fn a_vip_added_by_reload_on_the_primary_keeps_one_master() {
         "the secondary has the primary's new service"
     );
 }
+
+/// Issue 12: 20 rounds of `kill -9` of the master under load, restarting it
+/// each time (it takes over again once it has the sessions). A long-lived
+/// TCP connection survives every round on one server, no client ever
+/// changes server, and after each takeover the dead node never answers ARP
+/// for the VIP.
+#[test]
+fn twenty_kills_of_the_master_under_load_move_no_client() {
+    const ROUNDS: usize = 20;
+    let mut pair = start_pair(Keys::Same);
+    let sources = pair.sources(0..ROUND_SOURCES);
+    let long_source = pair.lab.client_sources()[SOURCES - 1];
+    let ka = start_keepalive(&mut pair.lab, long_source, Duration::from_secs(600));
+    let before = sticky_round(&pair.lab, &sources, 1);
+    // From here clients stay on their servers only by their table entries.
+    grow_to_rs4(&pair);
+    let mut expected = before.clone();
+    let long_server = affinity(&pair.lb1, long_source)["server"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        !long_server.is_empty(),
+        "the long-lived connection has an affinity entry"
+    );
+    expected.insert(long_source, long_server.clone());
+    let lb1_mac = mac(pair.lab.lb_mac());
+    let key = pair.lab.dir().join("lb1.key");
+    let config = primary_config(&pair.lab, &key, 4);
+    let ns1 = pair.lab.lb_ns().to_string();
+    let takeover = master_down_interval(advert(), ClusterSpec::secondary(&pair.lab, None).priority);
+    let started = Instant::now();
+    for round in 1..=ROUNDS {
+        let _ = wait_table(&pair.lb2, &expected, session_sync());
+        pair.lb1
+            .crash(&mut pair.lab)
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        pair.lb2
+            .wait_ha(&mut pair.lab, takeover + SLACK, "lb2 master", |v| {
+                v["state"] == "master"
+            })
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let answerers = vip_answerers(&pair.lab);
+        assert!(
+            !answerers.contains(&lb1_mac),
+            "round {round}: the dead master answered ARP for the VIP after the takeover: {answerers:?}"
+        );
+        let during = sticky_round(&pair.lab, &sources, 1);
+        assert_eq!(
+            during, before,
+            "round {round}: clients moved at the takeover"
+        );
+        pair.lb1 = Lbd::start_named(&mut pair.lab, &ns1, "lb1", &config)
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        pair.lb1
+            .wait_ha(
+                &mut pair.lab,
+                Duration::from_secs(20),
+                "lb1 master again",
+                |v| v["state"] == "master",
+            )
+            .unwrap_or_else(|e| panic!("round {round}: {e}\n{}", pair.lb1.log_text()));
+        pair.lb2
+            .wait_ha(
+                &mut pair.lab,
+                Duration::from_secs(5),
+                "lb2 backup again",
+                |v| v["state"] == "backup",
+            )
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let back = sticky_round(&pair.lab, &sources, 1);
+        assert_eq!(
+            back, before,
+            "round {round}: clients moved when lb1 came back"
+        );
+        eprintln!("round {round} done at {:?}", started.elapsed());
+    }
+    let report = stop_keepalive(&mut pair.lab, ka);
+    assert!(
+        report.error.is_none(),
+        "the long-lived connection broke: {:?}; {}",
+        report.error,
+        report.raw
+    );
+    assert_eq!(
+        report.servers.keys().collect::<Vec<_>>(),
+        vec![&long_server],
+        "the long-lived connection stayed on its server"
+    );
+    assert!(
+        report.answers >= 10 * ROUNDS as u64,
+        "answers throughout: {}",
+        report.raw
+    );
+}

@@ -72,6 +72,13 @@ pub(super) fn findings_json(f: &Findings, targets: &[Target]) -> Value {
             Err(e) => json!({"error": e}),
         },
         "flood": flood_json(f),
+        "census": match &f.census {
+            Ok(c) => json!({"entries": c.entries, "fill_s": c.fill_s,
+                            "single_cpu_pct": c.single_cpu_pct, "single_counted_s": c.single_counted_s,
+                            "master_cpu_pct": c.master_cpu_pct, "snapshot_s": c.snapshot_s,
+                            "snapshot_master_cpu_pct": c.snapshot_master_cpu_pct}),
+            Err(e) => json!({"error": e}),
+        },
         "ha": f.ha.iter().map(|h| match &h.result {
             Ok(m) => json!({"advert_ms": h.advert_ms, "stall_ms": m.stall_ms, "recovered": m.recovered,
                             "failed_attempts": m.failed_attempts, "failing_sources": m.failing_sources,

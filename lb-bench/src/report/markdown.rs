@@ -396,6 +396,7 @@ pub(super) fn markdown(found: &Findings) -> (String, Vec<Target>) {
     out.push('\n');
 
     flood_section(&mut out, found, &mut targets);
+    super::census::census_section(&mut out, found, &mut targets);
 
     let _ = writeln!(out, "### HA pair: `kill -9` of the master\n");
     let _ = writeln!(out, "| advertisements | traffic stall | expected takeover (3 x advert + skew) | failed attempts | answers after, on another server than before |");

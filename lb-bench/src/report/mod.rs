@@ -2,6 +2,7 @@
 //! markers, so the hand-written text around them stays),
 //! `bench/results.svg` and `bench/results.json`.
 
+mod census;
 mod chart;
 mod json;
 mod markdown;

@@ -4,6 +4,7 @@
 //! flood of spoofed sources and the HA pair's failover.
 
 pub(crate) mod apply;
+pub(crate) mod census;
 pub(crate) mod control;
 pub(crate) mod drain;
 pub(crate) mod flood;

@@ -10,10 +10,23 @@ use super::{Balancer, Result};
 use crate::dataplane::Maps;
 
 /// Service timeouts and real-server slots, to judge affinity entries.
+/// Indexed by service id and real-server index (both small), so judging an
+/// entry costs two array reads: a pass reads a million of them a second.
 #[derive(Clone, Debug, Default)]
 pub struct CensusKey {
-    timeouts: BTreeMap<u32, u64>,
-    slots: BTreeMap<u32, (u32, bool)>,
+    /// Timeout (ns) per service id; `None` for ids not in use.
+    timeouts: Vec<Option<u64>>,
+    /// (address, keeps clients) per real-server index.
+    slots: Vec<Option<(u32, bool)>>,
+}
+
+/// `v[i]`, growing `v` to hold it.
+fn slot<T: Clone>(v: &mut Vec<Option<T>>, i: u32) -> &mut Option<T> {
+    let i = i as usize;
+    if v.len() <= i {
+        v.resize(i + 1, None);
+    }
+    &mut v[i]
 }
 
 /// How long past its expiry an entry stays before lbd removes it: the data
@@ -34,10 +47,32 @@ impl CensusKey {
     #[must_use]
     pub fn sweepable(&self, k: &AffinityKey, v: &Affinity, now_ns: u64) -> bool {
         let age = now_ns.saturating_sub(v.last_seen_ns);
-        match self.timeouts.get(&k.service_id) {
+        match self.timeout(k.service_id) {
             Some(timeout) => age > timeout.saturating_add(SWEEP_MARGIN_NS),
             None => age > UNKNOWN_SERVICE_GRACE_NS,
         }
+    }
+
+    /// The timeout of service `id`, if the key knows it.
+    #[must_use]
+    pub fn timeout(&self, id: u32) -> Option<u64> {
+        self.timeouts.get(id as usize).copied().flatten()
+    }
+
+    /// The real-server index whose client this entry is, if it is live:
+    /// within its service's timeout, for a slot that still holds the same
+    /// address and keeps clients.
+    #[must_use]
+    pub fn live_real(&self, k: &AffinityKey, v: &Affinity, now_ns: u64) -> Option<u32> {
+        let timeout = self.timeout(k.service_id)?;
+        let live = now_ns.saturating_sub(v.last_seen_ns) <= timeout;
+        let valid = self
+            .slots
+            .get(v.real as usize)
+            .copied()
+            .flatten()
+            .is_some_and(|(address, keeps)| address == v.real_address && keeps);
+        (live && valid).then_some(v.real)
     }
 }
 
@@ -52,24 +87,41 @@ pub struct Census {
     pub entries: u64,
 }
 
-impl Census {
-    /// Counts one entry; returns whether it is live (within its timeout, for
-    /// a server that still keeps clients).
+/// A census being taken: counts in an array by real-server index.
+#[derive(Debug, Default)]
+pub struct Tally {
+    per_real: Vec<u64>,
+    live: u64,
+    entries: u64,
+}
+
+impl Tally {
+    /// Counts one entry; returns whether it is live (see [`CensusKey::live_real`]).
     pub fn add(&mut self, key: &CensusKey, k: &AffinityKey, v: &Affinity, now_ns: u64) -> bool {
         self.entries += 1;
-        let Some(timeout) = key.timeouts.get(&k.service_id) else {
+        let Some(real) = key.live_real(k, v, now_ns) else {
             return false;
         };
-        let live = now_ns.saturating_sub(v.last_seen_ns) <= *timeout;
-        let valid = key
-            .slots
-            .get(&v.real)
-            .is_some_and(|(address, keeps)| *address == v.real_address && *keeps);
-        if live && valid {
-            *self.per_real.entry(v.real).or_insert(0) += 1;
-            self.live += 1;
+        let i = real as usize;
+        if self.per_real.len() <= i {
+            self.per_real.resize(i + 1, 0);
         }
-        live && valid
+        self.per_real[i] += 1;
+        self.live += 1;
+        true
+    }
+
+    /// The counts taken.
+    #[must_use]
+    pub fn finish(self) -> Census {
+        Census {
+            per_real: (0_u32..)
+                .zip(self.per_real)
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            live: self.live,
+            entries: self.entries,
+        }
     }
 }
 
@@ -82,11 +134,11 @@ pub fn census(
     key: &CensusKey,
     now_ns: u64,
 ) -> Result<Census> {
-    let mut out = Census::default();
+    let mut out = Tally::default();
     scan.scan(&mut |k, v| {
         out.add(key, k, v, now_ns);
     })?;
-    Ok(out)
+    Ok(out.finish())
 }
 
 impl<M: Maps> Balancer<M> {
@@ -96,12 +148,10 @@ impl<M: Maps> Balancer<M> {
     pub fn census_key(&self) -> CensusKey {
         let mut key = CensusKey::default();
         for s in self.services.values() {
-            key.timeouts.insert(s.id, s.timeout_ns());
+            *slot(&mut key.timeouts, s.id) = Some(s.timeout_ns());
             for r in &s.reals {
-                key.slots.insert(
-                    r.index,
-                    (u32::from_ne_bytes(r.address.octets()), r.keeps_clients()),
-                );
+                *slot(&mut key.slots, r.index) =
+                    Some((u32::from_ne_bytes(r.address.octets()), r.keeps_clients()));
             }
         }
         key
@@ -112,12 +162,12 @@ impl<M: Maps> Balancer<M> {
     /// # Errors
     /// A failed map read.
     pub fn active_clients(&self, now_ns: u64) -> Result<BTreeMap<u32, u64>> {
-        let mut census_out = Census::default();
+        let mut tally = Tally::default();
         let key = self.census_key();
         self.maps.for_each_affinity(&mut |k, v| {
-            census_out.add(&key, k, v, now_ns);
+            tally.add(&key, k, v, now_ns);
         })?;
-        Ok(census_out.per_real)
+        Ok(tally.finish().per_real)
     }
 }
 

@@ -30,7 +30,7 @@ use lb_common::{
 };
 
 pub use self::affinity::AffinityAnswer;
-pub use self::census::{census, Census, CensusKey};
+pub use self::census::{census, Census, CensusKey, Tally};
 pub use self::plan::plan;
 pub use self::state::{ring_for, Health, RealState, ServiceState};
 use crate::{

@@ -1,7 +1,8 @@
 //! Active-client counting: a background thread passes over the affinity
-//! table about once a second, counts live entries per real server, removes
-//! entries well past their expiry (the table never evicts by itself), and
-//! in a pair also collects what the master streams to its peer.
+//! table about once a second (batched reads, an array lookup per entry),
+//! counts live entries per real server, removes entries well past their
+//! expiry (the table never evicts by itself), and on a paired master also
+//! finds what to stream to the peer ([`crate::sync::StreamTracker`]).
 
 use std::{
     sync::{
@@ -15,38 +16,56 @@ use lb_common::{Affinity, AffinityKey};
 
 use super::Daemon;
 use crate::{
-    balancer::{Census, CensusKey},
+    balancer::{Census, CensusKey, Tally},
     dataplane::AffinityScan,
     monotonic_ns,
+    sync::{self, PassOutcome, StreamTracker},
 };
 
 /// How often active clients are counted (a pass over the affinity table).
 pub(super) const CENSUS_EVERY: Duration = Duration::from_secs(1);
 
 /// Active-client counting, shared with its background thread. In a pair the
-/// same pass also collects the entries the master streams to its peer.
+/// same pass also finds what the master streams to its peer.
 #[derive(Default)]
 pub(super) struct CensusShared {
     pub(super) key: CensusKey,
     pub(super) latest: Census,
-    /// Collect changed entries for the sync stream.
-    pub(super) collect: bool,
-    /// Entries written since the pass before (bounded by `MAX_STREAMED`).
-    pub(super) changed: Vec<(AffinityKey, Affinity)>,
-    /// Collect every live entry on the next pass (a snapshot for the peer).
-    pub(super) want_full: bool,
-    /// That snapshot, once taken.
-    pub(super) full: Option<Vec<(AffinityKey, Affinity)>>,
+    pub(super) stream: StreamShared,
 }
 
-/// Most entries one pass hands to the sync stream; more wait for the next.
-const MAX_STREAMED: usize = 2_000_000;
+/// A change to the stream's tracker, made before the next pass.
+pub(super) type StreamCommand = Box<dyn FnOnce(&mut StreamTracker) + Send>;
+
+/// The session stream between the daemon and the census thread.
+#[derive(Default)]
+pub(super) struct StreamShared {
+    /// Streaming (this node is a paired master).
+    pub(super) on: bool,
+    /// Bumped when the stream restarts or resumes: a pass taken before is
+    /// not sent.
+    pub(super) epoch: u64,
+    /// For the tracker, in order.
+    pub(super) commands: Vec<StreamCommand>,
+    /// The last pass's entries, waiting for the daemon. Until the daemon
+    /// takes them no pass adds more: a slow peer slows the stream.
+    pub(super) ready: Option<ReadyPass>,
+}
+
+/// One pass of the stream, for the daemon to send.
+pub(super) struct ReadyPass {
+    pub(super) epoch: u64,
+    pub(super) entries: Vec<(AffinityKey, Affinity)>,
+    pub(super) outcome: PassOutcome,
+    /// Live entries in the table.
+    pub(super) total: u64,
+}
 
 /// Most entries one pass removes (a system call each); more wait for the next.
 const MAX_SWEPT: usize = 500_000;
 
 /// Counts active clients every [`CENSUS_EVERY`] until `stop` is set, and
-/// collects entries for the sync stream when asked to.
+/// finds what to stream while asked to.
 #[expect(
     clippy::needless_pass_by_value,
     reason = "owned by the thread it runs on"
@@ -56,70 +75,90 @@ pub(super) fn census_thread(
     shared: Arc<Mutex<CensusShared>>,
     stop: Arc<AtomicBool>,
 ) {
-    let mut since = 0_u64;
+    let mut tracker = StreamTracker::default();
     while !stop.load(Ordering::Relaxed) {
-        let Ok((key, collect, want_full)) = shared
-            .lock()
-            .map(|s| (s.key.clone(), s.collect, s.want_full))
-        else {
+        let Ok((key, stream, epoch)) = shared.lock().map(|mut s| {
+            for command in std::mem::take(&mut s.stream.commands) {
+                command(&mut tracker);
+            }
+            let stream = s.stream.on && s.stream.ready.is_none();
+            (s.key.clone(), stream, s.stream.epoch)
+        }) else {
             return;
         };
         let started = monotonic_ns();
-        let mut census = Census::default();
-        let mut changed = Vec::new();
-        let mut full = Vec::new();
+        let mut tally = Tally::default();
+        let mut streamed = Vec::new();
         let mut dead = Vec::new();
+        if stream {
+            tracker.start_pass();
+        }
         let result = scanner.scan(&mut |k, v| {
-            let live = census.add(&key, k, v, started);
+            let live = tally.add(&key, k, v, started);
             if !live && dead.len() < MAX_SWEPT && key.sweepable(k, v, started) {
                 dead.push(*k);
             }
-            if live && collect && v.last_seen_ns >= since && changed.len() < MAX_STREAMED {
-                changed.push((*k, *v));
-            }
-            if live && want_full {
-                full.push((*k, *v));
+            if live && stream {
+                let refresh = key.timeout(k.service_id).map_or(u64::MAX, sync::refresh_ns);
+                if tracker.offer(k, v, refresh) {
+                    streamed.push((*k, *v));
+                }
             }
         });
-        sweep(scanner.as_mut(), &key, &dead);
+        for k in sweep(scanner.as_mut(), &key, &dead) {
+            tracker.forget(&k);
+        }
+        let outcome = stream.then(|| tracker.end_pass());
         match result {
             Ok(()) => {
                 if let Ok(mut s) = shared.lock() {
+                    let census = tally.finish();
+                    if let Some(outcome) = outcome {
+                        s.stream.ready = Some(ReadyPass {
+                            epoch,
+                            entries: streamed,
+                            outcome,
+                            total: census.live,
+                        });
+                    }
                     s.latest = census;
-                    if collect {
-                        s.changed.extend(changed);
-                        s.changed.truncate(MAX_STREAMED);
-                    }
-                    if want_full {
-                        s.want_full = false;
-                        s.full = Some(full);
-                    }
                 }
-                since = started;
             }
-            Err(error) => log::warn!("counting active clients: {error}"),
+            Err(error) => {
+                if stream {
+                    // The pass may have recorded entries it never handed over.
+                    tracker.resume();
+                }
+                log::warn!("counting active clients: {error}");
+            }
         }
         std::thread::sleep(CENSUS_EVERY);
     }
 }
 
 /// Removes the entries found dead, each checked again just before (the
-/// data path may have renewed it since the pass read it).
-fn sweep(scanner: &mut dyn AffinityScan, key: &CensusKey, dead: &[AffinityKey]) {
-    let mut removed = 0_usize;
+/// data path may have renewed it since the pass read it). Returns those
+/// removed.
+fn sweep(
+    scanner: &mut dyn AffinityScan,
+    key: &CensusKey,
+    dead: &[AffinityKey],
+) -> Vec<AffinityKey> {
+    let mut removed = Vec::new();
     for k in dead {
         match scanner.remove_if(k, &|v| key.sweepable(k, v, monotonic_ns())) {
-            Ok(true) => removed += 1,
+            Ok(true) => removed.push(*k),
             Ok(false) => {}
             Err(error) => {
                 log::warn!("removing expired persistence entries: {error}");
-                return;
+                break;
             }
         }
     }
-    if removed > 0 {
-        log::debug!("removed {removed} expired persistence entries");
+    if !removed.is_empty() {
+        log::debug!("removed {} expired persistence entries", removed.len());
     }
+    removed
 }
 
 impl Daemon {

@@ -1,14 +1,15 @@
-//! The HA pair's I/O shell: feeds the [`Coordinator`] what the VRRP socket
-//! and the sync link deliver, with the time, and carries out what it asks
-//! for (VIPs, gratuitous ARP, messages to the peer, replicated
-//! configuration, admin changes and sessions). The policy lives in
-//! [`crate::ha::coordinator`]; nothing here decides.
+//! The HA pair's I/O shell: carries out what the [`Coordinator`] asks for
+//! (VIPs, gratuitous ARP, messages to the peer, replicated configuration,
+//! admin changes and sessions) and tells it of local changes. The
+//! coordinator and the VRRP socket run on their own thread
+//! ([`super::ha_thread`]); the policy lives in [`crate::ha::coordinator`];
+//! nothing here decides.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
     path::PathBuf,
     sync::Arc,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::Context as _;
@@ -19,11 +20,13 @@ use crate::{
     audit::Actor,
     config::{self, Config},
     control::protocol::HaStatus,
-    ha::{Coordinator, HaAction, Outgoing, Received, Settings, VrrpSocket},
+    ha::{Coordinator, HaAction, Outgoing, Settings, StreamStep},
     monotonic_ns, state_file,
     sync::{self, LinkConfig, LinkEvent, LinkStats, Local, Message, SyncKey},
     vrrp,
 };
+
+use super::ha_thread::{HaThread, SocketPlace};
 
 /// The sync link as the daemon holds it.
 struct Link {
@@ -32,59 +35,29 @@ struct Link {
     peer: SocketAddrV4,
 }
 
-/// One node of the pair: the coordinator and its I/O.
+/// One node of the pair: the coordinator on its thread, and the sync link.
 pub(super) struct Cluster {
-    pub(super) coordinator: Coordinator,
-    socket: Arc<VrrpSocket>,
+    pub(super) ha: HaThread,
     link: Option<Link>,
 }
 
-/// Where the cluster's inputs arrive.
-pub(super) struct ClusterInputs {
-    pub(super) vrrp: mpsc::Receiver<Received>,
-    pub(super) sync: mpsc::Receiver<LinkEvent>,
-}
+/// Bytes of sessions waiting for the peer above which the stream waits.
+const STREAM_BACKLOG: usize = 16 << 20;
 
 /// The file the secondary keeps the primary's configuration in.
 pub(super) fn replicated_path(state_dir: &std::path::Path) -> PathBuf {
     state_dir.join("replicated.yaml")
 }
 
-/// Opens the VRRP socket and the sync link, and starts the coordinator.
+/// Opens the sync link and starts the coordinator on its thread, with the
+/// VRRP socket. Returns the actions the daemon must carry out.
 pub(super) async fn start(
     config: &Config,
     cluster: &config::Cluster,
     ifindex: u32,
     local: Ipv4Addr,
     vips: Vec<Ipv4Addr>,
-) -> anyhow::Result<(Cluster, ClusterInputs)> {
-    let socket = Arc::new(VrrpSocket::open(
-        &config.node.interface,
-        ifindex,
-        local,
-        cluster.peer.is_some(),
-    )?);
-    let (vrrp_tx, vrrp_rx) = mpsc::channel(256);
-    {
-        let socket = socket.clone();
-        tokio::spawn(async move {
-            loop {
-                match socket.recv().await {
-                    Ok(Some(packet)) => {
-                        if vrrp_tx.send(packet).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(error) => {
-                        log::warn!("VRRP socket: {error}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        });
-    }
-
+) -> anyhow::Result<(Cluster, mpsc::Receiver<HaAction>)> {
     let (link, sync_rx) = start_sync(config, cluster).await?;
 
     let vrrp_config = vrrp::Config {
@@ -107,6 +80,13 @@ pub(super) async fn start(
             sync: held,
         },
     );
+    let place = SocketPlace {
+        interface: config.node.interface.clone(),
+        ifindex,
+        local,
+        unicast: cluster.peer.is_some(),
+    };
+    let (ha, actions) = HaThread::start(coordinator, place, sync_rx)?;
     log::info!(
         "cluster: VRRP vrid {} from {local} to {}, priority {}{}",
         cluster.vrid,
@@ -120,17 +100,7 @@ pub(super) async fn start(
             ""
         }
     );
-    Ok((
-        Cluster {
-            coordinator,
-            socket,
-            link,
-        },
-        ClusterInputs {
-            vrrp: vrrp_rx,
-            sync: sync_rx,
-        },
-    ))
+    Ok((Cluster { ha, link }, actions))
 }
 
 /// Opens the sync link when `cluster.sync` is configured.
@@ -188,80 +158,49 @@ impl Daemon {
     pub(super) fn holds_vips(&self) -> bool {
         self.cluster
             .as_ref()
-            .is_none_or(|c| c.coordinator.is_master())
+            .is_none_or(|c| c.ha.read(Coordinator::is_master))
     }
 
-    /// When the coordinator's next timer is due.
-    pub(super) fn ha_deadline(&self) -> Option<Instant> {
-        self.cluster.as_ref()?.coordinator.poll_timeout()
+    /// Runs `f` on the coordinator, if this node is one of a pair.
+    fn ha<R>(&self, f: impl FnOnce(&mut Coordinator, Instant) -> R) -> Option<R> {
+        self.cluster.as_ref().map(|c| c.ha.with(f))
     }
 
-    pub(super) async fn on_vrrp_packet(&mut self, packet: Received) {
-        if let Some(c) = self.cluster.as_mut() {
-            c.coordinator.handle_vrrp(Instant::now(), &packet);
+    /// At shutdown: a master says priority 0 so the peer takes over at once;
+    /// the VIPs go; the VRRP thread stops.
+    pub(super) async fn stop_cluster(&mut self, actions: &mut mpsc::Receiver<HaAction>) {
+        self.ha(|c, now| c.shutdown(now));
+        while let Ok(action) = actions.try_recv() {
+            self.carry_out(action).await;
         }
-        self.carry_out_ha().await;
-    }
-
-    pub(super) async fn on_ha_timer(&mut self) {
         if let Some(c) = self.cluster.as_mut() {
-            c.coordinator.handle_timeout(Instant::now());
+            c.ha.stop();
         }
-        self.carry_out_ha().await;
-    }
-
-    pub(super) async fn on_sync(&mut self, event: LinkEvent) {
-        if let Some(c) = self.cluster.as_mut() {
-            c.coordinator.handle_sync(Instant::now(), event);
-        }
-        self.carry_out_ha().await;
-    }
-
-    /// At shutdown: a master says priority 0 so the peer takes over at once.
-    pub(super) async fn stop_cluster(&mut self) {
-        if let Some(c) = self.cluster.as_mut() {
-            c.coordinator.shutdown(Instant::now());
-        }
-        self.carry_out_ha().await;
     }
 
     /// The primary's configuration changed: the peer gets it.
     pub(super) fn replicate_config(&mut self) {
-        if let Some(c) = self.cluster.as_mut() {
-            c.coordinator.config_changed();
-        }
+        self.ha(|c, _| c.config_changed());
     }
 
     /// An admin change was made here: the peer gets it.
     pub(super) fn replicate_admin(&mut self, service: &str, server: &str) {
-        if let Some(c) = self.cluster.as_mut() {
-            c.coordinator.admin_changed(service, server);
-        }
+        self.ha(|c, _| c.admin_changed(service, server));
     }
 
-    /// Carries out everything the coordinator asked for.
-    pub(super) async fn carry_out_ha(&mut self) {
-        loop {
-            let Some(action) = self
-                .cluster
-                .as_mut()
-                .and_then(|c| c.coordinator.poll_action())
-            else {
-                return;
-            };
-            self.carry_out(action).await;
-        }
+    /// The configuration's VIPs changed: advertisements list them.
+    pub(super) fn vips_changed(
+        &mut self,
+        vips: Vec<Ipv4Addr>,
+    ) -> Option<Result<(), vrrp::ConfigError>> {
+        self.ha(|c, now| c.vips_changed(now, vips))
     }
 
-    async fn carry_out(&mut self, action: HaAction) {
+    /// Carries out one action of the coordinator.
+    pub(super) async fn carry_out(&mut self, action: HaAction) {
         match action {
-            HaAction::SendVrrp { to, message } => {
-                if let Some(c) = self.cluster.as_ref() {
-                    if let Err(error) = c.socket.send(to, &message) {
-                        log::warn!("VRRP: sending to {to}: {error}");
-                    }
-                }
-            }
+            // Sent by the VRRP thread itself; never handed out.
+            HaAction::SendVrrp { .. } => {}
             HaAction::AddVips => {
                 let wanted = super::wanted_vips(&self.config);
                 match self.vips.set(&wanted).await {
@@ -273,6 +212,7 @@ impl Daemon {
                 self.publish_held_vips(None);
             }
             HaAction::RemoveVips => {
+                self.stop_stream();
                 self.publish_held_vips(Some(&std::collections::BTreeSet::new()));
                 match self.vips.remove_all().await {
                     Ok(()) => log::warn!("cluster: VIPs released"),
@@ -305,9 +245,7 @@ impl Daemon {
                         Some(format!("{error:#}"))
                     }
                 };
-                if let Some(c) = self.cluster.as_mut() {
-                    c.coordinator.config_applied(version, error);
-                }
+                self.ha(|c, _| c.config_applied(version, error));
             }
             HaAction::MergeAdmin(changes) => {
                 let mut changed = false;
@@ -331,7 +269,8 @@ impl Daemon {
                     Err(error) => log::error!("sync: installing affinity entries: {error}"),
                 }
             }
-            HaAction::StreamSessions { full } => self.stream_sessions(full),
+            HaAction::StreamSessions(step) => self.stream_sessions(step),
+            HaAction::SessionsConfirmed { pass } => self.stream_command(move |t| t.confirmed(pass)),
             HaAction::StateChanged { from, to } => {
                 log::warn!("cluster: VRRP {from} -> {to}");
             }
@@ -354,15 +293,20 @@ impl Daemon {
                 changes: self.admin.recorded(&service, &server).into_iter().collect(),
             },
         };
-        self.queue_for_peer(message);
+        let _ = self.queue_for_peer(message);
     }
 
-    fn queue_for_peer(&self, message: Message) {
+    /// Queues `message` for the peer; false when the queue refused it.
+    fn queue_for_peer(&self, message: Message) -> bool {
         let Some(link) = self.cluster.as_ref().and_then(|c| c.link.as_ref()) else {
-            return;
+            return false;
         };
-        if let Err(error) = link.outgoing.push(message) {
-            log::warn!("sync: {error}");
+        match link.outgoing.push(message) {
+            Ok(()) => true,
+            Err(error) => {
+                log::warn!("sync: {error}");
+                false
+            }
         }
     }
 
@@ -371,9 +315,9 @@ impl Daemon {
         let name = self
             .cluster
             .as_ref()
-            .and_then(|c| c.coordinator.peer_node())
-            .unwrap_or("the peer");
-        Actor::Peer(name.to_owned())
+            .and_then(|c| c.ha.read(|c| c.peer_node().map(str::to_owned)))
+            .unwrap_or_else(|| "the peer".to_owned());
+        Actor::Peer(name)
     }
 
     /// Takes a peer's admin change if newer; returns whether it was taken.
@@ -443,49 +387,90 @@ impl Daemon {
         Ok(())
     }
 
-    /// Streams affinity entries: asks the census for the full table when
-    /// `full` (it is sent once taken), else sends what changed since the
-    /// last pass (and a full table taken meanwhile).
-    fn stream_sessions(&mut self, full: bool) {
-        let Ok(mut shared) = self.census.lock() else {
-            return;
-        };
-        shared.collect = true;
-        if full {
-            // The snapshot carries everything: what piled up before is moot.
-            shared.changed.clear();
-            shared.want_full = true;
+    /// The session stream: starts over or resumes (the census thread's
+    /// next pass finds what to send), or sends the pass the census found.
+    fn stream_sessions(&mut self, step: StreamStep) {
+        match step {
+            StreamStep::Restart | StreamStep::Resume => {
+                if let Ok(mut shared) = self.census.lock() {
+                    let stream = &mut shared.stream;
+                    stream.on = true;
+                    stream.epoch += 1;
+                    stream.ready = None;
+                    stream.commands.push(if step == StreamStep::Restart {
+                        Box::new(sync::StreamTracker::restart)
+                    } else {
+                        Box::new(sync::StreamTracker::resume)
+                    });
+                }
+            }
+            StreamStep::Next => self.send_stream_pass(),
+        }
+    }
+
+    /// Sends the pass the census found, unless the queue to the peer still
+    /// holds more than [`STREAM_BACKLOG`] bytes (the pass then waits, and
+    /// the census finds no more meanwhile).
+    fn send_stream_pass(&mut self) {
+        let backlog = self
+            .cluster
+            .as_ref()
+            .and_then(|c| c.link.as_ref())
+            .map_or(0, |l| l.outgoing.session_bytes());
+        if backlog > STREAM_BACKLOG {
             return;
         }
-        let (changed, full_table) = (std::mem::take(&mut shared.changed), shared.full.take());
-        drop(shared);
+        let Some(pass) = self
+            .census
+            .lock()
+            .ok()
+            .and_then(|mut s| (s.stream.on).then(|| s.stream.ready.take()).flatten())
+        else {
+            return;
+        };
+        let epoch = self.census.lock().map_or(0, |s| s.stream.epoch);
+        if pass.epoch != epoch {
+            return;
+        }
         let now = monotonic_ns();
-        let convert = |entries: Vec<(lb_common::AffinityKey, lb_common::Affinity)>| -> Vec<sync::SessionEntry> {
-            entries
-                .iter()
-                .filter_map(|(k, v)| self.balancer.session_entry(k, v, now))
-                .collect()
-        };
-        if let Some(table) = full_table {
-            for message in sync::session_batches(convert(table), true) {
-                self.queue_for_peer(message);
+        let entries: Vec<sync::SessionEntry> = pass
+            .entries
+            .iter()
+            .filter_map(|(k, v)| self.balancer.session_entry(k, v, now))
+            .collect();
+        for message in sync::stream_messages(entries, &pass.outcome, pass.total) {
+            if !self.queue_for_peer(message) {
+                // The rest of the pass (its end and mark included) is not
+                // sent: what the peer did not confirm goes again.
+                self.stream_command(sync::StreamTracker::resume);
+                return;
             }
         }
-        if !changed.is_empty() {
-            for message in sync::session_batches(convert(changed), false) {
-                self.queue_for_peer(message);
-            }
+    }
+
+    /// Changes the stream's tracker before the census's next pass.
+    fn stream_command(&self, command: impl FnOnce(&mut sync::StreamTracker) + Send + 'static) {
+        if let Ok(mut shared) = self.census.lock() {
+            shared.stream.commands.push(Box::new(command));
+        }
+    }
+
+    /// This node stopped being master: nothing more to stream.
+    fn stop_stream(&self) {
+        if let Ok(mut shared) = self.census.lock() {
+            shared.stream.on = false;
+            shared.stream.ready = None;
         }
     }
 
     /// Why `lbctl apply` is refused here, if it is.
     pub(super) fn refuse_apply(&self) -> Option<String> {
-        self.cluster.as_ref()?.coordinator.refuse_apply()
+        self.cluster.as_ref()?.ha.read(Coordinator::refuse_apply)
     }
 
     /// Why an admin change is refused here, if it is.
     pub(super) fn refuse_admin(&self) -> Option<String> {
-        self.cluster.as_ref()?.coordinator.refuse_admin()
+        self.cluster.as_ref()?.ha.read(Coordinator::refuse_admin)
     }
 
     /// `lbctl ha`.
@@ -494,12 +479,12 @@ impl Daemon {
             return HaStatus::standalone();
         };
         let link = c.link.as_ref().map(|l| (l.peer, l.stats.snapshot()));
-        c.coordinator.status(Instant::now(), link)
+        c.ha.read(|coordinator| coordinator.status(Instant::now(), link))
     }
 
     pub(super) fn sync_connected(&self) -> bool {
         self.cluster
             .as_ref()
-            .is_some_and(|c| c.coordinator.connected())
+            .is_some_and(|c| c.ha.read(Coordinator::connected))
     }
 }

@@ -10,6 +10,7 @@
 mod advice;
 mod census;
 mod cluster;
+mod ha_thread;
 mod neighbours;
 mod requests;
 mod status;
@@ -270,14 +271,13 @@ impl Daemon {
         self.attach_mode = self
             .program
             .attach(&config.node.interface, attach_mode(config.node.xdp_mode))?;
-        let (mut vrrp_packets, mut sync_events) = match &config.cluster {
+        let mut ha_actions = match &config.cluster {
             None => {
                 let added = self.vips.set(&wanted_vips(&config)).await?;
                 self.publish_held_vips(None);
                 log::info!("single node: VIPs added: {added:?}");
-                let (_, vrrp) = mpsc::channel(1);
-                let (_, sync) = mpsc::channel(1);
-                (vrrp, sync)
+                let (_, none) = mpsc::channel(1);
+                none
             }
             Some(cluster_config) => {
                 let local = self.vips.primary_address().await?.ok_or_else(|| {
@@ -287,11 +287,10 @@ impl Daemon {
                     )
                 })?;
                 let vips: Vec<Ipv4Addr> = wanted_vips(&config).into_iter().collect();
-                let (c, inputs) =
+                let (c, actions) =
                     cluster::start(&config, cluster_config, self.ifindex, local, vips).await?;
                 self.cluster = Some(c);
-                self.carry_out_ha().await;
-                (inputs.vrrp, inputs.sync)
+                actions
             }
         };
         log::info!(
@@ -315,21 +314,16 @@ impl Daemon {
             signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut neighbour_tick = tokio::time::interval(NEIGHBOUR_POLL);
         loop {
-            let ha_deadline = self.ha_deadline();
             tokio::select! {
                 _ = interrupt.recv() => { log::info!("SIGINT: stopping"); break; }
                 _ = terminate.recv() => { log::info!("SIGTERM: stopping"); break; }
-                _ = hangup.recv() => {
-                    self.reload().await;
-                    self.carry_out_ha().await;
-                }
+                _ = hangup.recv() => self.reload().await,
                 Some((request, caller, reply)) = requests.recv() => {
                     let actor = caller.map_or_else(|| Actor::Lbctl("unknown user".into()), Actor::lbctl_user);
                     let answer = match self.handle_request(request, &actor).await {
                         Ok(answer) => Reply::ok(answer),
                         Err(message) => Reply::error(message),
                     };
-                    self.carry_out_ha().await;
                     let _ = reply.send(answer);
                 }
                 Some(event) = health_events.recv() => self.on_health(&event),
@@ -337,14 +331,13 @@ impl Daemon {
                     let text = self.metrics.render(&self.snapshot()).unwrap_or_else(|e| format!("# {e}\n"));
                     let _ = scrape.send(text);
                 }
-                Some(packet) = vrrp_packets.recv() => self.on_vrrp_packet(packet).await,
-                () = sleep_until(ha_deadline) => self.on_ha_timer().await,
-                Some(event) = sync_events.recv() => self.on_sync(event).await,
+                Some(action) = ha_actions.recv() => self.carry_out(action).await,
                 _ = neighbour_tick.tick() => self.follow_neighbours().await,
             }
         }
         server.abort();
         metrics_server.abort();
+        self.stop_cluster(&mut ha_actions).await;
         Ok(())
     }
 
@@ -364,7 +357,6 @@ impl Daemon {
     async fn shutdown(&mut self) {
         self.health.shutdown();
         self.redirects.shutdown();
-        self.stop_cluster().await;
         self.publish_held_vips(Some(&BTreeSet::new()));
         self.program.detach();
         if let Err(error) = self.vips.remove_all().await {
@@ -529,11 +521,8 @@ impl Daemon {
         next.cluster = self.config.cluster.clone();
         self.apply_services(&next)?;
         self.advise(&next).await;
-        if let Some(cluster) = self.cluster.as_mut() {
-            let vips = wanted_vips(&next).into_iter().collect();
-            if let Err(error) = cluster.coordinator.vips_changed(Instant::now(), vips) {
-                log::error!("VRRP: {error}; advertisements keep the previous VIPs");
-            }
+        if let Some(Err(error)) = self.vips_changed(wanted_vips(&next).into_iter().collect()) {
+            log::error!("VRRP: {error}; advertisements keep the previous VIPs");
         }
         if self.holds_vips() {
             let wanted = wanted_vips(&next);

@@ -199,10 +199,26 @@ pub struct AffinityReader {
     counts: Arc<ClientCounts>,
 }
 
+/// Walks the affinity table in batches ([`super::batch`]), or one entry
+/// at a time where the kernel has no batched lookups.
 fn scan_map(
     map: &HashMap<MapData, AffinityKey, Affinity>,
     f: &mut dyn FnMut(&AffinityKey, &Affinity),
 ) -> Result<()> {
+    use std::os::fd::AsFd as _;
+    static NO_BATCHES: std::sync::Once = std::sync::Once::new();
+    match super::batch::for_each(map.map().fd().as_fd(), f) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => NO_BATCHES.call_once(|| {
+            log::info!("this kernel has no batched map lookups: the affinity table is walked one entry at a time");
+        }),
+        Err(source) => {
+            return Err(DataplaneError::Batch {
+                map: "AFFINITY",
+                source,
+            })
+        }
+    }
     for entry in map {
         match entry {
             Ok((key, value)) => f(&key, &value),

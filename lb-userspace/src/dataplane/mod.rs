@@ -5,6 +5,7 @@
 //! memory, so the control plane is tested without root. [`Program`] loads
 //! and attaches the XDP program itself.
 
+mod batch;
 mod ebpf;
 mod fake;
 mod mapped;
@@ -48,6 +49,15 @@ pub enum DataplaneError {
         /// aya's error.
         #[source]
         source: MapError,
+    },
+    /// A batched read of a map failed.
+    #[error("map {map}: batched lookup: {source}")]
+    Batch {
+        /// The map's name.
+        map: &'static str,
+        /// The kernel's answer.
+        #[source]
+        source: std::io::Error,
     },
     /// An array map could not be mapped into memory.
     #[error("cannot map {map} into memory (an old kernel without BPF_F_MMAPABLE?): {source}")]

@@ -20,9 +20,13 @@
 //!   itself is [`crate::admin::AdminStore::merge`]); they are accepted on the
 //!   primary, and on the secondary only while it is master and the primary is
 //!   unreachable.
-//! - **The master streams sessions**: a full snapshot on pairing and on
-//!   takeover, then what changed, every [`STREAM_EVERY`]. A backup installs
-//!   what it receives; a master ignores sessions (its own table is newer).
+//! - **The master streams sessions** every [`STREAM_EVERY`]: from nothing
+//!   on takeover and on pairing with a new peer process, resumed from the
+//!   peer's last confirmed pass when the same peer process comes back (a
+//!   slow or flapping link gets the rest of the stream, not the whole table
+//!   again; see [`crate::sync::StreamTracker`]). A backup installs what it
+//!   receives and confirms each pass; a master ignores sessions (its own
+//!   table is newer).
 //! - **Split brain heals loudly**: a master hearing another master's
 //!   advertisement announces its VIPs again (at most every
 //!   [`CONFLICT_GARP_EVERY`]) so neighbours learn where they are.
@@ -97,11 +101,12 @@ pub enum HaAction {
     MergeAdmin(Vec<AdminChange>),
     /// Install the peer's affinity entries.
     InstallSessions(Vec<SessionEntry>),
-    /// Stream affinity entries to the peer: the whole table when `full`,
-    /// else what changed since the last time.
-    StreamSessions {
-        /// A full snapshot.
-        full: bool,
+    /// Stream affinity entries to the peer.
+    StreamSessions(StreamStep),
+    /// The peer has installed every streamed pass up to `pass`.
+    SessionsConfirmed {
+        /// The master's pass number.
+        pass: u64,
     },
     /// The VRRP state changed (for logs and metrics).
     StateChanged {
@@ -110,6 +115,17 @@ pub enum HaAction {
         /// New state.
         to: State,
     },
+}
+
+/// What the session stream does now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamStep {
+    /// Start over: the peer holds nothing of this node's table.
+    Restart,
+    /// The same peer process is back: send again what it did not confirm.
+    Resume,
+    /// Send what the last pass found to send.
+    Next,
 }
 
 /// A message for the peer; the daemon fills in what it owns.
@@ -138,6 +154,8 @@ pub enum Outgoing {
 struct SyncView {
     connected: bool,
     peer_node: Option<String>,
+    /// The paired peer process (its boot id).
+    peer_boot: Option<u64>,
     /// Configurations sent (primary) or received (secondary).
     config_version: u64,
     /// On the primary: the last configuration the secondary answered for,
@@ -157,6 +175,9 @@ pub struct Coordinator {
     last_conflict: Option<Instant>,
     sync: Option<SyncView>,
     next_stream: Option<Instant>,
+    /// The peer process the session stream goes to while this node stays
+    /// master (a reconnection to it resumes the stream).
+    streamed_to: Option<u64>,
     actions: VecDeque<HaAction>,
 }
 
@@ -181,24 +202,30 @@ impl Coordinator {
             last_conflict: None,
             sync: settings.sync.then(SyncView::default),
             next_stream: settings.sync.then_some(now + STREAM_EVERY),
+            streamed_to: None,
             actions: VecDeque::new(),
         };
         coordinator.pump(now);
         coordinator
     }
 
-    /// A VRRP packet as the raw socket received it.
+    /// A VRRP packet as the raw socket received it. VRRP's timers run from
+    /// its arrival (`packet.at`), however late it is handled.
     pub fn handle_vrrp(&mut self, now: Instant, packet: &Received) {
         let advert = vrrp::check_ip(packet.ttl, packet.protocol)
             .and_then(|()| vrrp::decode(&packet.payload, packet.src, packet.dst));
         match advert {
             Err(error) => self.vrrp.record_drop((&error).into()),
             Ok(advert) => {
-                self.vrrp.handle_advert(now, packet.src, &advert);
+                let accepted = self.vrrp.counters().adverts_received;
+                self.vrrp
+                    .handle_advert(packet.at.min(now), packet.src, &advert);
+                let accepted = self.vrrp.counters().adverts_received > accepted;
                 // Another master we outrank (split brain healing): it steps
                 // down on our next advertisement; tell the neighbours again
                 // where the VIPs are.
-                let conflict = self.vrrp.state() == State::Master
+                let conflict = accepted
+                    && self.vrrp.state() == State::Master
                     && advert.vrid == self.vrrp.config().vrid
                     && packet.src != self.vrrp.config().local
                     && advert.priority > 0;
@@ -225,8 +252,8 @@ impl Coordinator {
             LinkEvent::Connected {
                 peer_node,
                 peer_role,
-                ..
-            } => self.on_paired(peer_node, peer_role),
+                peer_boot_id,
+            } => self.on_paired(peer_node, peer_role, peer_boot_id),
             LinkEvent::Disconnected { reason } => {
                 if let Some(sync) = self.sync.as_mut() {
                     log::warn!("sync: disconnected: {reason}");
@@ -251,7 +278,7 @@ impl Coordinator {
             self.next_stream = Some(now + STREAM_EVERY);
             if self.is_master() && self.connected() {
                 self.actions
-                    .push_back(HaAction::StreamSessions { full: false });
+                    .push_back(HaAction::StreamSessions(StreamStep::Next));
             }
         }
         self.pump(now);
@@ -439,20 +466,26 @@ impl Coordinator {
         }
     }
 
-    fn on_paired(&mut self, peer_node: String, peer_role: Role) {
+    fn on_paired(&mut self, peer_node: String, peer_role: Role, peer_boot: u64) {
         let Some(sync) = self.sync.as_mut() else {
             return;
         };
         log::warn!("sync: paired with {peer_node} ({})", peer_role.as_str());
         sync.connected = true;
         sync.peer_node = Some(peer_node);
+        sync.peer_boot = Some(peer_boot);
         if self.role == Role::Primary {
             self.send_config();
         }
         self.send(Outgoing::AllAdmin);
         if self.is_master() {
-            self.actions
-                .push_back(HaAction::StreamSessions { full: true });
+            let step = if self.streamed_to == Some(peer_boot) {
+                StreamStep::Resume
+            } else {
+                StreamStep::Restart
+            };
+            self.streamed_to = Some(peer_boot);
+            self.actions.push_back(HaAction::StreamSessions(step));
         } else {
             // An empty snapshot: tells a returning peer it has all there is.
             for message in sync::session_batches(Vec::new(), true) {
@@ -498,6 +531,15 @@ impl Coordinator {
                 }
             }
             Message::Admin { changes } => self.actions.push_back(HaAction::MergeAdmin(changes)),
+            Message::Pass { pass } => {
+                if self.is_master() {
+                    self.actions.push_back(HaAction::SessionsConfirmed { pass });
+                } else {
+                    // After the installs queued before it: confirmed once
+                    // carried out.
+                    self.send(Outgoing::Message(Message::Pass { pass }));
+                }
+            }
             Message::Sessions { entries, snapshot } => {
                 if !self.is_master() && !entries.is_empty() {
                     self.actions.push_back(HaAction::InstallSessions(entries));
@@ -564,12 +606,15 @@ impl Coordinator {
                 Action::SendGarp => self.garp.announce(now),
                 Action::BecameMaster => {
                     self.actions.push_back(HaAction::AddVips);
+                    self.streamed_to = None;
                     if self.connected() {
+                        self.streamed_to = self.sync.as_ref().and_then(|s| s.peer_boot);
                         self.actions
-                            .push_back(HaAction::StreamSessions { full: true });
+                            .push_back(HaAction::StreamSessions(StreamStep::Restart));
                     }
                 }
                 Action::BecameBackup | Action::Stopped => {
+                    self.streamed_to = None;
                     self.garp.cancel();
                     self.actions.push_back(HaAction::RemoveVips);
                 }

@@ -10,6 +10,6 @@ pub mod socket;
 #[cfg(test)]
 mod pair_tests;
 
-pub use coordinator::{Coordinator, HaAction, Outgoing, Settings};
+pub use coordinator::{Coordinator, HaAction, Outgoing, Settings, StreamStep};
 pub use garp::GarpSchedule;
 pub use socket::{parse_ipv4, Received, SocketError, VrrpSocket};

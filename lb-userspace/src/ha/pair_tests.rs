@@ -12,12 +12,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::coordinator::{Coordinator, HaAction, Outgoing, Settings, SYNC_HOLD};
+use super::coordinator::{Coordinator, HaAction, Outgoing, Settings, StreamStep, SYNC_HOLD};
 use super::socket::Received;
 use crate::{
     admin::AdminStore,
     config::{AdminState, Role},
-    sync::{self, LinkEvent, Message, SessionEntry},
+    sync::{self, LinkEvent, Message, SessionEntry, StreamTracker},
     vrrp::{self, State},
 };
 
@@ -74,6 +74,12 @@ struct Node {
     transitions: Vec<(Duration, State)>,
     /// Session streams this node's coordinator asked for.
     streams: usize,
+    /// What this node's stream has sent (the census's tracker).
+    tracker: StreamTracker,
+    /// Session entries this node has sent.
+    entries_sent: usize,
+    /// This lbd process (a restart is a new one).
+    boot: u64,
     /// How far this node's wall clock is off, in milliseconds.
     wall_skew_ms: i64,
 }
@@ -90,6 +96,10 @@ struct Pair {
     vrrp_cut: bool,
     sync_cut: bool,
     sync_up: bool,
+    /// The link breaks as the next snapshot `End` to this node is about to
+    /// be delivered (the entries before it arrived, the end and the
+    /// confirmation did not).
+    break_at_end: Option<usize>,
     queue: VecDeque<(usize, Delivery)>,
 }
 
@@ -117,6 +127,9 @@ impl Pair {
                     sessions_at_takeover: None,
                     transitions: Vec::new(),
                     streams: 0,
+                    tracker: StreamTracker::default(),
+                    entries_sent: 0,
+                    boot: 1,
                     wall_skew_ms: 0,
                 }
             })
@@ -128,6 +141,7 @@ impl Pair {
             vrrp_cut: false,
             sync_cut: false,
             sync_up: false,
+            break_at_end: None,
             queue: VecDeque::new(),
         };
         pair.connect();
@@ -163,7 +177,7 @@ impl Pair {
             let event = LinkEvent::Connected {
                 peer_node: format!("lb{}", 2 - i),
                 peer_role: settings(1 - i).role,
-                peer_boot_id: 7,
+                peer_boot_id: self.nodes[1 - i].boot,
             };
             self.queue.push_back((i, Delivery::Sync(event)));
         }
@@ -212,6 +226,8 @@ impl Pair {
         node.alive = true;
         node.sessions.clear();
         node.sessions_at_takeover = None;
+        node.tracker = StreamTracker::default();
+        node.boot += 1;
         self.run();
         self.connect();
     }
@@ -288,6 +304,7 @@ impl Pair {
                         ttl: vrrp::IP_TTL,
                         protocol: vrrp::IP_PROTOCOL,
                         payload: message,
+                        at: self.now,
                     };
                     self.queue.push_back((peer, Delivery::Vrrp(packet)));
                 }
@@ -336,27 +353,67 @@ impl Pair {
                     node.sessions.insert(e.client, e.server_address);
                 }
             }
-            HaAction::StreamSessions { full } => {
+            HaAction::StreamSessions(step) => {
                 node.streams += 1;
-                let entries: Vec<SessionEntry> = node
-                    .sessions
-                    .iter()
-                    .map(|(client, server)| SessionEntry {
-                        service: SERVICE.into(),
-                        client: *client,
-                        server_address: *server,
-                        age_ms: 0,
-                    })
-                    .collect();
-                for message in sync::session_batches(entries, full) {
+                match step {
+                    StreamStep::Restart => node.tracker.restart(),
+                    StreamStep::Resume => node.tracker.resume(),
+                    StreamStep::Next => {}
+                }
+                // One census pass over the table, as the daemon's does.
+                let seen_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+                node.tracker.start_pass();
+                let mut entries = Vec::new();
+                for (client, server) in &node.sessions {
+                    let key = lb_common::AffinityKey {
+                        service_id: 1,
+                        client: u32::from(*client),
+                    };
+                    let value = lb_common::Affinity {
+                        real: 1,
+                        real_address: u32::from(*server),
+                        last_seen_ns: seen_ns,
+                        seen_jiffies: 0,
+                    };
+                    if node.tracker.offer(&key, &value, 60_000_000_000) {
+                        entries.push(SessionEntry {
+                            service: SERVICE.into(),
+                            client: *client,
+                            server_address: *server,
+                            age_ms: 0,
+                        });
+                    }
+                }
+                let outcome = node.tracker.end_pass();
+                let total = node.sessions.len() as u64;
+                node.entries_sent += entries.len();
+                for message in sync::stream_messages(entries, &outcome, total) {
                     self.deliver_sync(peer, message);
                 }
             }
+            HaAction::SessionsConfirmed { pass } => node.tracker.confirmed(pass),
             HaAction::StateChanged { to, .. } => node.transitions.push((elapsed, to)),
         }
     }
 
     fn deliver_sync(&mut self, to: usize, message: Message) {
+        let end = matches!(
+            message,
+            Message::Sessions {
+                snapshot: Some(sync::SnapshotMark::End),
+                ..
+            }
+        );
+        if end && self.break_at_end == Some(to) && self.sync_up {
+            self.break_at_end = None;
+            self.sync_up = false;
+            for i in 0..2 {
+                let event = LinkEvent::Disconnected {
+                    reason: "broken mid-stream".into(),
+                };
+                self.queue.push_back((i, Delivery::Sync(event)));
+            }
+        }
         if self.sync_up {
             self.queue
                 .push_back((to, Delivery::Sync(LinkEvent::Message(message))));
@@ -641,5 +698,78 @@ fn only_the_paired_master_streams_sessions() {
     assert_eq!(
         pair.nodes[0].streams, streams,
         "nothing to stream to while unpaired"
+    );
+}
+
+/// Issue 12, a slow or flapping peer: a link that drops and comes back to
+/// the same peer process resumes the session stream; it does not send the
+/// table again. A restarted peer process (new boot id) gets all of it.
+#[test]
+fn a_flapping_link_resumes_the_stream_and_a_restarted_peer_gets_it_all() {
+    let mut pair = Pair::steady("flap");
+    for n in 1..=200 {
+        pair.nodes[0].sessions.insert(client(n), address(9));
+    }
+    pair.advance(ADVERT * 2);
+    assert_eq!(pair.nodes[1].sessions.len(), 200);
+    let sent = pair.nodes[0].entries_sent;
+    assert_eq!(sent, 200, "each client once");
+    for round in 0..10 {
+        pair.disconnect();
+        pair.advance(ADVERT / 2);
+        pair.connect();
+        pair.advance(ADVERT * 2);
+        assert_eq!(
+            pair.nodes[0].entries_sent, sent,
+            "reconnection {round}: nothing sent again"
+        );
+    }
+    pair.nodes[0].sessions.insert(client(201), address(9));
+    pair.advance(ADVERT * 2);
+    assert_eq!(pair.nodes[0].entries_sent, sent + 1, "only the new client");
+    pair.kill(1);
+    pair.restart(1);
+    pair.advance(ADVERT * 3);
+    assert_eq!(pair.nodes[1].sessions.len(), 201);
+    assert_eq!(
+        pair.nodes[0].entries_sent,
+        sent + 1 + 201,
+        "all to a new process"
+    );
+}
+
+/// Issue 12, a snapshot interrupted and resumed: the link breaks after the
+/// returning primary received the entries but before the snapshot's end;
+/// the returning primary stays held; on reconnection the master sends again
+/// only what was not confirmed, and the end: the primary then preempts with
+/// every session.
+#[test]
+fn an_interrupted_snapshot_is_resumed_and_the_hold_waits_for_its_end() {
+    let mut pair = Pair::steady("resume");
+    pair.kill(0);
+    pair.advance(ADVERT * 6);
+    assert_eq!(pair.masters(), vec![1]);
+    for n in 1..=50 {
+        pair.nodes[1].sessions.insert(client(n), address(8));
+    }
+    pair.sync_cut = true;
+    pair.restart(0);
+    pair.break_at_end = Some(0);
+    pair.sync_cut = false;
+    pair.connect();
+    assert_eq!(pair.break_at_end, None, "the link broke mid-snapshot");
+    assert_eq!(pair.nodes[0].sessions.len(), 50, "the entries arrived");
+    let sent = pair.nodes[1].entries_sent;
+    pair.advance(ADVERT * 2);
+    assert!(pair.nodes[0].c.preempt_held(), "held: no end yet");
+    assert_eq!(pair.masters(), vec![1]);
+    pair.connect();
+    pair.advance(ADVERT * 5);
+    assert_eq!(pair.masters(), vec![0], "preempts once the snapshot ended");
+    assert_eq!(pair.nodes[0].sessions_at_takeover, Some(50));
+    assert_eq!(
+        pair.nodes[1].entries_sent,
+        sent + 50,
+        "the unconfirmed pass once more, not a new snapshot each time"
     );
 }

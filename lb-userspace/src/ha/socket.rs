@@ -4,7 +4,7 @@
 //! The protocol itself is [`crate::vrrp`] (sans-IO); the daemon feeds it
 //! what this socket receives and sends what it asks for.
 
-use std::{io, mem::MaybeUninit, net::Ipv4Addr, num::NonZeroU32};
+use std::{io, mem::MaybeUninit, net::Ipv4Addr, num::NonZeroU32, time::Instant};
 
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
 use tokio::io::unix::AsyncFd;
@@ -33,11 +33,15 @@ pub struct Received {
     pub protocol: u8,
     /// The VRRP message.
     pub payload: Vec<u8>,
+    /// When it was read off the socket (VRRP's timers run from there, not
+    /// from when it was handled).
+    pub at: Instant,
 }
 
-/// Splits a raw IPv4 packet as a raw socket delivers it (header included).
+/// Splits a raw IPv4 packet as a raw socket delivers it (header included),
+/// received `at`.
 #[must_use]
-pub fn parse_ipv4(packet: &[u8]) -> Option<Received> {
+pub fn parse_ipv4(packet: &[u8], at: Instant) -> Option<Received> {
     let first = *packet.first()?;
     if first >> 4 != 4 {
         return None;
@@ -58,6 +62,7 @@ pub fn parse_ipv4(packet: &[u8]) -> Option<Received> {
         ttl: packet[8],
         protocol: packet[9],
         payload: packet[header..end].to_vec(),
+        at,
     })
 }
 
@@ -120,12 +125,13 @@ impl VrrpSocket {
             let mut buffer = [MaybeUninit::<u8>::uninit(); 2048];
             match guard.try_io(|fd| fd.get_ref().recv(&mut buffer)) {
                 Ok(Ok(n)) => {
+                    let at = Instant::now();
                     // SAFETY: recv initialised the first n bytes.
                     let bytes: Vec<u8> = buffer[..n]
                         .iter()
                         .map(|b| unsafe { b.assume_init() })
                         .collect();
-                    return Ok(parse_ipv4(&bytes));
+                    return Ok(parse_ipv4(&bytes, at));
                 }
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => {}
@@ -156,12 +162,14 @@ mod tests {
             0x45, 0, 0, 28, 0, 0, 0, 0, 255, 112, 0, 0, 198, 18, 0, 10, 224, 0, 0, 18,
         ];
         p.extend_from_slice(&[0x31, 51, 150, 1, 0, 100, 0, 0]);
-        let r = parse_ipv4(&p).unwrap_or_else(|| panic!("parses"));
+        let now = Instant::now();
+        let r = parse_ipv4(&p, now).unwrap_or_else(|| panic!("parses"));
+        assert_eq!(r.at, now);
         assert_eq!(r.src, Ipv4Addr::new(198, 18, 0, 10));
         assert_eq!(r.dst, MULTICAST_GROUP);
         assert_eq!((r.ttl, r.protocol), (255, 112));
         assert_eq!(r.payload.len(), 8);
-        assert!(parse_ipv4(&p[..10]).is_none());
-        assert!(parse_ipv4(&[0x65; 40]).is_none());
+        assert!(parse_ipv4(&p[..10], now).is_none());
+        assert!(parse_ipv4(&[0x65; 40], now).is_none());
     }
 }

@@ -134,6 +134,7 @@ pub(super) fn all_bodies() -> Vec<Body> {
             version: 5,
             error: Some("cannot bind 198.18.0.100:80: address in use".into()),
         }),
+        Body::Message(Message::Pass { pass: 7 }),
         Body::Message(Message::Sessions {
             entries: vec![entry(1), entry(2)],
             snapshot: Some(SnapshotMark::Begin { total: 2 }),

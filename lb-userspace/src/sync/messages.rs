@@ -7,7 +7,7 @@
 use std::net::Ipv4Addr;
 
 use super::session::SendError;
-use super::Nonce;
+use super::{stream::PassOutcome, Nonce};
 use crate::config::Role;
 
 /// Budget of encoded entries per `Sessions` message built by [`session_batches`].
@@ -21,6 +21,7 @@ const KIND_CONFIG: u8 = 16;
 const KIND_ADMIN: u8 = 17;
 const KIND_SESSIONS: u8 = 18;
 const KIND_APPLIED: u8 = 19;
+const KIND_PASS: u8 = 20;
 
 /// Smallest encodings of list elements, to bound counts by the bytes left.
 const MIN_ADMIN_CHANGE_LEN: usize = 2 + 2 + 1 + 1 + 1 + 8 + 8 + 2;
@@ -54,6 +55,14 @@ pub enum Message {
         version: u64,
         /// Why it could not be applied; `None`: applied.
         error: Option<String>,
+    },
+    /// The session stream's progress. From the master: every entry of
+    /// stream pass `pass` has been sent before this message. From the backup:
+    /// every entry up to pass `pass` is installed here (the master resumes
+    /// from there after a reconnection instead of sending everything again).
+    Pass {
+        /// The master's pass number (from 1, per pairing of the same nodes).
+        pass: u64,
     },
     /// Affinity entries. A full snapshot (sent on every (re)connection) is a
     /// run of these from one marked `Begin` to one marked `End`; a receiver
@@ -151,6 +160,41 @@ pub fn session_batches(entries: Vec<SessionEntry>, snapshot: bool) -> Vec<Messag
     messages
 }
 
+/// One pass of the master's session stream as messages: its entries in
+/// batches (the first marked `Begin` when the stream starts over, with the
+/// table's `total` live entries), `End` when the pass caught up, then the
+/// `Pass` mark the peer confirms. A pass with nothing to say is no message.
+#[must_use]
+pub fn stream_messages(
+    entries: Vec<SessionEntry>,
+    outcome: &PassOutcome,
+    total: u64,
+) -> Vec<Message> {
+    if entries.is_empty() && !outcome.begin && !outcome.end {
+        return Vec::new();
+    }
+    let mut messages = session_batches(entries, false);
+    if outcome.begin {
+        match messages.first_mut() {
+            Some(Message::Sessions { snapshot, .. }) => {
+                *snapshot = Some(SnapshotMark::Begin { total });
+            }
+            _ => messages.push(Message::Sessions {
+                entries: Vec::new(),
+                snapshot: Some(SnapshotMark::Begin { total }),
+            }),
+        }
+    }
+    if outcome.end {
+        messages.push(Message::Sessions {
+            entries: Vec::new(),
+            snapshot: Some(SnapshotMark::End),
+        });
+    }
+    messages.push(Message::Pass { pass: outcome.pass });
+    messages
+}
+
 /// Frame bodies: the daemon's messages and the session's own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Body {
@@ -181,6 +225,7 @@ impl Body {
             Body::Message(Message::Admin { .. }) => KIND_ADMIN,
             Body::Message(Message::Sessions { .. }) => KIND_SESSIONS,
             Body::Message(Message::Applied { .. }) => KIND_APPLIED,
+            Body::Message(Message::Pass { .. }) => KIND_PASS,
         }
     }
 }
@@ -195,6 +240,7 @@ pub(super) fn kind_name(kind: u8) -> &'static str {
         KIND_ADMIN => "Admin",
         KIND_SESSIONS => "Sessions",
         KIND_APPLIED => "Applied",
+        KIND_PASS => "Pass",
         _ => "unknown",
     }
 }
@@ -335,6 +381,7 @@ pub(super) fn encode_payload(w: &mut Writer, body: &Body) -> Result<(), SendErro
                 }
             }
         }
+        Body::Message(Message::Pass { pass }) => w.u64(*pass),
         Body::Message(Message::Sessions { entries, snapshot }) => {
             match snapshot {
                 None => w.u8(0),
@@ -517,6 +564,7 @@ pub(super) fn decode_body(kind: u8, payload: &[u8]) -> Result<Body, DecodeError>
             };
             Body::Message(Message::Applied { version, error })
         }
+        KIND_PASS => Body::Message(Message::Pass { pass: r.u64()? }),
         KIND_SESSIONS => {
             let snapshot = match r.u8()? {
                 0 => None,

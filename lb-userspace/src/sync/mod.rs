@@ -56,20 +56,22 @@ mod messages;
 mod outbox;
 mod quiet;
 mod session;
+mod stream;
 mod wire;
 
 pub use link::{run, LinkConfig, LinkError, LinkEvent};
 pub use link_stats::{LinkStats, LinkStatsSnapshot};
 pub use messages::{
-    session_batches, AdminChange, DecodeError, Message, SessionEntry, SnapshotMark,
-    SESSION_BATCH_BYTES,
+    session_batches, stream_messages, AdminChange, DecodeError, Message, SessionEntry,
+    SnapshotMark, SESSION_BATCH_BYTES,
 };
 pub use outbox::{outbox, Outbox, OutboxReceiver, SessionsDropped, SESSION_QUEUE_BYTES};
 pub use session::{Event, Local, SendError, SessionStats, SyncError, SyncSession};
+pub use stream::{refresh_ns, PassOutcome, StreamTracker, STREAM_PER_PASS};
 pub use wire::{KeyError, SyncKey, MIN_KEY_LEN};
 
 /// Version of the sync protocol carried in every frame header.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Largest frame, length prefix and tag included (4 MiB).
 pub const MAX_FRAME: usize = 4 * 1024 * 1024;
 /// Length of the per-connection random nonce.

@@ -5,10 +5,11 @@
 //! - **Control** (`Config`, `Admin`, `Applied`): always taken, and always sent first.
 //!   They are few and small (one per `lbctl` change or reload), so the queue
 //!   needs no bound of its own.
-//! - **Sessions**: bounded in bytes ([`SESSION_QUEUE_BYTES`]). A batch that
-//!   does not fit is refused and counted; the census sends the entries of a
-//!   client again as it refreshes them, and a full snapshot follows every
-//!   reconnection.
+//! - **Sessions** and the stream's `Pass` marks, in order: batches bounded
+//!   in bytes ([`SESSION_QUEUE_BYTES`]). A batch that does not fit is
+//!   refused and counted, and the daemon has the stream send its entries
+//!   again ([`crate::sync::StreamTracker`]); the stream also slows down well
+//!   before the bound.
 //!
 //! Tokio's mpsc channels bound messages, not bytes, and have no priority;
 //! this is a mutex-guarded pair of queues with a `Notify`.
@@ -94,6 +95,9 @@ impl Outbox {
                 q.session_bytes += bytes;
                 q.sessions.push_back((message, bytes));
             }
+            // Behind the sessions it marks the end of, and never refused:
+            // it is a few bytes, and the stream's resumption rests on it.
+            Message::Pass { .. } => q.sessions.push_back((message, 0)),
             Message::Config { .. } | Message::Admin { .. } | Message::Applied { .. } => {
                 q.control.push_back(message);
             }

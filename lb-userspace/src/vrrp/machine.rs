@@ -155,11 +155,16 @@ pub enum DropReason {
     LocalOwner,
     /// Received while in Initialize.
     NotRunning,
+    /// Multicast mode: lists other addresses than ours, so it is another
+    /// virtual router that shares our VRID on this LAN (keepalived ignores
+    /// these too). From a configured unicast peer a different list is only
+    /// counted (`address_list_mismatch`): it is the peer mid-reload.
+    ForeignAddresses,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::Ttl,
         DropReason::Protocol,
         DropReason::Truncated,
@@ -173,6 +178,7 @@ impl DropReason {
         DropReason::OwnAdvert,
         DropReason::LocalOwner,
         DropReason::NotRunning,
+        DropReason::ForeignAddresses,
     ];
 
     /// Short `snake_case` name, used as a metric label.
@@ -192,6 +198,7 @@ impl DropReason {
             DropReason::OwnAdvert => "own_advert",
             DropReason::LocalOwner => "local_owner",
             DropReason::NotRunning => "not_running",
+            DropReason::ForeignAddresses => "foreign_addresses",
         }
     }
 
@@ -551,6 +558,10 @@ impl Vrrp {
             Some(DropReason::OwnAdvert)
         } else if self.config.peer.is_some_and(|peer| peer != from) {
             Some(DropReason::UnexpectedSource)
+        } else if self.config.peer.is_none()
+            && !same_addresses(&adv.addresses, &self.config.addresses)
+        {
+            Some(DropReason::ForeignAddresses)
         } else if self.priority == PRIORITY_OWNER {
             Some(DropReason::LocalOwner)
         } else {
@@ -1049,9 +1060,12 @@ mod tests {
     }
 
     #[test]
-    fn rfc5798_7_1_address_list_mismatch_is_counted_but_processed() {
+    fn rfc5798_7_1_address_list_mismatch_from_the_unicast_peer_is_counted_but_processed() {
         let t0 = Instant::now();
-        let mut v = Vrrp::new(config(SRC, 100));
+        let mut v = Vrrp::new(Config {
+            peer: Some(PEER),
+            ..config(SRC, 100)
+        });
         v.startup(t0);
         let reordered = Advertisement {
             addresses: vec![VIP2, VIP1],
@@ -1069,6 +1083,35 @@ mod tests {
             v.poll_timeout(),
             Some(t0 + ms(10) + v.master_down_interval())
         );
+    }
+
+    /// Issue 12: in multicast mode an advertisement for our VRID listing
+    /// other addresses is another router's: ignored and counted, it neither
+    /// keeps this node backup nor makes a master step down.
+    #[test]
+    fn multicast_adverts_listing_other_addresses_are_ignored_and_counted() {
+        let t0 = Instant::now();
+        let mut v = Vrrp::new(config(SRC, 100));
+        v.startup(t0);
+        let first_deadline = v.poll_timeout();
+        let foreign = Advertisement {
+            addresses: vec![Ipv4Addr::new(198, 18, 9, 1)],
+            ..advert(250, 100)
+        };
+        v.handle_advert(t0 + ms(10), PEER, &foreign);
+        assert_eq!(v.counters().dropped(DropReason::ForeignAddresses), 1);
+        assert_eq!(v.counters().adverts_received, 0);
+        assert_eq!(
+            v.poll_timeout(),
+            first_deadline,
+            "the master-down timer runs on"
+        );
+        v.handle_timeout(t0 + v.master_down_interval() + ms(1));
+        assert_eq!(v.state(), State::Master);
+        while v.poll_action().is_some() {}
+        v.handle_advert(t0 + ms(5000), PEER, &foreign);
+        assert_eq!(v.state(), State::Master, "a stranger does not depose us");
+        assert_eq!(v.counters().dropped(DropReason::ForeignAddresses), 2);
     }
 
     #[test]

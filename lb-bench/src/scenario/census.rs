@@ -1,0 +1,282 @@
+//! lbd's own CPU with a million live clients in its affinity table, alone
+//! and as the master of a pair, and the time a snapshot of them takes to
+//! reach the backup (issue 12). The entries are written into the running
+//! lbd's `AFFINITY` map from here, for a service and servers it serves, so
+//! lbd counts, and streams, them as it would real clients.
+
+use std::{
+    fs,
+    io::Write as _,
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use aya::{
+    maps::{Array, HashMap, Map, MapData, MapInfo},
+    programs::loaded_programs,
+};
+use lb_common::{Affinity, AffinityKey, Real, Service, ServiceKey};
+use lb_userspace::monotonic_ns;
+use serde_json::Value;
+
+use crate::{
+    cpu::{attached_xdp_id, process_ticks, ticks_per_second},
+    lab::{files::lbd_config, remove_guard, BenchLab, RunningLbd},
+    signal::{check_stop, nap},
+};
+
+/// Seconds lbd's CPU is measured over, once the table is full.
+pub(crate) const MEASURE_S: u64 = 10;
+const MEASURE: Duration = Duration::from_secs(MEASURE_S);
+/// The bench's cluster key (any 32+ bytes).
+const KEY: &[u8] = b"bench-census-key-0123456789abcdef-0123456789abcdef\n";
+
+/// The figures of this scenario.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CensusFigures {
+    /// Live entries written.
+    pub(crate) entries: u32,
+    /// Seconds to write them (the bench's own work).
+    pub(crate) fill_s: f64,
+    /// A single lbd: % of one core, and seconds until `lbctl status`
+    /// counted them all.
+    pub(crate) single_cpu_pct: f64,
+    pub(crate) single_counted_s: f64,
+    /// The master of a pair, steady (after the snapshot): % of one core.
+    pub(crate) master_cpu_pct: f64,
+    /// Seconds from the backup's start until it held every entry, and the
+    /// master's % of one core meanwhile.
+    pub(crate) snapshot_s: f64,
+    pub(crate) snapshot_master_cpu_pct: f64,
+}
+
+/// The running lbd's maps, found by name among its program's maps.
+fn lbd_map(ns: &str, name: &str) -> Result<MapData> {
+    let prog_id = attached_xdp_id(ns, "eth0")?;
+    let info = loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == prog_id)
+        .ok_or_else(|| anyhow!("lbd's program {prog_id} is gone"))?;
+    let id = info
+        .map_ids()?
+        .unwrap_or_default()
+        .into_iter()
+        .find(|id| {
+            MapInfo::from_id(*id)
+                .ok()
+                .is_some_and(|m| m.name_as_str() == Some(name))
+        })
+        .ok_or_else(|| anyhow!("lbd's program has no {name} map"))?;
+    Ok(MapData::from_id(id)?)
+}
+
+/// Writes `n` live clients of lbd's service, spread over its servers.
+fn fill(ns: &str, n: u32) -> Result<f64> {
+    let services: HashMap<MapData, ServiceKey, Service> =
+        HashMap::try_from(Map::HashMap(lbd_map(ns, "SERVICES")?))?;
+    let service = services
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(_, s)| s)
+        .next()
+        .ok_or_else(|| anyhow!("lbd serves nothing"))?;
+    let reals: Array<MapData, Real> = Array::try_from(Map::Array(lbd_map(ns, "REALS")?))?;
+    let servers: Vec<(u32, Real)> = (0..reals.len())
+        .filter_map(|i| reals.get(&i, 0).ok().map(|r| (i, r)))
+        .filter(|(_, r)| r.address != 0 && u32::from(r.service_id) == service.id)
+        .collect();
+    if servers.is_empty() {
+        bail!("lbd's service has no real server in REALS");
+    }
+    let mut affinity: HashMap<MapData, AffinityKey, Affinity> =
+        HashMap::try_from(Map::HashMap(lbd_map(ns, "AFFINITY")?))?;
+    let start = Instant::now();
+    let now = monotonic_ns();
+    for i in 0..n {
+        if i % 65_536 == 0 {
+            check_stop()?;
+        }
+        let (index, real) = servers[i as usize % servers.len()];
+        // Table keys only: nothing is ever sent from these addresses (a
+        // million of them do not fit in 198.18.0.0/15).
+        let key = AffinityKey {
+            service_id: service.id,
+            client: u32::from(Ipv4Addr::new(198, 19, 0, 0))
+                .wrapping_add(i)
+                .to_be(),
+        };
+        let value = Affinity {
+            real: index,
+            real_address: real.address,
+            last_seen_ns: now,
+            seen_jiffies: 0,
+        };
+        affinity
+            .insert(key, value, 0)
+            .with_context(|| format!("writing entry {i} of {n}"))?;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Active clients `lbctl status` counts.
+fn counted(lbd: &RunningLbd) -> u64 {
+    BenchLab::lbctl(&lbd.socket, &["status", "--json"])
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| {
+            v["services"].as_array().map(|services| {
+                services
+                    .iter()
+                    .flat_map(|s| s["real_servers"].as_array().cloned().unwrap_or_default())
+                    .filter_map(|r| r["active_clients"].as_u64())
+                    .sum()
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// Waits until lbd counts at least `n` active clients; the seconds it took.
+fn wait_counted(lbd: &RunningLbd, n: u64, timeout: Duration) -> Result<f64> {
+    let start = Instant::now();
+    loop {
+        if counted(lbd) >= n {
+            return Ok(start.elapsed().as_secs_f64());
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "{} counts {} active clients of {n} after {timeout:?}",
+                lbd.ns,
+                counted(lbd)
+            );
+        }
+        nap(Duration::from_millis(100))?;
+    }
+}
+
+/// % of one core `pid` used over `d`.
+fn cpu_pct(pid: u32, d: Duration) -> Result<f64> {
+    let before = process_ticks(pid).ok_or_else(|| anyhow!("lbd {pid} is gone"))?;
+    let start = Instant::now();
+    nap(d)?;
+    let after = process_ticks(pid).ok_or_else(|| anyhow!("lbd {pid} is gone"))?;
+    Ok(cpu_share(after - before, start.elapsed()))
+}
+
+fn cpu_share(ticks: u64, over: Duration) -> f64 {
+    #[expect(clippy::cast_precision_loss, reason = "clock ticks")]
+    let ticks = ticks as f64;
+    100.0 * ticks / ticks_per_second() / over.as_secs_f64()
+}
+
+impl BenchLab {
+    /// The whole scenario with `n` entries.
+    pub(crate) fn census_bench(&mut self, n: u32) -> Result<CensusFigures> {
+        let mut figures = CensusFigures {
+            entries: n,
+            ..CensusFigures::default()
+        };
+        let ns1 = self.lab.lb_ns().to_string();
+        let dir = self.lab.dir().join("lbd-census");
+        let config = lbd_config(&dir, "bench", &self.lab, "{ type: none }", "");
+        let lbd = self.start_lbd(&ns1, &dir, &config)?;
+        let single = (|| -> Result<()> {
+            figures.fill_s = fill(&ns1, n)?;
+            let filled = Instant::now();
+            wait_counted(&lbd, u64::from(n), Duration::from_secs(30))?;
+            figures.single_counted_s = filled.elapsed().as_secs_f64();
+            let pid = self
+                .lab
+                .pid(lbd.handle)
+                .ok_or_else(|| anyhow!("lbd is gone"))?;
+            figures.single_cpu_pct = cpu_pct(pid, MEASURE)?;
+            Ok(())
+        })();
+        self.stop_lbd(&lbd);
+        single?;
+        check_stop()?;
+        self.census_pair(n, &mut figures)?;
+        Ok(figures)
+    }
+
+    /// lb1 (primary) fills up alone; lb2 starts and receives the snapshot.
+    fn census_pair(&mut self, n: u32, figures: &mut CensusFigures) -> Result<()> {
+        let base = self.lab.dir().join("census-pair");
+        fs::create_dir_all(&base)?;
+        let key = base.join("cluster.key");
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut f = fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&key)?;
+            f.write_all(KEY)?;
+        }
+        let (a1, a2) = (self.lab.lb_address(), self.lab.lb2_address());
+        let cluster = |prio: u8, role: &str, me: Ipv4Addr, peer: Ipv4Addr| {
+            format!(
+                "cluster:\n  vrid: 52\n  priority: {prio}\n  advert_interval_ms: 1000\n  preempt: true\n  \
+                 peer: {peer}\n  role: {role}\n  sync:\n    listen: {me}:7947\n    peer: {peer}:7947\n    key_file: {}\n",
+                key.display()
+            )
+        };
+        let (d1, d2) = (base.join("lb1"), base.join("lb2"));
+        let c1 = lbd_config(
+            &d1,
+            "lb1",
+            &self.lab,
+            "{ type: none }",
+            &cluster(150, "primary", a1, a2),
+        );
+        let c2 = lbd_config(
+            &d2,
+            "lb2",
+            &self.lab,
+            "{ type: none }",
+            &cluster(100, "secondary", a2, a1),
+        );
+        let (ns1, ns2) = (self.lab.lb_ns().to_string(), self.lab.lb2_ns().to_string());
+        let lb1 = self.start_lbd(&ns1, &d1, &c1)?;
+        let mut lb2 = None;
+        let result = (|| -> Result<()> {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while BenchLab::lbctl(&lb1.socket, &["ha", "--json"])
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .is_none_or(|v| v["state"] != "master")
+            {
+                if Instant::now() > deadline {
+                    bail!("lb1 did not become master alone");
+                }
+                nap(Duration::from_millis(200))?;
+            }
+            fill(&ns1, n)?;
+            wait_counted(&lb1, u64::from(n), Duration::from_secs(30))?;
+            let pid = self
+                .lab
+                .pid(lb1.handle)
+                .ok_or_else(|| anyhow!("lb1 is gone"))?;
+            let before = process_ticks(pid).ok_or_else(|| anyhow!("lb1 is gone"))?;
+            let start = Instant::now();
+            let second = self.start_lbd(&ns2, &d2, &c2)?;
+            let backup = lb2.insert(second);
+            wait_counted(backup, u64::from(n), Duration::from_secs(120))?;
+            figures.snapshot_s = start.elapsed().as_secs_f64();
+            let after = process_ticks(pid).ok_or_else(|| anyhow!("lb1 is gone"))?;
+            figures.snapshot_master_cpu_pct = cpu_share(after - before, start.elapsed());
+            figures.master_cpu_pct = cpu_pct(pid, MEASURE)?;
+            Ok(())
+        })();
+        for l in [Some(&lb1), lb2.as_ref()].into_iter().flatten() {
+            self.stop_lbd(l);
+        }
+        let vip = format!("{}/32", self.lab.vip());
+        for ns in [&ns1, &ns2] {
+            let _ = lb_tests::lab::run(&["ip", "-n", ns, "addr", "del", &vip, "dev", "eth0"]);
+            remove_guard(ns);
+        }
+        result
+    }
+}
