@@ -173,7 +173,9 @@ pub fn run_bench(opts: &Options) -> Result<Outcome> {
     let census = if wants("census") {
         eprintln!("bench: lbd's CPU with a million active clients, and their snapshot to a peer");
         let entries = if opts.quick { 100_000 } else { 1_000_000 };
-        let result = lab.census_bench(entries).map_err(|e| format!("{e:#}"));
+        let result = lab
+            .census_bench(entries, opts.quick)
+            .map_err(|e| format!("{e:#}"));
         if let Err(e) = &result {
             eprintln!(
                 "bench:   not measured: {}",

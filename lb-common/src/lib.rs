@@ -8,6 +8,8 @@
 //! With the `user` feature the types implement `aya::Pod` for use in map calls.
 #![no_std]
 
+pub mod census;
+
 /// The most virtual services (VIP:port:protocol) one load balancer serves
 /// (ids fit [`Real::service_id`]).
 pub const MAX_SERVICES: u32 = 256;
@@ -46,7 +48,7 @@ pub const AFFINITY_REFRESH_NS: u64 = 1_000_000_000;
 /// timeout, [`MIN_AFFINITY_TIMEOUT_S`]. The data path refreshes a live entry
 /// only once it is older: at most every 100 ticks, at least every
 /// [`AFFINITY_REFRESH_NS`].
-pub const AFFINITY_FRESH_JIFFIES: u64 = 100;
+pub const AFFINITY_FRESH_JIFFIES: u32 = 100;
 
 /// Slots of the XDP program's per-CPU flow cache (a power of two): 320 KiB a CPU.
 pub const FLOW_CACHE_SLOTS: u32 = 8192;
@@ -197,10 +199,15 @@ pub struct Affinity {
     /// `CLOCK_MONOTONIC` nanoseconds of the last packet (refreshed at least
     /// every [`AFFINITY_REFRESH_NS`] while the client sends).
     pub last_seen_ns: u64,
-    /// `bpf_jiffies64()` when the data path last wrote `last_seen_ns`; 0 when
-    /// lbd wrote the entry. While it is less than [`AFFINITY_FRESH_JIFFIES`]
-    /// old the entry is live without a clock read (see there).
-    pub seen_jiffies: u64,
+    /// `bpf_jiffies64()` (its low 32 bits) when the data path last wrote
+    /// `last_seen_ns`; 0 when lbd wrote the entry. While it is less than
+    /// [`AFFINITY_FRESH_JIFFIES`] old the entry is live without a clock read
+    /// (see there). The census removes an entry long before the ticks wrap.
+    pub seen_jiffies: u32,
+    /// The census pass that last sent this entry to the peer; 0: never
+    /// (a new entry, or one written again with another server). See
+    /// [`census::stream_wanted`].
+    pub sync_pass: u32,
 }
 
 /// Traffic counters kept per CPU for each real-server slot (a service's are
@@ -507,6 +514,12 @@ mod pod {
     unsafe impl aya::Pod for VipProtocol {}
     // SAFETY: as above (an array of u64).
     unsafe impl aya::Pod for ReasonCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::census::CensusService {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::census::CensusRun {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::census::StreamedEntry {}
 }
 
 #[cfg(test)]

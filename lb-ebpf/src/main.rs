@@ -30,6 +30,7 @@
 
 mod arp;
 mod cache;
+mod census;
 mod count;
 mod parse;
 
@@ -197,11 +198,12 @@ fn lookup_affinity(
         real_address,
         last_seen_ns,
         seen_jiffies,
+        ..
     } = unsafe { *entry };
-    // Saturating: another CPU may have stored a tick or a time later than
-    // the one read here.
-    let fresh =
-        seen_jiffies != 0 && clock.jiffies.saturating_sub(seen_jiffies) < AFFINITY_FRESH_JIFFIES;
+    // Another CPU may have stored a tick later than the one read here: the
+    // difference wraps to a large number, and the entry is checked in full.
+    let fresh = seen_jiffies != 0
+        && (clock.jiffies as u32).wrapping_sub(seen_jiffies) < AFFINITY_FRESH_JIFFIES;
     if !fresh && !affinity_is_live(clock.ns(), last_seen_ns, service.timeout_ns) {
         tally.count(Reason::AffinityExpired);
         return Remembered::Replaceable;
@@ -224,7 +226,7 @@ fn lookup_affinity(
         // good. The time first: an entry that looks fresh is live.
         unsafe {
             (*entry).last_seen_ns = clock.ns();
-            (*entry).seen_jiffies = clock.jiffies;
+            (*entry).seen_jiffies = clock.jiffies as u32;
         }
     }
     tally.count(Reason::AffinityHit);
@@ -276,6 +278,7 @@ fn remember(
     tally: Tally,
 ) -> bool {
     if replace && AFFINITY.insert(key, entry, u64::from(BPF_EXIST)).is_ok() {
+        census::announce(key, entry);
         return true;
     }
     let Some(count) = CLIENT_COUNTS.get_ptr_mut(service.id) else {
@@ -293,6 +296,7 @@ fn remember(
             // SAFETY: as above; the result is unused, so this is one
             // `lock *(u64 *)(count) += 1`.
             unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(count, 1) };
+            census::announce(key, entry);
             true
         }
         Err(error) if i64::from(error) == -E2BIG => {
@@ -458,7 +462,8 @@ fn decide(
                             real: target.index,
                             real_address: target.real.address,
                             last_seen_ns: clock.ns(),
-                            seen_jiffies: clock.jiffies,
+                            seen_jiffies: clock.jiffies as u32,
+                            sync_pass: 0,
                         };
                         let replace = matches!(other, Remembered::Replaceable);
                         remembered = remember(&key, &entry, &service, replace, tally);

@@ -9,13 +9,14 @@
 use std::{collections::BTreeMap, mem::size_of, net::Ipv4Addr};
 
 use aya::programs::{TestRun, TestRunOptions};
+use lb_common::census::CensusRun;
 use lb_common::{Affinity, Reason};
 use lb_tests::frames::{self, parse_fragment, parse_service_frame, FrameSpec};
 use lb_tests::wait::{wait_until, SLACK};
 use lb_userspace::{
-    balancer::Balancer,
+    balancer::{Balancer, SWEEP_MARGIN_NS, UNKNOWN_SERVICE_GRACE_NS},
     config::{AdminState, Config},
-    dataplane::{EbpfMaps, Maps, Program},
+    dataplane::{CensusRunner as _, EbpfCensus, EbpfMaps, Maps, Program},
     monotonic_ns,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -177,6 +178,7 @@ impl Harness {
             real_address: u32::from_ne_bytes(real.address.octets()),
             last_seen_ns,
             seen_jiffies: 0,
+            sync_pass: 0,
         };
         self.balancer
             .maps_mut()
@@ -1223,6 +1225,7 @@ fn the_affinity_table_holds_a_million_clients_and_a_full_table_evicts_none() {
         real_address: u32::from_ne_bytes(planted.address.octets()),
         last_seen_ns: now,
         seen_jiffies: 0,
+        sync_pass: 0,
     };
     let mut batch = Vec::with_capacity(10_000);
     for i in 0..CLIENTS {
@@ -1678,28 +1681,202 @@ fn removing_expired_entries_gives_their_room_back() {
     check(&mut h, &forward("capped is full", frame.clone(), to));
     assert!(entry(&h, "capped", newcomer).is_none());
     // lbd's census removes what is past its expiry, and counts it out.
-    let key = h.balancer.census_key();
-    let mut scanner = h
-        .balancer
-        .maps()
-        .affinity_scanner()
+    let mut census = census_of(&mut h);
+    let found = census
+        .run(&census_run(0, 0, 0, 0))
         .unwrap_or_else(|e| panic!("{e}"));
-    let now = monotonic_ns();
-    for c in gone {
-        let k = state.client_key(c);
-        let removed = scanner
-            .remove_if(&k, &|v| key.sweepable(&k, v, now))
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(removed, "{c} is past its expiry");
-    }
+    assert_eq!(found.swept, 2, "both are past their expiry: {found:?}");
     assert_eq!(h.balancer.remembered_clients(&state), 0);
     check(&mut h, &forward("room again", frame, to));
     assert!(entry(&h, "capped", newcomer).is_some(), "remembered now");
     assert_eq!(h.balancer.remembered_clients(&state), 1);
     // A live entry is never removed.
-    let k = state.client_key(newcomer);
-    let removed = scanner
-        .remove_if(&k, &|v| key.sweepable(&k, v, monotonic_ns()))
+    let found = census
+        .run(&census_run(0, 0, 0, 0))
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(!removed);
+    assert_eq!(found.swept, 0);
+    assert!(entry(&h, "capped", newcomer).is_some());
+    assert_eq!(h.balancer.remembered_clients(&state), 1);
+}
+
+/// The kernel's census, its maps told the services as lbd tells them.
+fn census_of(h: &mut Harness) -> EbpfCensus {
+    let counts = h.balancer.maps().client_counts();
+    let mut census = h.program.census(counts).unwrap_or_else(|e| panic!("{e}"));
+    census
+        .set_services(&h.balancer.census_key().services())
+        .unwrap_or_else(|e| panic!("{e}"));
+    census
+}
+
+fn census_run(pass: u32, lost_lo: u32, lost_hi: u32, budget: u32) -> CensusRun {
+    CensusRun {
+        pass,
+        lost_lo,
+        lost_hi,
+        budget,
+        sweep_margin_ns: SWEEP_MARGIN_NS,
+        unknown_grace_ns: UNKNOWN_SERVICE_GRACE_NS,
+    }
+}
+
+/// Issue 12: the census walks the table in the kernel. One run counts live
+/// entries per server (not those expired, nor those of a halted server),
+/// removes the entries well past their expiry and those of a service gone
+/// for long, and hands the peer each live entry once: again only when its
+/// pass was lost, or when the entry is written anew; at most the budget.
+#[test]
+fn the_census_counts_sweeps_and_streams_in_the_kernel() {
+    let mut h = Harness::new();
+    let c = |n| Ipv4Addr::new(198, 18, 6, n);
+    h.plant("web", c(1), "rs1", 0);
+    h.plant("web", c(2), "rs1", 10);
+    h.plant("web", c(3), "rs2", 0);
+    // web's timeout is 300 s (and the refresh lag): expired, and then past
+    // the margin.
+    h.plant("web", c(4), "rs2", 305);
+    h.plant("web", c(5), "rs3", 400);
+    let web = h
+        .balancer
+        .service("web")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .clone();
+    let rs = |name: &str| {
+        web.reals
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("{name}"))
+            .index
+    };
+    // An entry of a service id nobody has, unseen for long.
+    let orphan = lb_common::AffinityKey {
+        service_id: 200,
+        ..web.client_key(c(6))
+    };
+    h.balancer
+        .maps_mut()
+        .set_affinity(
+            orphan,
+            Affinity {
+                real: rs("rs1"),
+                real_address: u32::from_ne_bytes([198, 18, 0, 21]),
+                last_seen_ns: monotonic_ns()
+                    .saturating_sub(UNKNOWN_SERVICE_GRACE_NS + 1_000_000_000),
+                seen_jiffies: 0,
+                sync_pass: 0,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let before = h.balancer.remembered_clients(&web);
+    let mut census = census_of(&mut h);
+
+    let found = census
+        .run(&census_run(1, 0, 0, 100))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(found.entries, 6, "{found:?}");
+    assert_eq!(found.live, 3);
+    assert_eq!(
+        found.per_real,
+        BTreeMap::from([(rs("rs1"), 2), (rs("rs2"), 1)])
+    );
+    assert_eq!(found.swept, 2, "c5, past the margin, and the orphan");
+    assert!(entry(&h, "web", c(5)).is_none() && entry(&h, "web", c(4)).is_some());
+    assert_eq!(h.balancer.remembered_clients(&web), before - 1);
+    let streamed = |found: &lb_userspace::dataplane::CensusOutcome| {
+        let mut clients: Vec<u32> = found.streamed.iter().map(|(k, _)| k.client).collect();
+        clients.sort_unstable();
+        clients
+    };
+    let live: Vec<u32> = {
+        let mut v: Vec<u32> = [1, 2, 3]
+            .iter()
+            .map(|n| web.client_key(c(*n)).client)
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(streamed(&found), live, "every live entry, once");
+    assert!(
+        found.streamed.iter().all(|(_, v)| v.sync_pass == 0),
+        "as read, before marking"
+    );
+
+    let again = census
+        .run(&census_run(2, 0, 0, 100))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(again.streamed.is_empty(), "sent in pass 1: {again:?}");
+    let lost = census
+        .run(&census_run(3, 0, 1, 100))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(streamed(&lost), live, "pass 1 lost: all again");
+    // Written anew (another server): sent at the next pass.
+    h.plant("web", c(1), "rs2", 0);
+    let anew = census
+        .run(&census_run(4, 0, 0, 100))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(streamed(&anew), vec![web.client_key(c(1)).client]);
+    // The budget: one a pass, the rest left for later.
+    let tight = census
+        .run(&census_run(5, 0, 4, 1))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((tight.streamed.len(), tight.behind), (1, 2));
+    // A client the data path remembers is announced at once, without a
+    // walk; one it does not remember (a bare SYN) is not.
+    let _ = census.take_new(1_000);
+    let (newcomer, shy) = (c(7), c(8));
+    let to = h.hashed_mac("web", newcomer);
+    check(
+        &mut h,
+        &forward(
+            "a new client",
+            FrameSpec::tcp(IFACE_MAC, newcomer, VIP, 80).build(),
+            to,
+        ),
+    );
+    let to = h.hashed_mac("web", shy);
+    check(
+        &mut h,
+        &forward(
+            "a bare SYN",
+            FrameSpec::syn(IFACE_MAC, shy, VIP, 80).build(),
+            to,
+        ),
+    );
+    let announced = census.take_new(1_000);
+    assert_eq!(
+        announced.iter().map(|(k, _)| k.client).collect::<Vec<_>>(),
+        vec![web.client_key(newcomer).client],
+        "{announced:?}"
+    );
+    assert_eq!(announced[0].1.sync_pass, 0, "never sent");
+    // A halted server's clients are not counted.
+    h.balancer
+        .set_admin_state("web", "rs2", AdminState::Halt)
+        .unwrap_or_else(|e| panic!("{e}"));
+    census
+        .set_services(&h.balancer.census_key().services())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let halted = census
+        .run(&census_run(0, 0, 0, 0))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let rs2 = rs("rs2");
+    assert!(!halted.per_real.contains_key(&rs2), "{halted:?}");
+    assert!(
+        halted.per_real.get(&rs("rs1")).is_some_and(|n| *n >= 1),
+        "{halted:?}"
+    );
+    // Entries about to expire are told by the second (lbd counts them out
+    // between walks): one of rs3's in 2 s (timeout 300 s plus the 3.5 s lag).
+    h.plant("web", c(9), "rs3", 301);
+    let soon = census
+        .run(&census_run(0, 0, 0, 0))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        soon.expiring
+            .iter()
+            .filter(|(_, real, _)| *real == rs("rs3"))
+            .collect::<Vec<_>>(),
+        vec![&(2, rs("rs3"), 1)],
+        "{soon:?}"
+    );
 }

@@ -21,8 +21,14 @@ pub fn ebpf() -> Result<()> {
             "build-std=core",
         ])
         // The host toolchain's flags (if any) are not for the BPF target.
+        // BTF (from the debug info) is needed for the census program's
+        // callback: the kernel wants `func_info` for every subprogram a
+        // `bpf_for_each_map_elem` calls.
+        // Every function needs it, the compiler's `memcpy` and `memset`
+        // included, so the whole build has debug info.
         .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS"))
+        .env("CARGO_ENCODED_RUSTFLAGS", "-Clink-arg=--btf")
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "2"))
 }
 
 /// Builds the XDP objects, then every binary and test in release mode (lbd

@@ -29,6 +29,11 @@ use crate::{
 /// Seconds lbd's CPU is measured over, once the table is full.
 pub(crate) const MEASURE_S: u64 = 10;
 const MEASURE: Duration = Duration::from_secs(MEASURE_S);
+/// The master sends every live entry again once a minute (services with
+/// timeouts over 4 minutes): its CPU is measured over this long.
+const REFRESH_CYCLE: Duration = Duration::from_secs(65);
+/// lbd's walk of the table (`WALK_EVERY`): one passes before measuring.
+const WALK: Duration = Duration::from_secs(5);
 /// The bench's cluster key (any 32+ bytes).
 const KEY: &[u8] = b"bench-census-key-0123456789abcdef-0123456789abcdef\n";
 
@@ -111,6 +116,7 @@ fn fill(ns: &str, n: u32) -> Result<f64> {
             real_address: real.address,
             last_seen_ns: now,
             seen_jiffies: 0,
+            sync_pass: 0,
         };
         affinity
             .insert(key, value, 0)
@@ -171,7 +177,8 @@ fn cpu_share(ticks: u64, over: Duration) -> f64 {
 
 impl BenchLab {
     /// The whole scenario with `n` entries.
-    pub(crate) fn census_bench(&mut self, n: u32) -> Result<CensusFigures> {
+    /// `quick`: the master's steady CPU over 10 s, not a whole refresh cycle.
+    pub(crate) fn census_bench(&mut self, n: u32, quick: bool) -> Result<CensusFigures> {
         let mut figures = CensusFigures {
             entries: n,
             ..CensusFigures::default()
@@ -189,18 +196,22 @@ impl BenchLab {
                 .lab
                 .pid(lbd.handle)
                 .ok_or_else(|| anyhow!("lbd is gone"))?;
+            if std::env::var_os("LB_BENCH_HOLD").is_some() {
+                eprintln!("bench: holding lbd {pid} for 40 s");
+                nap(Duration::from_secs(40))?;
+            }
             figures.single_cpu_pct = cpu_pct(pid, MEASURE)?;
             Ok(())
         })();
         self.stop_lbd(&lbd);
         single?;
         check_stop()?;
-        self.census_pair(n, &mut figures)?;
+        self.census_pair(n, quick, &mut figures)?;
         Ok(figures)
     }
 
     /// lb1 (primary) fills up alone; lb2 starts and receives the snapshot.
-    fn census_pair(&mut self, n: u32, figures: &mut CensusFigures) -> Result<()> {
+    fn census_pair(&mut self, n: u32, quick: bool, figures: &mut CensusFigures) -> Result<()> {
         let base = self.lab.dir().join("census-pair");
         fs::create_dir_all(&base)?;
         let key = base.join("cluster.key");
@@ -266,7 +277,14 @@ impl BenchLab {
             figures.snapshot_s = start.elapsed().as_secs_f64();
             let after = process_ticks(pid).ok_or_else(|| anyhow!("lb1 is gone"))?;
             figures.snapshot_master_cpu_pct = cpu_share(after - before, start.elapsed());
-            figures.master_cpu_pct = cpu_pct(pid, MEASURE)?;
+            if std::env::var_os("LB_BENCH_HOLD").is_some() {
+                eprintln!("bench: holding master {pid} for 90 s");
+                nap(Duration::from_secs(90))?;
+            }
+            // Past the snapshot's last passes.
+            nap(WALK)?;
+            // A whole refresh cycle: every entry is sent again once a minute.
+            figures.master_cpu_pct = cpu_pct(pid, if quick { MEASURE } else { REFRESH_CYCLE })?;
             Ok(())
         })();
         for l in [Some(&lb1), lb2.as_ref()].into_iter().flatten() {

@@ -78,6 +78,7 @@ pub(crate) fn affinity_memory(fill: u32) -> Result<AffinityMemory> {
             real_address: u32::from_ne_bytes(rs1.address.octets()),
             last_seen_ns: now,
             seen_jiffies: 0,
+            sync_pass: 0,
         };
         balancer
             .maps_mut()

@@ -87,6 +87,7 @@ impl<M: Maps> Balancer<M> {
             real_address: u32::from_ne_bytes(real.address.octets()),
             last_seen_ns: now_ns.saturating_sub(u64::from(entry.age_ms) * 1_000_000),
             seen_jiffies: 0,
+            sync_pass: 0,
         };
         Some((service.client_key(entry.client), value))
     }
@@ -162,6 +163,7 @@ mod tests {
                     real_address: u32::from_ne_bytes(rs3.address.octets()),
                     last_seen_ns: 1_000_000_000,
                     seen_jiffies: 0,
+                    sync_pass: 0,
                 },
             )
             .unwrap_or_else(|e| panic!("{e}"));

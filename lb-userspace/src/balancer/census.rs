@@ -4,10 +4,15 @@
 
 use std::collections::BTreeMap;
 
-use lb_common::{Affinity, AffinityKey};
+use lb_common::{
+    census::{refresh_passes, CensusService},
+    Affinity, AffinityKey, MAX_SERVICES,
+};
 
 use super::{Balancer, Result};
 use crate::dataplane::Maps;
+#[cfg(test)]
+use lb_common::census::sweepable;
 
 /// Service timeouts and real-server slots, to judge affinity entries.
 /// Indexed by service id and real-server index (both small), so judging an
@@ -40,17 +45,19 @@ pub const SWEEP_MARGIN_NS: u64 = 5_000_000_000;
 pub const UNKNOWN_SERVICE_GRACE_NS: u64 = 60_000_000_000;
 
 impl CensusKey {
-    /// Whether lbd should remove this entry from the table: expired by more
-    /// than [`SWEEP_MARGIN_NS`] (ages saturate: an entry renewed after
-    /// `now_ns` was read is fresh), or of a service gone for
-    /// [`UNKNOWN_SERVICE_GRACE_NS`].
+    /// What the kernel's census knows of each service, by id.
     #[must_use]
-    pub fn sweepable(&self, k: &AffinityKey, v: &Affinity, now_ns: u64) -> bool {
-        let age = now_ns.saturating_sub(v.last_seen_ns);
-        match self.timeout(k.service_id) {
-            Some(timeout) => age > timeout.saturating_add(SWEEP_MARGIN_NS),
-            None => age > UNKNOWN_SERVICE_GRACE_NS,
-        }
+    pub fn services(&self) -> Vec<CensusService> {
+        (0..MAX_SERVICES)
+            .map(|id| match self.timeout(id) {
+                Some(timeout_ns) => CensusService {
+                    timeout_ns,
+                    refresh_passes: refresh_passes(timeout_ns),
+                    known: 1,
+                },
+                None => CensusService::default(),
+            })
+            .collect()
     }
 
     /// The timeout of service `id`, if the key knows it.
@@ -125,22 +132,6 @@ impl Tally {
     }
 }
 
-/// Counts the live entries of an affinity table.
-///
-/// # Errors
-/// A failed map read.
-pub fn census(
-    scan: &dyn crate::dataplane::AffinityScan,
-    key: &CensusKey,
-    now_ns: u64,
-) -> Result<Census> {
-    let mut out = Tally::default();
-    scan.scan(&mut |k, v| {
-        out.add(key, k, v, now_ns);
-    })?;
-    Ok(out.finish())
-}
-
 impl<M: Maps> Balancer<M> {
     /// What [`census`] needs to judge affinity entries: each service's
     /// timeout and each real-server slot's address and whether it keeps clients.
@@ -176,32 +167,22 @@ mod tests {
     use super::super::testing::{balancer, THREE};
     use super::*;
 
-    const S: u64 = 1_000_000_000;
-
     #[test]
     fn only_entries_well_past_their_expiry_or_of_gone_services_are_swept() {
         let b = balancer(&THREE);
-        let key = b.census_key();
+        let services = b.census_key().services();
         let state = b.service("web").unwrap_or_else(|e| panic!("{e}"));
-        let expiry = state.timeout_ns();
-        let client = state.client_key("198.18.1.1".parse().unwrap_or_else(|e| panic!("{e}")));
-        let entry = |last_seen_ns| Affinity {
-            real: state.reals[0].index,
-            real_address: u32::from_ne_bytes(state.reals[0].address.octets()),
-            last_seen_ns,
-            seen_jiffies: 0,
-        };
-        let now = 10_000 * S;
-        assert!(!key.sweepable(&client, &entry(now - expiry), now));
-        assert!(!key.sweepable(&client, &entry(now - expiry - SWEEP_MARGIN_NS), now));
-        assert!(key.sweepable(&client, &entry(now - expiry - SWEEP_MARGIN_NS - 1), now));
-        // Renewed by the data path after `now` was read: fresh, kept.
-        assert!(!key.sweepable(&client, &entry(now + S), now));
-        let gone = AffinityKey {
-            service_id: state.id + 1,
-            ..client
-        };
-        assert!(!key.sweepable(&gone, &entry(now - UNKNOWN_SERVICE_GRACE_NS), now));
-        assert!(key.sweepable(&gone, &entry(now - UNKNOWN_SERVICE_GRACE_NS - 1), now));
+        let web = services[state.id as usize];
+        assert_eq!(web.timeout_ns, state.timeout_ns());
+        let expiry = web.timeout_ns;
+        let swept =
+            |age, s: &CensusService| sweepable(age, s, SWEEP_MARGIN_NS, UNKNOWN_SERVICE_GRACE_NS);
+        assert!(!swept(expiry, &web));
+        assert!(!swept(expiry + SWEEP_MARGIN_NS, &web));
+        assert!(swept(expiry + SWEEP_MARGIN_NS + 1, &web));
+        let gone = services[state.id as usize + 1];
+        assert_eq!(gone.known, 0, "no service with that id");
+        assert!(!swept(UNKNOWN_SERVICE_GRACE_NS, &gone));
+        assert!(swept(UNKNOWN_SERVICE_GRACE_NS + 1, &gone));
     }
 }

@@ -30,7 +30,7 @@ use lb_common::{
 };
 
 pub use self::affinity::AffinityAnswer;
-pub use self::census::{census, Census, CensusKey, Tally};
+pub use self::census::{Census, CensusKey, Tally, SWEEP_MARGIN_NS, UNKNOWN_SERVICE_GRACE_NS};
 pub use self::plan::plan;
 pub use self::state::{ring_for, Health, RealState, ServiceState};
 use crate::{

@@ -1,29 +1,44 @@
-//! Active-client counting: a background thread passes over the affinity
-//! table about once a second (batched reads, an array lookup per entry),
-//! counts live entries per real server, removes entries well past their
-//! expiry (the table never evicts by itself), and on a paired master also
-//! finds what to stream to the peer ([`crate::sync::StreamTracker`]).
+//! Active-client counting: a background thread runs the kernel's census
+//! about once a second (one in-kernel walk of the affinity table, see
+//! `lb_common::census`), which counts live entries per real server, removes
+//! entries well past their expiry (the table never evicts by itself), and on
+//! a paired master also finds what to stream to the peer
+//! ([`crate::sync::StreamTracker`]).
 
 use std::{
+    collections::BTreeMap,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
     time::Duration,
+    time::Instant,
 };
 
 use lb_common::{Affinity, AffinityKey};
 
 use super::Daemon;
 use crate::{
-    balancer::{Census, CensusKey, Tally},
-    dataplane::AffinityScan,
+    balancer::{Census, CensusKey, SWEEP_MARGIN_NS, UNKNOWN_SERVICE_GRACE_NS},
+    dataplane::{CensusOutcome, CensusRunner},
     monotonic_ns,
-    sync::{self, PassOutcome, StreamTracker},
+    sync::{PassOutcome, PassPlan, StreamTracker},
 };
+use lb_common::census::{CensusRun, STREAM_PER_PASS};
 
-/// How often active clients are counted (a pass over the affinity table).
+/// How often active clients are counted: the new entries the data path
+/// announced, and every [`WALK_EVERY`] a walk of the whole table.
 pub(super) const CENSUS_EVERY: Duration = Duration::from_secs(1);
+
+/// How often the census walks the table (expiries are counted, expired
+/// entries removed, refreshes streamed), except while the stream catches
+/// up with a peer (then every second). A walk touches every entry: at a
+/// million, about 150 ms of a core.
+pub(super) const WALK_EVERY: Duration = Duration::from_secs(5);
+
+/// New entries taken from the data path's ring a second, at most (the rest
+/// wait for the next walk).
+const MAX_NEW: usize = 100_000;
 
 /// Active-client counting, shared with its background thread. In a pair the
 /// same pass also finds what the master streams to its peer.
@@ -50,6 +65,9 @@ pub(super) struct StreamShared {
     /// The last pass's entries, waiting for the daemon. Until the daemon
     /// takes them no pass adds more: a slow peer slows the stream.
     pub(super) ready: Option<ReadyPass>,
+    /// Entries the data path wrote since, sent at once without a mark (the
+    /// next walk sends them again, marked).
+    pub(super) fresh: Vec<(AffinityKey, Affinity)>,
 }
 
 /// One pass of the stream, for the daemon to send.
@@ -61,104 +79,156 @@ pub(super) struct ReadyPass {
     pub(super) total: u64,
 }
 
-/// Most entries one pass removes (a system call each); more wait for the next.
-const MAX_SWEPT: usize = 500_000;
-
 /// Counts active clients every [`CENSUS_EVERY`] until `stop` is set, and
-/// finds what to stream while asked to.
+/// finds what to stream while asked to: a run of the kernel's census every
+/// [`WALK_EVERY`] (every second while the stream catches up), and between
+/// runs the entries the data path announced (see `lb_common::census`).
 #[expect(
     clippy::needless_pass_by_value,
     reason = "owned by the thread it runs on"
 )]
 pub(super) fn census_thread(
-    mut scanner: Box<dyn AffinityScan>,
+    mut census: Box<dyn CensusRunner>,
     shared: Arc<Mutex<CensusShared>>,
     stop: Arc<AtomicBool>,
 ) {
+    let started = Instant::now();
     let mut tracker = StreamTracker::default();
+    let mut walked: Option<Walked> = None;
+    let mut added = BTreeMap::<u32, u64>::new();
     while !stop.load(Ordering::Relaxed) {
-        let Ok((key, stream, epoch)) = shared.lock().map(|mut s| {
+        let Ok((key, on, waiting, epoch)) = shared.lock().map(|mut s| {
             for command in std::mem::take(&mut s.stream.commands) {
                 command(&mut tracker);
             }
-            let stream = s.stream.on && s.stream.ready.is_none();
-            (s.key.clone(), stream, s.stream.epoch)
+            let stream = &s.stream;
+            (
+                s.key.clone(),
+                stream.on,
+                stream.ready.is_some(),
+                stream.epoch,
+            )
         }) else {
             return;
         };
-        let started = monotonic_ns();
-        let mut tally = Tally::default();
-        let mut streamed = Vec::new();
-        let mut dead = Vec::new();
-        if stream {
-            tracker.start_pass();
+        if let Err(error) = census.set_services(&key.services()) {
+            log::warn!("counting active clients: {error}");
         }
-        let result = scanner.scan(&mut |k, v| {
-            let live = tally.add(&key, k, v, started);
-            if !live && dead.len() < MAX_SWEPT && key.sweepable(k, v, started) {
-                dead.push(*k);
-            }
-            if live && stream {
-                let refresh = key.timeout(k.service_id).map_or(u64::MAX, sync::refresh_ns);
-                if tracker.offer(k, v, refresh) {
-                    streamed.push((*k, *v));
-                }
-            }
-        });
-        for k in sweep(scanner.as_mut(), &key, &dead) {
-            tracker.forget(&k);
-        }
-        let outcome = stream.then(|| tracker.end_pass());
-        match result {
-            Ok(()) => {
-                if let Ok(mut s) = shared.lock() {
-                    let census = tally.finish();
-                    if let Some(outcome) = outcome {
-                        s.stream.ready = Some(ReadyPass {
-                            epoch,
-                            entries: streamed,
-                            outcome,
-                            total: census.live,
-                        });
+        let new = census.take_new(MAX_NEW);
+        let stream = on && !waiting;
+        let due = walked.as_ref().is_none_or(|w| w.at.elapsed() >= WALK_EVERY)
+            || (stream && tracker.catching_up());
+        if due {
+            let plan = if stream {
+                tracker.start_pass(started.elapsed().as_secs())
+            } else {
+                PassPlan::default()
+            };
+            match walk(census.as_mut(), plan) {
+                Ok(found) => {
+                    let outcome = stream.then(|| tracker.end_pass(found.behind > 0));
+                    let counted = Census {
+                        per_real: found.per_real,
+                        live: found.live,
+                        entries: found.entries,
+                    };
+                    added.clear();
+                    if let Ok(mut s) = shared.lock() {
+                        if let Some(outcome) = outcome {
+                            s.stream.ready = Some(ReadyPass {
+                                epoch,
+                                entries: found.streamed,
+                                outcome,
+                                total: found.live,
+                            });
+                        }
+                        // The walk sent them (or will, marked).
+                        s.stream.fresh.clear();
+                        s.latest = counted.clone();
                     }
-                    s.latest = census;
+                    walked = Some(Walked {
+                        at: Instant::now(),
+                        counted,
+                        expiring: found.expiring,
+                    });
+                }
+                Err(error) => {
+                    if stream {
+                        // The pass may have marked entries it never handed over.
+                        tracker.end_pass(true);
+                        tracker.resume();
+                    }
+                    log::warn!("counting active clients: {error}");
                 }
             }
-            Err(error) => {
-                if stream {
-                    // The pass may have recorded entries it never handed over.
-                    tracker.resume();
+        } else {
+            let now = monotonic_ns();
+            for (k, v) in &new {
+                if let Some(real) = key.live_real(k, v, now) {
+                    *added.entry(real).or_insert(0) += 1;
                 }
-                log::warn!("counting active clients: {error}");
+            }
+            if let (Some(w), Ok(mut s)) = (walked.as_ref(), shared.lock()) {
+                s.latest = w.now(&added);
+                if on {
+                    let room = MAX_NEW.saturating_sub(s.stream.fresh.len());
+                    s.stream.fresh.extend(new.into_iter().take(room));
+                }
             }
         }
         std::thread::sleep(CENSUS_EVERY);
     }
 }
 
-/// Removes the entries found dead, each checked again just before (the
-/// data path may have renewed it since the pass read it). Returns those
-/// removed.
-fn sweep(
-    scanner: &mut dyn AffinityScan,
-    key: &CensusKey,
-    dead: &[AffinityKey],
-) -> Vec<AffinityKey> {
-    let mut removed = Vec::new();
-    for k in dead {
-        match scanner.remove_if(k, &|v| key.sweepable(k, v, monotonic_ns())) {
-            Ok(true) => removed.push(*k),
-            Ok(false) => {}
-            Err(error) => {
-                log::warn!("removing expired persistence entries: {error}");
-                break;
+/// One run of the kernel's census under `plan` (no stream when its pass is 0).
+fn walk(
+    census: &mut dyn CensusRunner,
+    plan: PassPlan,
+) -> Result<CensusOutcome, crate::dataplane::DataplaneError> {
+    let found = census.run(&CensusRun {
+        pass: plan.pass,
+        lost_lo: plan.lost_lo,
+        lost_hi: plan.lost_hi,
+        budget: STREAM_PER_PASS,
+        sweep_margin_ns: SWEEP_MARGIN_NS,
+        unknown_grace_ns: UNKNOWN_SERVICE_GRACE_NS,
+    })?;
+    if found.swept > 0 {
+        log::debug!("removed {} expired persistence entries", found.swept);
+    }
+    Ok(found)
+}
+
+/// The last walk's counts, and what it said would expire.
+struct Walked {
+    at: Instant,
+    counted: Census,
+    expiring: Vec<(u32, u32, u64)>,
+}
+
+impl Walked {
+    /// The counts now: the walk's, less the entries expired since (those
+    /// that expire in a second that has passed), plus the clients the data
+    /// path announced since.
+    fn now(&self, added: &BTreeMap<u32, u64>) -> Census {
+        let passed = self.at.elapsed().as_secs();
+        let mut out = self.counted.clone();
+        for (second, real, n) in &self.expiring {
+            if u64::from(*second) < passed {
+                if let Some(count) = out.per_real.get_mut(real) {
+                    *count = count.saturating_sub(*n);
+                }
+                out.live = out.live.saturating_sub(*n);
             }
         }
+        for (real, n) in added {
+            *out.per_real.entry(*real).or_insert(0) += n;
+            out.live += n;
+            out.entries += n;
+        }
+        out.per_real.retain(|_, n| *n > 0);
+        out
     }
-    if !removed.is_empty() {
-        log::debug!("removed {} expired persistence entries", removed.len());
-    }
-    removed
 }
 
 impl Daemon {
@@ -173,5 +243,30 @@ impl Daemon {
             .lock()
             .map(|s| s.latest.clone())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Between walks: an entry the walk said expires in second k is
+    /// counted out once k + 1 seconds have passed; announced clients are in.
+    #[test]
+    fn between_walks_expiries_leave_by_the_second_and_arrivals_come_in() {
+        let walked = Walked {
+            at: Instant::now() - Duration::from_millis(2_500),
+            counted: Census {
+                per_real: BTreeMap::from([(1, 10), (2, 5)]),
+                live: 15,
+                entries: 20,
+            },
+            expiring: vec![(0, 1, 3), (1, 2, 5), (2, 1, 4)],
+        };
+        let now = walked.now(&BTreeMap::from([(3, 1)]));
+        assert_eq!(now.per_real, BTreeMap::from([(1, 7), (3, 1)]));
+        assert_eq!((now.live, now.entries), (15 - 3 - 5 + 1, 21));
     }
 }

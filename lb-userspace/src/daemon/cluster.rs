@@ -397,6 +397,7 @@ impl Daemon {
                     stream.on = true;
                     stream.epoch += 1;
                     stream.ready = None;
+                    stream.fresh.clear();
                     stream.commands.push(if step == StreamStep::Restart {
                         Box::new(sync::StreamTracker::restart)
                     } else {
@@ -420,19 +421,30 @@ impl Daemon {
         if backlog > STREAM_BACKLOG {
             return;
         }
-        let Some(pass) = self
-            .census
-            .lock()
-            .ok()
-            .and_then(|mut s| (s.stream.on).then(|| s.stream.ready.take()).flatten())
-        else {
+        let Ok((pass, fresh, epoch)) = self.census.lock().map(|mut s| {
+            let on = s.stream.on;
+            let pass = s.stream.ready.take().filter(|_| on);
+            let fresh = std::mem::take(&mut s.stream.fresh);
+            (pass, if on { fresh } else { Vec::new() }, s.stream.epoch)
+        }) else {
             return;
         };
-        let epoch = self.census.lock().map_or(0, |s| s.stream.epoch);
-        if pass.epoch != epoch {
-            return;
-        }
         let now = monotonic_ns();
+        if !fresh.is_empty() {
+            let entries: Vec<sync::SessionEntry> = fresh
+                .iter()
+                .filter_map(|(k, v)| self.balancer.session_entry(k, v, now))
+                .collect();
+            // Best effort: a batch refused here goes with the next walk.
+            for message in sync::session_batches(entries, false) {
+                if !self.queue_for_peer(message) {
+                    break;
+                }
+            }
+        }
+        let Some(pass) = pass.filter(|p| p.epoch == epoch) else {
+            return;
+        };
         let entries: Vec<sync::SessionEntry> = pass
             .entries
             .iter()
@@ -460,6 +472,7 @@ impl Daemon {
         if let Ok(mut shared) = self.census.lock() {
             shared.stream.on = false;
             shared.stream.ready = None;
+            shared.stream.fresh.clear();
         }
     }
 

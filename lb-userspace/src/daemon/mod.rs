@@ -170,7 +170,8 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
 
     let mut program = Program::load()?;
     let maps = program.take_maps()?;
-    let scanner = maps.affinity_scanner()?;
+    let scanner: Box<dyn crate::dataplane::CensusRunner> =
+        Box::new(program.census(maps.client_counts())?);
     let balancer = Balancer::new(maps, iface.mac)?;
     let listener = control::bind(&node.control_socket)?;
     let metrics_listener = metrics::bind(node.metrics_listen).await?;

@@ -10,7 +10,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, IterableMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, IterableMap, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{Xdp, XdpMode},
     Ebpf,
 };
@@ -20,8 +20,9 @@ use lb_common::{
 };
 
 use super::{
-    mapped::{ClientCounts, RingMemory},
-    next_generation, AffinityScan, DataplaneError, Maps, Result,
+    census::EbpfCensus,
+    mapped::{CensusCounts, ClientCounts, RingMemory},
+    next_generation, DataplaneError, Maps, Result,
 };
 
 /// `BPF_NOEXIST`: insert only where there is no entry.
@@ -36,6 +37,8 @@ static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 
 /// Name of the XDP entry point in the object.
 const PROGRAM_NAME: &str = "lb_xdp";
+/// Name of the census program (run by lbd, never attached).
+const CENSUS_NAME: &str = "lb_census";
 
 /// How the program is attached (the configuration's `xdp_mode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +81,11 @@ impl Program {
             what: "the kernel's verifier refused the XDP program".into(),
             source,
         })?;
+        let census = Self::census_program(&mut ebpf)?;
+        census.load().map_err(|source| DataplaneError::Program {
+            what: "the kernel's verifier refused the census program".into(),
+            source,
+        })?;
         Ok(Self {
             ebpf,
             attached_mode: None,
@@ -94,6 +102,50 @@ impl Program {
         ebpf.program_mut(PROGRAM_NAME)
             .and_then(|p| <&mut Xdp>::try_from(p).ok())
             .ok_or(DataplaneError::Missing("XDP program lb_xdp"))
+    }
+
+    fn census_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+        ebpf.program_mut(CENSUS_NAME)
+            .and_then(|p| <&mut Xdp>::try_from(p).ok())
+            .ok_or(DataplaneError::Missing("census program lb_census"))
+    }
+
+    /// The census (program and maps), for the thread that runs it;
+    /// `client_counts` are the data path's, which it keeps true as it
+    /// removes entries.
+    ///
+    /// # Errors
+    /// When a map is missing (a stale object) or a descriptor cannot be had.
+    pub fn census(&mut self, client_counts: Arc<ClientCounts>) -> Result<EbpfCensus> {
+        let program = Self::census_program(&mut self.ebpf)?
+            .fd()
+            .map_err(|source| DataplaneError::Program {
+                what: "the census program".into(),
+                source,
+            })?
+            .try_clone()
+            .map_err(|source| DataplaneError::Raw {
+                what: "duplicating the census program's descriptor",
+                source,
+            })?;
+        let mut take = |name: &'static str| {
+            self.ebpf
+                .take_map(name)
+                .ok_or(DataplaneError::Missing(name))
+        };
+        Ok(EbpfCensus {
+            program,
+            services: Array::try_from(take("CENSUS_SERVICES")?)
+                .map_err(map_error("CENSUS_SERVICES"))?,
+            written: vec![lb_common::census::CensusService::default(); MAX_SERVICES as usize],
+            orders: Array::try_from(take("CENSUS_RUN")?).map_err(map_error("CENSUS_RUN"))?,
+            counts: CensusCounts::map(take("CENSUS_COUNTS")?)?,
+            stream: aya::maps::RingBuf::try_from(take("STREAM_OUT")?)
+                .map_err(map_error("STREAM_OUT"))?,
+            new_entries: aya::maps::RingBuf::try_from(take("NEW_ENTRIES")?)
+                .map_err(map_error("NEW_ENTRIES"))?,
+            client_counts,
+        })
     }
 
     /// The loaded program, for `test_run`.
@@ -192,13 +244,6 @@ impl Drop for Program {
     }
 }
 
-/// An affinity-table handle of its own (a second descriptor on the same
-/// map), with the client counts it keeps true when it removes entries.
-pub struct AffinityReader {
-    map: HashMap<MapData, AffinityKey, Affinity>,
-    counts: Arc<ClientCounts>,
-}
-
 /// Walks the affinity table in batches ([`super::batch`]), or one entry
 /// at a time where the kernel has no batched lookups.
 fn scan_map(
@@ -207,14 +252,14 @@ fn scan_map(
 ) -> Result<()> {
     use std::os::fd::AsFd as _;
     static NO_BATCHES: std::sync::Once = std::sync::Once::new();
-    match super::batch::for_each(map.map().fd().as_fd(), f) {
+    match super::raw_bpf::for_each(map.map().fd().as_fd(), f) {
         Ok(()) => return Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => NO_BATCHES.call_once(|| {
             log::info!("this kernel has no batched map lookups: the affinity table is walked one entry at a time");
         }),
         Err(source) => {
-            return Err(DataplaneError::Batch {
-                map: "AFFINITY",
+            return Err(DataplaneError::Raw {
+                what: "map AFFINITY: batched lookup",
                 source,
             })
         }
@@ -238,33 +283,6 @@ fn get_entry(
         Ok(value) => Ok(Some(value)),
         Err(MapError::KeyNotFound | MapError::ElementNotFound) => Ok(None),
         Err(e) => Err(map_error("AFFINITY")(e)),
-    }
-}
-
-impl AffinityScan for AffinityReader {
-    fn scan(&self, f: &mut dyn FnMut(&AffinityKey, &Affinity)) -> Result<()> {
-        scan_map(&self.map, f)
-    }
-
-    fn remove_if(
-        &mut self,
-        key: &AffinityKey,
-        still_dead: &dyn Fn(&Affinity) -> bool,
-    ) -> Result<bool> {
-        let Some(entry) = get_entry(&self.map, *key)? else {
-            return Ok(false);
-        };
-        if !still_dead(&entry) {
-            return Ok(false);
-        }
-        match self.map.remove(key) {
-            Ok(()) => {
-                self.counts.take_one(key.service_id);
-                Ok(true)
-            }
-            Err(MapError::KeyNotFound | MapError::ElementNotFound) => Ok(false),
-            Err(e) => Err(map_error("AFFINITY")(e)),
-        }
     }
 }
 
@@ -467,17 +485,6 @@ impl Maps for EbpfMaps {
 
     fn for_each_affinity(&self, f: &mut dyn FnMut(&AffinityKey, &Affinity)) -> Result<()> {
         scan_map(&self.affinity, f)
-    }
-
-    fn affinity_scanner(&self) -> Result<Box<dyn AffinityScan>> {
-        let info = self.affinity.map().info().map_err(map_error("AFFINITY"))?;
-        let data = MapData::from_id(info.id()).map_err(map_error("AFFINITY"))?;
-        let map = Map::from_map_data(data).map_err(map_error("AFFINITY"))?;
-        let map = HashMap::try_from(map).map_err(map_error("AFFINITY"))?;
-        Ok(Box::new(AffinityReader {
-            map,
-            counts: self.client_counts(),
-        }))
     }
 
     fn set_affinities(&mut self, entries: &[(AffinityKey, Affinity)]) -> Result<usize> {

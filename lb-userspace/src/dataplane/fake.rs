@@ -8,7 +8,7 @@ use lb_common::{
     NO_SERVICE,
 };
 
-use super::{next_generation, AffinityScan, Maps, Result};
+use super::{next_generation, Maps, Result};
 
 /// One write to the maps, in the order made (tests check the order).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,9 +116,6 @@ impl Maps for FakeMaps {
         self.affinity.iter().for_each(|(k, v)| f(k, v));
         Ok(())
     }
-    fn affinity_scanner(&self) -> Result<Box<dyn AffinityScan>> {
-        Ok(Box::new(FakeAffinity(self.affinity.clone())))
-    }
     fn set_affinities(&mut self, entries: &[(AffinityKey, Affinity)]) -> Result<usize> {
         for (key, value) in entries {
             if self.affinity.insert(*key, *value).is_none() {
@@ -142,26 +139,5 @@ impl Maps for FakeMaps {
     fn disable_flow_cache(&mut self, service_id: u32) -> Result<()> {
         self.generations.insert(service_id, 0);
         Ok(())
-    }
-}
-
-/// A copy of a [`FakeMaps`] affinity table.
-struct FakeAffinity(StdHashMap<AffinityKey, Affinity>);
-
-impl AffinityScan for FakeAffinity {
-    fn scan(&self, f: &mut dyn FnMut(&AffinityKey, &Affinity)) -> Result<()> {
-        self.0.iter().for_each(|(k, v)| f(k, v));
-        Ok(())
-    }
-    fn remove_if(
-        &mut self,
-        key: &AffinityKey,
-        still_dead: &dyn Fn(&Affinity) -> bool,
-    ) -> Result<bool> {
-        if self.0.get(key).is_some_and(still_dead) {
-            self.0.remove(key);
-            return Ok(true);
-        }
-        Ok(false)
     }
 }

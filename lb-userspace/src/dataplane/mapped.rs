@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::maps::{Map, MapData};
-use lb_common::{ring_index, MAGLEV_RING_SLOTS, MAX_SERVICES};
+use lb_common::{census::CENSUS_SLOTS, ring_index, MAGLEV_RING_SLOTS, MAX_SERVICES};
 use memmap2::{MmapOptions, MmapRaw};
 
 use super::{DataplaneError, Result};
@@ -128,10 +128,61 @@ impl ClientCounts {
         }
     }
 
+    /// Counts `n` entries removed, never below zero.
+    pub fn take(&self, service_id: u32, n: u64) {
+        if let Some(c) = self.counter(service_id) {
+            let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(n))
+            });
+        }
+    }
+
     /// Starts a new service's count from zero.
     pub fn reset(&self, service_id: u32) {
         if let Some(c) = self.counter(service_id) {
             c.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The census program's results (`CENSUS_COUNTS`), mapped: zeroed before a
+/// run and read after it, without a system call per slot.
+pub(super) struct CensusCounts(MappedArray);
+
+impl CensusCounts {
+    const STRIDE: usize = size_of::<u64>();
+
+    pub(super) fn map(map: Map) -> Result<Self> {
+        MappedArray::map(map, "CENSUS_COUNTS", CENSUS_SLOTS as usize * Self::STRIDE).map(Self)
+    }
+
+    /// Zeroes every slot (before a run).
+    pub(super) fn zero(&mut self) {
+        // SAFETY: the whole mapping, which lives as long as `self`; the
+        // census program is not running (runs are made by this thread).
+        unsafe {
+            std::ptr::write_bytes(
+                self.0.memory.as_mut_ptr(),
+                0,
+                CENSUS_SLOTS as usize * Self::STRIDE,
+            );
+        }
+    }
+
+    /// Slot `i` (after a run).
+    pub(super) fn get(&self, i: u32) -> u64 {
+        if i >= CENSUS_SLOTS {
+            return 0;
+        }
+        // SAFETY: inside the mapping, 8-byte aligned; the run that wrote it
+        // has returned (a system call), so the load sees its stores.
+        unsafe {
+            self.0
+                .memory
+                .as_mut_ptr()
+                .add(i as usize * Self::STRIDE)
+                .cast::<u64>()
+                .read_volatile()
         }
     }
 }

@@ -5,10 +5,11 @@
 //! memory, so the control plane is tested without root. [`Program`] loads
 //! and attaches the XDP program itself.
 
-mod batch;
+mod census;
 mod ebpf;
 mod fake;
 mod mapped;
+mod raw_bpf;
 
 use aya::{maps::MapError, programs::ProgramError, EbpfError};
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,7 +17,8 @@ use std::net::Ipv4Addr;
 
 use lb_common::{Affinity, AffinityKey, Counters, Globals, Real, Service, ServiceKey, VipProtocol};
 
-pub use self::ebpf::{AffinityReader, AttachMode, EbpfMaps, Program};
+pub use self::census::{CensusOutcome, CensusRunner, EbpfCensus};
+pub use self::ebpf::{AttachMode, EbpfMaps, Program};
 pub use self::fake::{FakeMaps, Write};
 pub use self::mapped::ClientCounts;
 
@@ -50,11 +52,11 @@ pub enum DataplaneError {
         #[source]
         source: MapError,
     },
-    /// A batched read of a map failed.
-    #[error("map {map}: batched lookup: {source}")]
-    Batch {
-        /// The map's name.
-        map: &'static str,
+    /// A `bpf(2)` call made by hand failed.
+    #[error("{what}: {source}")]
+    Raw {
+        /// What was being done.
+        what: &'static str,
         /// The kernel's answer.
         #[source]
         source: std::io::Error,
@@ -116,10 +118,6 @@ pub trait Maps {
     fn affinity(&self, key: &AffinityKey) -> Result<Option<Affinity>>;
     /// Calls `f` for every affinity entry.
     fn for_each_affinity(&self, f: &mut dyn FnMut(&AffinityKey, &Affinity)) -> Result<()>;
-    /// A second, independent handle on the affinity table, so a background
-    /// thread can walk it (and remove expired entries) without holding up
-    /// the daemon.
-    fn affinity_scanner(&self) -> Result<Box<dyn AffinityScan>>;
     /// Adds or replaces affinity entries (HA sync; tests), then empties the
     /// flow cache of their services. New entries count towards their
     /// service's clients; returns how many did not fit (a full table).
@@ -137,28 +135,6 @@ pub trait Maps {
     /// Keeps one service's decisions out of the flow cache until its next
     /// write (benchmarks measure the table path with it).
     fn disable_flow_cache(&mut self, service_id: u32) -> Result<()>;
-}
-
-/// Walks the affinity table, and removes expired entries from it.
-pub trait AffinityScan: Send {
-    /// Calls `f` for every entry.
-    ///
-    /// # Errors
-    /// When reading the map fails.
-    fn scan(&self, f: &mut dyn FnMut(&AffinityKey, &Affinity)) -> Result<()>;
-
-    /// Removes the entry of `key` if `still_dead` says so of it as it is
-    /// now (read again just before removing, so an entry the data path has
-    /// just renewed stays), and counts it out of its service. Returns
-    /// whether it was removed.
-    ///
-    /// # Errors
-    /// When the map operation fails.
-    fn remove_if(
-        &mut self,
-        key: &AffinityKey,
-        still_dead: &dyn Fn(&Affinity) -> bool,
-    ) -> Result<bool>;
 }
 
 /// A service's flow-cache generation after `current`: never 0, which

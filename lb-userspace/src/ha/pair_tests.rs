@@ -76,6 +76,9 @@ struct Node {
     streams: usize,
     /// What this node's stream has sent (the census's tracker).
     tracker: StreamTracker,
+    /// The census's view of `sessions`: each client's entry and the pass
+    /// that last sent it.
+    synced: BTreeMap<Ipv4Addr, lb_common::Affinity>,
     /// Session entries this node has sent.
     entries_sent: usize,
     /// This lbd process (a restart is a new one).
@@ -128,6 +131,7 @@ impl Pair {
                     transitions: Vec::new(),
                     streams: 0,
                     tracker: StreamTracker::default(),
+                    synced: BTreeMap::new(),
                     entries_sent: 0,
                     boot: 1,
                     wall_skew_ms: 0,
@@ -227,6 +231,7 @@ impl Pair {
         node.sessions.clear();
         node.sessions_at_takeover = None;
         node.tracker = StreamTracker::default();
+        node.synced.clear();
         node.boot += 1;
         self.run();
         self.connect();
@@ -360,31 +365,36 @@ impl Pair {
                     StreamStep::Resume => node.tracker.resume(),
                     StreamStep::Next => {}
                 }
-                // One census pass over the table, as the daemon's does.
-                let seen_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-                node.tracker.start_pass();
-                let mut entries = Vec::new();
+                // One census pass over the table, by the kernel's rule.
+                let plan = node.tracker.start_pass(elapsed.as_secs());
                 for (client, server) in &node.sessions {
-                    let key = lb_common::AffinityKey {
-                        service_id: 1,
-                        client: u32::from(*client),
-                    };
-                    let value = lb_common::Affinity {
+                    let fresh = lb_common::Affinity {
                         real: 1,
                         real_address: u32::from(*server),
-                        last_seen_ns: seen_ns,
+                        last_seen_ns: 0,
                         seen_jiffies: 0,
+                        sync_pass: 0,
                     };
-                    if node.tracker.offer(&key, &value, 60_000_000_000) {
-                        entries.push(SessionEntry {
-                            service: SERVICE.into(),
-                            client: *client,
-                            server_address: *server,
-                            age_ms: 0,
-                        });
+                    let entry = node.synced.entry(*client).or_insert(fresh);
+                    if entry.real_address != fresh.real_address {
+                        *entry = fresh;
                     }
                 }
-                let outcome = node.tracker.end_pass();
+                let sessions = &node.sessions;
+                node.synced.retain(|c, _| sessions.contains_key(c));
+                let clients: Vec<Ipv4Addr> = node.synced.keys().copied().collect();
+                let (sent, behind) =
+                    sync::pass_over(node.synced.values_mut(), plan, 60, usize::MAX);
+                let entries: Vec<SessionEntry> = sent
+                    .iter()
+                    .map(|&i| SessionEntry {
+                        service: SERVICE.into(),
+                        client: clients[i],
+                        server_address: node.sessions[&clients[i]],
+                        age_ms: 0,
+                    })
+                    .collect();
+                let outcome = node.tracker.end_pass(behind);
                 let total = node.sessions.len() as u64;
                 node.entries_sent += entries.len();
                 for message in sync::stream_messages(entries, &outcome, total) {

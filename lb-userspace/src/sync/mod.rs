@@ -67,7 +67,7 @@ pub use messages::{
 };
 pub use outbox::{outbox, Outbox, OutboxReceiver, SessionsDropped, SESSION_QUEUE_BYTES};
 pub use session::{Event, Local, SendError, SessionStats, SyncError, SyncSession};
-pub use stream::{refresh_ns, PassOutcome, StreamTracker, STREAM_PER_PASS};
+pub use stream::{pass_over, PassOutcome, PassPlan, StreamTracker};
 pub use wire::{KeyError, SyncKey, MIN_KEY_LEN};
 
 /// Version of the sync protocol carried in every frame header.

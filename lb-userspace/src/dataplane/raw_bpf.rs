@@ -1,10 +1,10 @@
-//! Batched reads of a BPF hash map (`BPF_MAP_LOOKUP_BATCH`, Linux 5.6).
+//! Two `bpf(2)` commands aya 0.14 lacks, made here by hand:
 //!
-//! Walking the affinity table with aya's iterator costs two system calls
-//! per entry (next key, then lookup): at 1M live entries lbd spent about
-//! half a core only counting active clients (issue 12). One batched lookup
-//! reads [`BATCH`] entries per call. aya 0.14 has no batch operations, so
-//! this one system call is made here by hand.
+//! - `BPF_MAP_LOOKUP_BATCH` (Linux 5.6): reads a hash map [`BATCH`] entries
+//!   per call, where aya's iterator costs two calls per entry ([`for_each`]).
+//! - `BPF_PROG_TEST_RUN` on a bare program descriptor ([`run_program`]):
+//!   aya runs a program only through its owning `Ebpf`, which the census
+//!   thread does not hold.
 
 use std::{
     io,
@@ -16,6 +16,8 @@ use aya::Pod;
 
 /// The `bpf(2)` command number of `BPF_MAP_LOOKUP_BATCH`.
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// The `bpf(2)` command number of `BPF_PROG_TEST_RUN`.
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
 
 /// Entries read per system call: large enough that a hash bucket never
 /// holds more (the kernel answers `ENOSPC` then), small enough to stay in
@@ -101,4 +103,57 @@ pub fn for_each<K: Pod, V: Pod>(fd: BorrowedFd<'_>, f: &mut dyn FnMut(&K, &V)) -
         position = next;
         first = false;
     }
+}
+
+/// The test-run part of `union bpf_attr` (include/uapi/linux/bpf.h).
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// Runs the program behind `fd` once on `data` (for XDP, a frame of at
+/// least 14 bytes); returns its return value.
+///
+/// # Errors
+/// The system call's error.
+pub fn run_program(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<u32> {
+    let mut attr = TestRunAttr {
+        prog_fd: u32::try_from(fd.as_raw_fd())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?,
+        data_size_in: u32::try_from(data.len())
+            .map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
+        data_in: data.as_ptr() as u64,
+        repeat: 1,
+        ..TestRunAttr::default()
+    };
+    // SAFETY: `attr` is the layout the kernel expects for this command; its
+    // only pointer is to `data`, of the size given, alive for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            std::ptr::addr_of_mut!(attr),
+            size_of::<TestRunAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(attr.retval)
 }
