@@ -4,10 +4,8 @@
 
 use std::{fs, time::Duration};
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, Result};
 use aya::programs::loaded_programs;
-use lb_tests::lab::run;
-use serde_json::Value;
 
 /// Busy CPU time of the whole machine (user, nice, system, irq, softirq), in
 /// clock ticks.
@@ -59,18 +57,7 @@ pub(crate) fn program_run_time(id: u32) -> Option<(Duration, u64)> {
 
 /// The id of the XDP program attached to `dev` in namespace `ns`.
 pub(crate) fn attached_xdp_id(ns: &str, dev: &str) -> Result<u32> {
-    let out = run(&["ip", "-n", ns, "-j", "-d", "link", "show", "dev", dev])?;
-    let v: Value = serde_json::from_str(&out).context("ip -j link show")?;
-    v[0]["xdp"]["prog"]["id"]
-        .as_u64()
-        .or_else(|| {
-            v[0]["xdp"]["attached"]
-                .as_array()
-                .and_then(|a| a.first())
-                .and_then(|p| p["prog"]["id"].as_u64())
-        })
-        .and_then(|id| u32::try_from(id).ok())
-        .ok_or_else(|| anyhow!("no XDP program on {dev} in {ns}: {out}"))
+    lb_tests::affinity::attached_xdp_id(ns, dev).map_err(|e| anyhow!(e))
 }
 
 /// CPU counters at one moment, to subtract.

@@ -89,7 +89,9 @@ pub const fn refresh_passes(timeout_ns: u64) -> u32 {
     } else if quarter > 60 {
         60
     } else {
-        quarter as u32
+        #[expect(clippy::cast_possible_truncation, reason = "at most 60 here")]
+        let passes = quarter as u32;
+        passes
     }
 }
 

@@ -309,13 +309,28 @@ impl Lbd {
         name: &str,
         config: &str,
     ) -> Result<Self, LabError> {
+        Self::start_named_wrapped(lab, ns, name, config, &[])
+    }
+
+    /// [`Self::start_named`] with lbd run by `wrapper` (see
+    /// [`Self::start_wrapped`]).
+    ///
+    /// # Errors
+    /// As [`Self::start_named`].
+    pub fn start_named_wrapped(
+        lab: &mut DrLab,
+        ns: &str,
+        name: &str,
+        config: &str,
+        wrapper: &[&str],
+    ) -> Result<Self, LabError> {
         let dir = node_dir(lab, name);
         fs::create_dir_all(&dir).map_err(|source| LabError::Io {
             what: format!("creating {}", dir.display()),
             source,
         })?;
         let log = dir.join("lbd.log");
-        Self::spawn(lab, ns, &dir, config, log, &[])
+        Self::spawn(lab, ns, &dir, config, log, wrapper)
     }
 
     /// The namespace lbd runs in.

@@ -1,8 +1,10 @@
 //! Test support for the load balancer: the network-namespace lab ([`lab`]),
-//! `lbd` in it ([`lbd`]), frame building ([`frames`]), spoofed-source
+//! `lbd` in it ([`lbd`]), many clients written into its table
+//! ([`affinity`]), frame building ([`frames`]), spoofed-source
 //! floods sent into a lab ([`flood`]), where the built artifacts are
 //! ([`paths`]), bounded waiting ([`wait`]) and who answers ARP ([`arp`]).
 
+pub mod affinity;
 pub mod arp;
 pub mod flood;
 pub mod frames;

@@ -2026,3 +2026,86 @@ fn twenty_kills_of_the_master_under_load_move_no_client() {
         report.raw
     );
 }
+
+/// Issue 12: VRRP never waits behind other work. The backup's `nft` takes
+/// 3 s (a stand-in first on its PATH), and a reload makes its daemon wait for
+/// it; at 100 ms advertisements (master down 0.36 s after the last one
+/// heard) the backup never once becomes master meanwhile, and takes over at
+/// once when the master is killed afterwards.
+#[test]
+fn a_backup_stalled_in_a_reload_never_takes_over() {
+    let mut lab = ha_lab();
+    let key1 = write_key(&lab, "lb1.key", KEY).unwrap_or_else(|e| panic!("{e}"));
+    let key2 = write_key(&lab, "lb2.key", KEY).unwrap_or_else(|e| panic!("{e}"));
+    let fast = |spec: ClusterSpec| ClusterSpec {
+        advert_interval_ms: 100,
+        ..spec
+    };
+    let c1 = lab_config_named(
+        &lab,
+        "lb1",
+        &fast(ClusterSpec::primary(&lab, Some(&key1))).yaml(),
+        &web_service(&lab, 3, 300),
+    );
+    let c2 = lab_config_named(
+        &lab,
+        "lb2",
+        &fast(ClusterSpec::secondary(&lab, Some(&key2))).yaml(),
+        &web_service(&lab, 3, 300),
+    );
+    // `nft` that takes 3 s once the stall file exists.
+    let bin = lab.dir().join("slow-bin");
+    std::fs::create_dir_all(&bin).unwrap_or_else(|e| panic!("{e}"));
+    let stall = lab.dir().join("stall-nft");
+    let nft = bin.join("nft");
+    std::fs::write(
+        &nft,
+        format!(
+            "#!/bin/sh\nif [ -e {} ]; then sleep 3; fi\nexec /usr/sbin/nft \"$@\"\n",
+            stall.display()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(&nft, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let path = format!("PATH={}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display());
+    let (ns1, ns2) = (lab.lb_ns().to_string(), lab.lb2_ns().to_string());
+    let mut lb1 = Lbd::start_named(&mut lab, &ns1, "lb1", &c1).unwrap_or_else(|e| panic!("{e}"));
+    lb1.wait_ha(&mut lab, Duration::from_secs(15), "lb1 master", |v| {
+        v["state"] == "master"
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let lb2 = Lbd::start_named_wrapped(&mut lab, &ns2, "lb2", &c2, &["env", &path])
+        .unwrap_or_else(|e| panic!("{e}"));
+    lb2.wait_ha(
+        &mut lab,
+        Duration::from_secs(15),
+        "lb2 paired backup",
+        |v| v["state"] == "backup" && v["sync"]["connected"] == true && v["priority"] == 100,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    std::fs::write(&stall, "").unwrap_or_else(|e| panic!("{e}"));
+    lb2.signal(&lab, libc::SIGHUP)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stalled = poll(Duration::from_secs(10), || {
+        lb2.log_text().contains("configuration reloaded")
+    });
+    let log = lb2.log_text();
+    assert!(
+        stalled.is_some_and(|t| t >= Duration::from_secs(2)),
+        "the reload waited for nft ({stalled:?}):\n{log}"
+    );
+    assert!(
+        !log.contains("VRRP backup -> master"),
+        "the backup became master while its daemon waited:\n{log}"
+    );
+    assert_eq!(lb1.ha_state().as_deref(), Some("master"));
+
+    std::fs::remove_file(&stall).unwrap_or_else(|e| panic!("{e}"));
+    lb1.crash(&mut lab).unwrap_or_else(|e| panic!("{e}"));
+    lb2.wait_ha(&mut lab, Duration::from_secs(2), "lb2 master", |v| {
+        v["state"] == "master"
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+}

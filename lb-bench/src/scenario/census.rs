@@ -11,17 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, bail, Context as _, Result};
-use aya::{
-    maps::{Array, HashMap, Map, MapData, MapInfo},
-    programs::loaded_programs,
-};
-use lb_common::{Affinity, AffinityKey, Real, Service, ServiceKey};
-use lb_userspace::monotonic_ns;
+use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 
 use crate::{
-    cpu::{attached_xdp_id, process_ticks, ticks_per_second},
+    cpu::{process_ticks, ticks_per_second},
     lab::{files::lbd_config, remove_guard, BenchLab, RunningLbd},
     signal::{check_stop, nap},
 };
@@ -56,73 +50,10 @@ pub(crate) struct CensusFigures {
     pub(crate) snapshot_master_cpu_pct: f64,
 }
 
-/// The running lbd's maps, found by name among its program's maps.
-fn lbd_map(ns: &str, name: &str) -> Result<MapData> {
-    let prog_id = attached_xdp_id(ns, "eth0")?;
-    let info = loaded_programs()
-        .filter_map(Result::ok)
-        .find(|p| p.id() == prog_id)
-        .ok_or_else(|| anyhow!("lbd's program {prog_id} is gone"))?;
-    let id = info
-        .map_ids()?
-        .unwrap_or_default()
-        .into_iter()
-        .find(|id| {
-            MapInfo::from_id(*id)
-                .ok()
-                .is_some_and(|m| m.name_as_str() == Some(name))
-        })
-        .ok_or_else(|| anyhow!("lbd's program has no {name} map"))?;
-    Ok(MapData::from_id(id)?)
-}
-
-/// Writes `n` live clients of lbd's service, spread over its servers.
+/// Writes `n` live clients into the lbd in `ns` (see `lb_tests::affinity`).
 fn fill(ns: &str, n: u32) -> Result<f64> {
-    let services: HashMap<MapData, ServiceKey, Service> =
-        HashMap::try_from(Map::HashMap(lbd_map(ns, "SERVICES")?))?;
-    let service = services
-        .iter()
-        .filter_map(Result::ok)
-        .map(|(_, s)| s)
-        .next()
-        .ok_or_else(|| anyhow!("lbd serves nothing"))?;
-    let reals: Array<MapData, Real> = Array::try_from(Map::Array(lbd_map(ns, "REALS")?))?;
-    let servers: Vec<(u32, Real)> = (0..reals.len())
-        .filter_map(|i| reals.get(&i, 0).ok().map(|r| (i, r)))
-        .filter(|(_, r)| r.address != 0 && u32::from(r.service_id) == service.id)
-        .collect();
-    if servers.is_empty() {
-        bail!("lbd's service has no real server in REALS");
-    }
-    let mut affinity: HashMap<MapData, AffinityKey, Affinity> =
-        HashMap::try_from(Map::HashMap(lbd_map(ns, "AFFINITY")?))?;
-    let start = Instant::now();
-    let now = monotonic_ns();
-    for i in 0..n {
-        if i % 65_536 == 0 {
-            check_stop()?;
-        }
-        let (index, real) = servers[i as usize % servers.len()];
-        // Table keys only: nothing is ever sent from these addresses (a
-        // million of them do not fit in 198.18.0.0/15).
-        let key = AffinityKey {
-            service_id: service.id,
-            client: u32::from(Ipv4Addr::new(198, 19, 0, 0))
-                .wrapping_add(i)
-                .to_be(),
-        };
-        let value = Affinity {
-            real: index,
-            real_address: real.address,
-            last_seen_ns: now,
-            seen_jiffies: 0,
-            sync_pass: 0,
-        };
-        affinity
-            .insert(key, value, 0)
-            .with_context(|| format!("writing entry {i} of {n}"))?;
-    }
-    Ok(start.elapsed().as_secs_f64())
+    lb_tests::affinity::fill(ns, n, &|| check_stop().map_err(|e| format!("{e:#}")))
+        .map_err(|e| anyhow!(e))
 }
 
 /// Active clients `lbctl status` counts.

@@ -7,12 +7,10 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use aya::programs::loaded_programs;
 use lb_common::{Service, ServiceKey};
 use lb_tests::paths;
 
 use crate::{
-    cpu::attached_xdp_id,
     lab::{files::lbd_config, BenchLab},
     signal::{check_stop, nap},
     stats::ms,
@@ -26,22 +24,7 @@ impl BenchLab {
         let config = lbd_config(&dir, "bench", &self.lab, "{ type: none }", "");
         let lbd = self.start_lbd(&lb, &dir, &config)?;
         let result = (|| -> Result<(Vec<f64>, Vec<f64>)> {
-            let prog_id = attached_xdp_id(&lb, "eth0")?;
-            let info = loaded_programs()
-                .filter_map(Result::ok)
-                .find(|p| p.id() == prog_id)
-                .ok_or_else(|| anyhow!("lbd's program {prog_id} is gone"))?;
-            let services_id = info
-                .map_ids()?
-                .unwrap_or_default()
-                .into_iter()
-                .find(|id| {
-                    aya::maps::MapInfo::from_id(*id)
-                        .ok()
-                        .is_some_and(|m| m.name_as_str() == Some("SERVICES"))
-                })
-                .ok_or_else(|| anyhow!("lbd's program has no SERVICES map"))?;
-            let data = aya::maps::MapData::from_id(services_id)?;
+            let data = lb_tests::affinity::lbd_map(&lb, "SERVICES").map_err(|e| anyhow!(e))?;
             let map: aya::maps::HashMap<aya::maps::MapData, ServiceKey, Service> =
                 aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data))?;
             let slot = || -> Option<u32> {

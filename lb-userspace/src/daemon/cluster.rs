@@ -169,7 +169,7 @@ impl Daemon {
     /// At shutdown: a master says priority 0 so the peer takes over at once;
     /// the VIPs go; the VRRP thread stops.
     pub(super) async fn stop_cluster(&mut self, actions: &mut mpsc::Receiver<HaAction>) {
-        self.ha(|c, now| c.shutdown(now));
+        self.ha(Coordinator::shutdown);
         while let Ok(action) = actions.try_recv() {
             self.carry_out(action).await;
         }
