@@ -92,6 +92,23 @@ fn preflight() -> Result<()> {
     Ok(())
 }
 
+/// Runs one scenario if `wanted`, saying so, and what kept it from being
+/// measured if something did.
+fn scenario<T>(wanted: bool, what: &str, run: impl FnOnce() -> Result<T>) -> Result<T, String> {
+    if !wanted {
+        return Err("skipped (LB_BENCH_ONLY)".into());
+    }
+    eprintln!("bench: {what}");
+    let result = run().map_err(|e| format!("{e:#}"));
+    if let Err(e) = &result {
+        eprintln!(
+            "bench:   not measured: {}",
+            e.lines().next().unwrap_or_default()
+        );
+    }
+    result
+}
+
 /// Runs the whole bench and writes the report.
 ///
 /// # Errors
@@ -155,37 +172,16 @@ pub fn run_bench(opts: &Options) -> Result<Outcome> {
     };
     check_stop()?;
 
-    let flood = if wants("flood") {
-        eprintln!("bench: a flood of spoofed sources");
-        let result = lab.flood_bench(opts).map_err(|e| format!("{e:#}"));
-        if let Err(e) = &result {
-            eprintln!(
-                "bench:   not measured: {}",
-                e.lines().next().unwrap_or_default()
-            );
-        }
-        result
-    } else {
-        Err("skipped (LB_BENCH_ONLY)".into())
-    };
+    let flood = scenario(wants("flood"), "a flood of spoofed sources", || {
+        lab.flood_bench(opts)
+    });
     check_stop()?;
 
-    let census = if wants("census") {
-        eprintln!("bench: lbd's CPU with a million active clients, and their snapshot to a peer");
-        let entries = if opts.quick { 100_000 } else { 1_000_000 };
-        let result = lab
-            .census_bench(entries, opts.quick)
-            .map_err(|e| format!("{e:#}"));
-        if let Err(e) = &result {
-            eprintln!(
-                "bench:   not measured: {}",
-                e.lines().next().unwrap_or_default()
-            );
-        }
-        result
-    } else {
-        Err("skipped (LB_BENCH_ONLY)".into())
-    };
+    let census = scenario(
+        wants("census"),
+        "lbd's CPU with a million active clients, and their snapshot to a peer",
+        || lab.census_bench(if opts.quick { 100_000 } else { 1_000_000 }, opts.quick),
+    );
     check_stop()?;
 
     let mut ha = Vec::new();

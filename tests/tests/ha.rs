@@ -1003,18 +1003,18 @@ fn watch_takeover(
     (master_at, vip_at, serving_at)
 }
 
-/// `kill -9` of the master: the backup takes the VIP within
-/// `Master_Down_Interval` (3 x advert + skew) and clients resume within that
-/// (each plus [`SLACK`]), every source keeps its real server (also those only
-/// the replicated table keeps: rs4 was added after they came, so hashing
-/// would move some), and a keep-alive connection lives on.
-#[test]
-fn killing_the_master_keeps_sessions_and_a_long_lived_connection() {
+/// A pair in its steady state carrying traffic: a long-lived connection
+/// from the lab's last source (for up to `keepalive`), a round of short
+/// requests from `ROUND_SOURCES` sources (`rounds` each), then rs4 added so
+/// those clients stay on their servers only by their table entries. Returns
+/// the pair, the round's sources, where each was answered, the same with
+/// the long-lived connection's source, and its server.
+fn pair_under_traffic(keepalive: Duration, rounds: usize) -> PairUnderTraffic {
     let mut pair = start_pair(Keys::Same);
     let sources = pair.sources(0..ROUND_SOURCES);
     let long_source = pair.lab.client_sources()[SOURCES - 1];
-    let ka = start_keepalive(&mut pair.lab, long_source, Duration::from_secs(30));
-    let before = sticky_round(&pair.lab, &sources, 2);
+    let ka = start_keepalive(&mut pair.lab, long_source, keepalive);
+    let before = sticky_round(&pair.lab, &sources, rounds);
     grow_to_rs4(&pair);
     let mut expected = before.clone();
     let long_server = affinity(&pair.lb1, long_source)["server"]
@@ -1026,6 +1026,41 @@ fn killing_the_master_keeps_sessions_and_a_long_lived_connection() {
         "the long-lived connection has an affinity entry"
     );
     expected.insert(long_source, long_server.clone());
+    PairUnderTraffic {
+        pair,
+        sources,
+        ka,
+        before,
+        expected,
+        long_server,
+    }
+}
+
+/// See [`pair_under_traffic`].
+struct PairUnderTraffic {
+    pair: Pair,
+    sources: Vec<Ipv4Addr>,
+    ka: KeepAlive,
+    before: BTreeMap<Ipv4Addr, String>,
+    expected: BTreeMap<Ipv4Addr, String>,
+    long_server: String,
+}
+
+/// `kill -9` of the master: the backup takes the VIP within
+/// `Master_Down_Interval` (3 x advert + skew) and clients resume within that
+/// (each plus [`SLACK`]), every source keeps its real server (also those only
+/// the replicated table keeps: rs4 was added after they came, so hashing
+/// would move some), and a keep-alive connection lives on.
+#[test]
+fn killing_the_master_keeps_sessions_and_a_long_lived_connection() {
+    let PairUnderTraffic {
+        mut pair,
+        sources,
+        ka,
+        before,
+        expected,
+        long_server,
+    } = pair_under_traffic(Duration::from_secs(30), 2);
     let synced = wait_table(&pair.lb2, &expected, session_sync());
 
     let takeover = master_down_interval(advert(), ClusterSpec::secondary(&pair.lab, None).priority);
@@ -1940,23 +1975,14 @@ fn a_vip_added_by_reload_on_the_primary_keeps_one_master() {
 #[test]
 fn twenty_kills_of_the_master_under_load_move_no_client() {
     const ROUNDS: usize = 20;
-    let mut pair = start_pair(Keys::Same);
-    let sources = pair.sources(0..ROUND_SOURCES);
-    let long_source = pair.lab.client_sources()[SOURCES - 1];
-    let ka = start_keepalive(&mut pair.lab, long_source, Duration::from_secs(600));
-    let before = sticky_round(&pair.lab, &sources, 1);
-    // From here clients stay on their servers only by their table entries.
-    grow_to_rs4(&pair);
-    let mut expected = before.clone();
-    let long_server = affinity(&pair.lb1, long_source)["server"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    assert!(
-        !long_server.is_empty(),
-        "the long-lived connection has an affinity entry"
-    );
-    expected.insert(long_source, long_server.clone());
+    let PairUnderTraffic {
+        mut pair,
+        sources,
+        ka,
+        before,
+        expected,
+        long_server,
+    } = pair_under_traffic(Duration::from_secs(600), 1);
     let lb1_mac = mac(pair.lab.lb_mac());
     let key = pair.lab.dir().join("lb1.key");
     let config = primary_config(&pair.lab, &key, 4);

@@ -163,3 +163,58 @@ pub(crate) fn lbd_config(
         vip = lab.vip()
     )
 }
+
+/// Two lbd configurations of an HA pair in the lab, under `base`: lb1 the
+/// primary (priority 150) on the lab's lb, lb2 the secondary (100) on lb2,
+/// syncing on `sync_port` with the key `key`, written to `base/cluster.key`.
+pub(crate) struct PairFiles {
+    pub(crate) d1: std::path::PathBuf,
+    pub(crate) d2: std::path::PathBuf,
+    pub(crate) c1: String,
+    pub(crate) c2: String,
+}
+
+/// See [`PairFiles`].
+pub(crate) fn pair_files(
+    base: &Path,
+    lab: &DrLab,
+    vrid: u8,
+    advert_ms: u64,
+    sync_port: u16,
+    key: &[u8],
+) -> std::io::Result<PairFiles> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    std::fs::create_dir_all(base)?;
+    let key_file = base.join("cluster.key");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&key_file)?
+        .write_all(key)?;
+    let (a1, a2) = (lab.lb_address(), lab.lb2_address());
+    let cluster = |prio: u8, role: &str, me: std::net::Ipv4Addr, peer: std::net::Ipv4Addr| {
+        format!(
+            "cluster:\n  vrid: {vrid}\n  priority: {prio}\n  advert_interval_ms: {advert_ms}\n  preempt: true\n  \
+             peer: {peer}\n  role: {role}\n  sync:\n    listen: {me}:{sync_port}\n    peer: {peer}:{sync_port}\n    key_file: {}\n",
+            key_file.display()
+        )
+    };
+    let (d1, d2) = (base.join("lb1"), base.join("lb2"));
+    let c1 = lbd_config(
+        &d1,
+        "lb1",
+        lab,
+        "{ type: none }",
+        &cluster(150, "primary", a1, a2),
+    );
+    let c2 = lbd_config(
+        &d2,
+        "lb2",
+        lab,
+        "{ type: none }",
+        &cluster(100, "secondary", a2, a1),
+    );
+    Ok(PairFiles { d1, d2, c1, c2 })
+}

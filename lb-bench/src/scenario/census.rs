@@ -4,19 +4,17 @@
 //! lbd's `AFFINITY` map from here, for a service and servers it serves, so
 //! lbd counts, and streams, them as it would real clients.
 
-use std::{
-    fs,
-    io::Write as _,
-    net::Ipv4Addr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 
 use crate::{
     cpu::{process_ticks, ticks_per_second},
-    lab::{files::lbd_config, remove_guard, BenchLab, RunningLbd},
+    lab::{
+        files::{lbd_config, pair_files, PairFiles},
+        remove_guard, BenchLab, RunningLbd,
+    },
     signal::{check_stop, nap},
 };
 
@@ -144,41 +142,7 @@ impl BenchLab {
     /// lb1 (primary) fills up alone; lb2 starts and receives the snapshot.
     fn census_pair(&mut self, n: u32, quick: bool, figures: &mut CensusFigures) -> Result<()> {
         let base = self.lab.dir().join("census-pair");
-        fs::create_dir_all(&base)?;
-        let key = base.join("cluster.key");
-        {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            let mut f = fs::OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&key)?;
-            f.write_all(KEY)?;
-        }
-        let (a1, a2) = (self.lab.lb_address(), self.lab.lb2_address());
-        let cluster = |prio: u8, role: &str, me: Ipv4Addr, peer: Ipv4Addr| {
-            format!(
-                "cluster:\n  vrid: 52\n  priority: {prio}\n  advert_interval_ms: 1000\n  preempt: true\n  \
-                 peer: {peer}\n  role: {role}\n  sync:\n    listen: {me}:7947\n    peer: {peer}:7947\n    key_file: {}\n",
-                key.display()
-            )
-        };
-        let (d1, d2) = (base.join("lb1"), base.join("lb2"));
-        let c1 = lbd_config(
-            &d1,
-            "lb1",
-            &self.lab,
-            "{ type: none }",
-            &cluster(150, "primary", a1, a2),
-        );
-        let c2 = lbd_config(
-            &d2,
-            "lb2",
-            &self.lab,
-            "{ type: none }",
-            &cluster(100, "secondary", a2, a1),
-        );
+        let PairFiles { d1, d2, c1, c2 } = pair_files(&base, &self.lab, 52, 1000, 7947, KEY)?;
         let (ns1, ns2) = (self.lab.lb_ns().to_string(), self.lab.lb2_ns().to_string());
         let lb1 = self.start_lbd(&ns1, &d1, &c1)?;
         let mut lb2 = None;

@@ -4,7 +4,6 @@
 use std::{
     collections::BTreeMap,
     fs,
-    io::Write as _,
     net::{Ipv4Addr, SocketAddrV4},
     path::Path,
     sync::atomic::Ordering,
@@ -18,7 +17,10 @@ use serde_json::Value;
 
 use crate::{
     client::http_get,
-    lab::{files::lbd_config, remove_guard, BenchLab, RunningLbd},
+    lab::{
+        files::{pair_files, PairFiles},
+        remove_guard, BenchLab, RunningLbd,
+    },
     signal::{check_stop, nap, STOP},
     stats::{as_f64, ms},
 };
@@ -57,42 +59,8 @@ impl BenchLab {
     pub(crate) fn ha_stall(&mut self, advert_ms: u64) -> Result<HaMeasure> {
         let tag = format!("ha{advert_ms}");
         let base = self.lab.dir().join(&tag);
-        fs::create_dir_all(&base)?;
-        let key = base.join("cluster.key");
-        {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            let mut f = fs::OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&key)?;
-            f.write_all(HA_KEY)?;
-        }
-        let (a1, a2) = (self.lab.lb_address(), self.lab.lb2_address());
-        let cluster = |prio: u8, role: &str, me: Ipv4Addr, peer: Ipv4Addr| {
-            format!(
-                "cluster:\n  vrid: 51\n  priority: {prio}\n  advert_interval_ms: {advert_ms}\n  preempt: true\n  \
-                 peer: {peer}\n  role: {role}\n  sync:\n    listen: {me}:7946\n    peer: {peer}:7946\n    key_file: {}\n",
-                key.display()
-            )
-        };
-        let d1 = base.join("lb1");
-        let d2 = base.join("lb2");
-        let c1 = lbd_config(
-            &d1,
-            "lb1",
-            &self.lab,
-            "{ type: none }",
-            &cluster(150, "primary", a1, a2),
-        );
-        let c2 = lbd_config(
-            &d2,
-            "lb2",
-            &self.lab,
-            "{ type: none }",
-            &cluster(100, "secondary", a2, a1),
-        );
+        let PairFiles { d1, d2, c1, c2 } =
+            pair_files(&base, &self.lab, 51, advert_ms, 7946, HA_KEY)?;
         let (ns1, ns2) = (self.lab.lb_ns().to_string(), self.lab.lb2_ns().to_string());
         let lb1 = self.start_lbd(&ns1, &d1, &c1)?;
         let lb2 = match self.start_lbd(&ns2, &d2, &c2) {
