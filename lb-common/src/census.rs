@@ -40,6 +40,9 @@ pub struct CensusRun {
     pub lost_hi: u32,
     /// Most entries this run hands to the stream.
     pub budget: u32,
+    /// `CLOCK_MONOTONIC` at pass 0: pass `p` starts about `p` seconds later
+    /// (pass numbers follow the seconds).
+    pub pass_base_ns: u64,
     /// How long past its expiry an entry stays before it is removed.
     pub sweep_margin_ns: u64,
     /// Entries of an unknown service are removed once unseen this long.
@@ -95,21 +98,22 @@ pub const fn refresh_passes(timeout_ns: u64) -> u32 {
     }
 }
 
-/// Whether the peer needs this live entry now: never sent (`sent_pass` 0:
-/// new, or written again with another server), sent in a pass the peer did
-/// not confirm (`lost_lo < sent_pass <= lost_hi`), or sent
-/// `refresh_passes` passes ago or more.
+/// Whether the peer needs this live entry in `run`'s pass: never sent
+/// (`sync_pass` 0: new, or written again with another server), sent in a
+/// pass the peer did not confirm (`lost_lo < sync_pass <= lost_hi`), or
+/// seen again since it was sent and sent `refresh_passes` passes ago or
+/// more. An entry whose client has not been seen since is never sent again:
+/// the peer's copy is the same.
 #[must_use]
-pub const fn stream_wanted(
-    sent_pass: u32,
-    pass: u32,
-    lost_lo: u32,
-    lost_hi: u32,
-    refresh_passes: u32,
-) -> bool {
-    sent_pass == 0
-        || (sent_pass > lost_lo && sent_pass <= lost_hi)
-        || pass.saturating_sub(sent_pass) >= refresh_passes
+pub const fn stream_wanted(entry: &Affinity, run: &CensusRun, refresh_passes: u32) -> bool {
+    let sent = entry.sync_pass;
+    if sent == 0 || (sent > run.lost_lo && sent <= run.lost_hi) {
+        return true;
+    }
+    let sent_at = run
+        .pass_base_ns
+        .saturating_add((sent as u64).saturating_mul(1_000_000_000));
+    run.pass.saturating_sub(sent) >= refresh_passes && entry.last_seen_ns > sent_at
 }
 
 /// The whole seconds from `now_ns` until a live entry last seen at
@@ -139,7 +143,7 @@ pub const fn sweepable(
 }
 
 const _: () = assert!(core::mem::size_of::<CensusService>() == 16);
-const _: () = assert!(core::mem::size_of::<CensusRun>() == 32);
+const _: () = assert!(core::mem::size_of::<CensusRun>() == 40);
 const _: () = assert!(core::mem::size_of::<StreamedEntry>() == 32);
 const _: () = assert!((STREAM_PER_PASS as u64) * 40 < STREAM_RING_BYTES as u64);
 
@@ -148,13 +152,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_peer_gets_new_lost_and_stale_entries_only() {
-        assert!(stream_wanted(0, 5, 0, 0, 60), "never sent");
-        assert!(!stream_wanted(4, 5, 0, 0, 60), "sent and confirmed");
-        assert!(stream_wanted(4, 5, 3, 4, 60), "sent in a lost pass");
-        assert!(!stream_wanted(3, 5, 3, 4, 60), "the last confirmed pass");
-        assert!(stream_wanted(4, 64, 0, 0, 60), "due again");
-        assert!(!stream_wanted(5, 64, 0, 0, 60));
+    fn the_peer_gets_new_lost_and_refreshed_entries_only() {
+        const S: u64 = 1_000_000_000;
+        let entry = |sync_pass, last_seen_ns| Affinity {
+            real: 1,
+            real_address: 1,
+            last_seen_ns,
+            seen_jiffies: 0,
+            sync_pass,
+        };
+        let run = |pass, lost_lo, lost_hi| CensusRun {
+            pass,
+            lost_lo,
+            lost_hi,
+            pass_base_ns: 1_000 * S,
+            ..CensusRun::default()
+        };
+        let seen = 1_003 * S;
+        assert!(
+            stream_wanted(&entry(0, seen), &run(5, 0, 0), 60),
+            "never sent"
+        );
+        assert!(
+            !stream_wanted(&entry(4, seen), &run(5, 0, 0), 60),
+            "sent and confirmed"
+        );
+        assert!(
+            stream_wanted(&entry(4, seen), &run(5, 3, 4), 60),
+            "sent in a lost pass"
+        );
+        assert!(
+            !stream_wanted(&entry(3, seen), &run(5, 3, 4), 60),
+            "the last confirmed pass"
+        );
+        assert!(
+            !stream_wanted(&entry(4, seen), &run(64, 0, 0), 60),
+            "not seen since: the same"
+        );
+        assert!(
+            stream_wanted(&entry(4, 1_010 * S), &run(64, 0, 0), 60),
+            "seen since, due"
+        );
+        assert!(
+            !stream_wanted(&entry(5, 1_010 * S), &run(64, 0, 0), 60),
+            "seen since, not due"
+        );
     }
 
     #[test]

@@ -134,15 +134,7 @@ extern "C" fn census_entry(
         add(CENSUS_EXPIRING_AT + left as u32 * MAX_REALS + entry.real, 1);
     }
     let run = &walk.run;
-    if run.pass != 0
-        && stream_wanted(
-            entry.sync_pass,
-            run.pass,
-            run.lost_lo,
-            run.lost_hi,
-            service.refresh_passes,
-        )
-    {
+    if run.pass != 0 && stream_wanted(&entry, run, service.refresh_passes) {
         if walk.streamed >= u64::from(run.budget) {
             walk.behind += 1;
             return 0;

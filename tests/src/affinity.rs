@@ -111,3 +111,27 @@ pub fn fill(ns: &str, n: u32, stop: &dyn Fn() -> Result<(), String>) -> Result<f
     }
     Ok(start.elapsed().as_secs_f64())
 }
+
+/// Marks every client of the lbd in `ns` as seen now, as the data path does
+/// for a client that keeps sending (only the time changes); returns how
+/// many it touched.
+///
+/// # Errors
+/// A missing map or a failed write.
+pub fn touch(ns: &str) -> Result<u64, String> {
+    let mut affinity: HashMap<MapData, AffinityKey, Affinity> =
+        HashMap::try_from(Map::HashMap(lbd_map(ns, "AFFINITY")?)).map_err(|e| e.to_string())?;
+    let keys: Vec<AffinityKey> = affinity.keys().filter_map(Result::ok).collect();
+    let now = monotonic_ns();
+    let mut touched = 0;
+    for key in keys {
+        if let Ok(mut value) = affinity.get(&key, 0) {
+            value.last_seen_ns = now;
+            affinity
+                .insert(key, value, 0)
+                .map_err(|e| format!("touching an entry: {e}"))?;
+            touched += 1;
+        }
+    }
+    Ok(touched)
+}

@@ -1715,6 +1715,7 @@ fn census_run(pass: u32, lost_lo: u32, lost_hi: u32, budget: u32) -> CensusRun {
         lost_lo,
         lost_hi,
         budget,
+        pass_base_ns: 0,
         sweep_margin_ns: SWEEP_MARGIN_NS,
         unknown_grace_ns: UNKNOWN_SERVICE_GRACE_NS,
     }

@@ -34,7 +34,7 @@ pub(super) fn census_section(out: &mut String, found: &Findings, targets: &mut V
             );
             let _ = writeln!(
                 out,
-                "| master of a pair, after the snapshot, over 65 s (every entry is sent again once a minute) | {:.1} |\n",
+                "| master of a pair, after the snapshot, over 65 s, every client seen again at its start (so each is sent again within it) | {:.1} |\n",
                 c.master_cpu_pct
             );
             for (what, value) in [

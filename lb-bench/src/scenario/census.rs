@@ -21,8 +21,9 @@ use crate::{
 /// Seconds lbd's CPU is measured over, once the table is full.
 pub(crate) const MEASURE_S: u64 = 10;
 const MEASURE: Duration = Duration::from_secs(MEASURE_S);
-/// The master sends every live entry again once a minute (services with
-/// timeouts over 4 minutes): its CPU is measured over this long.
+/// The master sends a client seen since it was last sent again once a
+/// minute (services with timeouts over 4 minutes): its CPU is measured over
+/// this long, with every client seen again at its start.
 const REFRESH_CYCLE: Duration = Duration::from_secs(65);
 /// lbd's walk of the table (`WALK_EVERY`): one passes before measuring.
 const WALK: Duration = Duration::from_secs(5);
@@ -176,8 +177,11 @@ impl BenchLab {
                 eprintln!("bench: holding master {pid} for 90 s");
                 nap(Duration::from_secs(90))?;
             }
-            // Past the snapshot's last passes.
+            // Past the snapshot's last passes; then every client is seen
+            // again, as if all were active: each is due to be sent again once
+            // a minute after it was sent, inside the window measured.
             nap(WALK)?;
+            lb_tests::affinity::touch(&ns1).map_err(|e| anyhow!(e))?;
             // A whole refresh cycle: every entry is sent again once a minute.
             figures.master_cpu_pct = cpu_pct(pid, if quick { MEASURE } else { REFRESH_CYCLE })?;
             Ok(())

@@ -92,7 +92,8 @@ pub(super) fn census_thread(
     shared: Arc<Mutex<CensusShared>>,
     stop: Arc<AtomicBool>,
 ) {
-    let started = Instant::now();
+    // Pass numbers follow the seconds since here (see `CensusRun`).
+    let base_ns = monotonic_ns();
     let mut tracker = StreamTracker::default();
     let mut walked: Option<Walked> = None;
     let mut added = BTreeMap::<u32, u64>::new();
@@ -120,11 +121,11 @@ pub(super) fn census_thread(
             || (stream && tracker.catching_up());
         if due {
             let plan = if stream {
-                tracker.start_pass(started.elapsed().as_secs())
+                tracker.start_pass(monotonic_ns().saturating_sub(base_ns) / 1_000_000_000)
             } else {
                 PassPlan::default()
             };
-            match walk(census.as_mut(), plan) {
+            match walk(census.as_mut(), plan, base_ns) {
                 Ok(found) => {
                     let outcome = stream.then(|| tracker.end_pass(found.behind > 0));
                     let counted = Census {
@@ -180,16 +181,19 @@ pub(super) fn census_thread(
     }
 }
 
-/// One run of the kernel's census under `plan` (no stream when its pass is 0).
+/// One run of the kernel's census under `plan` (no stream when its pass is
+/// 0; pass 0 began at `base_ns`).
 fn walk(
     census: &mut dyn CensusRunner,
     plan: PassPlan,
+    base_ns: u64,
 ) -> Result<CensusOutcome, crate::dataplane::DataplaneError> {
     let found = census.run(&CensusRun {
         pass: plan.pass,
         lost_lo: plan.lost_lo,
         lost_hi: plan.lost_hi,
         budget: STREAM_PER_PASS,
+        pass_base_ns: base_ns,
         sweep_margin_ns: SWEEP_MARGIN_NS,
         unknown_grace_ns: UNKNOWN_SERVICE_GRACE_NS,
     })?;

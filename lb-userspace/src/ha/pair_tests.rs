@@ -384,7 +384,7 @@ impl Pair {
                 node.synced.retain(|c, _| sessions.contains_key(c));
                 let clients: Vec<Ipv4Addr> = node.synced.keys().copied().collect();
                 let (sent, behind) =
-                    sync::pass_over(node.synced.values_mut(), plan, 60, usize::MAX);
+                    sync::pass_over(node.synced.values_mut(), plan, 0, 60, usize::MAX);
                 let entries: Vec<SessionEntry> = sent
                     .iter()
                     .map(|&i| SessionEntry {

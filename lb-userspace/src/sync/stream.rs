@@ -125,25 +125,26 @@ impl StreamTracker {
 
 /// The census's per-entry rule over an in-memory table, as the kernel
 /// applies it (for tests and the HA simulation): the entries of `table`
-/// the peer needs in pass `plan`, at most `budget`, marked as sent; and
-/// whether any waited.
+/// the peer needs in pass `plan` (pass 0 at `base_ns`), at most `budget`,
+/// marked as sent; and whether any waited.
 pub fn pass_over<'a>(
     table: impl IntoIterator<Item = &'a mut lb_common::Affinity>,
     plan: PassPlan,
+    base_ns: u64,
     refresh_passes: u32,
     budget: usize,
 ) -> (Vec<usize>, bool) {
+    let run = lb_common::census::CensusRun {
+        pass: plan.pass,
+        lost_lo: plan.lost_lo,
+        lost_hi: plan.lost_hi,
+        pass_base_ns: base_ns,
+        ..lb_common::census::CensusRun::default()
+    };
     let mut sent = Vec::new();
     let mut behind = false;
     for (i, entry) in table.into_iter().enumerate() {
-        let wanted = lb_common::census::stream_wanted(
-            entry.sync_pass,
-            plan.pass,
-            plan.lost_lo,
-            plan.lost_hi,
-            refresh_passes,
-        );
-        if !wanted {
+        if !lb_common::census::stream_wanted(entry, &run, refresh_passes) {
             continue;
         }
         if sent.len() >= budget {
@@ -177,10 +178,14 @@ mod tests {
         ]
     }
 
-    /// One pass over `t`: the indexes sent.
+    /// One pass over `t` (pass p at p seconds; every client seen just
+    /// before it): the indexes sent.
     fn pass(s: &mut StreamTracker, t: &mut [Affinity], refresh: u32) -> (Vec<usize>, PassOutcome) {
         let plan = s.start_pass(0);
-        let (sent, behind) = pass_over(t.iter_mut(), plan, refresh, BUDGET);
+        for e in t.iter_mut() {
+            e.last_seen_ns = u64::from(plan.pass) * 1_000_000_000 - 1;
+        }
+        let (sent, behind) = pass_over(t.iter_mut(), plan, 0, refresh, BUDGET);
         (sent, s.end_pass(behind))
     }
 
@@ -198,6 +203,15 @@ mod tests {
         // Written again with another server: sent at once.
         t[1].sync_pass = 0;
         assert_eq!(pass(&mut s, &mut t, 10).0, [1]);
+        // A client not seen since it was sent is never sent again.
+        let (mut s, mut t) = (StreamTracker::default(), table(2));
+        s.restart();
+        assert_eq!(pass(&mut s, &mut t, 1).0, [0, 1]);
+        for p in 2..10 {
+            let plan = s.start_pass(0);
+            let (idle, _) = pass_over(t.iter_mut(), plan, 0, 1, BUDGET);
+            assert!(idle.is_empty(), "pass {p}: {idle:?}");
+        }
     }
 
     #[test]
