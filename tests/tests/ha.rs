@@ -357,6 +357,20 @@ fn start_pair(key_choice: Keys) -> Pair {
 }
 
 impl Pair {
+    /// `kill -9` of lb1 (the master), then lb2 master within
+    /// `Master_Down_Interval` plus [`SLACK`].
+    fn kill_lb1_for_lb2(&mut self) -> Result<(), String> {
+        let takeover =
+            master_down_interval(advert(), ClusterSpec::secondary(&self.lab, None).priority);
+        self.lb1.crash(&mut self.lab).map_err(|e| e.to_string())?;
+        self.lb2
+            .wait_ha(&mut self.lab, takeover + SLACK, "lb2 master", |v| {
+                v["state"] == "master"
+            })
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     /// Waits (up to 15 s) until lb1 is master with the VIP and lb2 backup
     /// without, for 1 s on end, and with `synced` also until both report
     /// sync connected; notes any flapping on the way.
@@ -1220,15 +1234,7 @@ fn a_returning_primary_takes_over_once_after_it_has_the_sessions() {
     grow_to_rs4(&pair);
     let _ = wait_table(&pair.lb2, &before, session_sync());
 
-    let takeover = master_down_interval(advert(), ClusterSpec::secondary(&pair.lab, None).priority);
-    pair.lb1
-        .crash(&mut pair.lab)
-        .unwrap_or_else(|e| panic!("{e}"));
-    pair.lb2
-        .wait_ha(&mut pair.lab, takeover + SLACK, "lb2 master", |v| {
-            v["state"] == "master"
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
+    pair.kill_lb1_for_lb2().unwrap_or_else(|e| panic!("{e}"));
     // A connection made through lb2 while lb1 is away.
     let ka = start_keepalive(&mut pair.lab, long_source, Duration::from_secs(30));
     // Maintenance must not wait for a dead primary: the master secondary
@@ -1987,17 +1993,10 @@ fn twenty_kills_of_the_master_under_load_move_no_client() {
     let key = pair.lab.dir().join("lb1.key");
     let config = primary_config(&pair.lab, &key, 4);
     let ns1 = pair.lab.lb_ns().to_string();
-    let takeover = master_down_interval(advert(), ClusterSpec::secondary(&pair.lab, None).priority);
     let started = Instant::now();
     for round in 1..=ROUNDS {
         let _ = wait_table(&pair.lb2, &expected, session_sync());
-        pair.lb1
-            .crash(&mut pair.lab)
-            .unwrap_or_else(|e| panic!("round {round}: {e}"));
-        pair.lb2
-            .wait_ha(&mut pair.lab, takeover + SLACK, "lb2 master", |v| {
-                v["state"] == "master"
-            })
+        pair.kill_lb1_for_lb2()
             .unwrap_or_else(|e| panic!("round {round}: {e}"));
         let answerers = vip_answerers(&pair.lab);
         assert!(

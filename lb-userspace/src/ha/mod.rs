@@ -2,11 +2,15 @@
 //! preempt hold, what to replicate when); [`socket`] is VRRP's raw socket
 //! and [`garp`] the schedule of gratuitous ARP after a takeover. The daemon
 //! (`daemon::cluster`) is the I/O shell between them and the rest of lbd.
+//! Tests: `pair_sim` (two coordinators on a simulated network with a fake
+//! clock) and `pair_tests` (the pair's rules on it).
 
 pub mod coordinator;
 pub mod garp;
 pub mod socket;
 
+#[cfg(test)]
+mod pair_sim;
 #[cfg(test)]
 mod pair_tests;
 
