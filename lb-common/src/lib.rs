@@ -231,10 +231,28 @@ impl core::ops::AddAssign for Counters {
     }
 }
 
+/// The layout of the maps lbd shares with a running data path: the key and
+/// value types of every map below and their sizes. A data path outlives the
+/// lbd that loaded it; the next lbd adopts its maps only if it was built
+/// with the same layout, and carries their entries over otherwise (bump
+/// this on any change to a shared map, and write the carrying-over).
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// The ARP lease (slot 0 of the data path's lease array) of a node that
+/// answers ARP for its VIPs for as long as the data path runs: a single
+/// node. In a pair, the master's lbd keeps the lease a little ahead of the
+/// monotonic clock (`bpf_ktime_get_ns`) as it advertises, so a node whose
+/// lbd died stops answering ARP for the VIPs by the time its peer takes
+/// them over, while its data path forwards what still reaches it.
+pub const ARP_LEASE_FOREVER: u64 = 0;
+
 /// Settings of the whole data path, in slot 0 of the globals array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Globals {
+    /// [`LAYOUT_VERSION`] of the lbd that wrote it: always the first field,
+    /// in every layout, so that any later lbd can read it.
+    pub layout: u32,
     /// MAC address of the interface the program is attached to: only frames
     /// addressed to it are forwarded, and forwarded frames leave with it as source.
     pub iface_mac: [u8; 6],
@@ -293,6 +311,11 @@ pub enum Reason {
     /// Passed: ARP that is not a request for a VIP this node holds (the
     /// kernel drops requests for the others: lbd's guard).
     PassArp,
+    /// Passed (and so dropped by lbd's guard): an ARP request for a held VIP
+    /// after the node's claim to the VIPs lapsed (the ARP lease's deadline
+    /// passed, see [`ARP_LEASE_FOREVER`]: its lbd died, and its peer takes
+    /// the VIPs over).
+    PassArpLeaseLapsed,
     /// Note: a live affinity entry chose the real server.
     AffinityHit,
     /// Note: no affinity entry; the Maglev ring chose.
@@ -362,6 +385,7 @@ impl Reason {
         Reason::DropInternal,
         Reason::ArpAnswered,
         Reason::PassArp,
+        Reason::PassArpLeaseLapsed,
         Reason::AffinityHit,
         Reason::AffinityMiss,
         Reason::AffinityExpired,
@@ -401,6 +425,7 @@ impl Reason {
             Reason::DropInternal => "drop_internal",
             Reason::ArpAnswered => "arp_answered",
             Reason::PassArp => "pass_arp",
+            Reason::PassArpLeaseLapsed => "pass_arp_lease_lapsed",
             Reason::AffinityHit => "affinity_hit",
             Reason::AffinityMiss => "affinity_miss",
             Reason::AffinityExpired => "affinity_expired",
@@ -420,7 +445,7 @@ impl Reason {
     /// counted per frame.
     #[must_use]
     pub const fn is_verdict(self) -> bool {
-        (self as u32) <= Reason::PassArp as u32
+        (self as u32) <= Reason::PassArpLeaseLapsed as u32
     }
 }
 
@@ -483,7 +508,7 @@ const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
 const _: () = assert!(core::mem::size_of::<VipProtocol>() == 8);
 const _: () = assert!(core::mem::size_of::<Affinity>() == 24);
 const _: () = assert!(core::mem::size_of::<Counters>() == 24);
-const _: () = assert!(core::mem::size_of::<Globals>() == 8);
+const _: () = assert!(core::mem::size_of::<Globals>() == 12);
 const _: () = assert!(MAX_SERVICES <= NO_SERVICE as u32);
 const _: () = assert!((MAGLEV_RING_SLOTS as u64) * (MAGLEV_RING_SIZE as u64) < u32::MAX as u64);
 

@@ -3,14 +3,17 @@
 //! them), and never by the kernel (lbd's guard drops ARP requests for every
 //! VIP in the kernel's input path). So a node whose lbd has died, and whose
 //! XDP program went with it, answers no ARP for a VIP its kernel still
-//! holds, and cannot draw clients back from the new master.
+//! holds, and cannot draw clients back from the new master. A data path
+//! outlives its lbd: in a pair, the master's lbd renews an ARP lease as it
+//! advertises ([`ARP_LEASE`](crate::ARP_LEASE)), and a node whose lbd died
+//! stops answering once the lease lapses, by the time its peer takes over.
 
-use aya_ebpf::programs::XdpContext;
-use lb_common::Reason;
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
+use lb_common::{Reason, ARP_LEASE_FOREVER};
 
 use crate::{
     parse::{ptr_at, EthHdr, MacWords},
-    HELD_VIPS,
+    ARP_LEASE, HELD_VIPS,
 };
 
 const ETH_HDR_LEN: usize = 14;
@@ -71,6 +74,9 @@ fn reply(ctx: &XdpContext, eth: *mut EthHdr, iface_mac: MacWords) -> Result<(), 
         if HELD_VIPS.get(&target).is_none() {
             return Err(Reason::PassArp);
         }
+        if !lease_holds() {
+            return Err(Reason::PassArpLeaseLapsed);
+        }
         (*arp).oper = ARP_OP_REPLY.to_be();
         (*arp).tha = sha;
         (*arp).tpa = spa;
@@ -80,4 +86,19 @@ fn reply(ctx: &XdpContext, eth: *mut EthHdr, iface_mac: MacWords) -> Result<(), 
         (*eth).src = iface_mac;
     }
     Ok(())
+}
+
+/// Whether this node still claims its held VIPs: no lease (a single node),
+/// or one that has not lapsed.
+#[inline(always)]
+fn lease_holds() -> bool {
+    let until = ARP_LEASE
+        .get_ptr(0)
+        // SAFETY: a value pointer into an array map, valid for this run;
+        // lbd stores it with one aligned 8-byte store.
+        .map_or(ARP_LEASE_FOREVER, |p| unsafe {
+            core::ptr::read_volatile(p)
+        });
+    // SAFETY: a helper without arguments.
+    until == ARP_LEASE_FOREVER || unsafe { bpf_ktime_get_ns() } < until
 }

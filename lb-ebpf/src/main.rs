@@ -124,6 +124,13 @@ static GLOBALS: Array<Globals> = Array::with_max_entries(1, 0);
 #[map]
 static HELD_VIPS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_HELD_VIPS, 0);
 
+/// Slot 0: the node's ARP lease, in `bpf_ktime_get_ns` nanoseconds: held VIPs
+/// are answered until then ([`lb_common::ARP_LEASE_FOREVER`]: always). The
+/// master of a pair renews it as it advertises (mmapable). Read only for ARP
+/// requests for a held VIP.
+#[map]
+static ARP_LEASE: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
 /// Per-CPU, direct-mapped decisions (see `cache`). Written and read here only.
 #[map]
 static FLOW_CACHE: PerCpuArray<CachedFlow> = PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);

@@ -81,11 +81,14 @@ impl Vips {
         &self.owned
     }
 
-    /// Removes the VIPs a previous lbd recorded and did not remove (it crashed).
+    /// Removes the VIPs a previous lbd recorded and did not remove (it
+    /// crashed), except those in `keep`, which this lbd holds from now on
+    /// (a single node taking over a running data path keeps serving them).
+    /// Returns the VIPs removed.
     ///
     /// # Errors
     /// When the record cannot be read or an address cannot be removed.
-    pub async fn remove_leftovers(&mut self) -> Result<Vec<Ipv4Addr>> {
+    pub async fn remove_leftovers(&mut self, keep: &BTreeSet<Ipv4Addr>) -> Result<Vec<Ipv4Addr>> {
         let text = match fs::read_to_string(&self.record) {
             Ok(text) => text,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -96,11 +99,14 @@ impl Vips {
                 })
             }
         };
-        let leftovers: Vec<Ipv4Addr> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        let (kept, leftovers): (Vec<Ipv4Addr>, Vec<Ipv4Addr>) = text
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .partition(|vip| keep.contains(vip));
         for vip in &leftovers {
             self.delete_address(*vip).await?;
         }
-        self.owned.clear();
+        self.owned = kept.into_iter().collect();
         self.write_record()?;
         Ok(leftovers)
     }

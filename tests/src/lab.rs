@@ -1239,6 +1239,23 @@ impl DrLab {
         timeout: Duration,
         conn_timeout: Duration,
     ) -> Result<ClientReport, LabError> {
+        self.spawn_clients(sources, rounds, timeout, conn_timeout)?
+            .wait()
+    }
+
+    /// Starts `client.py` as [`Self::run_clients_with`] does, without
+    /// waiting: the caller goes on (kills lbd, restarts it) and collects
+    /// the report with [`BackgroundClients::wait`].
+    ///
+    /// # Errors
+    /// As [`Self::run_clients_with`], for what happens before the start.
+    pub fn spawn_clients(
+        &self,
+        sources: &[Ipv4Addr],
+        rounds: usize,
+        timeout: Duration,
+        conn_timeout: Duration,
+    ) -> Result<BackgroundClients, LabError> {
         if sources.is_empty() || rounds == 0 {
             return Err(LabError::Invalid(
                 "run_clients needs at least one source and one round".into(),
@@ -1284,7 +1301,7 @@ impl DrLab {
             format!("{:.3}", conn_timeout.as_secs_f64()),
             sources_path.to_string_lossy().into_owned(),
         ];
-        let mut child = Command::new("ip")
+        let child = Command::new("ip")
             .args(["netns", "exec", &self.client, "python3", &script])
             .args(&args)
             .stdin(Stdio::null())
@@ -1292,31 +1309,12 @@ impl DrLab {
             .stderr(err)
             .spawn()
             .map_err(io_err("cannot start client.py"))?;
-
-        let limit = timeout + CLIENT_GRACE;
-        let waited = poll_until("client.py to finish", limit, || match child.try_wait() {
-            Ok(Some(status)) => Probe::Ready(status),
-            Ok(None) => Probe::Pending("still running".into()),
-            Err(e) => Probe::Failed(format!("cannot check on it: {e}")),
-        });
-        let status = match waited {
-            Ok(status) => status,
-            Err(e) => {
-                if let Err(stop) = terminate(&mut child, KILL_GRACE) {
-                    warn(format_args!("stopping client.py: {stop}"));
-                }
-                return Err(e.into());
-            }
-        };
-        if !status.success() {
-            return Err(LabError::Output {
-                what: "client.py".into(),
-                detail: format!("exited with {status}: {}", log_tail(&err_path, 2000)),
-            });
-        }
-        let json = fs::read_to_string(&out_path)
-            .map_err(io_err(format!("cannot read {}", out_path.display())))?;
-        ClientReport::parse(&json)
+        Ok(BackgroundClients {
+            child,
+            limit: timeout + CLIENT_GRACE,
+            out_path,
+            err_path,
+        })
     }
 
     fn dump_logs(&self) {
@@ -1423,6 +1421,59 @@ fn validate(opts: &DrLabOptions) -> Result<(), LabError> {
         )));
     }
     Ok(())
+}
+
+/// `client.py` running in the background ([`DrLab::spawn_clients`]); killed
+/// if dropped unfinished.
+pub struct BackgroundClients {
+    child: Child,
+    limit: Duration,
+    out_path: PathBuf,
+    err_path: PathBuf,
+}
+
+impl BackgroundClients {
+    /// Waits for `client.py` to finish (its deadline, plus a grace) and
+    /// reads its report.
+    ///
+    /// # Errors
+    /// As [`DrLab::run_clients_with`].
+    pub fn wait(mut self) -> Result<ClientReport, LabError> {
+        let child = &mut self.child;
+        let waited = poll_until("client.py to finish", self.limit, || {
+            match child.try_wait() {
+                Ok(Some(status)) => Probe::Ready(status),
+                Ok(None) => Probe::Pending("still running".into()),
+                Err(e) => Probe::Failed(format!("cannot check on it: {e}")),
+            }
+        });
+        let status = match waited {
+            Ok(status) => status,
+            Err(e) => {
+                if let Err(stop) = terminate(&mut self.child, KILL_GRACE) {
+                    warn(format_args!("stopping client.py: {stop}"));
+                }
+                return Err(e.into());
+            }
+        };
+        if !status.success() {
+            return Err(LabError::Output {
+                what: "client.py".into(),
+                detail: format!("exited with {status}: {}", log_tail(&self.err_path, 2000)),
+            });
+        }
+        let json = fs::read_to_string(&self.out_path)
+            .map_err(io_err(format!("cannot read {}", self.out_path.display())))?;
+        ClientReport::parse(&json)
+    }
+}
+
+impl Drop for BackgroundClients {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = terminate(&mut self.child, KILL_GRACE);
+        }
+    }
 }
 
 /// One failed client attempt.

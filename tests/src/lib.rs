@@ -2,10 +2,12 @@
 //! `lbd` in it ([`lbd`]), many clients written into its table
 //! ([`affinity`]), frame building ([`frames`]), spoofed-source
 //! floods sent into a lab ([`flood`]), where the built artifacts are
-//! ([`paths`]), bounded waiting ([`wait`]) and who answers ARP ([`arp`]).
+//! ([`paths`]), bounded waiting ([`wait`]), who answers ARP ([`arp`]) and
+//! maps made by hand ([`bpf`]).
 
 pub mod affinity;
 pub mod arp;
+pub mod bpf;
 pub mod flood;
 pub mod frames;
 pub mod lab;

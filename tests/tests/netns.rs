@@ -217,13 +217,12 @@ fn a_restart_after_a_crash_cleans_up_and_serves_again() {
         .unwrap_or_else(|e| panic!("{e}"));
     lbd.signal(&lab, libc::SIGKILL)
         .unwrap_or_else(|e| panic!("{e}"));
-    let _ = wait_until("a dead lbd's XDP link to go with it", SLACK, || {
-        match lbd.xdp_attached(&lab) {
-            Ok(false) => Ok("detached"),
-            Ok(true) => Err("XDP still attached".to_owned()),
-            Err(e) => Err(e.to_string()),
-        }
-    });
+    // The data path outlives lbd (issue 13): it goes on forwarding.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        lbd.xdp_attached(&lab).unwrap_or(false),
+        "the XDP program stays attached after a crash"
+    );
     assert!(
         lbd.interface_addresses(&lab)
             .unwrap_or_default()

@@ -16,6 +16,7 @@ mod affinity;
 mod census;
 mod plan;
 mod state;
+mod takeover;
 #[cfg(test)]
 mod testing;
 
@@ -25,14 +26,15 @@ use std::{
 };
 
 use lb_common::{
-    Counters, Globals, Real, VipProtocol, MAGLEV_RING_SIZE, MAX_AFFINITY_ENTRIES, MAX_REALS,
-    MAX_SERVICES, NO_REAL, NO_SERVICE,
+    Counters, Globals, Real, VipProtocol, LAYOUT_VERSION, MAGLEV_RING_SIZE, MAX_AFFINITY_ENTRIES,
+    MAX_REALS, MAX_SERVICES, NO_REAL, NO_SERVICE,
 };
 
 pub use self::affinity::AffinityAnswer;
 pub use self::census::{Census, CensusKey, Tally, SWEEP_MARGIN_NS, UNKNOWN_SERVICE_GRACE_NS};
 pub use self::plan::plan;
 pub use self::state::{ring_for, Health, RealState, ServiceState};
+pub use self::takeover::TakeoverReport;
 use crate::{
     config::{AdminState, Config, ServiceKind},
     dataplane::{DataplaneError, Maps},
@@ -89,6 +91,7 @@ impl<M: Maps> Balancer<M> {
     /// When the globals cannot be written.
     pub fn new(mut maps: M, iface_mac: [u8; 6]) -> Result<Self> {
         maps.set_globals(Globals {
+            layout: LAYOUT_VERSION,
             iface_mac,
             pad: [0; 2],
         })?;

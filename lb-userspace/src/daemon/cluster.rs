@@ -57,6 +57,7 @@ pub(super) async fn start(
     ifindex: u32,
     local: Ipv4Addr,
     vips: Vec<Ipv4Addr>,
+    arp_lease: std::sync::Arc<crate::dataplane::ArpLease>,
 ) -> anyhow::Result<(Cluster, mpsc::Receiver<HaAction>)> {
     let (link, sync_rx) = start_sync(config, cluster).await?;
 
@@ -86,7 +87,14 @@ pub(super) async fn start(
         local,
         unicast: cluster.peer.is_some(),
     };
-    let (ha, actions) = HaThread::start(coordinator, place, sync_rx)?;
+    // Lapsed until this node advertises as master; then three intervals
+    // ahead, when the peer would take over from a silent master.
+    arp_lease.set(1);
+    let lease = super::ha_thread::Lease {
+        memory: arp_lease,
+        span: std::time::Duration::from_millis(u64::from(cluster.advert_interval_ms) * 3),
+    };
+    let (ha, actions) = HaThread::start(coordinator, place, lease, sync_rx)?;
     log::info!(
         "cluster: VRRP vrid {} from {local} to {}, priority {}{}",
         cluster.vrid,

@@ -6,6 +6,12 @@
 //! on it, sends advertisements itself, and hands every other action to the
 //! daemon in order.
 //!
+//! Each advertisement it sends as master also renews the node's ARP lease
+//! in the data path, which outlives lbd: if lbd dies, the lease lapses
+//! within three advertisement intervals, when the peer takes over, and the
+//! node stops answering ARP for the VIPs (while still forwarding what
+//! reaches it).
+//!
 //! The daemon reaches the coordinator through [`HaThread::with`] (local
 //! changes: reload, admin change, shutdown) and [`HaThread::read`] (status);
 //! the lock is never held across I/O other than a VRRP send.
@@ -21,6 +27,7 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, Notify};
 
 use crate::{
+    dataplane::ArpLease,
     ha::{Coordinator, HaAction, VrrpSocket},
     sync::LinkEvent,
 };
@@ -40,11 +47,22 @@ pub(super) struct SocketPlace {
     pub(super) unicast: bool,
 }
 
+/// The node's ARP lease and how far each advertisement renews it.
+#[derive(Clone)]
+pub(super) struct Lease {
+    pub(super) memory: Arc<ArpLease>,
+    pub(super) span: Duration,
+}
+
+/// Byte 2 of a VRRP version 3 advertisement: the sender's priority.
+const PRIORITY_BYTE: usize = 2;
+
 /// The daemon's handle on the HA thread.
 pub(super) struct HaThread {
     coordinator: Arc<Mutex<Coordinator>>,
     socket: Arc<VrrpSocket>,
     to_daemon: mpsc::Sender<HaAction>,
+    lease: Lease,
     wake: Arc<Notify>,
     stop: Arc<Notify>,
     thread: Option<JoinHandle<()>>,
@@ -54,6 +72,7 @@ pub(super) struct HaThread {
 struct Drain<'a> {
     socket: &'a VrrpSocket,
     to_daemon: &'a mpsc::Sender<HaAction>,
+    lease: &'a Lease,
 }
 
 impl Drain<'_> {
@@ -62,6 +81,10 @@ impl Drain<'_> {
         while let Some(action) = coordinator.poll_action() {
             match action {
                 HaAction::SendVrrp { to, message } => {
+                    // Only a master advertises; priority 0 is its goodbye.
+                    if message.get(PRIORITY_BYTE).is_some_and(|p| *p > 0) {
+                        self.lease.memory.renew(self.lease.span);
+                    }
                     if let Err(error) = self.socket.send(to, &message) {
                         log::warn!("VRRP: sending to {to}: {error}");
                     }
@@ -92,6 +115,7 @@ impl HaThread {
     pub(super) fn start(
         coordinator: Coordinator,
         place: SocketPlace,
+        lease: Lease,
         sync_events: mpsc::Receiver<LinkEvent>,
     ) -> anyhow::Result<(Self, mpsc::Receiver<HaAction>)> {
         let coordinator = Arc::new(Mutex::new(coordinator));
@@ -100,7 +124,8 @@ impl HaThread {
         let stop = Arc::new(Notify::new());
         let (opened_tx, opened_rx) = std::sync::mpsc::sync_channel(1);
         let thread = {
-            let (coordinator, to_daemon) = (coordinator.clone(), to_daemon.clone());
+            let (coordinator, to_daemon, lease) =
+                (coordinator.clone(), to_daemon.clone(), lease.clone());
             let (wake, stop) = (wake.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("vrrp".into())
@@ -129,7 +154,12 @@ impl HaThread {
                             }
                         };
                         let _ = opened_tx.send(Ok(socket.clone()));
-                        serve(&coordinator, &socket, &to_daemon, sync_events, &wake, &stop).await;
+                        let drain = Drain {
+                            socket: &socket,
+                            to_daemon: &to_daemon,
+                            lease: &lease,
+                        };
+                        serve(&coordinator, &drain, sync_events, &wake, &stop).await;
                     });
                 })
                 .context("starting the VRRP thread")?
@@ -141,6 +171,7 @@ impl HaThread {
             coordinator,
             socket,
             to_daemon,
+            lease,
             wake,
             stop,
             thread: Some(thread),
@@ -158,6 +189,7 @@ impl HaThread {
         Drain {
             socket: &self.socket,
             to_daemon: &self.to_daemon,
+            lease: &self.lease,
         }
         .drain(&mut c);
         drop(c);
@@ -190,13 +222,12 @@ impl Drop for HaThread {
 /// the daemon's wake-ups and the coordinator's timers.
 async fn serve(
     coordinator: &Mutex<Coordinator>,
-    socket: &VrrpSocket,
-    to_daemon: &mpsc::Sender<HaAction>,
+    drain: &Drain<'_>,
     mut sync_events: mpsc::Receiver<LinkEvent>,
     wake: &Notify,
     stop: &Notify,
 ) {
-    let drain = Drain { socket, to_daemon };
+    let (socket, to_daemon) = (drain.socket, drain.to_daemon);
     let mut sync_open = true;
     loop {
         let deadline = lock(coordinator).poll_timeout();

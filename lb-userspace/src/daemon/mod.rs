@@ -14,6 +14,7 @@ mod ha_thread;
 mod neighbours;
 mod requests;
 mod status;
+mod takeover;
 
 use census::{census_thread, CensusShared};
 use neighbours::NEIGHBOUR_POLL;
@@ -44,7 +45,7 @@ use crate::{
     balancer::{self, Balancer, Health},
     config::{CheckKind, Config, ServiceKind, XdpMode},
     control::{self, protocol::Reply, Pending},
-    dataplane::{AttachMode, EbpfMaps, Maps, Program},
+    dataplane::{ArpLease, AttachMode, EbpfMaps, Maps, Program},
     guard::Guard,
     health::{CheckTarget, HealthEvent, HealthMonitor},
     limits::{self, Budget, ConnectionGate},
@@ -61,6 +62,8 @@ struct Daemon {
     config: Config,
     program: Program,
     attach_mode: &'static str,
+    /// The data path's ARP lease (renewed by the HA thread in a pair).
+    arp_lease: Arc<ArpLease>,
     balancer: Balancer<EbpfMaps>,
     admin: AdminStore,
     /// `STATE_DIR/audit.log`: every administrative change.
@@ -158,8 +161,17 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     );
     let handle = neighbour::connect()?;
     let iface = neighbour::interface(&handle, &node.interface).await?;
+    let (mut program, taking_over) =
+        takeover::load_data_path(&handle, iface.index, &node.interface).await?;
     let mut vips = Vips::new(handle.clone(), iface.index, iface.mac, &node.state_dir)?;
-    let leftovers = vips.remove_leftovers().await?;
+    // A single node taking over a running data path keeps its VIPs; a
+    // member of a pair starts as backup, without them.
+    let keep = if taking_over && config.cluster.is_none() {
+        wanted_vips(&config)
+    } else {
+        BTreeSet::new()
+    };
+    let leftovers = vips.remove_leftovers(&keep).await?;
     if !leftovers.is_empty() {
         log::warn!("removed VIPs a previous lbd left behind: {leftovers:?}");
     }
@@ -168,11 +180,19 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         log::error!("{warning}");
     }
 
-    let mut program = Program::load()?;
     let maps = program.take_maps()?;
+    let arp_lease = maps.arp_lease();
+    if config.cluster.is_none() {
+        arp_lease.set(lb_common::ARP_LEASE_FOREVER);
+    }
     let scanner: Box<dyn crate::dataplane::CensusRunner> =
         Box::new(program.census(maps.client_counts())?);
-    let balancer = Balancer::new(maps, iface.mac)?;
+    let mut balancer = Balancer::new(maps, iface.mac)?;
+    let known_health = if taking_over {
+        takeover::take_over(&mut balancer, &admin, &config)?
+    } else {
+        Vec::new()
+    };
     let listener = control::bind(&node.control_socket)?;
     let metrics_listener = metrics::bind(node.metrics_listen).await?;
     let (health_tx, health_rx) = mpsc::channel(1024);
@@ -192,6 +212,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         config: config.clone(),
         program,
         attach_mode: "detached",
+        arp_lease,
         balancer,
         admin,
         audit: AuditLog::new(&node.state_dir),
@@ -208,10 +229,11 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         config_text,
         cluster: None,
     };
+    daemon.health.assume(known_health);
     let result = daemon
         .serve(listener, metrics_listener, health_rx, config)
         .await;
-    daemon.shutdown().await;
+    daemon.shutdown(result.is_ok()).await;
     stop_census.store(true, Ordering::Relaxed);
     let _ = census_worker.join();
     if let Err(error) = std::fs::remove_file(&node.control_socket) {
@@ -269,9 +291,22 @@ impl Daemon {
         self.apply_services(&config)?;
         self.advise(&config).await;
         self.resolve_at_start().await;
-        self.attach_mode = self
+        let replacing = self.program.predecessor().map(|p| p.same_program);
+        let hook = self
             .program
-            .attach(&config.node.interface, attach_mode(config.node.xdp_mode))?;
+            .attach(
+                &self.handle,
+                self.ifindex,
+                &config.node.interface,
+                attach_mode(config.node.xdp_mode),
+            )
+            .await?;
+        self.attach_mode = hook.name();
+        match replacing {
+            Some(true) => log::info!("the running XDP program handed over to this lbd's copy of it (the same program), in one step"),
+            Some(false) => log::info!("the running XDP program replaced by this lbd's, in one step"),
+            None => {}
+        }
         let mut ha_actions = match &config.cluster {
             None => {
                 let added = self.vips.set(&wanted_vips(&config)).await?;
@@ -288,8 +323,17 @@ impl Daemon {
                     )
                 })?;
                 let vips: Vec<Ipv4Addr> = wanted_vips(&config).into_iter().collect();
-                let (c, actions) =
-                    cluster::start(&config, cluster_config, self.ifindex, local, vips).await?;
+                // Held VIPs a crashed master left in the data path go.
+                self.publish_held_vips(None);
+                let (c, actions) = cluster::start(
+                    &config,
+                    cluster_config,
+                    self.ifindex,
+                    local,
+                    vips,
+                    Arc::clone(&self.arp_lease),
+                )
+                .await?;
                 self.cluster = Some(c);
                 actions
             }
@@ -355,11 +399,29 @@ impl Daemon {
         }
     }
 
-    async fn shutdown(&mut self) {
+    /// Stops. `clean`: asked to (SIGTERM, SIGINT), so the data path is
+    /// detached and the VIPs removed; else lbd stops on an error, and the
+    /// data path goes on forwarding with its last state until the next lbd
+    /// takes it over.
+    async fn shutdown(&mut self, clean: bool) {
         self.health.shutdown();
         self.redirects.shutdown();
+        if !clean {
+            log::error!(
+                "lbd stops on an error: the data path on {} keeps forwarding with its last \
+                 state, and the next lbd started takes it over",
+                self.config.node.interface
+            );
+            return;
+        }
         self.publish_held_vips(Some(&BTreeSet::new()));
-        self.program.detach();
+        if let Err(error) = self
+            .program
+            .detach(&self.handle, &self.config.node.interface)
+            .await
+        {
+            log::error!("{error}");
+        }
         if let Err(error) = self.vips.remove_all().await {
             log::error!("removing VIPs at shutdown: {error}");
         }

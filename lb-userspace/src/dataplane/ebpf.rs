@@ -1,7 +1,7 @@
-//! The kernel side: the aya-backed XDP [`Program`] (load, verify, attach)
-//! and [`EbpfMaps`], its maps behind the [`Maps`] trait, with the Maglev ring
-//! array mapped into this process and a second handle on the affinity table
-//! for background scans.
+//! [`EbpfMaps`]: the XDP program's maps behind the [`Maps`] trait, with the
+//! Maglev ring array mapped into this process. What was written is
+//! remembered, so writing the same again costs nothing and empties no
+//! cache (a reload, or a data path taken over from an earlier lbd).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
@@ -11,18 +11,16 @@ use std::{
 
 use aya::{
     maps::{Array, HashMap, IterableMap, MapData, MapError, PerCpuArray, PerCpuValues},
-    programs::{Xdp, XdpMode},
     Ebpf,
 };
 use lb_common::{
     Affinity, AffinityKey, Counters, Globals, Real, Reason, ReasonCounters, Service, ServiceKey,
-    VipProtocol, MAX_SERVICES, NO_SERVICE,
+    VipProtocol, MAX_REALS, MAX_SERVICES, NO_SERVICE,
 };
 
 use super::{
-    census::EbpfCensus,
-    mapped::{CensusCounts, ClientCounts, RingMemory},
-    next_generation, DataplaneError, Maps, Result,
+    mapped::{ArpLease, ClientCounts, RingMemory},
+    next_generation, DataplaneError, Maps, Projection, Result,
 };
 
 /// `BPF_NOEXIST`: insert only where there is no entry.
@@ -30,219 +28,6 @@ const BPF_NOEXIST: u64 = 1;
 /// `EEXIST` and `E2BIG`, as a hash map's insert answers them.
 const EEXIST: i32 = 17;
 const E2BIG: i32 = 7;
-
-/// The compiled XDP object, embedded at build time by `build.rs` from
-/// `cargo xtask build-ebpf`'s output (empty when it was not built).
-static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf.o"));
-
-/// Name of the XDP entry point in the object.
-const PROGRAM_NAME: &str = "lb_xdp";
-/// Name of the census program (run by lbd, never attached).
-const CENSUS_NAME: &str = "lb_census";
-
-/// How the program is attached (the configuration's `xdp_mode`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttachMode {
-    /// In the driver (fast path); fails where the driver has no XDP support.
-    Native,
-    /// In the generic networking path (works everywhere, slower).
-    Generic,
-    /// Native, else generic with a warning.
-    Auto,
-}
-
-/// The loaded XDP program, attached to one interface while it lives.
-pub struct Program {
-    ebpf: Ebpf,
-    attached_mode: Option<&'static str>,
-}
-
-impl Program {
-    /// Loads the embedded object into the kernel (maps created, program
-    /// verified) without attaching it.
-    ///
-    /// # Errors
-    /// When the object is missing or the kernel refuses it.
-    pub fn load() -> Result<Self> {
-        if PROGRAM_OBJECT.is_empty() {
-            return Err(DataplaneError::NoObject);
-        }
-        Self::load_bytes(PROGRAM_OBJECT)
-    }
-
-    /// Loads an object from bytes (the tests load the same embedded object).
-    ///
-    /// # Errors
-    /// When the kernel refuses the object.
-    pub fn load_bytes(object: &[u8]) -> Result<Self> {
-        let mut ebpf = Ebpf::load(object).map_err(DataplaneError::Load)?;
-        let program = Self::xdp(&mut ebpf)?;
-        program.load().map_err(|source| DataplaneError::Program {
-            what: "the kernel's verifier refused the XDP program".into(),
-            source,
-        })?;
-        let census = Self::census_program(&mut ebpf)?;
-        census.load().map_err(|source| DataplaneError::Program {
-            what: "the kernel's verifier refused the census program".into(),
-            source,
-        })?;
-        Ok(Self {
-            ebpf,
-            attached_mode: None,
-        })
-    }
-
-    /// The embedded object, for tests that load it themselves.
-    #[must_use]
-    pub fn object() -> &'static [u8] {
-        PROGRAM_OBJECT
-    }
-
-    fn xdp(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
-        ebpf.program_mut(PROGRAM_NAME)
-            .and_then(|p| <&mut Xdp>::try_from(p).ok())
-            .ok_or(DataplaneError::Missing("XDP program lb_xdp"))
-    }
-
-    fn census_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
-        ebpf.program_mut(CENSUS_NAME)
-            .and_then(|p| <&mut Xdp>::try_from(p).ok())
-            .ok_or(DataplaneError::Missing("census program lb_census"))
-    }
-
-    /// The census (program and maps), for the thread that runs it;
-    /// `client_counts` are the data path's, which it keeps true as it
-    /// removes entries.
-    ///
-    /// # Errors
-    /// When a map is missing (a stale object) or a descriptor cannot be had.
-    pub fn census(&mut self, client_counts: Arc<ClientCounts>) -> Result<EbpfCensus> {
-        let program = Self::census_program(&mut self.ebpf)?
-            .fd()
-            .map_err(|source| DataplaneError::Program {
-                what: "the census program".into(),
-                source,
-            })?
-            .try_clone()
-            .map_err(|source| DataplaneError::Raw {
-                what: "duplicating the census program's descriptor",
-                source,
-            })?;
-        let mut take = |name: &'static str| {
-            self.ebpf
-                .take_map(name)
-                .ok_or(DataplaneError::Missing(name))
-        };
-        Ok(EbpfCensus {
-            program,
-            services: Array::try_from(take("CENSUS_SERVICES")?)
-                .map_err(map_error("CENSUS_SERVICES"))?,
-            written: vec![lb_common::census::CensusService::default(); MAX_SERVICES as usize],
-            orders: Array::try_from(take("CENSUS_RUN")?).map_err(map_error("CENSUS_RUN"))?,
-            counts: CensusCounts::map(take("CENSUS_COUNTS")?)?,
-            stream: aya::maps::RingBuf::try_from(take("STREAM_OUT")?)
-                .map_err(map_error("STREAM_OUT"))?,
-            new_entries: aya::maps::RingBuf::try_from(take("NEW_ENTRIES")?)
-                .map_err(map_error("NEW_ENTRIES"))?,
-            client_counts,
-        })
-    }
-
-    /// The loaded program, for `test_run`.
-    ///
-    /// # Errors
-    /// Never for an object this crate built.
-    pub fn xdp_program(&mut self) -> Result<&mut Xdp> {
-        Self::xdp(&mut self.ebpf)
-    }
-
-    /// Attaches the program to `interface`. Returns the mode used ("native" or
-    /// "generic"); the program stays attached until this value is dropped.
-    ///
-    /// # Errors
-    /// When the interface does not exist or already has an XDP program.
-    pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<&'static str> {
-        let program = Self::xdp(&mut self.ebpf)?;
-        let attempt = |program: &mut Xdp, xdp_mode: XdpMode, name: &'static str| {
-            program
-                .attach(interface, xdp_mode)
-                .map(|_| name)
-                .map_err(|source| DataplaneError::Program {
-                    what: format!(
-                        "cannot attach the XDP program to {interface} in {name} mode (does the \
-                         interface exist, and is no other XDP program attached? \
-                         `ip link show dev {interface}` tells; `ip link set dev {interface} xdp off` \
-                         removes a leftover)"
-                    ),
-                    source,
-                })
-        };
-        let used = match mode {
-            AttachMode::Native => attempt(program, XdpMode::Driver, "native")?,
-            AttachMode::Generic => attempt(program, XdpMode::Skb, "generic")?,
-            AttachMode::Auto => match attempt(program, XdpMode::Driver, "native") {
-                Ok(used) => used,
-                Err(error) => {
-                    log::warn!("{error}; falling back to generic mode, which is slower");
-                    attempt(program, XdpMode::Skb, "generic")?
-                }
-            },
-        };
-        self.attached_mode = Some(used);
-        Ok(used)
-    }
-
-    /// Detaches the program from its interface (also done on drop).
-    pub fn detach(&mut self) {
-        if self.attached_mode.take().is_some() {
-            if let Ok(program) = Self::xdp(&mut self.ebpf) {
-                // Unloading closes every link the program holds.
-                if let Err(error) = program.unload() {
-                    log::warn!("detaching the XDP program: {error}");
-                }
-            }
-        }
-    }
-
-    /// Takes the maps out of the object, for the control plane to fill.
-    ///
-    /// # Errors
-    /// When a map is missing or of the wrong kind (a stale object).
-    pub fn take_maps(&mut self) -> Result<EbpfMaps> {
-        let mut take = |name: &'static str| {
-            self.ebpf
-                .take_map(name)
-                .ok_or(DataplaneError::Missing(name))
-        };
-        let map_err = |map: &'static str| move |source| DataplaneError::Map { map, source };
-        Ok(EbpfMaps {
-            services: HashMap::try_from(take("SERVICES")?).map_err(map_err("SERVICES"))?,
-            rings: RingMemory::map(take("MAGLEV_RINGS")?)?,
-            reals: Array::try_from(take("REALS")?).map_err(map_err("REALS"))?,
-            affinity: HashMap::try_from(take("AFFINITY")?).map_err(map_err("AFFINITY"))?,
-            client_counts: Arc::new(ClientCounts::map(take("CLIENT_COUNTS")?)?),
-            generations: Array::try_from(take("FLOW_GENERATIONS")?)
-                .map_err(map_err("FLOW_GENERATIONS"))?,
-            fragments: HashMap::try_from(take("FRAGMENTS")?).map_err(map_err("FRAGMENTS"))?,
-            held_vips: HashMap::try_from(take("HELD_VIPS")?).map_err(map_err("HELD_VIPS"))?,
-            real_stats: PerCpuArray::try_from(take("REAL_STATS")?)
-                .map_err(map_err("REAL_STATS"))?,
-            reasons: PerCpuArray::try_from(take("REASONS")?).map_err(map_err("REASONS"))?,
-            globals: Array::try_from(take("GLOBALS")?).map_err(map_err("GLOBALS"))?,
-            generations_written: vec![0; MAX_SERVICES as usize],
-            slot_owners: StdHashMap::new(),
-            service_ids: StdHashMap::new(),
-            fragments_written: BTreeMap::new(),
-            held_vips_written: BTreeSet::new(),
-        })
-    }
-}
-
-impl Drop for Program {
-    fn drop(&mut self) {
-        self.detach();
-    }
-}
 
 /// Walks the affinity table in batches ([`super::batch`]), or one entry
 /// at a time where the kernel has no batched lookups.
@@ -304,15 +89,17 @@ pub struct EbpfMaps {
     globals: Array<MapData, Globals>,
     /// What `generations` holds, so a generation is bumped without a read.
     generations_written: Vec<u32>,
-    /// The service id each real-server slot was last written with.
-    slot_owners: StdHashMap<u32, u16>,
-    /// The id of each service written.
-    service_ids: StdHashMap<ServiceKey, u32>,
+    /// What each real-server slot holds.
+    reals_written: StdHashMap<u32, Real>,
+    /// What each service entry holds.
+    services_written: StdHashMap<ServiceKey, Service>,
+    /// The node's ARP lease, mapped.
+    arp_lease: Arc<ArpLease>,
     /// What `fragments` holds.
     fragments_written: BTreeMap<VipProtocol, u16>,
 }
 
-fn map_error(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
+pub(super) fn map_error(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
     move |source| DataplaneError::Map { map, source }
 }
 
@@ -338,6 +125,42 @@ fn errno(error: &MapError) -> Option<i32> {
 }
 
 impl EbpfMaps {
+    /// Takes the control plane's maps out of a loaded object.
+    ///
+    /// # Errors
+    /// When a map is missing or of the wrong kind (a stale object).
+    pub(super) fn take_from(ebpf: &mut Ebpf) -> Result<Self> {
+        let mut take =
+            |name: &'static str| ebpf.take_map(name).ok_or(DataplaneError::Missing(name));
+        Ok(EbpfMaps {
+            services: HashMap::try_from(take("SERVICES")?).map_err(map_error("SERVICES"))?,
+            rings: RingMemory::map(take("MAGLEV_RINGS")?)?,
+            reals: Array::try_from(take("REALS")?).map_err(map_error("REALS"))?,
+            affinity: HashMap::try_from(take("AFFINITY")?).map_err(map_error("AFFINITY"))?,
+            client_counts: Arc::new(ClientCounts::map(take("CLIENT_COUNTS")?)?),
+            generations: Array::try_from(take("FLOW_GENERATIONS")?)
+                .map_err(map_error("FLOW_GENERATIONS"))?,
+            fragments: HashMap::try_from(take("FRAGMENTS")?).map_err(map_error("FRAGMENTS"))?,
+            held_vips: HashMap::try_from(take("HELD_VIPS")?).map_err(map_error("HELD_VIPS"))?,
+            real_stats: PerCpuArray::try_from(take("REAL_STATS")?)
+                .map_err(map_error("REAL_STATS"))?,
+            reasons: PerCpuArray::try_from(take("REASONS")?).map_err(map_error("REASONS"))?,
+            globals: Array::try_from(take("GLOBALS")?).map_err(map_error("GLOBALS"))?,
+            arp_lease: Arc::new(ArpLease::map(take("ARP_LEASE")?)?),
+            generations_written: vec![0; MAX_SERVICES as usize],
+            reals_written: StdHashMap::new(),
+            services_written: StdHashMap::new(),
+            fragments_written: BTreeMap::new(),
+            held_vips_written: BTreeSet::new(),
+        })
+    }
+
+    /// The node's ARP lease, for the thread that renews it.
+    #[must_use]
+    pub fn arp_lease(&self) -> Arc<ArpLease> {
+        Arc::clone(&self.arp_lease)
+    }
+
     fn set_generation(&mut self, service_id: u32, generation: u32) -> Result<()> {
         if service_id >= MAX_SERVICES {
             return Ok(());
@@ -365,6 +188,44 @@ impl Maps for EbpfMaps {
             .map_err(map_error("GLOBALS"))
     }
 
+    fn take_over(&mut self) -> Result<Projection> {
+        let mut projection = Projection::default();
+        for entry in &self.services {
+            let (key, service) = entry.map_err(map_error("SERVICES"))?;
+            projection.services.push((key, service));
+            self.services_written.insert(key, service);
+            projection
+                .rings
+                .insert(service.ring_slot, self.rings.read(service.ring_slot)?);
+        }
+        for index in 1..MAX_REALS {
+            let real = self.reals.get(&index, 0).map_err(map_error("REALS"))?;
+            if real.address != 0 {
+                projection.reals.insert(index, real);
+                self.reals_written.insert(index, real);
+            }
+        }
+        for id in 0..MAX_SERVICES {
+            let generation = self
+                .generations
+                .get(&id, 0)
+                .map_err(map_error("FLOW_GENERATIONS"))?;
+            if let Some(written) = self.generations_written.get_mut(id as usize) {
+                *written = generation;
+            }
+        }
+        for entry in &self.fragments {
+            let (target, port) = entry.map_err(map_error("FRAGMENTS"))?;
+            self.fragments_written.insert(target, port);
+        }
+        for entry in self.held_vips.keys() {
+            let vip = entry.map_err(map_error("HELD_VIPS"))?;
+            self.held_vips_written
+                .insert(Ipv4Addr::from(vip.to_ne_bytes()));
+        }
+        Ok(projection)
+    }
+
     fn flush_flow_cache(&mut self, service_id: u32) -> Result<()> {
         let current = self
             .generations_written
@@ -379,8 +240,11 @@ impl Maps for EbpfMaps {
     }
 
     fn set_real(&mut self, index: u32, real: Real) -> Result<()> {
+        if self.reals_written.get(&index) == Some(&real) {
+            return Ok(());
+        }
         self.reals.set(index, real, 0).map_err(map_error("REALS"))?;
-        let before = self.slot_owners.insert(index, real.service_id);
+        let before = self.reals_written.insert(index, real).map(|r| r.service_id);
         for owner in [before, Some(real.service_id)].into_iter().flatten() {
             if owner != NO_SERVICE {
                 self.flush_flow_cache(u32::from(owner))?;
@@ -394,10 +258,13 @@ impl Maps for EbpfMaps {
     }
 
     fn set_service(&mut self, key: ServiceKey, service: Service) -> Result<()> {
+        if self.services_written.get(&key) == Some(&service) {
+            return Ok(());
+        }
         self.services
             .insert(key, service, 0)
             .map_err(map_error("SERVICES"))?;
-        self.service_ids.insert(key, service.id);
+        self.services_written.insert(key, service);
         self.flush_flow_cache(service.id)
     }
 
@@ -406,8 +273,8 @@ impl Maps for EbpfMaps {
             Ok(()) | Err(MapError::KeyNotFound | MapError::ElementNotFound) => {}
             Err(e) => return Err(map_error("SERVICES")(e)),
         }
-        match self.service_ids.remove(key) {
-            Some(id) => self.flush_flow_cache(id),
+        match self.services_written.remove(key) {
+            Some(service) => self.flush_flow_cache(service.id),
             None => Ok(()),
         }
     }

@@ -8,7 +8,7 @@ use lb_common::{
     NO_SERVICE,
 };
 
-use super::{next_generation, Maps, Result};
+use super::{next_generation, Maps, Projection, Result};
 
 /// One write to the maps, in the order made (tests check the order).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,7 +22,7 @@ pub enum Write {
 }
 
 /// An in-memory stand-in for [`EbpfMaps`](super::EbpfMaps), for control-plane tests.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct FakeMaps {
     /// Global settings.
     pub globals: Globals,
@@ -46,6 +46,9 @@ pub struct FakeMaps {
     pub client_counts: BTreeMap<u32, u64>,
     /// Slots, rings and services, in the order written.
     pub writes: Vec<Write>,
+    /// Taken over ([`Maps::take_over`]): writing what is there is skipped,
+    /// as the kernel's maps do.
+    pub taken_over: bool,
 }
 
 impl Maps for FakeMaps {
@@ -53,7 +56,28 @@ impl Maps for FakeMaps {
         self.globals = globals;
         Ok(())
     }
+    fn take_over(&mut self) -> Result<Projection> {
+        self.taken_over = true;
+        let rings = self
+            .services
+            .values()
+            .filter_map(|s| Some((s.ring_slot, self.rings.get(&s.ring_slot)?.clone())))
+            .collect();
+        Ok(Projection {
+            services: self.services.iter().map(|(k, s)| (*k, *s)).collect(),
+            reals: self
+                .reals
+                .iter()
+                .filter(|(_, r)| r.address != 0)
+                .map(|(i, r)| (*i, *r))
+                .collect(),
+            rings,
+        })
+    }
     fn set_real(&mut self, index: u32, real: Real) -> Result<()> {
+        if self.taken_over && self.reals.get(&index) == Some(&real) {
+            return Ok(());
+        }
         let before = self.reals.insert(index, real);
         self.writes.push(Write::Real {
             index,
@@ -75,6 +99,9 @@ impl Maps for FakeMaps {
         Ok(())
     }
     fn set_service(&mut self, key: ServiceKey, service: Service) -> Result<()> {
+        if self.taken_over && self.services.get(&key) == Some(&service) {
+            return Ok(());
+        }
         self.services.insert(key, service);
         self.writes.push(Write::Service {
             id: service.id,

@@ -1,6 +1,7 @@
 //! Array maps mapped into this process (`BPF_F_MMAPABLE`): the Maglev rings,
-//! written with plain stores instead of one system call per entry, and the
-//! per-service client counts, which the data path and lbd change atomically.
+//! written with plain stores instead of one system call per entry, the
+//! per-service client counts, which the data path and lbd change atomically,
+//! and the ARP lease, renewed with one store as the master advertises.
 
 use std::{
     mem::size_of,
@@ -74,6 +75,74 @@ impl RingMemory {
         fence(Ordering::Release);
         Ok(())
     }
+
+    /// The ring in `slot` (taking over a running data path).
+    pub(super) fn read(&self, slot: u32) -> Result<Vec<u32>> {
+        if slot >= MAGLEV_RING_SLOTS {
+            return Err(DataplaneError::Missing("a ring slot of MAGLEV_RINGS"));
+        }
+        let start = ring_index(slot, 0) as usize * Self::STRIDE;
+        let base = self.0.memory.as_mut_ptr();
+        #[expect(
+            clippy::cast_ptr_alignment,
+            reason = "the mapping is page-aligned and entries are 8 bytes apart"
+        )]
+        Ok((0..ring_index(1, 0) as usize)
+            .map(|i| {
+                // SAFETY: inside the mapping (slot checked above); aligned
+                // 4-byte loads.
+                unsafe {
+                    base.add(start + i * Self::STRIDE)
+                        .cast::<u32>()
+                        .read_volatile()
+                }
+            })
+            .collect())
+    }
+}
+
+/// The node's ARP lease (`ARP_LEASE`), mapped: the master of a pair renews
+/// it with one store each time it advertises.
+pub struct ArpLease(MappedArray);
+
+impl ArpLease {
+    pub(super) fn map(map: Map) -> Result<Self> {
+        MappedArray::map(map, "ARP_LEASE", size_of::<u64>()).map(Self)
+    }
+
+    /// Answers ARP for the held VIPs until `until_ns` on the monotonic
+    /// clock ([`lb_common::ARP_LEASE_FOREVER`]: for as long as the data
+    /// path runs).
+    pub fn set(&self, until_ns: u64) {
+        // SAFETY: the mapping's first 8 bytes, page-aligned; the data path
+        // reads them with one aligned load, so it never sees a torn value.
+        unsafe {
+            AtomicU64::from_ptr(self.0.memory.as_mut_ptr().cast())
+                .store(until_ns, Ordering::Relaxed);
+        }
+    }
+
+    /// Renews the lease for `span` from now.
+    pub fn renew(&self, span: std::time::Duration) {
+        let span = u64::try_from(span.as_nanos()).unwrap_or(u64::MAX);
+        self.set(monotonic_ns().saturating_add(span).max(1));
+    }
+}
+
+/// The monotonic clock in nanoseconds, as the data path's
+/// `bpf_ktime_get_ns` reads it.
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+    u64::try_from(now.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(now.tv_nsec).unwrap_or(0))
 }
 
 /// How many affinity entries each service holds, by service id: the data

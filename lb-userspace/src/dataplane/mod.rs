@@ -5,11 +5,15 @@
 //! memory, so the control plane is tested without root. [`Program`] loads
 //! and attaches the XDP program itself.
 
+mod attach;
 mod census;
 mod ebpf;
 mod fake;
+mod layout;
 mod mapped;
+mod program;
 mod raw_bpf;
+mod running;
 
 use aya::{maps::MapError, programs::ProgramError, EbpfError};
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,10 +21,14 @@ use std::net::Ipv4Addr;
 
 use lb_common::{Affinity, AffinityKey, Counters, Globals, Real, Service, ServiceKey, VipProtocol};
 
+pub use self::attach::Hook;
 pub use self::census::{CensusOutcome, CensusRunner, EbpfCensus};
-pub use self::ebpf::{AttachMode, EbpfMaps, Program};
+pub use self::ebpf::EbpfMaps;
 pub use self::fake::{FakeMaps, Write};
-pub use self::mapped::ClientCounts;
+pub use self::layout::{Migration, MIGRATIONS};
+pub use self::mapped::{monotonic_ns, ArpLease, ClientCounts};
+pub use self::program::{AttachMode, Predecessor, Program, TakenOver};
+pub use self::running::{find as find_running, Found, Running};
 
 /// Errors of the data path.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +81,30 @@ pub enum DataplaneError {
     /// A value for the per-CPU maps could not be built.
     #[error("per-CPU value: {0}")]
     PerCpu(#[source] std::io::Error),
+    /// A netlink request (attaching, replacing, detaching) failed.
+    #[error("{what}: {source}")]
+    Netlink {
+        /// What was being done.
+        what: String,
+        /// The kernel's answer.
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// The embedded object could not be parsed.
+    #[error("the embedded XDP object cannot be read ({0}); rebuild with `cargo xtask build`")]
+    Object(String),
+}
+
+/// What the control plane writes into the data path, as read back from a
+/// data path an earlier lbd left running.
+#[derive(Clone, Debug, Default)]
+pub struct Projection {
+    /// Every service entry.
+    pub services: Vec<(ServiceKey, Service)>,
+    /// Every real-server slot in use (with an address).
+    pub reals: BTreeMap<u32, Real>,
+    /// The live ring of each service, by ring slot.
+    pub rings: BTreeMap<u32, Vec<u32>>,
 }
 
 type Result<T, E = DataplaneError> = std::result::Result<T, E>;
@@ -92,6 +124,10 @@ type Result<T, E = DataplaneError> = std::result::Result<T, E>;
 pub trait Maps {
     /// Sets the data path's global settings.
     fn set_globals(&mut self, globals: Globals) -> Result<()>;
+    /// Reads what the maps hold (a data path taken over from an earlier
+    /// lbd) and from then on counts it as written: writing the same again
+    /// changes nothing and empties no cache.
+    fn take_over(&mut self) -> Result<Projection>;
     /// Writes a real-server slot (and empties the cache of the service that
     /// held it and of the one that holds it now).
     fn set_real(&mut self, index: u32, real: Real) -> Result<()>;

@@ -1,10 +1,13 @@
-//! Two `bpf(2)` commands aya 0.14 lacks, made here by hand:
+//! `bpf(2)` commands aya 0.14 lacks, made here by hand:
 //!
 //! - `BPF_MAP_LOOKUP_BATCH` (Linux 5.6): reads a hash map [`BATCH`] entries
 //!   per call, where aya's iterator costs two calls per entry ([`for_each`]).
 //! - `BPF_PROG_TEST_RUN` on a bare program descriptor ([`run_program`]):
 //!   aya runs a program only through its owning `Ebpf`, which the census
 //!   thread does not hold.
+//! - `BPF_MAP_LOOKUP_ELEM`, `BPF_MAP_GET_NEXT_KEY` and `BPF_MAP_UPDATE_ELEM`
+//!   on keys and values of sizes known only at run time ([`lookup_bytes`],
+//!   [`next_key`], [`update_bytes`]): maps another lbd's layout defined.
 
 use std::{
     io,
@@ -16,6 +19,12 @@ use aya::Pod;
 
 /// The `bpf(2)` command number of `BPF_MAP_LOOKUP_BATCH`.
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// The `bpf(2)` command number of `BPF_MAP_LOOKUP_ELEM`.
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+/// The `bpf(2)` command number of `BPF_MAP_UPDATE_ELEM`.
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+/// The `bpf(2)` command number of `BPF_MAP_GET_NEXT_KEY`.
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 /// The `bpf(2)` command number of `BPF_PROG_TEST_RUN`.
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 
@@ -156,4 +165,93 @@ pub fn run_program(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<u32> {
         return Err(io::Error::last_os_error());
     }
     Ok(attr.retval)
+}
+
+/// The element operations' part of `union bpf_attr`.
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// One element command on the map behind `fd`: `key`, and `value` (the
+/// value read or written, or the next key).
+fn elem(
+    command: libc::c_long,
+    fd: BorrowedFd<'_>,
+    key: Option<&[u8]>,
+    value: *mut u8,
+    flags: u64,
+) -> io::Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: u32::try_from(fd.as_raw_fd())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?,
+        _pad: 0,
+        key: key.map_or(0, |k| k.as_ptr() as u64),
+        value: value as u64,
+        flags,
+    };
+    // SAFETY: `attr` is the layout the kernel expects for the element
+    // commands; it points at `key` and at `value`, sized as the map's keys
+    // and values (the callers' duty), both alive for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command,
+            std::ptr::addr_of_mut!(attr),
+            size_of::<ElemAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The value of `key` in the map behind `fd`, whose values are
+/// `value_size` bytes.
+///
+/// # Errors
+/// The system call's error (`ENOENT`: no such key).
+pub fn lookup_bytes(fd: BorrowedFd<'_>, key: &[u8], value_size: usize) -> io::Result<Vec<u8>> {
+    let mut value = vec![0_u8; value_size];
+    elem(BPF_MAP_LOOKUP_ELEM, fd, Some(key), value.as_mut_ptr(), 0)?;
+    Ok(value)
+}
+
+/// The key after `key` (the first with `None`) in the map behind `fd`,
+/// whose keys are `key_size` bytes; `None` after the last.
+///
+/// # Errors
+/// The system call's error.
+pub fn next_key(
+    fd: BorrowedFd<'_>,
+    key: Option<&[u8]>,
+    key_size: usize,
+) -> io::Result<Option<Vec<u8>>> {
+    let mut next = vec![0_u8; key_size];
+    match elem(BPF_MAP_GET_NEXT_KEY, fd, key, next.as_mut_ptr(), 0) {
+        Ok(()) => Ok(Some(next)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `key` -> `value` into the map behind `fd` (`flags` as
+/// `BPF_MAP_UPDATE_ELEM` takes them).
+///
+/// # Errors
+/// The system call's error.
+pub fn update_bytes(fd: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: u64) -> io::Result<()> {
+    // The kernel only reads the value of an update.
+    elem(
+        BPF_MAP_UPDATE_ELEM,
+        fd,
+        Some(key),
+        value.as_ptr().cast_mut(),
+        flags,
+    )
 }

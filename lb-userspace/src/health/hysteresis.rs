@@ -31,6 +31,18 @@ impl Hysteresis {
         }
     }
 
+    /// A check that has run before with this outcome (a data path taken
+    /// over from an earlier lbd): no first-check rule, `health` until
+    /// `rise` passes or `fall` failures say otherwise.
+    #[must_use]
+    pub fn established(rise: u32, fall: u32, health: Health) -> Self {
+        Self {
+            health,
+            checks: 1,
+            ..Self::new(rise, fall)
+        }
+    }
+
     /// Records one completed check; returns the new health when it flips.
     pub fn record(&mut self, passed: bool) -> Option<Health> {
         let first = self.checks == 0;
@@ -135,6 +147,17 @@ mod tests {
             assert_eq!(h.record(true), None);
         }
         assert_eq!(h.health(), Health::Up);
+    }
+
+    #[test]
+    fn an_established_check_keeps_its_health_until_rise_or_fall() {
+        let mut down = Hysteresis::established(2, 3, Health::Down);
+        assert_eq!(down.record(true), None, "one pass is not rise");
+        assert_eq!(down.record(true), Some(Health::Up));
+        let mut up = Hysteresis::established(2, 3, Health::Up);
+        assert_eq!(up.record(false), None, "no first-check rule");
+        assert_eq!(up.record(false), None);
+        assert_eq!(up.record(false), Some(Health::Down));
     }
 
     #[test]

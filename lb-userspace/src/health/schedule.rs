@@ -162,6 +162,9 @@ struct Registry {
     ids: HashMap<CheckKey, u64>,
     /// `type: none` targets and their addresses.
     unchecked: BTreeMap<Subscriber, Ipv4Addr>,
+    /// Health known before any check here (from a data path taken over):
+    /// a new check of one of these starts from it, as an established one.
+    assumed: BTreeMap<Subscriber, Health>,
 }
 
 impl Registry {
@@ -210,11 +213,21 @@ impl Registry {
             let id = self.next_id;
             self.next_id += 1;
             self.ids.insert(key.clone(), id);
+            let assumed = subscribers
+                .iter()
+                .find_map(|s| self.assumed.get(s))
+                .copied();
+            let hysteresis = match assumed {
+                Some(health) => {
+                    Hysteresis::established(target.check.rise, target.check.fall, health)
+                }
+                None => Hysteresis::new(target.check.rise, target.check.fall),
+            };
             self.entries.insert(
                 id,
                 Entry {
                     key,
-                    hysteresis: Hysteresis::new(target.check.rise, target.check.fall),
+                    hysteresis,
                     last: None,
                     subscribers,
                 },
@@ -386,6 +399,15 @@ impl HealthMonitor {
             inbox,
             dispatcher,
         }
+    }
+
+    /// Starts the checks of these (service, server) pairs from the health
+    /// given, as checks that have run before (a data path taken over from
+    /// an earlier lbd): a server that was down stays down until `rise`
+    /// passes, one that was up goes down only after `fall` failures.
+    /// Call before the first [`HealthMonitor::update`].
+    pub fn assume(&mut self, known: impl IntoIterator<Item = ((String, String), Health)>) {
+        lock(&self.registry).assumed.extend(known);
     }
 
     /// Makes the running checks those of `targets`: starts new checks, stops
