@@ -168,3 +168,53 @@ fn kill_9_under_load_fails_no_request_and_the_next_lbd_moves_no_client() {
         "a clean stop detaches the data path"
     );
 }
+
+/// A crashed lbd's data path stays on its interface until an lbd takes it
+/// over; if the configuration now names another interface, the next lbd
+/// detaches it there (it would forward with a configuration nobody runs).
+#[test]
+fn a_data_path_left_on_an_interface_no_longer_configured_is_detached() {
+    let mut lab = lab();
+    let config = lab_config(&lab, &web_service(&lab, 3, 600));
+    let mut lbd = Lbd::start(&mut lab, &config).unwrap_or_else(|e| panic!("{e}"));
+    lbd.wait_ready(&mut lab, READY)
+        .unwrap_or_else(|e| panic!("{e}"));
+    lbd.crash(&mut lab).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        lbd.xdp_attached(&lab).unwrap_or(false),
+        "the data path outlives the crash"
+    );
+
+    // The next configuration names another interface of the node.
+    let other = "lbmoved0";
+    lb_tests::lab::run_in(
+        lab.lb_ns(),
+        &[
+            "ip", "link", "add", other, "type", "veth", "peer", "name", "lbmoved1",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    lb_tests::lab::run_in(lab.lb_ns(), &["ip", "link", "set", other, "up"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let moved = config
+        .replace(
+            &format!("interface: {}", lab.lb_interface()),
+            &format!("interface: {other}"),
+        )
+        .replace("xdp_mode: native", "xdp_mode: generic");
+    assert_ne!(moved, config);
+    let mut again = Lbd::start(&mut lab, &moved).unwrap_or_else(|e| panic!("{e}"));
+    again
+        .wait_answering(&mut lab, READY)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !lbd.xdp_attached(&lab).unwrap_or(true),
+        "the data path on {} is detached: {}",
+        lab.lb_interface(),
+        again.log_text()
+    );
+    let shown = lb_tests::lab::run_in(lab.lb_ns(), &["ip", "-d", "link", "show", "dev", other])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(shown.contains("prog/xdp"), "lbd runs on {other}: {shown}");
+    assert!(again.stop(&mut lab).unwrap_or_else(|e| panic!("{e}")));
+}

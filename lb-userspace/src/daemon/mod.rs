@@ -161,6 +161,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
     );
     let handle = neighbour::connect()?;
     let iface = neighbour::interface(&handle, &node.interface).await?;
+    takeover::retire_elsewhere(&handle, &node.state_dir, &node.interface).await;
     let (mut program, taking_over) =
         takeover::load_data_path(&handle, iface.index, &node.interface).await?;
     let mut vips = Vips::new(handle.clone(), iface.index, iface.mac, &node.state_dir)?;
@@ -302,6 +303,7 @@ impl Daemon {
             )
             .await?;
         self.attach_mode = hook.name();
+        takeover::record_interface(&config.node.state_dir, &config.node.interface);
         match replacing {
             Some(true) => log::info!("the running XDP program handed over to this lbd's copy of it (the same program), in one step"),
             Some(false) => log::info!("the running XDP program replaced by this lbd's, in one step"),

@@ -1,7 +1,11 @@
 //! Starting over a data path an earlier lbd left running on the interface
 //! (it crashed, or re-executed): the program and maps are taken over, the
 //! control plane rebuilt from them, and the health checks start from the
-//! health the data path shows, so no client moves and no server flaps.
+//! health the data path shows, so no client moves and no server flaps. A
+//! data path left on an interface the configuration no longer names is
+//! detached (`STATE_DIR/interface` records the interface in use).
+
+use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use rtnetlink::Handle;
@@ -11,7 +15,49 @@ use crate::{
     balancer::{Balancer, Health},
     config::Config,
     dataplane::{self, EbpfMaps, Found, Program, TakenOver},
+    neighbour, state_file,
 };
+
+/// `STATE_DIR/interface`: the interface lbd's data path is attached to.
+fn record(state_dir: &Path) -> PathBuf {
+    state_dir.join("interface")
+}
+
+/// Detaches the data path an earlier lbd left on another interface than
+/// `interface` (the configuration moved), if that interface still has it.
+pub(super) async fn retire_elsewhere(handle: &Handle, state_dir: &Path, interface: &str) {
+    let Ok(text) = std::fs::read_to_string(record(state_dir)) else {
+        return;
+    };
+    let old = text.trim();
+    if old.is_empty() || old == interface {
+        return;
+    }
+    let Ok(found) = neighbour::interface(handle, old).await else {
+        return;
+    };
+    match dataplane::retire(handle, found.index, old).await {
+        Ok(true) => log::warn!(
+            "detached the data path an earlier lbd left on {old}: the configuration now names {interface}"
+        ),
+        Ok(false) => {}
+        Err(error) => log::error!(
+            "the data path an earlier lbd left on {old} stays attached: {error}; \
+             `ip link set dev {old} xdp off` detaches it"
+        ),
+    }
+}
+
+/// Records `interface` as the one lbd's data path is attached to.
+pub(super) fn record_interface(state_dir: &Path, interface: &str) {
+    if let Err(error) = state_file::write_atomically(&record(state_dir), interface.as_bytes()) {
+        log::warn!(
+            "cannot record the interface in {}: {error} (a later start on another interface \
+             would not detach this one's data path)",
+            record(state_dir).display()
+        );
+    }
+}
 
 /// Loads lbd's program, over the data path running on `ifindex` if there
 /// is one. Returns it and whether a running data path was taken over.

@@ -121,6 +121,30 @@ pub async fn find(handle: &Handle, ifindex: u32) -> Result<Found> {
     Ok(Found::Ours(running))
 }
 
+/// Detaches lbd's data path from `ifindex` (an interface the
+/// configuration no longer uses), and nothing else. Returns whether there
+/// was one.
+///
+/// # Errors
+/// When the kernel cannot be asked or refuses.
+pub async fn retire(handle: &Handle, ifindex: u32, interface: &str) -> Result<bool> {
+    let Found::Ours(running) = find(handle, ifindex).await? else {
+        return Ok(false);
+    };
+    let Some(attached) = running.attached else {
+        return Ok(false);
+    };
+    attach::detach(
+        handle,
+        ifindex,
+        interface,
+        attached.hook,
+        running.program.as_fd(),
+    )
+    .await?;
+    Ok(true)
+}
+
 /// The maps of program `info`, by kernel name, with their shapes.
 fn maps_of(info: &ProgramInfo) -> Result<BTreeMap<String, (Shape, MapData)>> {
     let ids = info
