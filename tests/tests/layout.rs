@@ -120,7 +120,7 @@ fn a_table_of_a_constructed_older_layout_is_taken_over_with_its_clients() {
     let old = bpf::create_hash(
         "AFFINITY",
         u32::try_from(std::mem::size_of::<AffinityKey>()).unwrap_or(8),
-        OLD_VALUE as u32,
+        u32::try_from(OLD_VALUE).unwrap_or(16),
         1024,
     )
     .unwrap_or_else(|e| panic!("creating the old layout's table: {e}"));

@@ -16,6 +16,9 @@ use std::os::fd::BorrowedFd;
 
 use super::{raw_bpf, running::Shape, DataplaneError, Result};
 
+/// A map entry as raw bytes: key, value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// One map's change from layout `from` to `from + 1`.
 #[derive(Clone, Copy)]
 pub struct Migration {
@@ -25,7 +28,7 @@ pub struct Migration {
     pub map: &'static str,
     /// An entry of the old layout (key, value) as one of the new, or
     /// `None` to leave it behind.
-    pub convert: fn(&[u8], &[u8]) -> Option<(Vec<u8>, Vec<u8>)>,
+    pub convert: fn(&[u8], &[u8]) -> Option<Entry>,
 }
 
 /// Every layout step so far (layout 1 is the first: none yet).
@@ -121,13 +124,15 @@ mod tests {
         flags: 0,
     };
 
-    fn widen(k: &[u8], v: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    #[expect(clippy::unnecessary_wraps, reason = "a migration's signature")]
+    fn widen(k: &[u8], v: &[u8]) -> Option<Entry> {
         let mut v = v.to_vec();
         v.resize(24, 0);
         Some((k.to_vec(), v))
     }
 
-    fn again(k: &[u8], v: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    #[expect(clippy::unnecessary_wraps, reason = "a migration's signature")]
+    fn again(k: &[u8], v: &[u8]) -> Option<Entry> {
         Some((k.to_vec(), v.to_vec()))
     }
 
