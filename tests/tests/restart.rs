@@ -145,7 +145,7 @@ fn kill_9_under_load_fails_no_request_and_the_next_lbd_moves_no_client() {
             "round {round}: the counters go on ({counted} before the kill, {after} after)"
         );
         let status = lbd.status().unwrap_or_default();
-        let states: Vec<(String, String)> = status["services"][0]["real_servers"]
+        let server_health: Vec<(String, String)> = status["services"][0]["real_servers"]
             .as_array()
             .into_iter()
             .flatten()
@@ -157,8 +157,8 @@ fn kill_9_under_load_fails_no_request_and_the_next_lbd_moves_no_client() {
             })
             .collect();
         assert!(
-            states.iter().all(|(_, health)| health == "up"),
-            "round {round}: every server up throughout: {states:?}"
+            server_health.iter().all(|(_, health)| health == "up"),
+            "round {round}: every server up throughout: {server_health:?}"
         );
         eprintln!("round {round} done at {:?}", started.elapsed());
     }
