@@ -18,6 +18,7 @@ pub mod dataplane;
 pub mod guard;
 pub mod ha;
 pub mod health;
+pub mod inherit;
 pub mod limits;
 pub mod maglev;
 pub mod metrics;

@@ -280,11 +280,20 @@ impl Metrics {
 /// A scrape waiting for the daemon's rendering.
 pub type Scrape = oneshot::Sender<String>;
 
-/// Binds the metrics listener.
+/// Binds the metrics listener (or takes it from the lbd this process was
+/// before a re-execution, if it listens on `address`).
 ///
 /// # Errors
 /// When the address cannot be bound.
 pub async fn bind(address: SocketAddr) -> Result<TcpListener, MetricsError> {
+    if let Some(fd) = crate::inherit::take("metrics") {
+        let listener = std::net::TcpListener::from(fd);
+        if listener.local_addr().ok() == Some(address) && listener.set_nonblocking(true).is_ok() {
+            if let Ok(listener) = TcpListener::from_std(listener) {
+                return Ok(listener);
+            }
+        }
+    }
     TcpListener::bind(address)
         .await
         .map_err(|source| MetricsError::Bind { address, source })

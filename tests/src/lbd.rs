@@ -255,7 +255,19 @@ impl Lbd {
         let dir = lab.dir().to_owned();
         let ns = lab.lb_ns().to_owned();
         let log = lab.log_path("lbd");
-        Self::spawn(lab, &ns, &dir, config, log, wrapper)
+        Self::spawn(lab, &ns, &dir, config, log, wrapper, &paths::lbd())
+    }
+
+    /// [`Self::start`] with the lbd binary at `binary` (a copy the test
+    /// replaces, as a package upgrade does).
+    ///
+    /// # Errors
+    /// As [`Self::start`].
+    pub fn start_binary(lab: &mut DrLab, config: &str, binary: &Path) -> Result<Self, LabError> {
+        let dir = lab.dir().to_owned();
+        let ns = lab.lb_ns().to_owned();
+        let log = lab.log_path("lbd");
+        Self::spawn(lab, &ns, &dir, config, log, &[], binary)
     }
 
     /// Writes `DIR/lbd.yaml` and starts lbd on it in `ns`, logging to `log`;
@@ -267,8 +279,8 @@ impl Lbd {
         config: &str,
         log: PathBuf,
         wrapper: &[&str],
+        lbd: &Path,
     ) -> Result<Self, LabError> {
-        let lbd = paths::lbd();
         if !lbd.is_file() {
             return Err(LabError::Invalid(format!(
                 "no lbd at {}: {}",
@@ -330,7 +342,7 @@ impl Lbd {
             source,
         })?;
         let log = dir.join("lbd.log");
-        Self::spawn(lab, ns, &dir, config, log, wrapper)
+        Self::spawn(lab, ns, &dir, config, log, wrapper, &paths::lbd())
     }
 
     /// The namespace lbd runs in.

@@ -218,3 +218,191 @@ fn a_data_path_left_on_an_interface_no_longer_configured_is_detached() {
     assert!(shown.contains("prog/xdp"), "lbd runs on {other}: {shown}");
     assert!(again.stop(&mut lab).unwrap_or_else(|e| panic!("{e}")));
 }
+
+/// A redirect service beside the web service, hammered through the re-exec.
+const REDIRECT_PORT: u16 = 8081;
+/// How long each SIGUSR2 round's load runs.
+const USR2_WINDOW: Duration = Duration::from_secs(6);
+/// What lbd logs when it starts re-executed (`lb-userspace/src/bin/lbd.rs`).
+const REEXEC_LOGGED: &str = "re-executed (SIGUSR2)";
+
+/// Connects to `addr` over and over until `until`, asking for `/`; returns
+/// (answered with a redirect, refused, other failures).
+fn hammer(addr: std::net::SocketAddr, until: Instant) -> (u64, u64, Vec<String>) {
+    use std::io::{Read as _, Write as _};
+    let (mut answered, mut refused, mut other) = (0, 0, Vec::new());
+    while Instant::now() < until {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Ok(mut stream) => {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = stream
+                    .write_all(b"GET /x HTTP/1.1\r\nHost: mychart\r\nConnection: close\r\n\r\n");
+                let mut answer = Vec::new();
+                let _ = stream.read_to_end(&mut answer);
+                if answer.starts_with(b"HTTP/1.1 301") {
+                    answered += 1;
+                } else {
+                    other.push(format!("answer {:?}", String::from_utf8_lossy(&answer)));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused += 1,
+            Err(e) => other.push(e.to_string()),
+        }
+    }
+    (answered, refused, other)
+}
+
+/// Places the file at `from` at `to` as a package upgrade does: a new
+/// file renamed over the old one (the running process keeps the old one).
+fn replace_binary(from: &std::path::Path, to: &std::path::Path) {
+    let staged = to.with_extension("dpkg-new");
+    std::fs::copy(from, &staged).unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
+    std::fs::rename(&staged, to).unwrap_or_else(|e| panic!("renaming over {}: {e}", to.display()));
+}
+
+#[test]
+fn sigusr2_under_load_keeps_the_pid_every_request_and_every_client() {
+    let mut lab = lab();
+    let services = format!(
+        "{}  - name: mychart-redirect\n    vip: {}\n    port: {REDIRECT_PORT}\n    redirect: {{ code: 301, scheme: https }}\n",
+        web_service(&lab, 3, 600),
+        lab.vip()
+    );
+    let config = lab_config(&lab, &services);
+    let binary = lab.dir().join("sbin").join("lbd");
+    std::fs::create_dir_all(lab.dir().join("sbin")).unwrap_or_else(|e| panic!("{e}"));
+    replace_binary(&paths::lbd(), &binary);
+    let mut lbd = Lbd::start_binary(&mut lab, &config, &binary).unwrap_or_else(|e| panic!("{e}"));
+    lbd.wait_ready(&mut lab, READY)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pid = lbd.pid(&lab).unwrap_or_else(|| panic!("lbd runs"));
+    let sources: Vec<Ipv4Addr> = lab.client_sources()[..SOURCES].to_vec();
+    let first = lab
+        .run_clients_with(&sources, 2, Duration::from_secs(30), Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let before = servers(&first, "before");
+    let drained = before.values().next().cloned().unwrap_or_default();
+    lbctl_ok(&lbd, &["drain", "web", &drained]);
+
+    let redirect = std::net::SocketAddr::from((lab.vip(), REDIRECT_PORT));
+    let client_ns = lab.client_ns().to_owned();
+    for round in 1..=ROUNDS {
+        let load = lab
+            .spawn_clients(&sources, 100_000, USR2_WINDOW, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let until = Instant::now() + USR2_WINDOW;
+        let ns = client_ns.clone();
+        let hammering = std::thread::spawn(move || {
+            lb_tests::lab::in_netns(&ns, move || hammer(redirect, until))
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        replace_binary(&paths::lbd(), &binary);
+        lbd.signal(&lab, libc::SIGUSR2)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let () = lb_tests::wait::wait_until("lbd re-executed", READY, || {
+            let log = lbd.log_text();
+            if log.matches(REEXEC_LOGGED).count() >= round && lbd.status().is_some() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "re-executions so far: {}",
+                    log.matches(REEXEC_LOGGED).count()
+                ))
+            }
+        });
+        assert_eq!(lbd.pid(&lab), Some(pid), "round {round}: the same process");
+        let report = load.wait().unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(
+            servers(&report, &format!("round {round}, SIGUSR2")),
+            before,
+            "round {round}: clients moved"
+        );
+        let (answered, refused, other) = hammering
+            .join()
+            .unwrap_or_else(|_| panic!("the hammer panicked"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (refused, other.len()),
+            (0, 0),
+            "round {round}: redirect connections refused or failed ({answered} answered): {other:?}"
+        );
+        assert!(answered > 0, "round {round}: the redirect service answered");
+        let log = lbd.log_text();
+        assert!(
+            !log.contains("health down"),
+            "round {round}: no server flapped: {log}"
+        );
+        eprintln!("round {round}: {answered} redirects answered, none refused");
+    }
+    assert!(lbd.stop(&mut lab).unwrap_or_else(|e| panic!("{e}")));
+}
+
+/// What lbd logs when a SIGUSR2 could not re-execute it
+/// (`lb-userspace/src/daemon/mod.rs`, `reexecute`).
+const NOT_REEXECUTED: &str = "SIGUSR2: not re-executed, this lbd carries on";
+
+/// A new file that cannot run the configuration (here: one that only
+/// fails) never stops lbd: it says why and carries on, listeners included.
+#[test]
+fn a_sigusr2_that_cannot_execute_leaves_lbd_serving() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut lab = lab();
+    let services = format!(
+        "{}  - name: mychart-redirect\n    vip: {}\n    port: {REDIRECT_PORT}\n    redirect: {{ code: 301, scheme: https }}\n",
+        web_service(&lab, 3, 600),
+        lab.vip()
+    );
+    let config = lab_config(&lab, &services);
+    let binary = lab.dir().join("sbin").join("lbd");
+    std::fs::create_dir_all(lab.dir().join("sbin")).unwrap_or_else(|e| panic!("{e}"));
+    replace_binary(&paths::lbd(), &binary);
+    let lbd = Lbd::start_binary(&mut lab, &config, &binary).unwrap_or_else(|e| panic!("{e}"));
+    lbd.wait_ready(&mut lab, READY)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pid = lbd.pid(&lab);
+
+    let broken = lab.dir().join("broken-lbd");
+    std::fs::write(
+        &broken,
+        "#!/bin/sh\necho 'this lbd is broken' >&2\nexit 3\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("{e}"));
+    replace_binary(&broken, &binary);
+    lbd.signal(&lab, libc::SIGUSR2)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let () = lb_tests::wait::wait_until("lbd to say it carries on", READY, || {
+        let log = lbd.log_text();
+        if log.contains(NOT_REEXECUTED) {
+            Ok(())
+        } else {
+            Err("not yet".to_owned())
+        }
+    });
+    assert!(
+        lbd.log_text().contains("this lbd is broken"),
+        "the reason is logged: {}",
+        lbd.log_text()
+    );
+    assert_eq!(lbd.pid(&lab), pid, "the same lbd runs");
+    assert!(lbd.status().is_some(), "lbctl is answered");
+    let redirect = std::net::SocketAddr::from((lab.vip(), REDIRECT_PORT));
+    let until = Instant::now() + Duration::from_secs(1);
+    let (answered, refused, other) =
+        lb_tests::lab::in_netns(lab.client_ns(), move || hammer(redirect, until))
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        answered > 0 && refused == 0 && other.is_empty(),
+        "the redirect service accepts again: {answered} answered, {refused} refused, {other:?}"
+    );
+    let report = lab
+        .run_clients_with(
+            &lab.client_sources()[..SOURCES],
+            1,
+            Duration::from_secs(30),
+            Duration::from_secs(2),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.failures().is_empty(), "{}", report.summary());
+}

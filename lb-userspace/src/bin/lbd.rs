@@ -4,6 +4,7 @@ use std::{io::Write as _, path::PathBuf, process::ExitCode};
 
 use clap::Parser;
 use lb_userspace::config::{check_key_file, Config};
+use lb_userspace::daemon;
 
 /// The XDP load-balancer daemon: forwards VIP traffic to sticky real servers.
 #[derive(Parser)]
@@ -18,10 +19,22 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // First, before anything opens a descriptor or starts a thread: what a
+    // re-executing lbd handed over.
+    let inherited = lb_userspace::inherit::from_env();
+    let reexecuted = daemon::was_reexecuted();
+    let exec = daemon::Exec::at_start();
     let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format(|f, record| writeln!(f, "lbd[{}]: {}", record.level(), record.args()))
         .init();
+    if reexecuted {
+        log::info!(
+            "re-executed (SIGUSR2) from {}, {} listeners handed over: {inherited:?}",
+            exec.path().display(),
+            inherited.len()
+        );
+    }
 
     let config = match Config::load(&args.config) {
         Ok(config) => config,
@@ -61,7 +74,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(lb_userspace::daemon::run(args.config, config)) {
+    match runtime.block_on(daemon::run(args.config, config, exec)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             log::error!("{error:#}");

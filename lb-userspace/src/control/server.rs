@@ -58,6 +58,20 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
         path: path.to_owned(),
         source,
     };
+    // The socket of the lbd this process was before a re-execution.
+    if let Some(fd) = crate::inherit::take("control") {
+        let listener = std::os::unix::net::UnixListener::from(fd);
+        let same = listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(|p| p == path))
+            .unwrap_or(false);
+        if same && path.exists() && listener.set_nonblocking(true).is_ok() {
+            if let Ok(listener) = UnixListener::from_std(listener) {
+                return Ok(listener);
+            }
+        }
+    }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(bind_error)?;
     }

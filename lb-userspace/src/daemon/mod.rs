@@ -12,6 +12,7 @@ mod census;
 mod cluster;
 mod ha_thread;
 mod neighbours;
+mod reexec;
 mod requests;
 mod status;
 mod takeover;
@@ -19,6 +20,7 @@ mod takeover;
 use census::{census_thread, CensusShared};
 use neighbours::NEIGHBOUR_POLL;
 
+pub use reexec::{was_reexecuted, Exec};
 pub use status::format_mac;
 
 use std::{
@@ -84,6 +86,10 @@ struct Daemon {
     config_text: String,
     /// The HA pair, when `cluster:` is configured.
     cluster: Option<cluster::Cluster>,
+    /// What SIGUSR2 executes.
+    exec: Exec,
+    /// The control socket and the metrics listener, handed over on SIGUSR2.
+    listeners: Vec<(String, std::os::fd::RawFd)>,
 }
 
 fn attach_mode(mode: XdpMode) -> AttachMode {
@@ -141,7 +147,7 @@ fn redirect_specs(config: &Config) -> Vec<RedirectSpec> {
 ///
 /// # Errors
 /// When start-up fails; the message says what to fix.
-pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
+pub async fn run(config_path: PathBuf, config: Config, exec: Exec) -> anyhow::Result<()> {
     let config_text = std::fs::read_to_string(&config_path).unwrap_or_default();
     let mut config = config;
     if let Some(replicated) = secondary_services(&config) {
@@ -229,6 +235,8 @@ pub async fn run(config_path: PathBuf, config: Config) -> anyhow::Result<()> {
         prompted: BTreeMap::new(),
         config_text,
         cluster: None,
+        exec,
+        listeners: Vec::new(),
     };
     daemon.health.assume(known_health);
     let result = daemon
@@ -292,23 +300,7 @@ impl Daemon {
         self.apply_services(&config)?;
         self.advise(&config).await;
         self.resolve_at_start().await;
-        let replacing = self.program.predecessor().map(|p| p.same_program);
-        let hook = self
-            .program
-            .attach(
-                &self.handle,
-                self.ifindex,
-                &config.node.interface,
-                attach_mode(config.node.xdp_mode),
-            )
-            .await?;
-        self.attach_mode = hook.name();
-        takeover::record_interface(&config.node.state_dir, &config.node.interface);
-        match replacing {
-            Some(true) => log::info!("the running XDP program handed over to this lbd's copy of it (the same program), in one step"),
-            Some(false) => log::info!("the running XDP program replaced by this lbd's, in one step"),
-            None => {}
-        }
+        self.attach(&config).await?;
         let mut ha_actions = match &config.cluster {
             None => {
                 let added = self.vips.set(&wanted_vips(&config)).await?;
@@ -347,6 +339,7 @@ impl Daemon {
             self.attach_mode
         );
 
+        self.record_listeners(&listener, &metrics_listener);
         let (tx, mut requests) = mpsc::channel::<Pending>(64);
         let control_gate = ConnectionGate::new(control::CAPS, Arc::clone(&self.budget));
         let server = tokio::spawn(control::serve(listener, tx, control_gate));
@@ -359,12 +352,15 @@ impl Daemon {
             signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let mut terminate =
             signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut usr2 =
+            signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?;
         let mut neighbour_tick = tokio::time::interval(NEIGHBOUR_POLL);
         loop {
             tokio::select! {
                 _ = interrupt.recv() => { log::info!("SIGINT: stopping"); break; }
                 _ = terminate.recv() => { log::info!("SIGTERM: stopping"); break; }
                 _ = hangup.recv() => self.reload().await,
+                _ = usr2.recv() => self.reexecute().await,
                 Some((request, caller, reply)) = requests.recv() => {
                     let actor = caller.map_or_else(|| Actor::Lbctl("unknown user".into()), Actor::lbctl_user);
                     let answer = match self.handle_request(request, &actor).await {

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 use rtnetlink::Handle;
 
+use super::{attach_mode, Daemon};
 use crate::{
     admin::AdminStore,
     balancer::{Balancer, Health},
@@ -149,5 +150,30 @@ fn log_takeover(interface: &str, program: &Program, taken: &TakenOver) {
             lb_common::LAYOUT_VERSION,
             taken.lost.join(", ")
         );
+    }
+}
+
+impl Daemon {
+    /// Attaches the program: in place of the running one, if it was loaded
+    /// over one (in one step), else afresh.
+    pub(super) async fn attach(&mut self, config: &Config) -> anyhow::Result<()> {
+        let replacing = self.program.predecessor().map(|p| p.same_program);
+        let hook = self
+            .program
+            .attach(
+                &self.handle,
+                self.ifindex,
+                &config.node.interface,
+                attach_mode(config.node.xdp_mode),
+            )
+            .await?;
+        self.attach_mode = hook.name();
+        record_interface(&config.node.state_dir, &config.node.interface);
+        match replacing {
+            Some(true) => log::info!("the running XDP program handed over to this lbd's copy of it (the same program), in one step"),
+            Some(false) => log::info!("the running XDP program replaced by this lbd's, in one step"),
+            None => {}
+        }
+        Ok(())
     }
 }

@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::{Shutdown, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,12 +40,29 @@ pub fn bind(addr: SocketAddrV4) -> Result<TcpListener, RedirectError> {
     if tokio::runtime::Handle::try_current().is_err() {
         return Err(RedirectError::NoRuntime);
     }
+    // The socket of the lbd this process was before a re-execution.
+    if let Some(fd) = crate::inherit::take(&inherited_name(addr)) {
+        let listener = std::net::TcpListener::from(fd);
+        if listener.local_addr().ok() == Some(SocketAddr::V4(addr))
+            && listener.set_nonblocking(true).is_ok()
+        {
+            if let Ok(listener) = TcpListener::from_std(listener) {
+                return Ok(listener);
+            }
+        }
+    }
     let socket = listening_socket(addr).map_err(|source| match source.kind() {
         io::ErrorKind::AddrInUse => RedirectError::AddressInUse { addr },
         io::ErrorKind::PermissionDenied => RedirectError::PermissionDenied { addr },
         _ => RedirectError::Bind { addr, source },
     })?;
     TcpListener::from_std(socket.into()).map_err(|source| RedirectError::Bind { addr, source })
+}
+
+/// The name of a redirect listener handed across a re-execution.
+#[must_use]
+pub fn inherited_name(addr: SocketAddrV4) -> String {
+    format!("redirect/{addr}")
 }
 
 fn listening_socket(addr: SocketAddrV4) -> io::Result<Socket> {
@@ -82,24 +99,50 @@ impl Listener {
     }
 }
 
-/// Accepts connections until aborted, serving each in its own task while
-/// the gate admits it (its client address and the listener under their
-/// caps, lbd's listeners under their budget) and resetting it at once
-/// otherwise.
+/// The hand-over to a re-executed lbd, as each listener sees it.
+pub(super) struct Handover {
+    /// True while handing over: accept nothing, close after the request.
+    pub(super) handing_over: watch::Receiver<bool>,
+    /// Connections open over all listeners.
+    pub(super) open: Arc<AtomicUsize>,
+}
+
+/// Counts one open connection while it lives.
+struct Open(Arc<AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Accepts connections until aborted (and not while handing over),
+/// serving each in its own task while the gate admits it (its client
+/// address and the listener under their caps, lbd's listeners under their
+/// budget) and resetting it at once otherwise.
 pub(super) async fn accept_loop(
     socket: Arc<TcpListener>,
     spec: watch::Receiver<Arc<RedirectSpec>>,
     answered: Arc<AtomicU64>,
     limits: Limits,
     gate: Arc<ConnectionGate>,
+    handover: Handover,
 ) {
+    let Handover {
+        mut handing_over,
+        open,
+    } = handover;
     let mut connections = JoinSet::new();
     loop {
+        let paused = *handing_over.borrow();
         tokio::select! {
-            accepted = socket.accept() => match accepted {
+            changed = handing_over.changed() => if changed.is_err() { return },
+            accepted = socket.accept(), if !paused => match accepted {
                 Ok((stream, peer)) => match gate.admit(peer.ip()) {
                     Ok(admission) => {
-                        connections.spawn(serve(stream, admission, spec.clone(), Arc::clone(&answered), limits));
+                        open.fetch_add(1, Ordering::Relaxed);
+                        let counted = Open(Arc::clone(&open));
+                        connections.spawn(serve(stream, admission, spec.clone(), Arc::clone(&answered), limits, (handing_over.clone(), counted)));
                     }
                     Err(refusal) => {
                         debug!(
@@ -134,31 +177,69 @@ fn is_per_connection(error: &io::Error) -> bool {
     )
 }
 
-/// Serves one connection with hyper until the client leaves, a timeout fires or
-/// the connection reaches its maximum age.
+/// Serves one connection with hyper until the client leaves, a timeout fires,
+/// the connection reaches its maximum age, or a hand-over closes it after
+/// its current request.
 async fn serve(
     stream: TcpStream,
     _admission: Admission,
     spec: watch::Receiver<Arc<RedirectSpec>>,
     answered: Arc<AtomicU64>,
     limits: Limits,
+    (mut handing_over, _open): (watch::Receiver<bool>, Open),
 ) {
-    let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-        let current = Arc::clone(&spec.borrow());
-        let response = respond(&current, &request);
-        answered.fetch_add(1, Ordering::Relaxed);
-        async move { Ok::<_, Infallible>(response) }
-    });
+    // A connection that has not sent a request yet is idle to hyper, which
+    // would close it at once on a graceful shutdown, before the request
+    // already on its way: such a connection is left to its first request,
+    // whose response then says `Connection: close`.
+    let started = Arc::new(AtomicBool::new(false));
+    let service = {
+        let (started, handing_over) = (Arc::clone(&started), handing_over.clone());
+        hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+            started.store(true, Ordering::Relaxed);
+            let current = Arc::clone(&spec.borrow());
+            let mut response = respond(&current, &request);
+            if *handing_over.borrow() {
+                response.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
+            answered.fetch_add(1, Ordering::Relaxed);
+            async move { Ok::<_, Infallible>(response) }
+        })
+    };
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true)
         .max_buf_size(MAX_BUF_SIZE)
         .serve_connection(TokioIo::new(stream), service);
-    match tokio::time::timeout(limits.max_connection_age, connection).await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => debug!("redirect connection ended: {error}"),
-        Err(_) => debug!("redirect connection closed at its maximum age"),
+    let mut connection = std::pin::pin!(connection);
+    let age = tokio::time::sleep(limits.max_connection_age);
+    let mut age = std::pin::pin!(age);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            ended = connection.as_mut() => {
+                if let Err(error) = ended {
+                    debug!("redirect connection ended: {error}");
+                }
+                return;
+            }
+            () = &mut age => {
+                debug!("redirect connection closed at its maximum age");
+                return;
+            }
+            changed = handing_over.changed(), if !closing => {
+                if changed.is_err() {
+                    closing = true;
+                } else if *handing_over.borrow() && started.load(Ordering::Relaxed) {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
     }
 }
 

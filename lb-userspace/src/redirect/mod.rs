@@ -25,7 +25,7 @@ mod testing;
 use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ use log::debug;
 use tokio::sync::watch;
 
 pub use self::listener::bind;
-use self::listener::{accept_loop, Listener};
+use self::listener::{accept_loop, Handover, Listener};
 pub use self::response::{location, respond, BadRequest};
 use crate::limits::{Budget, Caps, ConnectionGate};
 
@@ -159,6 +159,11 @@ pub struct Redirects {
     /// The descriptors all of lbd's listeners share.
     budget: Arc<Budget>,
     listeners: HashMap<SocketAddrV4, Listener>,
+    /// Set while handing the listeners over to a re-executed lbd: no
+    /// connection is accepted, open ones close after their current request.
+    handing_over: watch::Sender<bool>,
+    /// Connections open now, over all listeners.
+    open: Arc<AtomicUsize>,
 }
 
 impl Default for Redirects {
@@ -182,7 +187,38 @@ impl Redirects {
             limits,
             budget,
             listeners: HashMap::new(),
+            handing_over: watch::channel(false).0,
+            open: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// Stops accepting connections (they wait in the listening sockets'
+    /// queues for whoever accepts next) and closes each open one after its
+    /// current request; returns once none is open, or after `bound`, with
+    /// how many were still open.
+    pub async fn hand_over(&self, bound: Duration) -> usize {
+        self.handing_over.send_replace(true);
+        let deadline = tokio::time::Instant::now() + bound;
+        while self.open.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Accepts connections again (a hand-over that did not happen).
+    pub fn resume(&self) {
+        self.handing_over.send_replace(false);
+    }
+
+    /// Every listening socket, by name, for a re-execution to hand over
+    /// ([`crate::inherit`]).
+    #[must_use]
+    pub fn listening(&self) -> Vec<(String, std::os::fd::RawFd)> {
+        use std::os::fd::AsRawFd as _;
+        self.listeners
+            .iter()
+            .map(|(addr, l)| (listener::inherited_name(*addr), l.socket.as_raw_fd()))
+            .collect()
     }
 
     /// Makes the running listeners match `specs`: starts new ones, stops those no
@@ -258,6 +294,10 @@ impl Redirects {
                 Arc::clone(&answered),
                 self.limits,
                 gate,
+                Handover {
+                    handing_over: self.handing_over.subscribe(),
+                    open: Arc::clone(&self.open),
+                },
             ));
             self.listeners.insert(
                 addr,
