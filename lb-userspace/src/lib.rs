@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod audit;
 pub mod balancer;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -6,6 +6,7 @@
 mod bench;
 mod build;
 mod demo;
+mod package;
 mod setup;
 mod test;
 
@@ -35,6 +36,9 @@ enum Task {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
+    /// Setup, build, and make the Debian package
+    /// (`target/debian/lbd_VERSION_amd64.deb`).
+    Package,
     /// Setup, build, and run the network-namespace demo lab.
     Demo {
         /// How long the demo runs, in seconds.
@@ -64,7 +68,14 @@ fn main() -> Result<()> {
         Task::Test { cargo_args } => {
             setup::run()?;
             build::all()?;
+            // The package tests inspect and install the package.
+            package::run()?;
             test::run(&cargo_args)
+        }
+        Task::Package => {
+            setup::run()?;
+            build::all()?;
+            package::run()
         }
         Task::Demo { duration } => {
             setup::run()?;

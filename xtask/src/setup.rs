@@ -30,6 +30,10 @@ const PACKAGES: &[&str] = &[
     "gcc",
     // ps, pgrep and sysctl for the labs
     "procps",
+    // the Debian package: built, checked, installed into a throwaway root
+    "binutils",
+    "lintian",
+    "systemd",
 ];
 
 pub fn run() -> Result<()> {

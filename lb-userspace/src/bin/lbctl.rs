@@ -3,8 +3,9 @@
 
 use std::{fmt::Write as _, path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand};
+use clap::Parser as _;
 use lb_userspace::{
+    cli::lbctl::{Command, Lbctl as Args},
     config::AdminState,
     control::{
         call,
@@ -16,54 +17,6 @@ use lb_userspace::{
     },
 };
 use serde::Serialize;
-
-/// Control a running lbd.
-#[derive(Parser)]
-#[command(version)]
-struct Args {
-    /// lbd's control socket.
-    #[arg(
-        long,
-        global = true,
-        value_name = "PATH",
-        default_value = "/run/lbd/lbd.sock"
-    )]
-    socket: PathBuf,
-    /// Print JSON instead of a table.
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Node, HA state, services, real servers and counters.
-    Status,
-    /// Send no new clients to a server; its clients stay until their persistence expires.
-    Drain { service: String, server: String },
-    /// Send nothing more to a server; its clients move at once.
-    Halt { service: String, server: String },
-    /// Return a server to service.
-    Online { service: String, server: String },
-    /// Change a server's weight (0..=65535).
-    Weight {
-        service: String,
-        server: String,
-        weight: u16,
-    },
-    /// Validate and apply a configuration file.
-    Apply { file: PathBuf },
-    /// Which real server a client goes to, and why.
-    Affinity {
-        service: String,
-        client: std::net::Ipv4Addr,
-    },
-    /// Before applying: the share of clients each service would move.
-    Plan { file: PathBuf },
-    /// Role, VRRP state, peer, sync state.
-    Ha,
-}
 
 fn read(file: &PathBuf) -> Result<(String, String), String> {
     std::fs::read_to_string(file)

@@ -1,22 +1,10 @@
 //! `lbd`: the load-balancer daemon. See the README and shared contract.
 
-use std::{io::Write as _, path::PathBuf, process::ExitCode};
+use std::{io::Write as _, process::ExitCode};
 
-use clap::Parser;
+use clap::Parser as _;
 use lb_userspace::config::{check_key_file, Config};
-use lb_userspace::daemon;
-
-/// The XDP load-balancer daemon: forwards VIP traffic to sticky real servers.
-#[derive(Parser)]
-#[command(version)]
-struct Args {
-    /// The YAML configuration file.
-    #[arg(long, value_name = "FILE")]
-    config: PathBuf,
-    /// Validate the configuration, print its errors, and exit (0 valid, 1 not).
-    #[arg(long)]
-    check: bool,
-}
+use lb_userspace::{cli::lbd::Lbd as Args, daemon};
 
 fn main() -> ExitCode {
     // First, before anything opens a descriptor or starts a thread: what a

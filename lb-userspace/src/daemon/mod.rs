@@ -15,6 +15,7 @@ mod neighbours;
 mod reexec;
 mod requests;
 mod status;
+mod systemd;
 mod takeover;
 
 use census::{census_thread, CensusShared};
@@ -355,11 +356,19 @@ impl Daemon {
         let mut usr2 =
             signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?;
         let mut neighbour_tick = tokio::time::interval(NEIGHBOUR_POLL);
+        let watchdog_every = systemd::watchdog_every();
+        let mut watchdog =
+            tokio::time::interval(watchdog_every.unwrap_or(std::time::Duration::from_secs(3600)));
+        systemd::ready();
         loop {
             tokio::select! {
-                _ = interrupt.recv() => { log::info!("SIGINT: stopping"); break; }
-                _ = terminate.recv() => { log::info!("SIGTERM: stopping"); break; }
-                _ = hangup.recv() => self.reload().await,
+                _ = interrupt.recv() => { log::info!("SIGINT: stopping"); systemd::stopping(); break; }
+                _ = terminate.recv() => { log::info!("SIGTERM: stopping"); systemd::stopping(); break; }
+                _ = hangup.recv() => {
+                    systemd::reloading();
+                    self.reload().await;
+                    systemd::ready();
+                }
                 _ = usr2.recv() => self.reexecute().await,
                 Some((request, caller, reply)) = requests.recv() => {
                     let actor = caller.map_or_else(|| Actor::Lbctl("unknown user".into()), Actor::lbctl_user);
@@ -376,6 +385,7 @@ impl Daemon {
                 }
                 Some(action) = ha_actions.recv() => self.carry_out(action).await,
                 _ = neighbour_tick.tick() => self.follow_neighbours().await,
+                _ = watchdog.tick(), if watchdog_every.is_some() => systemd::watchdog(),
             }
         }
         server.abort();

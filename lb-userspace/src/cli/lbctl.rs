@@ -1,0 +1,80 @@
+//! `lbctl`'s command line.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Control a running lbd.
+#[derive(Parser, Debug)]
+#[command(name = "lbctl", version)]
+pub struct Lbctl {
+    /// lbd's control socket.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        default_value = "/run/lbd/lbd.sock"
+    )]
+    pub socket: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What lbctl asks lbd.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Node, HA state, services, real servers and counters.
+    Status,
+    /// Send no new clients to a server; its clients stay until their persistence expires.
+    Drain {
+        /// The service's name.
+        service: String,
+        /// The real server's name.
+        server: String,
+    },
+    /// Send nothing more to a server; its clients move at once.
+    Halt {
+        /// The service's name.
+        service: String,
+        /// The real server's name.
+        server: String,
+    },
+    /// Return a server to service.
+    Online {
+        /// The service's name.
+        service: String,
+        /// The real server's name.
+        server: String,
+    },
+    /// Change a server's weight (0..=65535).
+    Weight {
+        /// The service's name.
+        service: String,
+        /// The real server's name.
+        server: String,
+        /// The new weight (0 takes no new clients).
+        weight: u16,
+    },
+    /// Validate and apply a configuration file.
+    Apply {
+        /// The configuration file.
+        file: PathBuf,
+    },
+    /// Which real server a client goes to, and why.
+    Affinity {
+        /// The service's name.
+        service: String,
+        /// The client's address.
+        client: std::net::Ipv4Addr,
+    },
+    /// Before applying: the share of clients each service would move.
+    Plan {
+        /// The configuration file.
+        file: PathBuf,
+    },
+    /// Role, VRRP state, peer, sync state.
+    Ha,
+}

@@ -1,0 +1,6 @@
+//! The command lines of `lbd` and `lbctl`: their clap definitions, here in
+//! the library so that the binaries and `lb-docs` (man pages and shell
+//! completions for the Debian package) read the same ones.
+
+pub mod lbctl;
+pub mod lbd;
