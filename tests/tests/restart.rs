@@ -260,8 +260,9 @@ fn replace_binary(from: &std::path::Path, to: &std::path::Path) {
     std::fs::rename(&staged, to).unwrap_or_else(|e| panic!("renaming over {}: {e}", to.display()));
 }
 
-#[test]
-fn sigusr2_under_load_keeps_the_pid_every_request_and_every_client() {
+/// A lab whose lbd (a web service and a redirect service) runs from a copy
+/// of the binary under the lab's directory, which the test replaces.
+fn lbd_from_a_copy() -> (DrLab, std::path::PathBuf, Lbd) {
     let mut lab = lab();
     let services = format!(
         "{}  - name: mychart-redirect\n    vip: {}\n    port: {REDIRECT_PORT}\n    redirect: {{ code: 301, scheme: https }}\n",
@@ -272,9 +273,15 @@ fn sigusr2_under_load_keeps_the_pid_every_request_and_every_client() {
     let binary = lab.dir().join("sbin").join("lbd");
     std::fs::create_dir_all(lab.dir().join("sbin")).unwrap_or_else(|e| panic!("{e}"));
     replace_binary(&paths::lbd(), &binary);
-    let mut lbd = Lbd::start_binary(&mut lab, &config, &binary).unwrap_or_else(|e| panic!("{e}"));
+    let lbd = Lbd::start_binary(&mut lab, &config, &binary).unwrap_or_else(|e| panic!("{e}"));
     lbd.wait_ready(&mut lab, READY)
         .unwrap_or_else(|e| panic!("{e}"));
+    (lab, binary, lbd)
+}
+
+#[test]
+fn sigusr2_under_load_keeps_the_pid_every_request_and_every_client() {
+    let (mut lab, binary, mut lbd) = lbd_from_a_copy();
     let pid = lbd.pid(&lab).unwrap_or_else(|| panic!("lbd runs"));
     let sources: Vec<Ipv4Addr> = lab.client_sources()[..SOURCES].to_vec();
     let first = lab
@@ -346,19 +353,7 @@ const NOT_REEXECUTED: &str = "SIGUSR2: not re-executed, this lbd carries on";
 #[test]
 fn a_sigusr2_that_cannot_execute_leaves_lbd_serving() {
     use std::os::unix::fs::PermissionsExt as _;
-    let mut lab = lab();
-    let services = format!(
-        "{}  - name: mychart-redirect\n    vip: {}\n    port: {REDIRECT_PORT}\n    redirect: {{ code: 301, scheme: https }}\n",
-        web_service(&lab, 3, 600),
-        lab.vip()
-    );
-    let config = lab_config(&lab, &services);
-    let binary = lab.dir().join("sbin").join("lbd");
-    std::fs::create_dir_all(lab.dir().join("sbin")).unwrap_or_else(|e| panic!("{e}"));
-    replace_binary(&paths::lbd(), &binary);
-    let lbd = Lbd::start_binary(&mut lab, &config, &binary).unwrap_or_else(|e| panic!("{e}"));
-    lbd.wait_ready(&mut lab, READY)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (lab, binary, lbd) = lbd_from_a_copy();
     let pid = lbd.pid(&lab);
 
     let broken = lab.dir().join("broken-lbd");

@@ -49,26 +49,27 @@ impl RingMemory {
         MappedArray::map(map, "MAGLEV_RINGS", bytes).map(Self)
     }
 
-    /// Writes `ring` into `slot`; the caller then points the service at it.
-    pub(super) fn write(&mut self, slot: u32, ring: &[u32]) -> Result<()> {
-        if slot >= MAGLEV_RING_SLOTS {
+    /// Entry `i` of ring slot `slot`, inside the mapping.
+    fn entry(&self, slot: u32, i: usize) -> Result<*mut u32> {
+        if slot >= MAGLEV_RING_SLOTS || i >= ring_index(1, 0) as usize {
             return Err(DataplaneError::Missing("a ring slot of MAGLEV_RINGS"));
         }
-        let start = ring_index(slot, 0) as usize * Self::STRIDE;
-        let base = self.0.memory.as_mut_ptr();
+        let offset = ring_index(slot, 0) as usize * Self::STRIDE + i * Self::STRIDE;
         #[expect(
             clippy::cast_ptr_alignment,
             reason = "the mapping is page-aligned and entries are 8 bytes apart"
         )]
+        // SAFETY: inside the mapping (slot and entry checked above).
+        Ok(unsafe { self.0.memory.as_mut_ptr().add(offset).cast::<u32>() })
+    }
+
+    /// Writes `ring` into `slot`; the caller then points the service at it.
+    pub(super) fn write(&mut self, slot: u32, ring: &[u32]) -> Result<()> {
         for (i, real) in ring.iter().take(ring_index(1, 0) as usize).enumerate() {
-            // SAFETY: inside the mapping (slot checked above, at most one
-            // slot's entries); aligned 4-byte stores, which the data path's
-            // 4-byte loads never see torn. Only this process writes rings.
-            unsafe {
-                base.add(start + i * Self::STRIDE)
-                    .cast::<u32>()
-                    .write_volatile(*real);
-            }
+            // SAFETY: an entry of the mapping; aligned 4-byte stores, which
+            // the data path's 4-byte loads never see torn. Only this process
+            // writes rings.
+            unsafe { self.entry(slot, i)?.write_volatile(*real) };
         }
         // The ring is complete before the service entry (a system call)
         // can make the data path read it.
@@ -78,26 +79,10 @@ impl RingMemory {
 
     /// The ring in `slot` (taking over a running data path).
     pub(super) fn read(&self, slot: u32) -> Result<Vec<u32>> {
-        if slot >= MAGLEV_RING_SLOTS {
-            return Err(DataplaneError::Missing("a ring slot of MAGLEV_RINGS"));
-        }
-        let start = ring_index(slot, 0) as usize * Self::STRIDE;
-        let base = self.0.memory.as_mut_ptr();
-        #[expect(
-            clippy::cast_ptr_alignment,
-            reason = "the mapping is page-aligned and entries are 8 bytes apart"
-        )]
-        Ok((0..ring_index(1, 0) as usize)
-            .map(|i| {
-                // SAFETY: inside the mapping (slot checked above); aligned
-                // 4-byte loads.
-                unsafe {
-                    base.add(start + i * Self::STRIDE)
-                        .cast::<u32>()
-                        .read_volatile()
-                }
-            })
-            .collect())
+        (0..ring_index(1, 0) as usize)
+            // SAFETY: an entry of the mapping; aligned 4-byte loads.
+            .map(|i| self.entry(slot, i).map(|p| unsafe { p.read_volatile() }))
+            .collect()
     }
 }
 

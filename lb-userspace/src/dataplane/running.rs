@@ -19,7 +19,7 @@ use std::{
 };
 
 use aya::{
-    maps::MapData,
+    maps::{MapData, MapInfo},
     programs::{loaded_programs, ProgramFd, ProgramInfo},
 };
 use lb_common::LAYOUT_VERSION;
@@ -49,6 +49,18 @@ pub struct Shape {
     pub max_entries: u32,
     /// Creation flags (`BPF_F_MMAPABLE`, ...).
     pub flags: u32,
+}
+
+impl Shape {
+    /// A map's shape as the kernel describes it.
+    fn of(info: &MapInfo) -> Self {
+        Self {
+            key: info.key_size(),
+            value: info.value_size(),
+            max_entries: info.max_entries(),
+            flags: info.map_flags(),
+        }
+    }
 }
 
 /// The program attached to the interface.
@@ -164,12 +176,7 @@ fn maps_of(info: &ProgramInfo) -> Result<BTreeMap<String, (Shape, MapData)>> {
             map: "of the running data path",
             source,
         })?;
-        let shape = Shape {
-            key: info.key_size(),
-            value: info.value_size(),
-            max_entries: info.max_entries(),
-            flags: info.map_flags(),
-        };
+        let shape = Shape::of(&info);
         if let Some(name) = info.name_as_str() {
             maps.insert(name.to_owned(), (shape, map));
         }
@@ -215,12 +222,7 @@ impl Running {
             map: "of a constructed layout",
             source,
         })?;
-        let shape = Shape {
-            key: info.key_size(),
-            value: info.value_size(),
-            max_entries: info.max_entries(),
-            flags: info.map_flags(),
-        };
+        let shape = Shape::of(&info);
         self.maps.insert(kernel_name(name).to_owned(), (shape, map));
         self.layout = Some(layout);
         Ok(self)
