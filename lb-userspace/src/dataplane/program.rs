@@ -129,11 +129,24 @@ impl Program {
                 what: "duplicating the running program's descriptor",
                 source,
             })?;
-        let takeover = running.takeover(&running::shapes(object)?, migrations);
-        let mut scratch = Scratch::new()?;
+        let mut takeover = running.takeover(&running::shapes(object)?, migrations);
+        // Without a scratch bpffs (no CAP_SYS_ADMIN, say) the maps cannot
+        // be handed to the new program: it starts with empty ones rather
+        // than not at all, and the log names what was lost and why.
+        let mut scratch = match Scratch::new() {
+            Ok(scratch) => Some(scratch),
+            Err(error) => {
+                log::error!("cannot take the running data path's maps over: {error}");
+                let lost = takeover.reused.drain(..).map(|(name, _)| name);
+                takeover.lost.extend(lost);
+                None
+            }
+        };
         let mut pins = Vec::new();
-        for (name, map) in &takeover.reused {
-            pins.push((name.as_str(), scratch.pin(name, map)?));
+        if let Some(scratch) = scratch.as_mut() {
+            for (name, map) in &takeover.reused {
+                pins.push((name.as_str(), scratch.pin(name, map)?));
+            }
         }
         let mut loader = EbpfLoader::new();
         for (name, path) in &pins {
