@@ -5,6 +5,10 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 /// Control a running lbd.
+///
+/// Talks to lbd over its control socket (root only). Exits 0 on success,
+/// 1 on an error (one line on stderr), 2 on a usage error. Every change is
+/// written to lbd's audit log with the calling Unix user.
 #[derive(Parser, Debug)]
 #[command(name = "lbctl", version)]
 pub struct Lbctl {

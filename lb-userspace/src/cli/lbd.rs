@@ -4,11 +4,13 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-/// The XDP load-balancer daemon: forwards VIP traffic to sticky real
-/// servers. Runs in the foreground and logs to stderr; SIGHUP reloads the
-/// configuration, SIGUSR2 re-executes the file at lbd's path in place (an
-/// upgrade: same PID, the data path and every table kept), SIGTERM stops
-/// cleanly. The data path outlives a crash; the next lbd takes it over.
+/// The XDP load-balancer daemon: forwards VIP traffic to sticky real servers.
+///
+/// Runs in the foreground and logs to stderr. SIGHUP reloads the
+/// configuration (an invalid file changes nothing); SIGUSR2 re-executes the
+/// file at lbd's path in place (an upgrade: same PID, the data path and
+/// every table kept); SIGTERM stops cleanly (detaches the data path, removes
+/// the VIPs). The data path outlives a crash; the next lbd takes it over.
 #[derive(Parser, Debug)]
 #[command(name = "lbd", version)]
 pub struct Lbd {
