@@ -81,15 +81,6 @@ pub struct Program {
 }
 
 impl Program {
-    /// Loads the embedded object into the kernel (maps created, programs
-    /// verified) without attaching it.
-    ///
-    /// # Errors
-    /// When the object is missing or the kernel refuses it.
-    pub fn load() -> Result<Self> {
-        Self::load_over(None).map(|(program, _)| program)
-    }
-
     /// Loads the embedded object over `running`, a data path an earlier
     /// lbd left on the interface: every map it keeps as it is (entries,
     /// counters, rings) is taken over, the entries of a map an older layout

@@ -47,6 +47,11 @@ struct BatchAttr {
     flags: u64,
 }
 
+/// A descriptor as `union bpf_attr` carries it.
+fn fd_number(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    u32::try_from(fd.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))
+}
+
 /// Calls `f` for every entry of the hash map behind `fd`, [`BATCH`] at a
 /// time. Entries written or removed during the walk may or may not be seen,
 /// as with any walk of a live map.
@@ -64,8 +69,7 @@ pub fn for_each<K: Pod, V: Pod>(fd: BorrowedFd<'_>, f: &mut dyn FnMut(&K, &V)) -
     // u64 leaves room whatever the kernel writes.
     let mut position = 0_u64;
     let mut next = 0_u64;
-    let map_fd =
-        u32::try_from(fd.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    let map_fd = fd_number(fd)?;
     let mut first = true;
     loop {
         let mut attr = BatchAttr {
@@ -143,8 +147,7 @@ struct TestRunAttr {
 /// The system call's error.
 pub fn run_program(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<u32> {
     let mut attr = TestRunAttr {
-        prog_fd: u32::try_from(fd.as_raw_fd())
-            .map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?,
+        prog_fd: fd_number(fd)?,
         data_size_in: u32::try_from(data.len())
             .map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
         data_in: data.as_ptr() as u64,
@@ -187,8 +190,7 @@ fn elem(
     flags: u64,
 ) -> io::Result<()> {
     let mut attr = ElemAttr {
-        map_fd: u32::try_from(fd.as_raw_fd())
-            .map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?,
+        map_fd: fd_number(fd)?,
         _pad: 0,
         key: key.map_or(0, |k| k.as_ptr() as u64),
         value: value as u64,
