@@ -20,7 +20,7 @@ use crate::{
         census::CensusFigures,
         control::{control_plane, ControlPlane},
         flood::FloodFigures,
-        ha::HaStall,
+        ha::{Event, HaStall},
         health::HealthFailover,
         packet::{packet_costs, PacketCost},
         traffic::{traffic, Probes, RunResult},
@@ -185,25 +185,25 @@ pub fn run_bench(opts: &Options) -> Result<Outcome> {
     check_stop()?;
 
     let mut ha = Vec::new();
-    let adverts: &[u64] = match (wants("ha"), opts.quick) {
-        (false, _) => &[],
-        (true, true) => &[100],
-        (true, false) => &[100, 1000],
-    };
-    for advert in adverts {
-        eprintln!("bench: HA pair, kill -9 of the master, {advert} ms adverts");
-        let result = lab.ha_stall(*advert).map_err(|e| format!("{e:#}"));
-        if let Err(e) = &result {
-            eprintln!(
-                "bench:   not measured: {}",
-                e.lines().next().unwrap_or_default()
-            );
+    let adverts: &[u64] = if opts.quick { &[100] } else { &[100, 1000] };
+    for event in Event::ALL.into_iter().filter(|_| wants("ha")) {
+        let intervals: &[u64] = if event.pair() { adverts } else { &[0] };
+        for advert in intervals {
+            eprintln!("bench: {}, {advert} ms adverts", event.describe());
+            let result = lab.ha_stall(event, *advert).map_err(|e| format!("{e:#}"));
+            if let Err(e) = &result {
+                eprintln!(
+                    "bench:   not measured: {}",
+                    e.lines().next().unwrap_or_default()
+                );
+            }
+            ha.push(HaStall {
+                event,
+                advert_ms: *advert,
+                result,
+            });
+            check_stop()?;
         }
-        ha.push(HaStall {
-            advert_ms: *advert,
-            result,
-        });
-        check_stop()?;
     }
     drop(lab);
     machine.load_after = loadavg();

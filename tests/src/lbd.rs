@@ -345,6 +345,27 @@ impl Lbd {
         Self::spawn(lab, ns, &dir, config, log, wrapper, &paths::lbd())
     }
 
+    /// [`Self::start_named`] with the lbd binary at `binary` (a copy the
+    /// test replaces, as a package upgrade does).
+    ///
+    /// # Errors
+    /// As [`Self::start_named`].
+    pub fn start_named_binary(
+        lab: &mut DrLab,
+        ns: &str,
+        name: &str,
+        config: &str,
+        binary: &Path,
+    ) -> Result<Self, LabError> {
+        let dir = node_dir(lab, name);
+        fs::create_dir_all(&dir).map_err(|source| LabError::Io {
+            what: format!("creating {}", dir.display()),
+            source,
+        })?;
+        let log = dir.join("lbd.log");
+        Self::spawn(lab, ns, &dir, config, log, &[], binary)
+    }
+
     /// The namespace lbd runs in.
     #[must_use]
     pub fn ns(&self) -> &str {

@@ -322,6 +322,17 @@ fn primary_config(lab: &DrLab, key: &std::path::Path, n: usize) -> String {
 /// secondary (lb2 in `lb2`, its own file listing `web` with rs1 only), and
 /// waits until the pair has settled (see [`Pair::settle`]).
 fn start_pair(key_choice: Keys) -> Pair {
+    start_pair_with(key_choice, false)
+}
+
+/// Where [`start_pair_with`] puts lb1's copy of the lbd binary.
+fn lb1_binary(lab: &DrLab) -> PathBuf {
+    lab.dir().join("sbin").join("lbd")
+}
+
+/// [`start_pair`]; with `lb1_copy`, lb1 runs from a copy of the binary at
+/// [`lb1_binary`] (which a test may replace).
+fn start_pair_with(key_choice: Keys, lb1_copy: bool) -> Pair {
     let mut lab = ha_lab();
     let key1 = write_key(&lab, "lb1.key", KEY).unwrap_or_else(|e| panic!("{e}"));
     let key2 = match key_choice {
@@ -338,8 +349,15 @@ fn start_pair(key_choice: Keys) -> Pair {
     );
     let ns1 = lab.lb_ns().to_string();
     let ns2 = lab.lb2_ns().to_string();
-    let lb1 =
-        Lbd::start_named(&mut lab, &ns1, "lb1", &lb1_config).unwrap_or_else(|e| panic!("{e}"));
+    let lb1 = if lb1_copy {
+        let binary = lb1_binary(&lab);
+        std::fs::create_dir_all(lab.dir().join("sbin")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::copy(paths::lbd(), &binary).unwrap_or_else(|e| panic!("copying lbd: {e}"));
+        Lbd::start_named_binary(&mut lab, &ns1, "lb1", &lb1_config, &binary)
+    } else {
+        Lbd::start_named(&mut lab, &ns1, "lb1", &lb1_config)
+    }
+    .unwrap_or_else(|e| panic!("{e}"));
     lb1.wait_ready(&mut lab, READY)
         .unwrap_or_else(|e| panic!("{e}"));
     lb1.wait_ha(&mut lab, Duration::from_secs(12), "lb1 master", |v| {
@@ -2138,4 +2156,161 @@ fn a_backup_stalled_in_a_reload_never_takes_over() {
         v["state"] == "master"
     })
     .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// What lbd logs when it starts re-executed (`lb-userspace/src/bin/lbd.rs`).
+const REEXEC_LOGGED: &str = "re-executed (SIGUSR2)";
+/// What a master logs when its session stream resumes with the same peer
+/// process, and when it starts over (`daemon/cluster.rs`).
+const STREAM_RESUMED: &str = "resuming the session stream to the same peer process";
+const STREAM_RESTARTED: &str = "streaming the whole affinity table to the peer";
+
+/// When each VRRP advertisement from `from` with a priority above 0
+/// reached namespace `ns`, for `window`.
+fn capture_adverts(ns: &str, from: Ipv4Addr, window: Duration) -> Vec<Instant> {
+    in_netns(ns, move || {
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::from(112)),
+        )
+        .unwrap_or_else(|e| panic!("raw VRRP socket: {e}"));
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let end = Instant::now() + window;
+        let mut seen = Vec::new();
+        let mut buffer = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+        while Instant::now() < end {
+            let Ok(n) = socket.recv(&mut buffer) else {
+                continue;
+            };
+            // SAFETY: recv initialised the first n bytes.
+            let packet: Vec<u8> = buffer[..n]
+                .iter()
+                .map(|b| unsafe { b.assume_init() })
+                .collect();
+            let header = usize::from(packet.first().map_or(0, |b| b & 0x0f)) * 4;
+            let source = packet
+                .get(12..16)
+                .map(|o| Ipv4Addr::new(o[0], o[1], o[2], o[3]));
+            let priority = packet.get(header + 2).copied().unwrap_or(0);
+            if source == Some(from) && priority > 0 {
+                seen.push(Instant::now());
+            }
+        }
+        seen
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// How long the "new binary" of [`sigusr2_on_the_master_keeps_it_master_without_an_advert_gap`]
+/// takes to start: longer than the backup's `Master_Down_Interval`, as a
+/// large configuration on a busy node may.
+const SLOW_START: Duration = Duration::from_millis(900);
+
+/// Issue 13: SIGUSR2 on the master of a pair, whose new binary (a script
+/// that waits [`SLOW_START`], then executes lbd) starts slowly. The same
+/// process goes on as master: the backup never takes over or holds the VIP, no gap between
+/// two of the master's advertisements (captured at the backup) is longer
+/// than one interval (a missed one would make two; the bound leaves half
+/// an interval for this machine's scheduling), and the sync session comes
+/// back as the same peer process: the stream resumes, no new snapshot,
+/// and the backup keeps every session.
+#[test]
+fn sigusr2_on_the_master_keeps_it_master_without_an_advert_gap() {
+    let pair = start_pair_with(Keys::Same, true);
+    wait_for_primary_services(&pair);
+    let sources = pair.sources(0..ROUND_SOURCES);
+    let servers = sticky_round(&pair.lab, &sources, 3);
+    wait_table(&pair.lb2, &servers, session_sync());
+    let pid = pair.lb1.pid(&pair.lab).unwrap_or_else(|| panic!("lb1 runs"));
+    // Replaced as a package upgrade does: a new file renamed over the old.
+    let binary = lb1_binary(&pair.lab);
+    let staged = binary.with_extension("new");
+    let script = format!(
+        "#!/bin/sh\nsleep {}\nexec {} \"$@\"\n",
+        SLOW_START.as_secs_f64(),
+        paths::lbd().display()
+    );
+    std::fs::write(&staged, script).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::rename(&staged, &binary).unwrap_or_else(|e| panic!("{e}"));
+
+    let (ns2, lb1_address) = (pair.lab.lb2_ns().to_owned(), pair.lab.lb_address());
+    let window = Duration::from_secs(9);
+    let capture = std::thread::spawn(move || capture_adverts(&ns2, lb1_address, window));
+    std::thread::sleep(Duration::from_millis(1500));
+    let signalled = Instant::now();
+    pair.lb1
+        .signal(&pair.lab, libc::SIGUSR2)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let samples = pair.sample_for(Duration::from_secs(7), |_| false);
+    let adverts = capture
+        .join()
+        .unwrap_or_else(|_| panic!("the capture panicked"));
+
+    let log = pair.lb1.log_text();
+    assert_eq!(
+        log.matches(REEXEC_LOGGED).count(),
+        1,
+        "lb1 re-executed once:\n{log}"
+    );
+    assert_eq!(pair.lb1.pid(&pair.lab), Some(pid), "the same process");
+    let table = show(&samples);
+    // lbctl on lb1 waits while lb1 starts, so samples may miss a moment:
+    // lb2's log says whether it ever became master.
+    let lb2_log = pair.lb2.log_text();
+    assert!(
+        !lb2_log.contains("VRRP backup -> master")
+            && samples.iter().all(|s| s.s2 != "master" && !s.vip2),
+        "the backup took over during the re-execution:\n{table}\n{lb2_log}"
+    );
+    assert!(
+        samples.last().is_some_and(|s| s.s1 == "master" && s.vip1),
+        "lb1 is master with the VIP after it:\n{table}"
+    );
+    let gaps: Vec<Duration> = adverts
+        .windows(2)
+        .map(|w| w[1].saturating_duration_since(w[0]))
+        .collect();
+    let longest = gaps.iter().max().copied().unwrap_or_default();
+    let around: Vec<u128> = adverts
+        .iter()
+        .map(|t| ms(t.saturating_duration_since(signalled)))
+        .collect();
+    assert!(
+        adverts.len() >= 30 && adverts.first().is_some_and(|t| *t < signalled),
+        "advertisements captured around the signal: {around:?}"
+    );
+    assert!(
+        longest < advert() * 3 / 2,
+        "an advertisement gap of {longest:?} (interval {:?}); ms since SIGUSR2: {around:?}",
+        advert()
+    );
+    eprintln!(
+        "{} advertisements, longest gap {longest:?} (interval {:?})",
+        adverts.len(),
+        advert()
+    );
+
+    let after = |log: &str| {
+        log.rsplit_once(REEXEC_LOGGED)
+            .map_or_else(String::new, |(_, a)| a.to_owned())
+    };
+    let _ = wait_until("the session stream resumed", SLACK * 2, || {
+        let log = after(&pair.lb1.log_text());
+        if log.contains(STREAM_RESUMED) {
+            Ok(())
+        } else {
+            Err(format!("lb1's log since the re-execution:\n{log}"))
+        }
+    });
+    let log = after(&pair.lb1.log_text());
+    assert!(
+        !log.contains(STREAM_RESTARTED),
+        "a new snapshot after the re-execution:\n{log}"
+    );
+    wait_table(&pair.lb2, &servers, session_sync());
 }

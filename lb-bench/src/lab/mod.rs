@@ -353,6 +353,7 @@ pub(crate) fn remove_guard(ns: &str) {
 }
 
 /// An lbd the bench started.
+#[derive(Clone)]
 pub(crate) struct RunningLbd {
     pub(crate) handle: ProcHandle,
     pub(crate) socket: PathBuf,

@@ -80,11 +80,11 @@ pub(super) fn findings_json(f: &Findings, targets: &[Target]) -> Value {
             Err(e) => json!({"error": e}),
         },
         "ha": f.ha.iter().map(|h| match &h.result {
-            Ok(m) => json!({"advert_ms": h.advert_ms, "stall_ms": m.stall_ms, "recovered": m.recovered,
+            Ok(m) => json!({"event": format!("{:?}", h.event), "advert_ms": h.advert_ms, "stall_ms": m.stall_ms, "recovered": m.recovered,
                             "failed_attempts": m.failed_attempts, "failing_sources": m.failing_sources,
                             "failure_window_ms": m.failure_window_ms, "first_error": m.first_error,
                             "moved_after": m.moved_after, "answered_after": m.answered_after}),
-            Err(e) => json!({"advert_ms": h.advert_ms, "error": e}),
+            Err(e) => json!({"event": format!("{:?}", h.event), "advert_ms": h.advert_ms, "error": e}),
         }).collect::<Vec<_>>(),
         "targets": targets.iter().map(|t| json!({"what": t.what, "value": t.value, "bound": t.bound, "at_least": t.at_least, "verdict": t.verdict()})).collect::<Vec<_>>(),
     })

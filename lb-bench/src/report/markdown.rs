@@ -398,71 +398,7 @@ pub(super) fn markdown(found: &Findings) -> (String, Vec<Target>) {
     flood_section(&mut out, found, &mut targets);
     super::census::census_section(&mut out, found, &mut targets);
 
-    let _ = writeln!(out, "### HA pair: `kill -9` of the master\n");
-    let _ = writeln!(out, "| advertisements | traffic stall | expected takeover (3 x advert + skew) | failed attempts | answers after, on another server than before |");
-    let _ = writeln!(out, "| ---: | ---: | ---: | ---: | ---: |");
-    for h in &found.ha {
-        match &h.result {
-            Ok(mach) => {
-                let failures = match mach.failure_window_ms {
-                    Some((a, b)) => format!(
-                        "{} on {} sources, from {a:.0} to {b:.0} ms after the kill (first: {})",
-                        mach.failed_attempts,
-                        mach.failing_sources,
-                        mach.first_error.replace('|', "/")
-                    ),
-                    None => "none".into(),
-                };
-                let _ = writeln!(
-                    out,
-                    "| {} ms | {:.0} ms{} | {:.0} ms | {} | {} of {} ({} sources) |",
-                    h.advert_ms,
-                    mach.stall_ms,
-                    if mach.recovered {
-                        ""
-                    } else {
-                        " (no answer after the kill)"
-                    },
-                    mach.expected_ms,
-                    failures,
-                    mach.moved_after,
-                    mach.answered_after,
-                    mach.sources
-                );
-                if h.advert_ms == 100 {
-                    targets.push(Target {
-                        what: "failover stall at 100 ms adverts (s)".into(),
-                        value: Some(mach.stall_ms / 1000.0),
-                        bound: 0.5,
-                        at_least: false,
-                    });
-                    targets.push(Target {
-                        what: "clients on another server after the failover".into(),
-                        value: Some(as_f64(mach.moved_after as u64)),
-                        bound: 0.0,
-                        at_least: false,
-                    });
-                }
-            }
-            Err(e) => {
-                let _ = writeln!(
-                    out,
-                    "| {} ms | not measured | | | {} |",
-                    h.advert_ms,
-                    e.lines().next().unwrap_or_default().replace('|', "/")
-                );
-                if h.advert_ms == 100 {
-                    targets.push(Target {
-                        what: "failover stall at 100 ms adverts (s)".into(),
-                        value: None,
-                        bound: 0.5,
-                        at_least: false,
-                    });
-                }
-            }
-        }
-    }
-    out.push('\n');
+    ha_section(&mut out, found, &mut targets);
 
     let _ = writeln!(out, "### Targets (issue 6)\n");
     let _ = writeln!(out, "| target | measured | bound | |");
@@ -560,6 +496,86 @@ fn flood_section(out: &mut String, found: &Findings, targets: &mut Vec<Target>) 
                     bound: 0.0,
                     at_least: false,
                 });
+            }
+        }
+    }
+    out.push('\n');
+}
+
+/// Crashes, restarts and upgrades (issue 13): the stall, failed requests
+/// and moved clients per event.
+fn ha_section(out: &mut String, found: &Findings, targets: &mut Vec<Target>) {
+    use crate::scenario::ha::Event;
+    let _ = writeln!(out, "### Crashes, restarts and upgrades: the traffic stall\n");
+    let _ = writeln!(out, "| event | advertisements | traffic stall | expected takeover | failed attempts | answers after, on another server than before |");
+    let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    for h in &found.ha {
+        let adverts = if h.event.pair() {
+            format!("{} ms", h.advert_ms)
+        } else {
+            "-".into()
+        };
+        let target = |what: &str, value: Option<f64>, bound: f64| Target {
+            what: format!("{} {what}", h.event.describe()),
+            value,
+            bound,
+            at_least: false,
+        };
+        match &h.result {
+            Ok(m) => {
+                let failures = match m.failure_window_ms {
+                    Some((a, b)) => format!(
+                        "{} on {} sources, from {a:.0} to {b:.0} ms after the event (first: {})",
+                        m.failed_attempts,
+                        m.failing_sources,
+                        m.first_error.replace('|', "/")
+                    ),
+                    None => "none".into(),
+                };
+                let _ = writeln!(
+                    out,
+                    "| {} | {adverts} | {:.0} ms{} | {} | {failures} | {} of {} ({} sources) |",
+                    h.event.describe(),
+                    m.stall_ms,
+                    if m.recovered { "" } else { " (no answer after the event)" },
+                    if m.expected_ms > 0.0 {
+                        format!("{:.0} ms", m.expected_ms)
+                    } else {
+                        "none".into()
+                    },
+                    m.moved_after,
+                    m.answered_after,
+                    m.sources
+                );
+                if h.event == Event::MasterNodeDown {
+                    if h.advert_ms == 100 {
+                        targets.push(target(
+                            "(100 ms adverts): stall (s)",
+                            Some(m.stall_ms / 1000.0),
+                            0.5,
+                        ));
+                    }
+                } else {
+                    targets.push(target(
+                        &format!("{adverts}: failed requests"),
+                        Some(as_f64(m.failed_attempts as u64)),
+                        0.0,
+                    ));
+                }
+                targets.push(target(
+                    &format!("{adverts}: clients on another server"),
+                    Some(as_f64(m.moved_after as u64)),
+                    0.0,
+                ));
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    out,
+                    "| {} | {adverts} | not measured | | | {} |",
+                    h.event.describe(),
+                    e.lines().next().unwrap_or_default().replace('|', "/")
+                );
+                targets.push(target(&format!("{adverts}: measured"), None, 0.0));
             }
         }
     }

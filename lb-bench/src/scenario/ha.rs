@@ -1,5 +1,7 @@
-//! An HA pair of lbd: the traffic stall when the master is killed with
-//! `kill -9`, and whether clients stay on their real servers.
+//! Crashes, restarts and upgrades: the traffic stall, failed requests and
+//! moved clients when a single node's lbd is killed (and started again) or
+//! re-executed, and when a pair's master loses lbd, re-executes it or dies
+//! as a whole node (its link goes down).
 
 use std::{
     collections::BTreeMap,
@@ -18,16 +20,58 @@ use serde_json::Value;
 use crate::{
     client::http_get,
     lab::{
-        files::{pair_files, PairFiles},
+        files::{lbd_config, pair_files, PairFiles},
         remove_guard, BenchLab, RunningLbd,
     },
     signal::{check_stop, nap, STOP},
     stats::{as_f64, ms},
 };
 
-/// The traffic stall at the master's `kill -9`.
+/// What happens to lbd while clients ask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// A single node: `kill -9` of lbd, then lbd started again at once.
+    SingleKilled,
+    /// A single node: SIGUSR2.
+    SingleReexec,
+    /// A pair: `kill -9` of the master's lbd (the node lives on).
+    MasterLbdKilled,
+    /// A pair: SIGUSR2 on the master.
+    MasterReexec,
+    /// A pair: the master node dies (its link goes down, lbd is killed).
+    MasterNodeDown,
+}
+
+impl Event {
+    /// Every event, in report order.
+    pub(crate) const ALL: [Event; 5] = [
+        Event::SingleKilled,
+        Event::SingleReexec,
+        Event::MasterLbdKilled,
+        Event::MasterReexec,
+        Event::MasterNodeDown,
+    ];
+
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            Event::SingleKilled => "single node: `kill -9` of lbd, started again",
+            Event::SingleReexec => "single node: SIGUSR2 (re-execution)",
+            Event::MasterLbdKilled => "pair: `kill -9` of the master's lbd",
+            Event::MasterReexec => "pair: SIGUSR2 on the master",
+            Event::MasterNodeDown => "pair: the master node dies (link down)",
+        }
+    }
+
+    pub(crate) fn pair(self) -> bool {
+        !matches!(self, Event::SingleKilled | Event::SingleReexec)
+    }
+}
+
+/// The traffic stall at one event.
 #[derive(Clone, Debug)]
 pub(crate) struct HaStall {
+    pub(crate) event: Event,
+    /// The pair's advertisement interval (0 for a single node).
     pub(crate) advert_ms: u64,
     pub(crate) result: Result<HaMeasure, String>,
 }
@@ -56,30 +100,42 @@ const HA_PROBE_TIMEOUT: Duration = Duration::from_millis(100);
 const HA_KEY: &[u8] = b"bench-cluster-key-0123456789abcdef-0123456789abcdef\n";
 
 impl BenchLab {
-    pub(crate) fn ha_stall(&mut self, advert_ms: u64) -> Result<HaMeasure> {
-        let tag = format!("ha{advert_ms}");
+    /// Measures `event` (for a pair, with `advert_ms` advertisements).
+    pub(crate) fn ha_stall(&mut self, event: Event, advert_ms: u64) -> Result<HaMeasure> {
+        let tag = format!("ha-{event:?}-{advert_ms}");
         let base = self.lab.dir().join(&tag);
-        let PairFiles { d1, d2, c1, c2 } =
-            pair_files(&base, &self.lab, 51, advert_ms, 7946, HA_KEY)?;
         let (ns1, ns2) = (self.lab.lb_ns().to_string(), self.lab.lb2_ns().to_string());
-        let lb1 = self.start_lbd(&ns1, &d1, &c1)?;
-        let lb2 = match self.start_lbd(&ns2, &d2, &c2) {
-            Ok(l) => l,
-            Err(e) => {
-                self.stop_lbd(&lb1);
-                return Err(e);
+        let PairFiles { d1, d2, c1, c2 } =
+            pair_files(&base, &self.lab, 51, advert_ms.max(100), 7946, HA_KEY)?;
+        let (lb1, lb2) = if event.pair() {
+            let lb1 = self.start_lbd(&ns1, &d1, &c1)?;
+            match self.start_lbd(&ns2, &d2, &c2) {
+                Ok(l) => (lb1, Some(l)),
+                Err(e) => {
+                    self.stop_lbd(&lb1);
+                    return Err(e);
+                }
             }
+        } else {
+            let d = base.join("single");
+            let config = lbd_config(&d, "lb1", &self.lab, "{ type: none }", "");
+            (self.start_lbd(&ns1, &d, &config)?, None)
         };
-        let result = self.ha_stall_with(&lb1, &lb2, advert_ms);
-        // lb1 was killed: its guard table stays by design.
-        remove_guard(&ns1);
-        for l in [&lb1, &lb2] {
+        let mut running = vec![lb1.clone()];
+        running.extend(lb2.clone());
+        let result = self.ha_stall_with(&lb1, lb2.as_ref(), event, advert_ms, &mut running);
+        // The latest first: an lbd started again holds what the killed
+        // one left (its guard table).
+        for l in running.iter().rev() {
             self.stop_lbd(l);
         }
-        // A crashed lbd leaves its VIP and its guard table by design:
-        // clear both nodes for what follows.
+        // A killed lbd leaves its VIP, its guard table and its data path by
+        // design; a dead node's link is down: clear both nodes for what
+        // follows.
         let vip = format!("{}/32", self.lab.vip());
         for ns in [&ns1, &ns2] {
+            let _ = run(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
+            let _ = run(&["ip", "-n", ns, "link", "set", "eth0", "xdp", "off"]);
             let _ = run(&["ip", "-n", ns, "addr", "del", &vip, "dev", "eth0"]);
             remove_guard(ns);
         }
@@ -102,12 +158,8 @@ impl BenchLab {
             .unwrap_or(Value::Null)
     }
 
-    fn ha_stall_with(
-        &mut self,
-        lb1: &RunningLbd,
-        lb2: &RunningLbd,
-        advert_ms: u64,
-    ) -> Result<HaMeasure> {
+    /// Waits until lb1 is master and lb2 backup, both synced.
+    fn settle(lb1: &RunningLbd, lb2: &RunningLbd) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             check_stop()?;
@@ -117,7 +169,7 @@ impl BenchLab {
                 && h1["sync"]["connected"] == true
                 && h2["sync"]["connected"] == true
             {
-                break;
+                return Ok(());
             }
             if Instant::now() >= deadline {
                 bail!(
@@ -127,6 +179,20 @@ impl BenchLab {
                 );
             }
             thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The measurement; lbds started on the way are added to `running`.
+    fn ha_stall_with(
+        &mut self,
+        lb1: &RunningLbd,
+        lb2: Option<&RunningLbd>,
+        event: Event,
+        advert_ms: u64,
+        running: &mut Vec<RunningLbd>,
+    ) -> Result<HaMeasure> {
+        if let Some(lb2) = lb2 {
+            Self::settle(lb1, lb2)?;
         }
         let sources: Vec<Ipv4Addr> = self.lab.client_sources()[..24].to_vec();
         let vip = self.vip_addr();
@@ -142,7 +208,7 @@ impl BenchLab {
         .into_iter()
         .map(|(s, a)| {
             a.map(|server| (s, server))
-                .map_err(|e| anyhow!("before the kill, {s}: {e}"))
+                .map_err(|e| anyhow!("before the event, {s}: {e}"))
         })
         .collect::<Result<_>>()?;
         // Let the sessions reach the backup.
@@ -152,30 +218,58 @@ impl BenchLab {
             .pid(lb1.handle)
             .ok_or_else(|| anyhow!("lb1 is not running"))?;
         let takeover = 3.0 * as_f64(advert_ms) + as_f64(advert_ms) * 156.0 / 256.0;
-        let after_kill = Duration::from_secs_f64(takeover * 2.0 / 1000.0) + Duration::from_secs(2);
+        let expected = if event == Event::MasterNodeDown {
+            takeover
+        } else {
+            0.0
+        };
+        let after = Duration::from_secs_f64(takeover * 2.0 / 1000.0) + Duration::from_secs(3);
         let lead = Duration::from_millis(800);
-        let (log, kill_at) =
-            probe_through_kill(self.lab.client_ns(), &sources, vip, lead, after_kill, pid)?;
-        Ok(ha_measure(
-            &log,
-            kill_at,
-            &before,
-            takeover,
-            lead + after_kill,
-        ))
+        let ns1 = lb1.ns.clone();
+        let client_ns = self.lab.client_ns().to_owned();
+        let (log, event_at) = probe_through(
+            &client_ns,
+            &sources,
+            vip,
+            lead,
+            after,
+            || -> Result<()> {
+                let signal = |s| {
+                    // SAFETY: kill(2) on lbd, a child the lab has not reaped.
+                    unsafe { libc::kill(i32::try_from(pid).unwrap_or(0), s) };
+                };
+                match event {
+                    Event::SingleReexec | Event::MasterReexec => signal(libc::SIGUSR2),
+                    Event::MasterLbdKilled => signal(libc::SIGKILL),
+                    Event::MasterNodeDown => {
+                        run(&["ip", "-n", &ns1, "link", "set", "eth0", "down"])
+                            .map_err(|e| anyhow!("{e}"))?;
+                        signal(libc::SIGKILL);
+                    }
+                    Event::SingleKilled => {
+                        signal(libc::SIGKILL);
+                        let config = fs::read_to_string(lb1.log.with_file_name("lbd.yaml"))?;
+                        let dir = lb1.socket.parent().map(Path::to_path_buf).unwrap_or_default();
+                        running.push(self.start_lbd(&ns1, &dir, &config)?);
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        Ok(ha_measure(&log, event_at, &before, expected, lead + after))
     }
 }
 
-/// Asks the VIP from `sources` (several probers at once) for `lead`, kills
-/// `pid` with SIGKILL, and goes on for `after_kill`. Returns every attempt
-/// and when the kill happened (both from the probers' start).
-fn probe_through_kill(
+/// Asks the VIP from `sources` (several probers at once) for `lead`, runs
+/// `event`, and goes on for `after`. Returns every attempt and when the
+/// event happened (both from the probers' start).
+fn probe_through(
     client_ns: &str,
     sources: &[Ipv4Addr],
     vip: SocketAddrV4,
     lead: Duration,
-    after_kill: Duration,
-    pid: u32,
+    after: Duration,
+    event: impl FnOnce() -> Result<()>,
 ) -> Result<(Vec<Attempt>, Duration)> {
     let client_ns = client_ns.to_string();
     let sources = sources.to_vec();
@@ -203,7 +297,7 @@ fn probe_through_kill(
                             / u32::try_from(HA_PROBERS).unwrap_or(1),
                     );
                     let mut k = 0;
-                    while start.elapsed() < lead + after_kill && !STOP.load(Ordering::SeqCst) {
+                    while start.elapsed() < lead + after && !STOP.load(Ordering::SeqCst) {
                         let source = mine[k % mine.len()];
                         k += 1;
                         let begun = start.elapsed();
@@ -222,9 +316,8 @@ fn probe_through_kill(
         })
         .collect();
     thread::sleep(lead);
-    // SAFETY: kill(2) on lbd, a child the lab has not reaped.
-    unsafe { libc::kill(i32::try_from(pid).unwrap_or(0), libc::SIGKILL) };
-    let killed = Instant::now();
+    let happened = Instant::now();
+    let outcome = event();
     let mut log = Vec::new();
     for prober in probers {
         log.extend(
@@ -236,7 +329,8 @@ fn probe_through_kill(
     }
     log.sort_by_key(|a| a.ended);
     check_stop()?;
-    Ok((log, killed.saturating_duration_since(start)))
+    outcome?;
+    Ok((log, happened.saturating_duration_since(start)))
 }
 
 /// One request of the HA probe, times from the probe's start.
@@ -247,11 +341,11 @@ struct Attempt {
     answer: Result<String, String>,
 }
 
-/// The stall: the longest time without an answer that overlaps the kill
+/// The stall: the longest time without an answer that overlaps the event
 /// or follows it (answers counted when they complete).
 fn ha_measure(
     log: &[Attempt],
-    kill_at: Duration,
+    event_at: Duration,
     before: &BTreeMap<Ipv4Addr, String>,
     expected_ms: f64,
     end: Duration,
@@ -264,25 +358,25 @@ fn ha_measure(
     let mut stall = Duration::ZERO;
     let mut prev = answered
         .iter()
-        .filter(|t| **t <= kill_at)
+        .filter(|t| **t <= event_at)
         .max()
         .copied()
         .unwrap_or(Duration::ZERO);
-    for t in answered.iter().filter(|t| **t > kill_at) {
+    for t in answered.iter().filter(|t| **t > event_at) {
         stall = stall.max(t.saturating_sub(prev));
         prev = *t;
     }
-    let recovered = answered.iter().any(|t| *t > kill_at);
+    let recovered = answered.iter().any(|t| *t > event_at);
     stall = stall.max(end.saturating_sub(prev));
     let failures: Vec<&Attempt> = log
         .iter()
-        .filter(|a| a.ended > kill_at && a.answer.is_err())
+        .filter(|a| a.ended > event_at && a.answer.is_err())
         .collect();
     let failing_sources: std::collections::BTreeSet<Ipv4Addr> =
         failures.iter().map(|a| a.source).collect();
     let after: Vec<&Attempt> = log
         .iter()
-        .filter(|a| a.begun > kill_at && a.answer.is_ok())
+        .filter(|a| a.begun > event_at && a.answer.is_ok())
         .collect();
     let moved_after = after
         .iter()
@@ -295,8 +389,8 @@ fn ha_measure(
         failing_sources: failing_sources.len(),
         failure_window_ms: failures.first().zip(failures.last()).map(|(a, b)| {
             (
-                ms(a.begun.saturating_sub(kill_at)),
-                ms(b.ended.saturating_sub(kill_at)),
+                ms(a.begun.saturating_sub(event_at)),
+                ms(b.ended.saturating_sub(event_at)),
             )
         }),
         first_error: failures

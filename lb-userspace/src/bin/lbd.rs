@@ -11,6 +11,7 @@ fn main() -> ExitCode {
     // re-executing lbd handed over.
     let inherited = lb_userspace::inherit::from_env();
     let reexecuted = daemon::was_reexecuted();
+    let (handed_over, unreadable) = daemon::handed_over();
     let exec = daemon::Exec::at_start();
     let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
@@ -22,6 +23,9 @@ fn main() -> ExitCode {
             exec.path().display(),
             inherited.len()
         );
+    }
+    if let Some(error) = unreadable {
+        log::error!("{error}");
     }
 
     let config = match Config::load(&args.config) {
@@ -62,7 +66,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(daemon::run(args.config, config, exec)) {
+    match runtime.block_on(daemon::run(args.config, config, exec, handed_over)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             log::error!("{error:#}");

@@ -9,8 +9,9 @@ use clap::Parser;
 /// Runs in the foreground and logs to stderr. SIGHUP reloads the
 /// configuration (an invalid file changes nothing); SIGUSR2 re-executes the
 /// file at lbd's path in place (an upgrade: same PID, the data path and
-/// every table kept); SIGTERM stops cleanly (detaches the data path, removes
-/// the VIPs). The data path outlives a crash; the next lbd takes it over.
+/// every table kept, a pair's master staying master); SIGTERM stops
+/// cleanly (detaches the data path, removes the VIPs). The data path
+/// outlives a crash; the next lbd takes it over.
 #[derive(Parser, Debug)]
 #[command(name = "lbd", version)]
 pub struct Lbd {

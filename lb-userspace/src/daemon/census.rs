@@ -68,6 +68,9 @@ pub(super) struct StreamShared {
     /// Entries the data path wrote since, sent at once without a mark (the
     /// next walk sends them again, marked).
     pub(super) fresh: Vec<(AffinityKey, Affinity)>,
+    /// The stream's pass 0 (monotonic ns) and its tracker as of the last
+    /// pass, for a re-execution to hand over.
+    pub(super) tracker: (u64, StreamTracker),
 }
 
 /// One pass of the stream, for the daemon to send.
@@ -79,6 +82,16 @@ pub(super) struct ReadyPass {
     pub(super) total: u64,
 }
 
+/// The stream's pass 0 and tracker: handed over by the lbd this one
+/// re-executed, or from now (pass numbers follow the seconds since pass 0,
+/// see `CensusRun`).
+pub(super) fn stream_start(handover: Option<&crate::ha::Handover>) -> (u64, StreamTracker) {
+    handover.map_or_else(
+        || (monotonic_ns(), StreamTracker::default()),
+        |h| (h.stream_base_ns, h.stream.clone()),
+    )
+}
+
 /// Counts active clients every [`CENSUS_EVERY`] until `stop` is set, and
 /// finds what to stream while asked to: a run of the kernel's census every
 /// [`WALK_EVERY`] (every second while the stream catches up), and between
@@ -87,14 +100,15 @@ pub(super) struct ReadyPass {
     clippy::needless_pass_by_value,
     reason = "owned by the thread it runs on"
 )]
+/// The stream starts from `shared.stream.tracker` (see [`stream_start`]).
 pub(super) fn census_thread(
     mut census: Box<dyn CensusRunner>,
     shared: Arc<Mutex<CensusShared>>,
     stop: Arc<AtomicBool>,
 ) {
-    // Pass numbers follow the seconds since here (see `CensusRun`).
-    let base_ns = monotonic_ns();
-    let mut tracker = StreamTracker::default();
+    let Ok((base_ns, mut tracker)) = shared.lock().map(|s| s.stream.tracker.clone()) else {
+        return;
+    };
     let mut walked: Option<Walked> = None;
     let mut added = BTreeMap::<u32, u64>::new();
     while !stop.load(Ordering::Relaxed) {
@@ -102,6 +116,7 @@ pub(super) fn census_thread(
             for command in std::mem::take(&mut s.stream.commands) {
                 command(&mut tracker);
             }
+            s.stream.tracker = (base_ns, tracker.clone());
             let stream = &s.stream;
             (
                 s.key.clone(),
@@ -135,6 +150,7 @@ pub(super) fn census_thread(
                     };
                     added.clear();
                     if let Ok(mut s) = shared.lock() {
+                        s.stream.tracker = (base_ns, tracker.clone());
                         if let Some(outcome) = outcome {
                             s.stream.ready = Some(ReadyPass {
                                 epoch,

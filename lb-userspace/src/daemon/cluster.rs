@@ -20,7 +20,7 @@ use crate::{
     audit::Actor,
     config::{self, Config},
     control::protocol::HaStatus,
-    ha::{Coordinator, HaAction, Outgoing, Settings, StreamStep},
+    ha::{Coordinator, HaAction, Handover, Outgoing, Settings, StreamStep},
     monotonic_ns, state_file,
     sync::{self, LinkConfig, LinkEvent, LinkStats, Local, Message, SyncKey},
     vrrp,
@@ -39,6 +39,8 @@ struct Link {
 pub(super) struct Cluster {
     pub(super) ha: HaThread,
     link: Option<Link>,
+    /// This process's id on the sync link (kept across a re-execution).
+    boot_id: u64,
 }
 
 /// Bytes of sessions waiting for the peer above which the stream waits.
@@ -50,16 +52,22 @@ pub(super) fn replicated_path(state_dir: &std::path::Path) -> PathBuf {
 }
 
 /// Opens the sync link and starts the coordinator on its thread, with the
-/// VRRP socket. Returns the actions the daemon must carry out.
+/// VRRP socket, going on from `handover` when lbd was re-executed. Returns
+/// the actions the daemon must carry out.
 pub(super) async fn start(
     config: &Config,
     cluster: &config::Cluster,
-    ifindex: u32,
-    local: Ipv4Addr,
+    place: SocketPlace,
     vips: Vec<Ipv4Addr>,
     arp_lease: std::sync::Arc<crate::dataplane::ArpLease>,
+    handover: Option<&Handover>,
 ) -> anyhow::Result<(Cluster, mpsc::Receiver<HaAction>)> {
-    let (link, sync_rx) = start_sync(config, cluster).await?;
+    let boot_id = handover.map_or_else(
+        || getrandom::u64().unwrap_or_else(|_| monotonic_ns()),
+        |h| h.boot_id,
+    );
+    let (link, sync_rx) = start_sync(config, cluster, boot_id).await?;
+    let local = place.local;
 
     let vrrp_config = vrrp::Config {
         vrid: cluster.vrid,
@@ -72,24 +80,23 @@ pub(super) async fn start(
         peer: cluster.peer,
     };
     vrrp_config.validate()?;
-    let held = link.is_some();
-    let coordinator = Coordinator::new(
-        Instant::now(),
-        Settings {
-            role: cluster.role,
-            vrrp: vrrp_config,
-            sync: held,
-        },
-    );
-    let place = SocketPlace {
-        interface: config.node.interface.clone(),
-        ifindex,
-        local,
-        unicast: cluster.peer.is_some(),
+    let settings = Settings {
+        role: cluster.role,
+        vrrp: vrrp_config,
+        sync: link.is_some(),
     };
+    let coordinator = match handover {
+        Some(h) => Coordinator::resume(Instant::now(), settings, &h.coordinator),
+        None => Coordinator::new(Instant::now(), settings),
+    };
+    let held = coordinator.preempt_held();
+    let resumed_master = coordinator.is_master();
     // Lapsed until this node advertises as master; then three intervals
-    // ahead, when the peer would take over from a silent master.
-    arp_lease.set(1);
+    // ahead, when the peer would take over from a silent master. A master
+    // re-executed keeps the lease its relay renewed.
+    if !resumed_master {
+        arp_lease.set(1);
+    }
     let lease = super::ha_thread::Lease {
         memory: arp_lease,
         span: std::time::Duration::from_millis(u64::from(cluster.advert_interval_ms) * 3),
@@ -102,19 +109,22 @@ pub(super) async fn start(
             .peer
             .map_or_else(|| "224.0.0.18".to_owned(), |p| p.to_string()),
         cluster.priority,
-        if held {
+        if resumed_master {
+            " (re-executed master: goes on as master)"
+        } else if held {
             " (held at 1 until the peer's session table arrives)"
         } else {
             ""
         }
     );
-    Ok((Cluster { ha, link }, actions))
+    Ok((Cluster { ha, link, boot_id }, actions))
 }
 
 /// Opens the sync link when `cluster.sync` is configured.
 async fn start_sync(
     config: &Config,
     cluster: &config::Cluster,
+    boot_id: u64,
 ) -> anyhow::Result<(Option<Link>, mpsc::Receiver<LinkEvent>)> {
     let (sync_tx, sync_rx) = mpsc::channel(1024);
     let Some(s) = &cluster.sync else {
@@ -142,7 +152,7 @@ async fn start_sync(
         local: Local {
             node: config.node.name.clone(),
             role: cluster.role,
-            boot_id: getrandom::u64().unwrap_or_else(|_| monotonic_ns()),
+            boot_id,
         },
     };
     let link_stats = stats.clone();
@@ -400,6 +410,11 @@ impl Daemon {
     fn stream_sessions(&mut self, step: StreamStep) {
         match step {
             StreamStep::Restart | StreamStep::Resume => {
+                if step == StreamStep::Restart {
+                    log::info!("sync: streaming the whole affinity table to the peer (a new peer process, or this node has just become master)");
+                } else {
+                    log::info!("sync: resuming the session stream to the same peer process (what it did not confirm goes again)");
+                }
                 if let Ok(mut shared) = self.census.lock() {
                     let stream = &mut shared.stream;
                     stream.on = true;
@@ -501,6 +516,30 @@ impl Daemon {
         };
         let link = c.link.as_ref().map(|l| (l.peer, l.stats.snapshot()));
         c.ha.read(|coordinator| coordinator.status(Instant::now(), link))
+    }
+
+    /// What a re-executed lbd needs to go on as this member of the pair,
+    /// and while master the relay started to advertise meanwhile (see
+    /// [`super::relay`]).
+    pub(super) fn hand_over_ha(&self) -> Option<(Handover, Option<super::relay::Relay>)> {
+        let c = self.cluster.as_ref()?;
+        let (base_ns, tracker) = self.census.lock().ok()?.stream.tracker.clone();
+        let seconds = monotonic_ns().saturating_sub(base_ns) / 1_000_000_000;
+        let handover = Handover {
+            coordinator: c.ha.read(Coordinator::hand_over),
+            boot_id: c.boot_id,
+            stream_base_ns: base_ns,
+            stream: tracker.handed_over(seconds),
+        };
+        let relay = match c.ha.start_relay() {
+            None => None,
+            Some(Ok(relay)) => Some(relay),
+            Some(Err(error)) => {
+                log::warn!("SIGUSR2: no advertisement relay ({error}); the backup may take over while lbd starts");
+                None
+            }
+        };
+        Some((handover, relay))
     }
 
     pub(super) fn sync_connected(&self) -> bool {

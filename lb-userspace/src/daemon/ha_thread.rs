@@ -198,6 +198,20 @@ impl HaThread {
         result
     }
 
+    /// While master: starts the relay that advertises for this node while
+    /// lbd re-executes ([`super::relay`]), with the coordinator held so
+    /// that this thread sends nothing in between.
+    pub(super) fn start_relay(&self) -> Option<std::io::Result<super::relay::Relay>> {
+        let c = lock(&self.coordinator);
+        let relay = c.advert_relay()?;
+        Some(super::relay::Relay::start(
+            self.socket.raw_fd(),
+            &relay,
+            &self.lease.memory,
+            self.lease.span,
+        ))
+    }
+
     /// Reads the coordinator.
     pub(super) fn read<R>(&self, f: impl FnOnce(&Coordinator) -> R) -> R {
         f(&lock(&self.coordinator))

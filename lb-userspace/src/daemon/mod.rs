@@ -13,6 +13,7 @@ mod cluster;
 mod ha_thread;
 mod neighbours;
 mod reexec;
+mod relay;
 mod requests;
 mod status;
 mod systemd;
@@ -21,7 +22,7 @@ mod takeover;
 use census::{census_thread, CensusShared};
 use neighbours::NEIGHBOUR_POLL;
 
-pub use reexec::{was_reexecuted, Exec};
+pub use reexec::{handed_over, was_reexecuted, Exec, HandedOver};
 pub use status::format_mac;
 
 use std::{
@@ -91,6 +92,9 @@ struct Daemon {
     exec: Exec,
     /// The control socket and the metrics listener, handed over on SIGUSR2.
     listeners: Vec<(String, std::os::fd::RawFd)>,
+    /// What the lbd this one re-executed handed over of the pair (taken
+    /// when the cluster starts).
+    handed_over: HandedOver,
 }
 
 fn attach_mode(mode: XdpMode) -> AttachMode {
@@ -148,7 +152,12 @@ fn redirect_specs(config: &Config) -> Vec<RedirectSpec> {
 ///
 /// # Errors
 /// When start-up fails; the message says what to fix.
-pub async fn run(config_path: PathBuf, config: Config, exec: Exec) -> anyhow::Result<()> {
+pub async fn run(
+    config_path: PathBuf,
+    config: Config,
+    exec: Exec,
+    handed_over: HandedOver,
+) -> anyhow::Result<()> {
     let config_text = std::fs::read_to_string(&config_path).unwrap_or_default();
     let mut config = config;
     if let Some(replicated) = secondary_services(&config) {
@@ -172,13 +181,7 @@ pub async fn run(config_path: PathBuf, config: Config, exec: Exec) -> anyhow::Re
     let (mut program, taking_over) =
         takeover::load_data_path(&handle, iface.index, &node.interface).await?;
     let mut vips = Vips::new(handle.clone(), iface.index, iface.mac, &node.state_dir)?;
-    // A single node taking over a running data path keeps its VIPs; a
-    // member of a pair starts as backup, without them.
-    let keep = if taking_over && config.cluster.is_none() {
-        wanted_vips(&config)
-    } else {
-        BTreeSet::new()
-    };
+    let keep = vips_to_keep(&config, taking_over, &handed_over);
     let leftovers = vips.remove_leftovers(&keep).await?;
     if !leftovers.is_empty() {
         log::warn!("removed VIPs a previous lbd left behind: {leftovers:?}");
@@ -206,6 +209,9 @@ pub async fn run(config_path: PathBuf, config: Config, exec: Exec) -> anyhow::Re
     let (health_tx, health_rx) = mpsc::channel(1024);
 
     let census = Arc::new(Mutex::new(CensusShared::default()));
+    if let Ok(mut shared) = census.lock() {
+        shared.stream.tracker = census::stream_start(handed_over.handover.as_ref());
+    }
     let stop_census = Arc::new(AtomicBool::new(false));
     let census_worker = {
         let (shared, stop) = (census.clone(), stop_census.clone());
@@ -238,6 +244,7 @@ pub async fn run(config_path: PathBuf, config: Config, exec: Exec) -> anyhow::Re
         cluster: None,
         exec,
         listeners: Vec::new(),
+        handed_over,
     };
     daemon.health.assume(known_health);
     let result = daemon
@@ -250,6 +257,23 @@ pub async fn run(config_path: PathBuf, config: Config, exec: Exec) -> anyhow::Re
         log::warn!("removing {}: {error}", node.control_socket.display());
     }
     result
+}
+
+/// The VIPs a starting lbd keeps: a single node taking over a running data
+/// path keeps its VIPs, and so does a master re-executed; any other member
+/// of a pair starts as backup, without them.
+fn vips_to_keep(config: &Config, taking_over: bool, handed_over: &HandedOver) -> BTreeSet<Ipv4Addr> {
+    let resumes_master = handed_over.handover.as_ref().is_some_and(|h| {
+        config
+            .cluster
+            .as_ref()
+            .is_some_and(|c| h.coordinator.master && h.coordinator.vrid == c.vrid)
+    });
+    if taking_over && (config.cluster.is_none() || resumes_master) {
+        wanted_vips(config)
+    } else {
+        BTreeSet::new()
+    }
 }
 
 /// A configuration text as the audit log shows it: its SHA-256 and size
@@ -310,29 +334,10 @@ impl Daemon {
                 let (_, none) = mpsc::channel(1);
                 none
             }
-            Some(cluster_config) => {
-                let local = self.vips.primary_address().await?.ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "{} has no IPv4 address of its own: VRRP needs one to send advertisements from",
-                        config.node.interface
-                    )
-                })?;
-                let vips: Vec<Ipv4Addr> = wanted_vips(&config).into_iter().collect();
-                // Held VIPs a crashed master left in the data path go.
-                self.publish_held_vips(None);
-                let (c, actions) = cluster::start(
-                    &config,
-                    cluster_config,
-                    self.ifindex,
-                    local,
-                    vips,
-                    Arc::clone(&self.arp_lease),
-                )
-                .await?;
-                self.cluster = Some(c);
-                actions
-            }
+            Some(cluster_config) => self.start_cluster(&config, cluster_config).await?,
         };
+        // This lbd advertises now (or has nothing to advertise).
+        self.handed_over.stop_relay();
         log::info!(
             "serving {} services on {} (XDP {} mode)",
             config.services.len(),
@@ -392,6 +397,42 @@ impl Daemon {
         metrics_server.abort();
         self.stop_cluster(&mut ha_actions).await;
         Ok(())
+    }
+
+    /// Starts this member of the pair (going on from what a re-executed lbd
+    /// handed over); returns the coordinator's actions.
+    async fn start_cluster(
+        &mut self,
+        config: &Config,
+        cluster_config: &crate::config::Cluster,
+    ) -> anyhow::Result<mpsc::Receiver<crate::ha::HaAction>> {
+        let local = self.vips.primary_address().await?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} has no IPv4 address of its own: VRRP needs one to send advertisements from",
+                config.node.interface
+            )
+        })?;
+        let vips: Vec<Ipv4Addr> = wanted_vips(config).into_iter().collect();
+        // Held VIPs a crashed master left in the data path go (a
+        // re-executed master's stay).
+        self.publish_held_vips(None);
+        let place = ha_thread::SocketPlace {
+            interface: config.node.interface.clone(),
+            ifindex: self.ifindex,
+            local,
+            unicast: cluster_config.peer.is_some(),
+        };
+        let (c, actions) = cluster::start(
+            config,
+            cluster_config,
+            place,
+            vips,
+            Arc::clone(&self.arp_lease),
+            self.handed_over.handover.as_ref(),
+        )
+        .await?;
+        self.cluster = Some(c);
+        Ok(actions)
     }
 
     /// Tells the data path which VIPs to answer ARP for: those held now,

@@ -10,6 +10,10 @@
 //! kernel refuses leaves this lbd running and says why. A new binary that
 //! exits during its start leaves the data path forwarding; the next start
 //! (systemd restarts lbd) takes it over.
+//!
+//! A member of a pair also hands over its part of the pair
+//! ([`crate::ha::handover`]): a master goes on as master, its relay
+//! ([`super::relay`]) advertising while the new lbd starts.
 
 use std::{
     ffi::OsString,
@@ -21,8 +25,11 @@ use std::{
     process::Command,
 };
 
-use super::Daemon;
-use crate::inherit;
+use super::{relay::Relay, Daemon};
+use crate::{
+    ha::{handover::HandoverError, Handover, HANDOVER_ENV, RELAY_ENV},
+    inherit,
+};
 
 /// What lbd was started as: the file's path and the arguments.
 #[derive(Clone, Debug)]
@@ -68,26 +75,28 @@ pub fn was_reexecuted() -> bool {
     marked
 }
 
-/// Executes `exec` with `config`, handing over `listeners` (name,
-/// descriptor). Returns only if it could not: why.
-pub(super) fn reexecute(exec: &Exec, config: &Path, listeners: &[(String, RawFd)]) -> String {
+/// Asks the file at `exec`'s path whether it accepts `config`; why not.
+fn check(exec: &Exec, config: &Path) -> Result<(), String> {
     let check = Command::new(&exec.path)
         .arg("--config")
         .arg(config)
         .arg("--check")
         .output();
     match check {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => {
-            return format!(
-                "{} --check refused the configuration ({}): {}",
-                exec.path.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )
-        }
-        Err(error) => return format!("cannot run {}: {error}", exec.path.display()),
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(format!(
+            "{} --check refused the configuration ({}): {}",
+            exec.path.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(error) => Err(format!("cannot run {}: {error}", exec.path.display())),
     }
+}
+
+/// Executes `exec`, handing over `listeners` (name, descriptor) and `env`.
+/// Returns only if it could not: why.
+fn execute(exec: &Exec, listeners: &[(String, RawFd)], env: &[(&str, String)]) -> String {
     let fds = |on: bool| {
         for (_, fd) in listeners {
             // SAFETY: the daemon holds these listeners open while it runs.
@@ -104,9 +113,51 @@ pub(super) fn reexecute(exec: &Exec, config: &Path, listeners: &[(String, RawFd)
         .args(&exec.args)
         .env(inherit::LISTEN_FDS_ENV, inherit::env_value(listeners))
         .env(REEXEC_ENV, "1")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .exec();
     fds(true);
     format!("executing {}: {error}", exec.path.display())
+}
+
+/// What the lbd this one re-executed handed over of the pair.
+#[derive(Debug, Default)]
+pub struct HandedOver {
+    /// The pair member's state.
+    pub handover: Option<Handover>,
+    /// The advertisement relay to stop once this lbd advertises.
+    pub relay: Option<u32>,
+}
+
+/// Reads what the lbd this one re-executed handed over, and why the
+/// hand-over could not be read if it could not (the relay is stopped all
+/// the same). Forgets both, so children do not inherit them; call at
+/// start, before any thread.
+#[must_use]
+pub fn handed_over() -> (HandedOver, Option<HandoverError>) {
+    let read = std::env::var(HANDOVER_ENV)
+        .ok()
+        .map(|v| Handover::from_env(&v));
+    let relay = std::env::var(RELAY_ENV).ok().and_then(|v| v.parse().ok());
+    // SAFETY: called at start, before lbd starts any thread.
+    unsafe {
+        std::env::remove_var(HANDOVER_ENV);
+        std::env::remove_var(RELAY_ENV);
+    }
+    let (handover, error) = match read {
+        None => (None, None),
+        Some(Ok(handover)) => (Some(handover), None),
+        Some(Err(error)) => (None, Some(error)),
+    };
+    (HandedOver { handover, relay }, error)
+}
+
+impl HandedOver {
+    /// Stops the relay, now that this lbd advertises (or will not).
+    pub(super) fn stop_relay(&mut self) {
+        if let Some(relay) = self.relay.take().and_then(Relay::adopt) {
+            relay.stop();
+        }
+    }
 }
 
 impl Daemon {
@@ -129,6 +180,26 @@ impl Daemon {
         }
     }
 
+    /// Executes lbd with `listeners` and, in a pair, this member's
+    /// hand-over and a master's relay (started last, as close to the exec
+    /// as can be); why not.
+    fn execute_with_handover(&self, listeners: &[(String, RawFd)]) -> String {
+        let (handover, relay) = self.hand_over_ha().unzip();
+        let relay = relay.flatten();
+        let mut env = Vec::new();
+        if let Some(handover) = handover {
+            env.push((HANDOVER_ENV, handover.to_env()));
+        }
+        if let Some(relay) = relay {
+            env.push((RELAY_ENV, relay.pid().to_string()));
+        }
+        let why = execute(&self.exec, listeners, &env);
+        if let Some(relay) = relay {
+            relay.stop();
+        }
+        why
+    }
+
     /// SIGUSR2: executes the binary at lbd's path in this process; returns
     /// only if that could not be done, having said why.
     pub(super) async fn reexecute(&mut self) {
@@ -142,7 +213,10 @@ impl Daemon {
         }
         let mut listeners = self.listeners.clone();
         listeners.extend(self.redirects.listening());
-        let why = reexecute(&self.exec, &self.config_path, &listeners);
+        let why = match check(&self.exec, &self.config_path) {
+            Err(why) => why,
+            Ok(()) => self.execute_with_handover(&listeners),
+        };
         self.redirects.resume();
         log::error!("SIGUSR2: not re-executed, this lbd carries on: {why}");
     }

@@ -153,6 +153,16 @@ fn log_takeover(interface: &str, program: &Program, taken: &TakenOver) {
     }
 }
 
+/// Whether a program attached at `hook` is what `mode` asks for.
+fn fits(hook: dataplane::Hook, mode: crate::config::XdpMode) -> bool {
+    use crate::config::XdpMode;
+    match mode {
+        XdpMode::Auto => true,
+        XdpMode::Native => hook == dataplane::Hook::Driver,
+        XdpMode::Generic => hook == dataplane::Hook::Generic,
+    }
+}
+
 impl Daemon {
     /// Attaches the program: in place of the running one, if it was loaded
     /// over one (in one step), else afresh.
@@ -168,6 +178,15 @@ impl Daemon {
             )
             .await?;
         self.attach_mode = hook.name();
+        if replacing.is_some() && !fits(hook, config.node.xdp_mode) {
+            log::warn!(
+                "node.xdp_mode is {:?} but the running data path is attached in {} mode, \
+                 where it stays (a take-over never detaches it); to change the mode, stop lbd \
+                 cleanly and start it again (forwarding stops for that moment)",
+                config.node.xdp_mode,
+                hook.name()
+            );
+        }
         record_interface(&config.node.state_dir, &config.node.interface);
         match replacing {
             Some(true) => log::info!("the running XDP program handed over to this lbd's copy of it (the same program), in one step"),

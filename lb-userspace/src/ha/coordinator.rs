@@ -44,7 +44,11 @@ use crate::{
     vrrp::{self, Action, State, Vrrp},
 };
 
-use super::{garp::GarpSchedule, socket::Received};
+use super::{
+    garp::GarpSchedule,
+    handover::{AdvertRelay, Resumed},
+    socket::Received,
+};
 
 /// How long a returning node waits for the peer's affinity table before it
 /// may preempt anyway.
@@ -186,14 +190,80 @@ impl Coordinator {
     /// is held at 1 until the peer's sessions arrive.
     #[must_use]
     pub fn new(now: Instant, settings: Settings) -> Self {
-        let configured_priority = settings.vrrp.priority;
         let hold = settings.sync;
-        let mut vrrp = Vrrp::new(vrrp::Config {
+        let mut coordinator = Self::unstarted(now, settings, hold);
+        coordinator.vrrp.startup(now);
+        coordinator.pump(now);
+        coordinator
+    }
+
+    /// Starts in a process that re-executed lbd (SIGUSR2) and goes on as
+    /// the same member of the pair: a master stays master, advertising now
+    /// and on, without a gratuitous ARP and without the preempt hold (its
+    /// table is the pair's newest); its session stream resumes with the
+    /// same peer process. Anything else, or another VRID now, starts as
+    /// [`Coordinator::new`] does.
+    #[must_use]
+    pub fn resume(now: Instant, settings: Settings, resumed: &Resumed) -> Self {
+        if !resumed.master || resumed.vrid != settings.vrrp.vrid {
+            let mut coordinator = Self::new(now, settings);
+            if let Some(sync) = coordinator.sync.as_mut() {
+                sync.config_version = resumed.config_version;
+            }
+            return coordinator;
+        }
+        let mut coordinator = Self::unstarted(now, settings, false);
+        if let Some(sync) = coordinator.sync.as_mut() {
+            sync.config_version = resumed.config_version;
+        }
+        coordinator.streamed_to = resumed.streamed_to;
+        coordinator.vrrp.resume_master(now);
+        // Held already; any VIP the file gained since is added.
+        coordinator.actions.push_back(HaAction::AddVips);
+        coordinator.pump(now);
+        coordinator
+    }
+
+    /// What a re-executed lbd needs to go on as this member of the pair.
+    #[must_use]
+    pub fn hand_over(&self) -> Resumed {
+        Resumed {
+            vrid: self.vrrp.config().vrid,
+            master: self.is_master(),
+            streamed_to: self.streamed_to,
+            config_version: self.sync.as_ref().map_or(0, |s| s.config_version),
+        }
+    }
+
+    /// While master: the advertisement that keeps the peer a backup while
+    /// lbd re-executes, and when the next one is due.
+    #[must_use]
+    pub fn advert_relay(&self) -> Option<AdvertRelay> {
+        if !self.is_master() {
+            return None;
+        }
+        let to = self.vrrp.destination();
+        Some(AdvertRelay {
+            to,
+            message: vrrp::encode(
+                &self.vrrp.advertisement(self.vrrp.priority()),
+                self.vrrp.config().local,
+                to,
+            ),
+            every: self.vrrp.master_adver_interval(),
+            next: self.vrrp.poll_timeout()?,
+        })
+    }
+
+    /// The coordinator before VRRP's first event; `hold`: the priority
+    /// held at 1 (see the module doc).
+    fn unstarted(now: Instant, settings: Settings, hold: bool) -> Self {
+        let configured_priority = settings.vrrp.priority;
+        let vrrp = Vrrp::new(vrrp::Config {
             priority: if hold { 1 } else { configured_priority },
             ..settings.vrrp
         });
-        vrrp.startup(now);
-        let mut coordinator = Self {
+        Self {
             role: settings.role,
             vrrp,
             garp: GarpSchedule::default(),
@@ -204,9 +274,7 @@ impl Coordinator {
             next_stream: settings.sync.then_some(now + STREAM_EVERY),
             streamed_to: None,
             actions: VecDeque::new(),
-        };
-        coordinator.pump(now);
-        coordinator
+        }
     }
 
     /// A VRRP packet as the raw socket received it. VRRP's timers run from

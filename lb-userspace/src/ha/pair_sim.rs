@@ -237,6 +237,21 @@ impl Pair {
         self.connect();
     }
 
+    /// SIGUSR2 on node `i`: a new lbd in the same process goes on from the
+    /// coordinator's hand-over, with the data path as it was (sessions and
+    /// the census's marks); the sync link drops with the old process and
+    /// pairs again.
+    pub(super) fn reexecute(&mut self, i: usize) {
+        let resumed = self.nodes[i].c.hand_over();
+        let secs = self.elapsed().as_secs();
+        let node = &mut self.nodes[i];
+        node.c = Coordinator::resume(self.now, settings(i), &resumed);
+        node.tracker = node.tracker.clone().handed_over(secs);
+        self.disconnect();
+        self.run();
+        self.connect();
+    }
+
     /// Runs the fake clock forward by `d`, firing every timer on time.
     pub(super) fn advance(&mut self, d: Duration) {
         let end = self.now + d;

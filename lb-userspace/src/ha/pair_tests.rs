@@ -304,3 +304,33 @@ fn an_interrupted_snapshot_is_resumed_and_the_hold_waits_for_its_end() {
         "the unconfirmed pass once more, not a new snapshot each time"
     );
 }
+
+/// Issue 13 (SIGUSR2 on the master): the re-executed lbd goes on as master,
+/// so the backup never takes over and nobody is told again where the VIPs
+/// are; the sync session comes back as the same process and the stream
+/// resumes: what the backup confirmed is not sent again, new clients are.
+#[test]
+fn a_re_executed_master_stays_master_and_resumes_its_stream() {
+    let mut pair = Pair::steady("reexec");
+    for n in 1..=20 {
+        pair.nodes[0].sessions.insert(client(n), address(9));
+    }
+    pair.advance(ADVERT * 10);
+    assert_eq!(pair.nodes[1].sessions.len(), 20, "streamed to the backup");
+    let garps = pair.nodes[0].garps;
+    let sent = pair.nodes[0].entries_sent;
+    let backup = pair.nodes[1].transitions.clone();
+
+    pair.reexecute(0);
+    pair.advance(master_down_of_secondary() * 3);
+    assert_eq!(pair.masters(), vec![0]);
+    assert!(pair.nodes[0].vips_held && !pair.nodes[1].vips_held);
+    assert_eq!(pair.nodes[1].transitions, backup, "the backup never moved");
+    assert_eq!(pair.nodes[0].garps, garps, "no gratuitous ARP");
+    assert_eq!(pair.nodes[0].c.priority(), 200, "no preempt hold");
+    assert_eq!(pair.nodes[0].entries_sent, sent, "no new snapshot");
+
+    pair.nodes[0].sessions.insert(client(21), address(9));
+    pair.advance(ADVERT * 10);
+    assert_eq!(pair.nodes[1].sessions.len(), 21, "the stream goes on");
+}

@@ -115,6 +115,13 @@ impl VrrpSocket {
         Ok(Self { fd })
     }
 
+    /// The socket's descriptor (for the advertisement relay).
+    #[must_use]
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd as _;
+        self.fd.get_ref().as_raw_fd()
+    }
+
     /// Waits for the next packet.
     ///
     /// # Errors

@@ -42,7 +42,7 @@ pub struct PassOutcome {
 }
 
 /// The master's record of what the peer holds. See the module doc.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StreamTracker {
     pass: u32,
     acked: u32,
@@ -83,6 +83,17 @@ impl StreamTracker {
     pub fn confirmed(&mut self, pass: u64) {
         let pass = u32::try_from(pass).unwrap_or(u32::MAX).min(self.pass);
         self.acked = self.acked.max(pass);
+    }
+
+    /// The tracker as a re-executed lbd takes it over at `now_s` seconds
+    /// (the count [`StreamTracker::start_pass`] takes): a pass its
+    /// predecessor may have walked after this copy was taken counts as
+    /// sent, and so as unconfirmed when the stream resumes.
+    #[must_use]
+    pub fn handed_over(mut self, now_s: u64) -> Self {
+        let now = u32::try_from(now_s).unwrap_or(u32::MAX);
+        self.pass = self.pass.saturating_add(1).max(now);
+        self
     }
 
     /// The next pass's orders, at `now_s` seconds (any steady count): pass
@@ -250,6 +261,23 @@ mod tests {
         let (all, o) = pass(&mut s, &mut t, 60);
         assert_eq!(all.len(), BUDGET);
         assert!(o.begin);
+    }
+
+    #[test]
+    fn a_handed_over_tracker_sends_again_a_pass_walked_after_its_copy() {
+        let (mut s, mut t) = (StreamTracker::default(), table(3 * BUDGET));
+        s.restart();
+        let (_, o1) = pass(&mut s, &mut t, 60);
+        s.confirmed(o1.pass);
+        let copy = s.clone();
+        // The old lbd walks pass 2 after the copy was taken, then executes
+        // the new one, which re-pairs with the same peer process.
+        let (second, _) = pass(&mut s, &mut t, 60);
+        let mut s = copy.handed_over(0);
+        s.resume();
+        let (again, o) = pass(&mut s, &mut t, 60);
+        assert_eq!(again, second, "pass 2 is sent again, pass 1 is not");
+        assert!(!o.begin, "not a new snapshot");
     }
 
     #[test]

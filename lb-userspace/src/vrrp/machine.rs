@@ -338,6 +338,28 @@ impl Vrrp {
         }
     }
 
+    /// Startup of a process that takes over from a master of the same node
+    /// (lbd re-executed on SIGUSR2): Master at once, advertising now and
+    /// every interval, without [`Action::BecameMaster`] or
+    /// [`Action::SendGarp`] (the addresses are held and the neighbours know
+    /// where they are). Not in RFC 5798, which knows no such hand-over; to
+    /// the peer it is the same master, advertising on time. Ignored unless
+    /// in Initialize.
+    pub fn resume_master(&mut self, now: Instant) {
+        if self.state != State::Initialize {
+            return;
+        }
+        self.state = State::Master;
+        self.master_adver_interval_cs = self.config.advert_interval_cs;
+        self.send_advert(self.priority);
+        self.actions.push_back(Action::StateChanged {
+            from: State::Initialize,
+            to: State::Master,
+        });
+        self.timers
+            .set(Timer::Adver, now + self.advertisement_interval());
+    }
+
     /// A decoded advertisement from `from` (the IP source), after [`check_ip`](super::check_ip)
     /// and [`decode`](super::decode) passed. Applies the section 7.1 checks that need the
     /// configuration (VRID, unicast peer, own packet, owner) and then the
@@ -729,6 +751,38 @@ mod tests {
         v.handle_advert(t0, PEER, &advert(254, 100));
         assert_eq!(v.state(), State::Master);
         assert_eq!(v.counters().dropped(DropReason::LocalOwner), 1);
+    }
+
+    #[test]
+    fn a_resumed_master_keeps_its_role_and_announces_nothing_again() {
+        let mut sim = Sim::new(vec![config(node(1), 100), config(node(2), 200)]);
+        sim.start_all();
+        sim.run_until(ms(5_000));
+        assert_eq!(sim.states(), [State::Backup, State::Master]);
+        // The new process resumes just before its predecessor's next
+        // advertisement was due (the relay covered the exec).
+        sim.run_until(ms(5_500));
+        sim.resume_master(1);
+        sim.run_until(ms(20_000));
+        assert_eq!(sim.states(), [State::Backup, State::Master]);
+        assert_eq!(sim.transitions(0), [(Duration::ZERO, State::Backup)]);
+        let after = sim.actions(1, ms(5_500));
+        assert_eq!(after.first(), Some(&(ms(5_500), Action::SendAdvert { priority: 200 })));
+        assert!(
+            after
+                .iter()
+                .all(|(_, a)| !matches!(a, Action::SendGarp | Action::BecameMaster)),
+            "{after:?}"
+        );
+        let adverts: Vec<Duration> = after
+            .iter()
+            .filter(|(_, a)| matches!(a, Action::SendAdvert { .. }))
+            .map(|&(t, _)| t)
+            .collect();
+        assert!(
+            adverts.windows(2).all(|w| w[1].saturating_sub(w[0]) == ms(1_000)),
+            "{adverts:?}"
+        );
     }
 
     #[test]

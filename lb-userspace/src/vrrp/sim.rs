@@ -77,6 +77,24 @@ impl Sim {
         self.pump();
     }
 
+    /// Node `i` is replaced by a new process of the same configuration that
+    /// resumes as master ([`Vrrp::resume_master`]).
+    pub(crate) fn resume_master(&mut self, i: usize) {
+        let config = self.nodes[i].config().clone();
+        self.nodes[i] = Vrrp::new(config);
+        self.nodes[i].resume_master(self.now);
+        self.pump();
+    }
+
+    /// Node `i`'s actions after `since`, with their times.
+    pub(crate) fn actions(&self, i: usize, since: Duration) -> Vec<(Duration, Action)> {
+        self.log
+            .iter()
+            .filter(|&&(t, n, _)| n == i && t >= since)
+            .map(|&(t, _, a)| (t, a))
+            .collect()
+    }
+
     pub(crate) fn shutdown(&mut self, i: usize) {
         self.nodes[i].shutdown(self.now);
         self.pump();
