@@ -9,6 +9,7 @@
 #![no_std]
 
 pub mod census;
+pub mod nat;
 
 /// The most virtual services (VIP:port:protocol) one load balancer serves
 /// (ids fit [`Real::service_id`]).
@@ -131,8 +132,10 @@ pub struct Service {
     /// The most clients the service may hold in the affinity table; a new
     /// client beyond it is served from the ring without being remembered.
     pub max_clients: u32,
+    /// `nat::FORWARDING_*` (0, direct routing, in every older layout).
+    pub forwarding: u8,
     /// Always zero.
-    pub pad: u32,
+    pub pad: [u8; 3],
 }
 
 /// Key of the fragments map: a VIP and protocol whose fragments go to one

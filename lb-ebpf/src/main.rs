@@ -32,6 +32,7 @@ mod arp;
 mod cache;
 mod census;
 mod count;
+mod nat;
 mod parse;
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
@@ -44,11 +45,11 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    affinity_is_live, client_hash, ring_index, Affinity, AffinityKey, Counters, Globals, Real,
-    Reason, ReasonCounters, Service, ServiceKey, VipProtocol, AFFINITY_FRESH_JIFFIES,
-    FLOW_CACHE_SLOTS, MAGLEV_RING_SIZE, MAGLEV_RING_SLOTS, MAX_AFFINITY_ENTRIES,
-    MAX_FRAGMENT_TARGETS, MAX_HELD_VIPS, MAX_REALS, MAX_SERVICES, NO_REAL, REAL_F_KEEP_CLIENTS,
-    REAL_F_RESOLVED,
+    affinity_is_live, client_hash, nat::FORWARDING_DR, ring_index, Affinity, AffinityKey, Counters,
+    Globals, Real, Reason, ReasonCounters, Service, ServiceKey, VipProtocol,
+    AFFINITY_FRESH_JIFFIES, FLOW_CACHE_SLOTS, MAGLEV_RING_SIZE, MAGLEV_RING_SLOTS,
+    MAX_AFFINITY_ENTRIES, MAX_FRAGMENT_TARGETS, MAX_HELD_VIPS, MAX_REALS, MAX_SERVICES, NO_REAL,
+    REAL_F_KEEP_CLIENTS, REAL_F_RESOLVED,
 };
 
 use crate::{
@@ -344,7 +345,7 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         return action;
     }
     let (action, reason) = match try_lb_xdp(&ctx, tally) {
-        Ok(()) => (xdp_action::XDP_TX, Reason::Forwarded),
+        Ok(action) => (action, Reason::Forwarded),
         Err(reason) => {
             let action = match reason {
                 Reason::DropNoReal
@@ -370,9 +371,10 @@ fn answer_arp(ctx: &XdpContext) -> Option<Result<(), Reason>> {
     arp::answer(ctx, iface_mac)
 }
 
-/// `Ok` forwards the (rewritten) frame; `Err` names why it is passed or dropped.
+/// `Ok` forwards the (rewritten) frame with that action (`XDP_TX`, or a
+/// redirect for NAT); `Err` names why it is passed or dropped.
 #[inline(always)]
-fn try_lb_xdp(ctx: &XdpContext, tally: Tally) -> Result<(), Reason> {
+fn try_lb_xdp(ctx: &XdpContext, tally: Tally) -> Result<u32, Reason> {
     let mut frame = parse(ctx)?;
     let globals = *GLOBALS.get(0).ok_or(Reason::DropInternal)?;
     let iface_mac = mac_words(globals.iface_mac);
@@ -410,7 +412,22 @@ fn try_lb_xdp(ctx: &XdpContext, tally: Tally) -> Result<(), Reason> {
             tally.count(Reason::AffinityHit);
             decision
         }
-        None => decide(&frame, iface_mac, jiffies, tally)?,
+        None => {
+            // SAFETY: the map value is only read here.
+            let Some(service) = (unsafe { SERVICES.get(&frame.key) }).copied() else {
+                return match frame.kind {
+                    FrameKind::Datagram { .. } => nat::reply(ctx, &frame),
+                    _ => Err(Reason::PassNotService),
+                };
+            };
+            if frame.dst_mac != iface_mac {
+                return Err(Reason::PassNotForUs);
+            }
+            if service.forwarding != FORWARDING_DR {
+                return forward_nat(ctx, &frame, &service, jiffies, tally);
+            }
+            decide(&frame, &service, jiffies, tally)?
+        }
     };
     // A frame from our own MAC cannot have come through a router (and the
     // benchmarks loop frames back to us that way).
@@ -426,7 +443,41 @@ fn try_lb_xdp(ctx: &XdpContext, tally: Tally) -> Result<(), Reason> {
     rewrite_macs(ctx, decision.mac, iface_mac)?;
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     count_forwarded(decision.real, bytes, decision.new_client);
-    Ok(())
+    Ok(xdp_action::XDP_TX)
+}
+
+/// A frame for a NAT or SNAT service: whole datagrams follow their tracked
+/// connection (a new one's server chosen as for direct routing);
+/// fragments and ICMP errors go to the kernel (counted as such).
+#[inline(always)]
+fn forward_nat(
+    ctx: &XdpContext,
+    frame: &Frame,
+    service: &Service,
+    jiffies: u64,
+    tally: Tally,
+) -> Result<u32, Reason> {
+    match frame.kind {
+        FrameKind::Datagram { .. } => {}
+        FrameKind::Fragment => return Err(Reason::PassFragment),
+        FrameKind::IcmpError => return Err(Reason::PassIcmp),
+    }
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = nat::client_key(frame);
+    let (conn, new_client) = match nat::existing(&key, frame, now) {
+        Some(conn) => (conn, false),
+        None => {
+            let decision = decide(frame, service, jiffies, tally)?;
+            let conn = nat::track(&key, frame, service, decision.real, now)?;
+            (conn, decision.new_client)
+        }
+    };
+    let action = nat::send(ctx, frame, &conn)?;
+    let real = conn.real;
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    count_forwarded(real, bytes, new_client);
+    Ok(action)
 }
 
 /// The decision from the shared tables: the service, then the client's
@@ -438,15 +489,11 @@ fn try_lb_xdp(ctx: &XdpContext, tally: Tally) -> Result<(), Reason> {
 #[inline(always)]
 fn decide(
     frame: &Frame,
-    iface_mac: MacWords,
+    service: &Service,
     jiffies: u64,
     tally: Tally,
 ) -> Result<Decision, Reason> {
-    // SAFETY: the map value is only read here.
-    let service = *unsafe { SERVICES.get(&frame.key) }.ok_or(Reason::PassNotService)?;
-    if frame.dst_mac != iface_mac {
-        return Err(Reason::PassNotForUs);
-    }
+    let service = *service;
     let generation = cache::generation(service.id);
     let mut clock = Clock { jiffies, ns: None };
     let key = AffinityKey {
@@ -487,7 +534,9 @@ fn decide(
         mac: mac_words(target.real.mac),
         new_client,
     };
-    let cacheable = in_table && matches!(frame.kind, FrameKind::Datagram { .. });
+    let cacheable = in_table
+        && matches!(frame.kind, FrameKind::Datagram { .. })
+        && service.forwarding == FORWARDING_DR;
     if cacheable && generation != 0 && generation == cache::generation(service.id) {
         cache::store(
             &frame.key,

@@ -9,7 +9,7 @@ use core::mem::size_of;
 use aya_ebpf::programs::XdpContext;
 use lb_common::{Reason, ServiceKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
-const ETH_HDR_LEN: usize = 14;
+pub const ETH_HDR_LEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
@@ -21,10 +21,10 @@ const TCP_MIN_HDR_LEN: usize = 20;
 const UDP_HDR_LEN: usize = 8;
 /// Byte 13 of the TCP header: the flags.
 const TCP_FLAGS_OFFSET: usize = 13;
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 /// ICMP header length before the quoted datagram.
 const ICMP_HDR_LEN: usize = size_of::<IcmpHdr>();
 const ICMP_DEST_UNREACHABLE: u8 = 3;
@@ -57,17 +57,17 @@ pub struct EthHdr {
 /// The fixed IPv4 header; every multi-byte field in network byte order.
 /// Packed to 2 because it starts 14 bytes into the frame.
 #[repr(C, packed(2))]
-struct Ipv4Hdr {
-    version_ihl: u8,
-    tos: u8,
-    total_len: u16,
-    id: u16,
-    frag_off: u16,
-    ttl: u8,
-    protocol: u8,
-    check: u16,
-    saddr: u32,
-    daddr: u32,
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub total_len: u16,
+    pub id: u16,
+    pub frag_off: u16,
+    pub ttl: u8,
+    pub protocol: u8,
+    pub check: u16,
+    pub saddr: u32,
+    pub daddr: u32,
 }
 
 /// The ICMP header before the quoted datagram.
@@ -81,9 +81,9 @@ struct IcmpHdr {
 
 /// The first four bytes of TCP and UDP alike: source and destination port.
 #[repr(C)]
-struct Ports {
-    src: u16,
-    dst: u16,
+pub struct Ports {
+    pub src: u16,
+    pub dst: u16,
 }
 
 /// The one bounds check: a pointer to a `T` at `offset`, if the frame holds it.
@@ -124,6 +124,12 @@ pub struct Frame {
     pub dst_mac: MacWords,
     /// The frame's source MAC address.
     pub src_mac: MacWords,
+    /// A datagram's source port, network byte order (else 0).
+    pub sport: u16,
+    /// A datagram's TCP flags (else 0).
+    pub tcp_flags: u8,
+    /// A datagram's L4 header offset in the frame (else 0).
+    pub l4: usize,
 }
 
 /// Parses Ethernet, IPv4 and what follows; `Err` is the reason to pass.
@@ -170,6 +176,9 @@ pub fn parse(ctx: &XdpContext) -> Result<Frame, Reason> {
         client: saddr,
         dst_mac,
         src_mac,
+        sport: 0,
+        tcp_flags: 0,
+        l4: 0,
     };
     if frag_off & (IP_MORE_FRAGMENTS | IP_FRAGMENT_OFFSET) != 0 {
         // Later fragments carry no ports: every fragment, the first too, is
@@ -201,11 +210,13 @@ pub fn parse(ctx: &XdpContext) -> Result<Frame, Reason> {
     let ports: *const Ports = ptr_at(ctx, l4).ok_or(Reason::PassTruncatedL4)?;
     // SAFETY: checked by `ptr_at`; the whole L4 header is inside `total_len`,
     // itself inside the frame.
-    frame.key.port = unsafe { (*ports).dst };
+    (frame.key.port, frame.sport) = unsafe { ((*ports).dst, (*ports).src) };
+    frame.l4 = l4;
     let syn_only = if protocol == IPPROTO_TCP {
         let flags: *const u8 = ptr_at(ctx, l4 + TCP_FLAGS_OFFSET).ok_or(Reason::PassTruncatedL4)?;
         // SAFETY: checked by `ptr_at`.
         let flags = unsafe { *flags };
+        frame.tcp_flags = flags;
         flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN
     } else {
         false

@@ -60,6 +60,13 @@ const LB_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 const LB2_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 11);
 const FIRST_REAL: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 21);
 const FIRST_SOURCE: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 0);
+/// Labs with [`DrLabOptions::server_lan`]: the real servers' own subnet,
+/// behind the load balancer's `eth1` (its first address), with no VIP and
+/// default ARP settings: servers NAT and SNAT reach unchanged.
+const SERVER_LAN: Ipv4Addr = Ipv4Addr::new(198, 18, 8, 0);
+const SERVER_LAN_PREFIX: u8 = 24;
+/// The load balancer's address on the server LAN.
+pub const LB_SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 8, 1);
 /// The /24s holding client sources; other hosts route them via the client.
 const SOURCE_NETS: [&str; 2] = ["198.18.1.0/24", "198.18.2.0/24"];
 
@@ -580,6 +587,11 @@ pub struct DrLabOptions {
     /// A second load-balancer namespace `TAG-lb2` (198.18.0.11, switch port
     /// `lb2`) set up like the first, for HA pairs.
     pub second_lb: bool,
+    /// The real servers on a subnet of their own (198.18.8.0/24, a second
+    /// switch), reached through the load balancer's `eth1` (198.18.8.1,
+    /// their default route), without the VIP and with default ARP
+    /// settings: for NAT and SNAT.
+    pub server_lan: bool,
 }
 
 impl Default for DrLabOptions {
@@ -605,6 +617,7 @@ impl Default for DrLabOptions {
             extra_vips: Vec::new(),
             lab_pass_obj,
             second_lb: false,
+            server_lan: false,
         }
     }
 }
@@ -730,7 +743,8 @@ impl DrLab {
         )?;
         ip_batch(
             &switch,
-            "link set lo up\nlink add br0 type bridge\nlink set br0 up\n",
+            "link set lo up\nlink add br0 type bridge\nlink set br0 up\n\
+             link add br1 type bridge\nlink set br1 up\n",
         )?;
 
         let mut hosts = vec![(self.lb.clone(), "lb".to_string(), LB_ADDR)];
@@ -745,10 +759,29 @@ impl DrLab {
             self.namespaces.push(Netns::add(ns)?);
             self.setup_host(ns, port, *addr)?;
         }
-        let ports = hosts.iter().fold(String::new(), |mut batch, (_, port, _)| {
-            let _ = writeln!(batch, "link set {port} master br0 up");
-            batch
-        });
+        let mut ports = hosts
+            .iter()
+            .fold(String::new(), |mut batch, (ns, port, _)| {
+                let bridge = if self.opts.server_lan && self.reals.contains(ns) {
+                    "br1"
+                } else {
+                    "br0"
+                };
+                let _ = writeln!(batch, "link set {port} master {bridge} up");
+                batch
+            });
+        if self.opts.server_lan {
+            ip_batch(
+                &self.lb,
+                &format!(
+                    "link add eth1 address {mac} type veth peer name lbs netns {switch}\n\
+                     addr add {LB_SERVER_ADDR}/{SERVER_LAN_PREFIX} dev eth1\n\
+                     link set eth1 up\n",
+                    mac = mac_string([0x02, 0, 0, 0, 8, 1]),
+                ),
+            )?;
+            ports.push_str("link set lbs master br1 up\n");
+        }
         ip_batch(&switch, &ports)?;
 
         // veth trap: XDP_TX frames of a load balancer only arrive if its
@@ -759,13 +792,22 @@ impl DrLab {
         } else {
             &["lb"]
         };
-        for port in lb_ports {
+        let server_port: &[&str] = if self.opts.server_lan { &["lbs"] } else { &[] };
+        for port in lb_ports.iter().chain(server_port) {
             run(&[
                 "ip", "-n", &switch, "link", "set", "dev", port, "xdpdrv", "obj", &obj, "sec",
                 "xdp",
             ])?;
         }
         run_in(&self.client, &["ethtool", "-K", "eth0", "tx", "off"])?;
+        if self.opts.server_lan {
+            // veth trap 2 for the servers too: their replies pass through
+            // the load balancer's XDP (NAT), which updates the checksum in
+            // place, so it must be complete.
+            for ns in &self.reals {
+                run_in(ns, &["ethtool", "-K", "eth0", "tx", "off"])?;
+            }
+        }
 
         for i in 0..self.reals.len() {
             self.spawn_http(i)?;
@@ -789,7 +831,7 @@ impl DrLab {
         if is_lb {
             sysctls.push("net.ipv4.ip_forward=0");
         }
-        if is_real {
+        if is_real && !self.opts.server_lan {
             // Set before eth0 exists, so eth0 inherits the defaults.
             sysctls.extend([
                 "net.ipv4.conf.all.arp_ignore=1",
@@ -804,14 +846,24 @@ impl DrLab {
         cmd.extend(sysctls);
         run_in(ns, &cmd)?;
 
+        let prefix = if is_real && self.opts.server_lan {
+            SERVER_LAN_PREFIX
+        } else {
+            LAN_PREFIX
+        };
         let mut batch = format!(
             "link set lo up\n\
              link add eth0 address {mac} type veth peer name {port} netns {switch}\n\
-             addr add {addr}/{LAN_PREFIX} dev eth0\n\
+             addr add {addr}/{prefix} dev eth0\n\
              link set eth0 up\n",
             mac = mac_string(mac_for(addr)),
             switch = self.switch,
         );
+        if is_real && self.opts.server_lan {
+            let _ = writeln!(batch, "route add default via {LB_SERVER_ADDR} dev eth0");
+            ip_batch(ns, &batch)?;
+            return Ok(());
+        }
         if ns == self.client {
             for source in &self.sources {
                 let _ = writeln!(batch, "addr add {source}/32 dev eth0");
@@ -1058,7 +1110,11 @@ impl DrLab {
     /// Address of real server `i` (0-based): 198.18.0.21 + i.
     #[must_use]
     pub fn real_address(&self, i: usize) -> Ipv4Addr {
-        offset(FIRST_REAL, i)
+        if self.opts.server_lan {
+            offset(offset(SERVER_LAN, 21), i)
+        } else {
+            offset(FIRST_REAL, i)
+        }
     }
 
     /// Name of real server `i` (0-based): "rs1", "rs2", ...

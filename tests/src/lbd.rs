@@ -560,7 +560,7 @@ impl Lbd {
                         .as_array()
                         .into_iter()
                         .flatten()
-                        .filter(|r| !r["mac"].is_string())
+                        .filter(|r| r["resolved"] != true)
                         .map(move |r| {
                             format!(
                                 "{}/{}",

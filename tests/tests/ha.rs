@@ -2224,7 +2224,10 @@ fn sigusr2_on_the_master_keeps_it_master_without_an_advert_gap() {
     let sources = pair.sources(0..ROUND_SOURCES);
     let servers = sticky_round(&pair.lab, &sources, 3);
     wait_table(&pair.lb2, &servers, session_sync());
-    let pid = pair.lb1.pid(&pair.lab).unwrap_or_else(|| panic!("lb1 runs"));
+    let pid = pair
+        .lb1
+        .pid(&pair.lab)
+        .unwrap_or_else(|| panic!("lb1 runs"));
     // Replaced as a package upgrade does: a new file renamed over the old.
     let binary = lb1_binary(&pair.lab);
     let staged = binary.with_extension("new");

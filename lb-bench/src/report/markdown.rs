@@ -506,7 +506,10 @@ fn flood_section(out: &mut String, found: &Findings, targets: &mut Vec<Target>) 
 /// and moved clients per event.
 fn ha_section(out: &mut String, found: &Findings, targets: &mut Vec<Target>) {
     use crate::scenario::ha::Event;
-    let _ = writeln!(out, "### Crashes, restarts and upgrades: the traffic stall\n");
+    let _ = writeln!(
+        out,
+        "### Crashes, restarts and upgrades: the traffic stall\n"
+    );
     let _ = writeln!(out, "| event | advertisements | traffic stall | expected takeover | failed attempts | answers after, on another server than before |");
     let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: |");
     for h in &found.ha {
@@ -537,7 +540,11 @@ fn ha_section(out: &mut String, found: &Findings, targets: &mut Vec<Target>) {
                     "| {} | {adverts} | {:.0} ms{} | {} | {failures} | {} of {} ({} sources) |",
                     h.event.describe(),
                     m.stall_ms,
-                    if m.recovered { "" } else { " (no answer after the event)" },
+                    if m.recovered {
+                        ""
+                    } else {
+                        " (no answer after the event)"
+                    },
                     if m.expected_ms > 0.0 {
                         format!("{:.0} ms", m.expected_ms)
                     } else {

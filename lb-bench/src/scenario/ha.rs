@@ -227,13 +227,8 @@ impl BenchLab {
         let lead = Duration::from_millis(800);
         let ns1 = lb1.ns.clone();
         let client_ns = self.lab.client_ns().to_owned();
-        let (log, event_at) = probe_through(
-            &client_ns,
-            &sources,
-            vip,
-            lead,
-            after,
-            || -> Result<()> {
+        let (log, event_at) =
+            probe_through(&client_ns, &sources, vip, lead, after, || -> Result<()> {
                 let signal = |s| {
                     // SAFETY: kill(2) on lbd, a child the lab has not reaped.
                     unsafe { libc::kill(i32::try_from(pid).unwrap_or(0), s) };
@@ -249,13 +244,16 @@ impl BenchLab {
                     Event::SingleKilled => {
                         signal(libc::SIGKILL);
                         let config = fs::read_to_string(lb1.log.with_file_name("lbd.yaml"))?;
-                        let dir = lb1.socket.parent().map(Path::to_path_buf).unwrap_or_default();
+                        let dir = lb1
+                            .socket
+                            .parent()
+                            .map(Path::to_path_buf)
+                            .unwrap_or_default();
                         running.push(self.start_lbd(&ns1, &dir, &config)?);
                     }
                 }
                 Ok(())
-            },
-        )?;
+            })?;
         Ok(ha_measure(&log, event_at, &before, expected, lead + after))
     }
 }

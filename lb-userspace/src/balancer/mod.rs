@@ -14,6 +14,7 @@
 
 mod affinity;
 mod census;
+mod nat;
 mod plan;
 mod state;
 mod takeover;
@@ -32,11 +33,12 @@ use lb_common::{
 
 pub use self::affinity::AffinityAnswer;
 pub use self::census::{Census, CensusKey, Tally, SWEEP_MARGIN_NS, UNKNOWN_SERVICE_GRACE_NS};
+pub use self::nat::snat_ports;
 pub use self::plan::plan;
 pub use self::state::{ring_for, Health, RealState, ServiceState};
 pub use self::takeover::TakeoverReport;
 use crate::{
-    config::{AdminState, Config, ServiceKind},
+    config::{AdminState, Config, Forwarding, ServiceKind},
     dataplane::{DataplaneError, Maps},
 };
 
@@ -66,6 +68,9 @@ pub enum BalancerError {
     /// The service is a redirect service, answered by lbd itself.
     #[error("service {0:?} is a redirect service: it has no real servers")]
     RedirectService(String),
+    /// A SNAT service without an address to send from.
+    #[error("service {0:?} (forwarding: snat) has no snat_address and no interface address towards its servers was found; set snat_address")]
+    NoSnatAddress(String),
 }
 
 type Result<T, E = BalancerError> = std::result::Result<T, E>;
@@ -82,6 +87,8 @@ pub struct Balancer<M: Maps> {
     /// id is handed out again only after every other one has been, long
     /// after lbd has swept the entries of the service that had it.
     next_id: u32,
+    /// SNAT ports and default addresses (see `nat`).
+    nat: nat::NatSettings,
 }
 
 impl<M: Maps> Balancer<M> {
@@ -102,6 +109,7 @@ impl<M: Maps> Balancer<M> {
             iface_mac,
             macs: BTreeMap::new(),
             next_id: 0,
+            nat: nat::NatSettings::default(),
         })
     }
 
@@ -149,9 +157,12 @@ impl<M: Maps> Balancer<M> {
     /// Addresses whose MAC is not known yet.
     #[must_use]
     pub fn unresolved(&self) -> BTreeSet<Ipv4Addr> {
-        let mut all = self.addresses();
-        all.retain(|a| !self.macs.contains_key(a));
-        all
+        self.services
+            .values()
+            .flat_map(|s| s.reals.iter().chain(s.fallback.iter()))
+            .filter(|r| !r.resolved())
+            .map(|r| r.address)
+            .collect()
     }
 
     /// Makes the data path serve `config`'s forwarding services. Services and
@@ -167,6 +178,7 @@ impl<M: Maps> Balancer<M> {
         reason = "one transaction: work out the next state, then write it in order"
     )]
     pub fn apply(&mut self, config: &Config) -> Result<()> {
+        self.check_nat(config)?;
         let mut next: BTreeMap<String, ServiceState> = BTreeMap::new();
         let mut used_ids: BTreeSet<u32> = BTreeSet::new();
         let mut reals_in_use: BTreeMap<u32, (String, Ipv4Addr)> = BTreeMap::new();
@@ -224,6 +236,7 @@ impl<M: Maps> Balancer<M> {
                 new_ids.push(id);
                 id
             };
+            let routed = forward.forwarding != Forwarding::Dr;
             let mut reals = Vec::with_capacity(forward.real_servers.len());
             for rs in &forward.real_servers {
                 let previous = old.and_then(|o| o.reals.iter().find(|r| r.address == rs.address));
@@ -231,6 +244,7 @@ impl<M: Maps> Balancer<M> {
                     RealState {
                         name: rs.name.clone(),
                         weight: rs.weight,
+                        routed,
                         ..p.clone()
                     }
                 } else {
@@ -244,6 +258,7 @@ impl<M: Maps> Balancer<M> {
                         admin: rs.state,
                         health: Health::Up,
                         mac: self.macs.get(&rs.address).copied(),
+                        routed,
                     }
                 };
                 reals_in_use.insert(state.index, (service.name.clone(), state.address));
@@ -269,6 +284,7 @@ impl<M: Maps> Balancer<M> {
                     admin: AdminState::Online,
                     health: Health::Up,
                     mac: self.macs.get(&address).copied(),
+                    routed,
                 })
             } else {
                 None
@@ -318,6 +334,8 @@ impl<M: Maps> Balancer<M> {
                 }
             }
         }
+        // NAT settings before the service entries that use them.
+        self.write_nat(&next)?;
         // 2. Rings and service entries; a service whose key changed is
         //    removed under its old key.
         for state in next.values_mut() {

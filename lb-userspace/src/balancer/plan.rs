@@ -50,6 +50,7 @@ pub fn plan<M: Maps>(current: &Balancer<M>, next: &Config) -> Vec<(String, f64)>
                     // by the time clients reach it, it will have answered ARP
                     // (or lbd warns that it did not).
                     mac: previous.map_or(Some([0; 6]), |p| p.mac),
+                    routed: forward.forwarding != crate::config::Forwarding::Dr,
                 }
             })
             .collect();

@@ -41,6 +41,9 @@ pub struct RealState {
     pub health: Health,
     /// MAC address, once resolved.
     pub mac: Option<[u8; 6]>,
+    /// A NAT or SNAT service's server: reached through the kernel's routing
+    /// table, so it needs no MAC address of its own.
+    pub routed: bool,
 }
 
 impl RealState {
@@ -48,7 +51,7 @@ impl RealState {
     /// gets no client and holds none: frames for it could only be dropped.
     #[must_use]
     pub fn resolved(&self) -> bool {
-        self.mac.is_some()
+        self.routed || self.mac.is_some()
     }
 
     /// Whether new clients may be sent to it.
@@ -69,7 +72,7 @@ impl RealState {
     /// The data path's entry for this server as a slot of service `service_id`.
     pub(super) fn slot(&self, service_id: u32) -> Real {
         let mut flags = 0;
-        if self.mac.is_some() {
+        if self.resolved() {
             flags |= REAL_F_RESOLVED;
         }
         if self.keeps_clients() {
@@ -112,7 +115,9 @@ impl ServiceState {
         service_key(&self.config)
     }
 
-    fn forward(&self) -> Option<&config::Forward> {
+    /// Its forwarding settings (`None` for a redirect service).
+    #[must_use]
+    pub fn forward(&self) -> Option<&config::Forward> {
         match &self.config.kind {
             ServiceKind::Forward(f) => Some(f),
             ServiceKind::Redirect(_) => None,
@@ -130,7 +135,12 @@ impl ServiceState {
             fallback_real: self.fallback.as_ref().map_or(NO_REAL, |f| f.index),
             timeout_ns: affinity_expiry_ns(timeout_s),
             max_clients: self.max_clients,
-            pad: 0,
+            forwarding: match self.forward().map(|f| f.forwarding) {
+                Some(config::Forwarding::Nat) => lb_common::nat::FORWARDING_NAT,
+                Some(config::Forwarding::Snat) => lb_common::nat::FORWARDING_SNAT,
+                _ => lb_common::nat::FORWARDING_DR,
+            },
+            pad: [0; 3],
         }
     }
 

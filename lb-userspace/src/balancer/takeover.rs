@@ -132,6 +132,7 @@ impl<M: Maps> Balancer<M> {
                 admin,
                 health: health_of(&slot, admin),
                 mac,
+                routed: forward.forwarding != crate::config::Forwarding::Dr,
             })
         };
         let mut reals = Vec::new();

@@ -10,8 +10,8 @@ use lb_userspace::{
     control::{
         call,
         protocol::{
-            AdminReport, AffinityReport, AffinitySource, ApplyReport, HaRole, HaStatus, PlanReport,
-            Response, ServiceType, StatusReport,
+            AdminReport, AffinityReport, AffinitySource, ApplyReport, ConnectionsReport, HaRole,
+            HaStatus, PlanReport, Response, ServiceType, StatusReport,
         },
         ClientError, Request,
     },
@@ -98,7 +98,30 @@ fn run(args: &Args) -> Result<String, String> {
             ask(socket, &request, json, affinity)
         }
         Command::Ha => ask(socket, &Request::Ha, json, ha),
+        Command::Connections { service, server } => {
+            let request = Request::Connections {
+                service: service.clone(),
+                server: server.clone(),
+            };
+            ask(socket, &request, json, connections)
+        }
     }
+}
+
+fn connections(c: &ConnectionsReport) -> String {
+    let rows: Vec<Vec<String>> = c
+        .connections
+        .iter()
+        .map(|e| {
+            vec![
+                e.client.clone(),
+                e.server.clone(),
+                e.state.clone(),
+                format!("{:.0}", e.age_s),
+            ]
+        })
+        .collect();
+    table(&["CLIENT", "SERVER", "STATE", "AGE_S"], &rows)
 }
 
 /// One request, its typed reply printed as JSON or by `human`.

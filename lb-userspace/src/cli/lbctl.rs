@@ -74,6 +74,14 @@ pub enum Command {
         /// The client's address.
         client: std::net::Ipv4Addr,
     },
+    /// A NAT or SNAT service's tracked connections (client, server, state,
+    /// age), optionally one real server's.
+    Connections {
+        /// The service's name.
+        service: String,
+        /// Only this real server's connections.
+        server: Option<String>,
+    },
     /// Before applying: the share of clients each service would move.
     Plan {
         /// The configuration file.

@@ -39,9 +39,9 @@ use std::path::Path;
 
 pub use diag::{ConfigError, ConfigErrors};
 pub use model::{
-    AdminState, CheckKind, Cluster, Config, Forward, HealthCheck, Node, ParseAdminStateError,
-    Persistence, Protocol, RealServer, Redirect, Role, Service, ServiceKind, Sync, XdpMode,
-    DEFAULT_CONTROL_SOCKET, DEFAULT_METRICS_LISTEN, DEFAULT_STATE_DIR,
+    AdminState, CheckKind, Cluster, Config, Forward, Forwarding, HealthCheck, Node,
+    ParseAdminStateError, Persistence, Protocol, RealServer, Redirect, Role, Service, ServiceKind,
+    Sync, XdpMode, DEFAULT_CONTROL_SOCKET, DEFAULT_METRICS_LISTEN, DEFAULT_STATE_DIR,
 };
 
 use diag::{finish, Ctx};
@@ -173,6 +173,7 @@ mod tests {
   control_socket: /run/lbd/lbd.sock   # default; absolute path
   metrics_listen: 127.0.0.1:9100      # default; socket address IP:PORT
   state_dir: /var/lib/lbd             # default; absolute path
+  server_interfaces: [eth1]           # optional; interfaces towards nat/snat real servers; lbd attaches to each
 
 cluster:                         # optional; absent = single node
   vrid: 51                       # required, 1..255
@@ -195,7 +196,8 @@ services:                        # required (may be an empty list)
     vip: 198.18.0.100            # required; IPv4 (an IPv6 address gets "IPv6 VIPs are not supported yet")
     port: 443                    # required; 1..=65535
     protocol: tcp                # tcp | udp; default tcp
-    forwarding: dr               # dr (default); anything else: "forwarding mode X is not supported yet; use dr"
+    forwarding: dr               # dr (default) | nat | snat
+    # snat_address: 198.18.0.11  # snat only (an error otherwise); default: the address of the interface towards the servers
     persistence: { timeout_s: 3600, netmask: 32 }   # timeout_s 10..=604800, netmask 8..=32
     health_check:
       type: https                # tcp | http | https | exec | none
@@ -214,6 +216,7 @@ services:                        # required (may be an empty list)
     real_servers:                # required for a forwarding service; 1..=MAX_REALS_PER_SERVICE entries
       - name: hs1                # required; unique in the service; same charset as service names
         address: 198.18.0.21     # required IPv4; unique in the service; must not equal the VIP
+        port: 443                # nat, snat: the server's port (default: the service port); dr: must equal it
         weight: 100              # 0..65535, default 100
         state: online            # online | drain | halt; default online
 
@@ -235,6 +238,7 @@ services:                        # required (may be an empty list)
                 control_socket: "/run/lbd/lbd.sock".into(),
                 metrics_listen: "127.0.0.1:9100".parse().unwrap(),
                 state_dir: "/var/lib/lbd".into(),
+                server_interfaces: vec!["eth1".into()],
             }
         );
         assert_eq!(
@@ -295,6 +299,7 @@ services:                        # required (may be an empty list)
                 address: Ipv4Addr::new(198, 18, 0, 21),
                 weight: 100,
                 state: AdminState::Online,
+                port: Some(443),
             }]
         );
         let redirect = c.service("hyperspace-redirect").unwrap();

@@ -48,6 +48,9 @@ pub struct Node {
     pub metrics_listen: SocketAddr,
     /// Directory for persistent state.
     pub state_dir: PathBuf,
+    /// Further interfaces NAT and SNAT real servers are reached through
+    /// (the kernel's routing table picks one); lbd attaches to each.
+    pub server_interfaces: Vec<String>,
 }
 
 /// XDP attach mode.
@@ -170,9 +173,37 @@ pub enum ServiceKind {
     Redirect(Redirect),
 }
 
+/// How a forwarding service's frames reach its real servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Forwarding {
+    /// Direct routing: only the MAC addresses change.
+    Dr,
+    /// Destination NAT: the real server's address and port.
+    Nat,
+    /// NAT, and the source becomes `snat_address` and a port of lbd's.
+    Snat,
+}
+
+impl Forwarding {
+    /// The name used in the configuration.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Dr => "dr",
+            Self::Nat => "nat",
+            Self::Snat => "snat",
+        }
+    }
+}
+
 /// A forwarding service's settings, with defaults merged in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forward {
+    /// Direct routing, NAT or SNAT.
+    pub forwarding: Forwarding,
+    /// SNAT: the source address the real servers see (absent: the address
+    /// of the interface towards them).
+    pub snat_address: Option<Ipv4Addr>,
     /// Client affinity.
     pub persistence: Persistence,
     /// Health check of the real servers.
@@ -270,6 +301,8 @@ pub struct RealServer {
     pub weight: u16,
     /// Administrative state.
     pub state: AdminState,
+    /// NAT and SNAT: the server's port (absent: the service port).
+    pub port: Option<u16>,
 }
 
 /// Administrative state of a real server.

@@ -23,6 +23,7 @@ const NODE_KEYS: &[&str] = &[
     "control_socket",
     "metrics_listen",
     "state_dir",
+    "server_interfaces",
 ];
 const CLUSTER_KEYS: &[&str] = &[
     "vrid",
@@ -88,17 +89,23 @@ pub(super) fn extract(ctx: &mut Ctx, root: Option<&Yaml>) -> Option<Config> {
 fn node(ctx: &mut Ctx, entry: &Entry) -> Option<Node> {
     let f = Fields::open(ctx, &entry.value, "node", entry.key.pos, NODE_KEYS)?;
     let name = f.req(ctx, "name", non_empty);
-    let interface = f.req(ctx, "interface", |ctx, path, node| {
-        let s = string(ctx, path, node)?;
-        if s.is_empty() || s.len() > 15 || s.contains('/') || s.chars().any(char::is_whitespace) {
-            ctx.error(
-                node.pos(),
-                path,
-                format!("{s:?} is not an interface name; expected 1 to 15 characters without '/' or spaces"),
-            );
-            return None;
+    let interface = f.req(ctx, "interface", interface_name);
+    let server_interfaces = f.or(ctx, "server_interfaces", Vec::new(), |ctx, path, node| {
+        let items = super::fields::list(ctx, path, node, "a list of interface names")?;
+        let mut names: Vec<String> = Vec::new();
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("{path}[{i}]");
+            match interface_name(ctx, &path, item) {
+                Some(name) if names.contains(&name) => {
+                    ctx.error(item.pos(), &path, format!("{name} is listed twice"));
+                    ok = false;
+                }
+                Some(name) => names.push(name),
+                None => ok = false,
+            }
         }
-        Some(s)
+        ok.then_some(names)
     });
     let xdp_mode = f.or(ctx, "xdp_mode", XdpMode::Auto, choice(XDP_MODES));
     let control_socket = f.or(
@@ -126,7 +133,24 @@ fn node(ctx: &mut Ctx, entry: &Entry) -> Option<Node> {
         control_socket: control_socket?,
         metrics_listen: metrics_listen?,
         state_dir: state_dir?,
+        server_interfaces: server_interfaces?,
     })
+}
+
+/// An interface name: 1 to 15 characters without '/' or spaces.
+fn interface_name(ctx: &mut Ctx, path: &str, node: &Yaml) -> Option<String> {
+    let s = string(ctx, path, node)?;
+    if s.is_empty() || s.len() > 15 || s.contains('/') || s.chars().any(char::is_whitespace) {
+        ctx.error(
+            node.pos(),
+            path,
+            format!(
+                "{s:?} is not an interface name; expected 1 to 15 characters without '/' or spaces"
+            ),
+        );
+        return None;
+    }
+    Some(s)
 }
 
 fn cluster(ctx: &mut Ctx, entry: &Entry) -> Option<Cluster> {

@@ -7,8 +7,10 @@ use lb_common::{MAX_AFFINITY_ENTRIES, MAX_REALS, MAX_REALS_PER_SERVICE, MAX_SERV
 
 use super::defaults::{check, merge_check, merge_persistence, persistence, Defaults};
 use super::diag::Ctx;
-use super::fields::{choice, ipv4, list, ranged, text, valid_name, Fields};
-use super::model::{AdminState, Forward, Protocol, RealServer, Redirect, Service, ServiceKind};
+use super::fields::{choice, ipv4, list, ranged, valid_name, Fields};
+use super::model::{
+    AdminState, Forward, Forwarding, Protocol, RealServer, Redirect, Service, ServiceKind,
+};
 use super::unique::{Registry, SeenReals};
 use super::yaml::{Entry, Yaml};
 
@@ -18,6 +20,7 @@ const SERVICE_KEYS: &[&str] = &[
     "port",
     "protocol",
     "forwarding",
+    "snat_address",
     "persistence",
     "health_check",
     "fallback",
@@ -25,7 +28,7 @@ const SERVICE_KEYS: &[&str] = &[
     "redirect",
 ];
 const FALLBACK_KEYS: &[&str] = &["address"];
-const REAL_KEYS: &[&str] = &["name", "address", "weight", "state"];
+const REAL_KEYS: &[&str] = &["name", "address", "port", "weight", "state"];
 const REDIRECT_KEYS: &[&str] = &["code", "scheme", "port"];
 /// Keys a redirect service must not have.
 const FORWARD_ONLY_KEYS: &[&str] = &[
@@ -34,8 +37,14 @@ const FORWARD_ONLY_KEYS: &[&str] = &[
     "health_check",
     "fallback",
     "forwarding",
+    "snat_address",
 ];
 
+const FORWARDINGS: &[(&str, Forwarding)] = &[
+    ("dr", Forwarding::Dr),
+    ("nat", Forwarding::Nat),
+    ("snat", Forwarding::Snat),
+];
 const PROTOCOLS: &[(&str, Protocol)] = &[("tcp", Protocol::Tcp), ("udp", Protocol::Udp)];
 const ADMIN_STATES: &[(&str, AdminState)] = &[
     ("online", AdminState::Online),
@@ -207,17 +216,19 @@ fn forward(
     port: Option<u16>,
     registry: &mut Registry,
 ) -> Option<Forward> {
-    let forwarding = f.or(ctx, "forwarding", (), |ctx, path, node| {
-        let mode = text(ctx, path, node, "a forwarding mode (dr)")?;
-        if mode != "dr" {
+    let forwarding = f.or(ctx, "forwarding", Forwarding::Dr, choice(FORWARDINGS));
+    let snat_address = f.or(ctx, "snat_address", None, |ctx, path, node| {
+        let address = ipv4("SNAT addresses")(ctx, path, node)?;
+        if forwarding != Some(Forwarding::Snat) {
             ctx.error(
                 node.pos(),
                 path,
-                format!("forwarding mode {mode} is not supported yet; use dr"),
+                "snat_address is for forwarding: snat only; remove it or set forwarding: snat"
+                    .to_owned(),
             );
             return None;
         }
-        Some(())
+        Some(Some(address))
     });
     let persistence = f
         .entry("persistence")
@@ -232,9 +243,10 @@ fn forward(
         None => Some(None),
         Some(e) => fallback(ctx, e, &f.path("fallback"), vip).map(Some),
     };
-    let real_servers = real_servers(ctx, f, vip, registry);
-    forwarding?;
+    let real_servers = real_servers(ctx, f, vip, port, forwarding, registry);
     Some(Forward {
+        forwarding: forwarding?,
+        snat_address: snat_address?,
         persistence: merge_persistence(persistence, defaults.persistence),
         health_check,
         fallback: fallback?,
@@ -262,6 +274,8 @@ fn real_servers(
     ctx: &mut Ctx,
     f: &Fields<'_>,
     vip: Option<Ipv4Addr>,
+    service_port: Option<u16>,
+    forwarding: Option<Forwarding>,
     registry: &mut Registry,
 ) -> Option<Vec<RealServer>> {
     let Some(entry) = f.entry("real_servers") else {
@@ -303,13 +317,31 @@ fn real_servers(
         }
         let weight = r.or(ctx, "weight", 100, ranged::<u16>(0, 65_535));
         let state = r.or(ctx, "state", AdminState::Online, choice(ADMIN_STATES));
-        reals.push(match (name, address, weight, state) {
-            (Some(name), Some(address), Some(weight), Some(state)) => Some(RealServer {
-                name,
-                address,
-                weight,
-                state,
-            }),
+        let port = r.or(ctx, "port", None, |ctx, path, node| {
+            let port = ranged::<u16>(1, 65_535)(ctx, path, node)?;
+            if forwarding == Some(Forwarding::Dr) && service_port.is_some_and(|p| p != port) {
+                ctx.error(
+                    node.pos(),
+                    path,
+                    format!(
+                        "port {port} differs from the service port; direct routing keeps the \
+                         port (remove it, or set forwarding: nat or snat)"
+                    ),
+                );
+                return None;
+            }
+            Some(Some(port))
+        });
+        reals.push(match (name, address, weight, state, port) {
+            (Some(name), Some(address), Some(weight), Some(state), Some(port)) => {
+                Some(RealServer {
+                    name,
+                    address,
+                    weight,
+                    state,
+                    port,
+                })
+            }
             _ => None,
         });
     }
@@ -371,11 +403,44 @@ mod tests {
             loc(&yaml, "drained", 0),
             "unknown value \"drained\"; did you mean \"drain\"?",
         );
-        let yaml = with_services(&format!("{WEB}    forwarding: nat\n"));
+        let yaml = with_services(&format!("{WEB}    forwarding: masquerade\n"));
         assert_only(
             &yaml,
-            loc(&yaml, "nat", 0),
-            "forwarding mode nat is not supported yet; use dr",
+            loc(&yaml, "masquerade", 0),
+            "unknown value \"masquerade\"; expected one of: dr, nat, snat",
+        );
+    }
+
+    #[test]
+    fn nat_and_snat_settings() {
+        let with_port = |yaml: String| {
+            yaml.replace(
+                "address: 198.18.0.21\n",
+                "address: 198.18.0.21\n        port: 8443\n",
+            )
+        };
+        let yaml = with_port(with_services(&format!(
+            "{WEB}    forwarding: snat\n    snat_address: 198.18.0.11\n"
+        )));
+        let config = parse(&yaml);
+        let ServiceKind::Forward(f) = &config.services[0].kind else {
+            panic!("a forwarding service");
+        };
+        assert_eq!(f.forwarding, Forwarding::Snat);
+        assert_eq!(f.snat_address, Some(Ipv4Addr::new(198, 18, 0, 11)));
+        assert_eq!(f.real_servers[0].port, Some(8443));
+
+        let yaml = with_services(&format!("{WEB}    snat_address: 198.18.0.11\n"));
+        assert_only(
+            &yaml,
+            loc(&yaml, "198.18.0.11", 0),
+            "snat_address is for forwarding: snat only; remove it or set forwarding: snat",
+        );
+        let yaml = with_port(with_services(WEB));
+        assert_only(
+            &yaml,
+            loc(&yaml, "8443", 0),
+            "port 8443 differs from the service port; direct routing keeps the port (remove it, or set forwarding: nat or snat)",
         );
     }
 

@@ -50,6 +50,13 @@ pub enum Request {
         /// Client address.
         client: Ipv4Addr,
     },
+    /// A NAT or SNAT service's tracked connections: a [`ConnectionsReport`].
+    Connections {
+        /// Service name.
+        service: String,
+        /// Only this real server's, if given.
+        server: Option<String>,
+    },
     /// The share of clients a configuration would move: a [`PlanReport`].
     Plan {
         /// The file's name, for error positions.
@@ -127,6 +134,8 @@ pub enum Answer {
     Plan(PlanReport),
     /// `ha`.
     Ha(Box<HaStatus>),
+    /// `connections`.
+    Connections(ConnectionsReport),
 }
 
 /// Marks the reply type of each request, so a client asks for the right one.
@@ -137,6 +146,27 @@ impl Response for ApplyReport {}
 impl Response for AffinityReport {}
 impl Response for PlanReport {}
 impl Response for HaStatus {}
+impl Response for ConnectionsReport {}
+
+/// `lbctl connections`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionsReport {
+    /// The tracked connections, oldest activity last.
+    pub connections: Vec<ConnectionEntry>,
+}
+
+/// One tracked connection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionEntry {
+    /// The client's address and port, `IP:PORT`.
+    pub client: String,
+    /// The real server's name.
+    pub server: String,
+    /// `syn`, `established`, `fin`, `closed` or `udp`.
+    pub state: String,
+    /// Seconds since the client's last frame.
+    pub age_s: f64,
+}
 
 /// `lbctl status`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

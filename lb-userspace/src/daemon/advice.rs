@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 
 use super::Daemon;
-use crate::config::{Config, ServiceKind};
+use crate::config::{Config, Forwarding, ServiceKind};
 
 /// Real servers outside every subnet of the interface. Direct routing
 /// rewrites only the MAC address, so a real server must be on the link: an
@@ -23,6 +23,10 @@ fn off_link_servers(config: &Config, subnets: &[(Ipv4Addr, u8)]) -> Vec<String> 
         let ServiceKind::Forward(f) = &service.kind else {
             continue;
         };
+        if f.forwarding != Forwarding::Dr {
+            // NAT and SNAT servers are reached through the routing table.
+            continue;
+        }
         for rs in &f.real_servers {
             if !on_link(rs.address) {
                 out.push(format!(
@@ -95,6 +99,16 @@ mod tests {
         let warnings = off_link_servers(&config(""), &subnets);
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].starts_with("web/far (198.19.5.21) is not on a subnet of eth0"));
+        let nat = config("").services[0].clone();
+        let mut nat_config = config("");
+        if let ServiceKind::Forward(f) = &mut nat_config.services[0].kind {
+            f.forwarding = Forwarding::Snat;
+        }
+        assert!(
+            off_link_servers(&nat_config, &subnets).is_empty(),
+            "SNAT servers may be anywhere routed: {}",
+            nat.name
+        );
         // A /32 (a VIP) is no subnet.
         let only_vip = [(Ipv4Addr::new(198, 18, 0, 21), 32)];
         assert_eq!(off_link_servers(&config(""), &only_vip).len(), 2);

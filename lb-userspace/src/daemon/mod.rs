@@ -11,6 +11,7 @@ mod advice;
 mod census;
 mod cluster;
 mod ha_thread;
+mod nat;
 mod neighbours;
 mod reexec;
 mod relay;
@@ -192,6 +193,7 @@ pub async fn run(
     }
 
     let maps = program.take_maps()?;
+    let conn_table = maps.nat().conn_table();
     let arp_lease = maps.arp_lease();
     if config.cluster.is_none() {
         arp_lease.set(lb_common::ARP_LEASE_FOREVER);
@@ -208,6 +210,14 @@ pub async fn run(
     let metrics_listener = metrics::bind(node.metrics_listen).await?;
     let (health_tx, health_rx) = mpsc::channel(1024);
 
+    let stop_sweep = Arc::new(AtomicBool::new(false));
+    let sweeper = {
+        let (table, stop) = (conn_table, stop_sweep.clone());
+        std::thread::Builder::new()
+            .name("conn-sweep".into())
+            .spawn(move || nat::sweep_thread(table, stop))
+            .context("starting the connection sweeper")?
+    };
     let census = Arc::new(Mutex::new(CensusShared::default()));
     if let Ok(mut shared) = census.lock() {
         shared.stream.tracker = census::stream_start(handed_over.handover.as_ref());
@@ -252,7 +262,9 @@ pub async fn run(
         .await;
     daemon.shutdown(result.is_ok()).await;
     stop_census.store(true, Ordering::Relaxed);
+    stop_sweep.store(true, Ordering::Relaxed);
     let _ = census_worker.join();
+    let _ = sweeper.join();
     if let Err(error) = std::fs::remove_file(&node.control_socket) {
         log::warn!("removing {}: {error}", node.control_socket.display());
     }
@@ -262,7 +274,11 @@ pub async fn run(
 /// The VIPs a starting lbd keeps: a single node taking over a running data
 /// path keeps its VIPs, and so does a master re-executed; any other member
 /// of a pair starts as backup, without them.
-fn vips_to_keep(config: &Config, taking_over: bool, handed_over: &HandedOver) -> BTreeSet<Ipv4Addr> {
+fn vips_to_keep(
+    config: &Config,
+    taking_over: bool,
+    handed_over: &HandedOver,
+) -> BTreeSet<Ipv4Addr> {
     let resumes_master = handed_over.handover.as_ref().is_some_and(|h| {
         config
             .cluster
@@ -326,6 +342,7 @@ impl Daemon {
         self.advise(&config).await;
         self.resolve_at_start().await;
         self.attach(&config).await?;
+        self.attach_server_side(&config).await?;
         let mut ha_actions = match &config.cluster {
             None => {
                 let added = self.vips.set(&wanted_vips(&config)).await?;
@@ -484,6 +501,7 @@ impl Daemon {
     /// changes) to the data path and the health checks.
     fn apply_services(&mut self, config: &Config) -> anyhow::Result<()> {
         let effective = self.admin.effective(config);
+        self.prepare_nat(&effective);
         // Listeners first: binding is the step that can fail on a valid file
         // (a port taken by another program), and it changes nothing if it does.
         self.redirects.set(redirect_specs(&effective))?;

@@ -61,10 +61,17 @@ impl Relay {
         lease_span: Duration,
     ) -> io::Result<Self> {
         // Everything the child needs, made before the fork.
-        let every_ns = u64::try_from(relay.every.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let every_ns = u64::try_from(relay.every.as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let first_ns = monotonic_ns().saturating_add(
-            u64::try_from(relay.next.saturating_duration_since(Instant::now()).as_nanos())
-                .unwrap_or(0),
+            u64::try_from(
+                relay
+                    .next
+                    .saturating_duration_since(Instant::now())
+                    .as_nanos(),
+            )
+            .unwrap_or(0),
         );
         let rounds = u64::try_from(RELAY_BOUND.as_nanos()).unwrap_or(u64::MAX) / every_ns + 1;
         let to = libc::sockaddr_in {
@@ -84,7 +91,9 @@ impl Relay {
         // doc), and never returns.
         match unsafe { libc::fork() } {
             -1 => Err(io::Error::last_os_error()),
-            0 => advertise(parent, socket, &to, message, first_ns, every_ns, rounds, lease, lease_span),
+            0 => advertise(
+                parent, socket, &to, message, first_ns, every_ns, rounds, lease, lease_span,
+            ),
             pid => Ok(Self { pid }),
         }
     }
@@ -114,7 +123,10 @@ impl Relay {
 }
 
 /// The relay's life: see the module doc.
-#[expect(clippy::too_many_arguments, reason = "all of it prepared before the fork")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "all of it prepared before the fork"
+)]
 fn advertise(
     parent: libc::pid_t,
     socket: RawFd,

@@ -60,6 +60,9 @@ impl Daemon {
                     age_s: a.age_s,
                 }))
             }
+            Request::Connections { service, server } => self
+                .connections(&service, server.as_deref())
+                .map(Answer::Connections),
             Request::Plan { file, text } => {
                 let next = Config::from_yaml(&text, &file).map_err(|e| e.to_string())?;
                 let next = self.admin.effective(&next);

@@ -162,11 +162,16 @@ impl Daemon {
             }
             services.push(entry);
         }
-        let dataplane = Reason::ALL
+        let mut dataplane: BTreeMap<String, u64> = Reason::ALL
             .iter()
             .zip(self.balancer.reasons()?)
             .map(|(reason, count)| (reason.name().to_owned(), count))
             .collect();
+        if let Ok(notes) = self.balancer.maps().nat().notes() {
+            for (note, count) in lb_common::nat::NatNote::ALL.iter().zip(notes) {
+                dataplane.insert(note.as_str().to_owned(), count);
+            }
+        }
         Ok(StatusReport {
             node: self.config.node.name.clone(),
             ha: self.ha_status(),

@@ -97,6 +97,8 @@ pub struct EbpfMaps {
     arp_lease: Arc<ArpLease>,
     /// What `fragments` holds.
     fragments_written: BTreeMap<VipProtocol, u16>,
+    /// The NAT and SNAT maps.
+    nat: super::NatMaps,
 }
 
 pub(super) fn map_error(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
@@ -130,6 +132,7 @@ impl EbpfMaps {
     /// # Errors
     /// When a map is missing or of the wrong kind (a stale object).
     pub(super) fn take_from(ebpf: &mut Ebpf) -> Result<Self> {
+        let nat = super::NatMaps::take_from(ebpf)?;
         let mut take =
             |name: &'static str| ebpf.take_map(name).ok_or(DataplaneError::Missing(name));
         Ok(EbpfMaps {
@@ -152,7 +155,19 @@ impl EbpfMaps {
             services_written: StdHashMap::new(),
             fragments_written: BTreeMap::new(),
             held_vips_written: BTreeSet::new(),
+            nat,
         })
+    }
+
+    /// The NAT and SNAT maps.
+    #[must_use]
+    pub fn nat(&self) -> &super::NatMaps {
+        &self.nat
+    }
+
+    /// The NAT and SNAT maps, to write.
+    pub fn nat_mut(&mut self) -> &mut super::NatMaps {
+        &mut self.nat
     }
 
     /// The node's ARP lease, for the thread that renews it.
@@ -301,6 +316,18 @@ impl Maps for EbpfMaps {
         }
         self.fragments_written = targets.clone();
         Ok(())
+    }
+
+    fn set_nat_service(&mut self, service_id: u32, nat: lb_common::nat::NatService) -> Result<()> {
+        self.nat.set_service(service_id, nat)
+    }
+
+    fn set_nat_real(&mut self, index: u32, nat: lb_common::nat::NatReal) -> Result<()> {
+        self.nat.set_real(index, nat)
+    }
+
+    fn set_snat_addresses(&mut self, addresses: &BTreeSet<Ipv4Addr>) -> Result<()> {
+        self.nat.set_snat_addresses(addresses)
     }
 
     fn set_held_vips(&mut self, vips: &BTreeSet<Ipv4Addr>) -> Result<()> {

@@ -44,6 +44,12 @@ pub struct FakeMaps {
     pub generations: BTreeMap<u32, u32>,
     /// Client counts by service id.
     pub client_counts: BTreeMap<u32, u64>,
+    /// NAT settings by service id.
+    pub nat_services: BTreeMap<u32, lb_common::nat::NatService>,
+    /// NAT settings by real-server slot.
+    pub nat_reals: BTreeMap<u32, lb_common::nat::NatReal>,
+    /// The SNAT addresses.
+    pub snat_addresses: std::collections::BTreeSet<std::net::Ipv4Addr>,
     /// Slots, rings and services, in the order written.
     pub writes: Vec<Write>,
     /// Taken over ([`Maps::take_over`]): writing what is there is skipped,
@@ -117,6 +123,21 @@ impl Maps for FakeMaps {
     }
     fn set_fragments(&mut self, targets: &BTreeMap<VipProtocol, u16>) -> Result<()> {
         self.fragments = targets.clone();
+        Ok(())
+    }
+    fn set_nat_service(&mut self, service_id: u32, nat: lb_common::nat::NatService) -> Result<()> {
+        self.nat_services.insert(service_id, nat);
+        Ok(())
+    }
+    fn set_nat_real(&mut self, index: u32, nat: lb_common::nat::NatReal) -> Result<()> {
+        self.nat_reals.insert(index, nat);
+        Ok(())
+    }
+    fn set_snat_addresses(
+        &mut self,
+        addresses: &std::collections::BTreeSet<std::net::Ipv4Addr>,
+    ) -> Result<()> {
+        self.snat_addresses.clone_from(addresses);
         Ok(())
     }
     fn set_held_vips(

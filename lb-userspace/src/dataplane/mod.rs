@@ -11,6 +11,7 @@ mod ebpf;
 mod fake;
 mod layout;
 mod mapped;
+mod nat;
 mod program;
 mod raw_bpf;
 mod running;
@@ -27,6 +28,7 @@ pub use self::ebpf::EbpfMaps;
 pub use self::fake::{FakeMaps, Write};
 pub use self::layout::{Migration, MIGRATIONS};
 pub use self::mapped::{monotonic_ns, ArpLease, ClientCounts};
+pub use self::nat::{ConnTable, NatMaps};
 pub use self::program::{AttachMode, Predecessor, Program, TakenOver};
 pub use self::running::{find as find_running, retire, Found, Running};
 
@@ -143,6 +145,12 @@ pub trait Maps {
     /// Replaces the VIPs the data path answers ARP for: those this node
     /// holds now.
     fn set_held_vips(&mut self, vips: &BTreeSet<Ipv4Addr>) -> Result<()>;
+    /// Writes a NAT or SNAT service's settings, by service id.
+    fn set_nat_service(&mut self, service_id: u32, nat: lb_common::nat::NatService) -> Result<()>;
+    /// Writes a NAT or SNAT real server's settings, by slot.
+    fn set_nat_real(&mut self, index: u32, nat: lb_common::nat::NatReal) -> Result<()>;
+    /// Replaces the SNAT addresses of the services.
+    fn set_snat_addresses(&mut self, addresses: &BTreeSet<Ipv4Addr>) -> Result<()>;
     /// Zeroes the counters of a real-server index (on reuse).
     fn reset_real_counters(&mut self, index: u32) -> Result<()>;
     /// A real server's counters, summed over CPUs.

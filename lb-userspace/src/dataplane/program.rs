@@ -78,6 +78,8 @@ pub struct Program {
     ebpf: Ebpf,
     attached: Option<(u32, Hook)>,
     predecessor: Option<Predecessor>,
+    /// Further interfaces it is attached to (NAT server interfaces).
+    also: Vec<(u32, String, Hook)>,
 }
 
 impl Program {
@@ -203,6 +205,7 @@ impl Program {
         Ok(Self {
             ebpf,
             attached: None,
+            also: Vec::new(),
             predecessor: None,
         })
     }
@@ -322,12 +325,62 @@ impl Program {
         Ok(hook)
     }
 
+    /// Attaches the program to a further interface (a NAT server
+    /// interface, where the servers' replies arrive): in place of an lbd
+    /// program there (a crashed or re-executed lbd's), in one step, else
+    /// afresh. Another program there is left alone and refused.
+    ///
+    /// # Errors
+    /// When another program is attached there, or the kernel refuses.
+    pub async fn attach_also(
+        &mut self,
+        handle: &Handle,
+        ifindex: u32,
+        interface: &str,
+        mode: AttachMode,
+    ) -> Result<Hook> {
+        let found = super::running::find(handle, ifindex).await?;
+        let fd = self.fd()?;
+        let hook = match found {
+            super::Found::Ours(running) => {
+                let hook = running.attached.map_or(Hook::Generic, |a| a.hook);
+                attach::replace(
+                    handle,
+                    ifindex,
+                    interface,
+                    hook,
+                    running.program.as_fd(),
+                    fd,
+                )
+                .await?;
+                hook
+            }
+            super::Found::Nothing => attach::attach(handle, ifindex, interface, fd, mode).await?,
+            super::Found::Foreign { prog_id, name } => {
+                return Err(DataplaneError::Program {
+                    what: format!(
+                        "{interface} runs another XDP program ({name}, id {prog_id}); \
+                         remove it (ip link set {interface} xdp off) or drop {interface} \
+                         from node.server_interfaces"
+                    ),
+                    source: aya::programs::ProgramError::AlreadyAttached,
+                })
+            }
+        };
+        self.also.push((ifindex, interface.to_owned(), hook));
+        Ok(hook)
+    }
+
     /// Detaches the program from its interface (a clean stop). A program
     /// attached there since by someone else is left alone.
     ///
     /// # Errors
     /// When the kernel refuses.
     pub async fn detach(&mut self, handle: &Handle, interface: &str) -> Result<()> {
+        for (ifindex, name, hook) in std::mem::take(&mut self.also) {
+            let fd = self.fd()?;
+            attach::detach(handle, ifindex, &name, hook, fd).await?;
+        }
         let Some((ifindex, hook)) = self.attached.take() else {
             return Ok(());
         };

@@ -767,7 +767,10 @@ mod tests {
         assert_eq!(sim.states(), [State::Backup, State::Master]);
         assert_eq!(sim.transitions(0), [(Duration::ZERO, State::Backup)]);
         let after = sim.actions(1, ms(5_500));
-        assert_eq!(after.first(), Some(&(ms(5_500), Action::SendAdvert { priority: 200 })));
+        assert_eq!(
+            after.first(),
+            Some(&(ms(5_500), Action::SendAdvert { priority: 200 }))
+        );
         assert!(
             after
                 .iter()
@@ -780,7 +783,9 @@ mod tests {
             .map(|&(t, _)| t)
             .collect();
         assert!(
-            adverts.windows(2).all(|w| w[1].saturating_sub(w[0]) == ms(1_000)),
+            adverts
+                .windows(2)
+                .all(|w| w[1].saturating_sub(w[0]) == ms(1_000)),
             "{adverts:?}"
         );
     }

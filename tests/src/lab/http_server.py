@@ -2,7 +2,8 @@
 
 Usage: http_server.py NAME PORT [--tls TLS_PORT CERT KEY]
 
-Answers every GET and HEAD with 200 and the body "NAME\\n". Binds 0.0.0.0 so
+Answers every GET and HEAD with 200 and the body "NAME\\n" (GET /peer:
+"NAME CLIENT_ADDRESS\\n", the address the server sees). Binds 0.0.0.0 so
 that a VIP configured on lo is served too. With --tls it also serves HTTPS on
 TLS_PORT with the given certificate. Exits cleanly on SIGTERM.
 """
@@ -26,6 +27,15 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def do_GET(self):
+        if self.path == "/peer":
+            # Who the server sees: NAT keeps the client's address, SNAT not.
+            body = f"{self.body.decode().strip()} {self.client_address[0]}\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         self._send_head()
         self.wfile.write(self.body)
 

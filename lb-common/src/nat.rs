@@ -1,0 +1,256 @@
+//! NAT and SNAT forwarding: the connection table the data path keeps and
+//! the settings lbd writes for it.
+//!
+//! Each tracked connection has two entries in the table, one per direction,
+//! each keyed by the 5-tuple as its frames arrive and holding the 5-tuple
+//! they leave with: the client's frames (client:port -> VIP:port) leave as
+//! (client or `snat_address`):port -> server:port, the server's replies
+//! leave as VIP:port -> client:port. The entry of the client's direction
+//! also names the real server, so a connection stays on its server for its
+//! whole life, whatever the affinity table and the ring say later.
+
+/// `Service::forwarding`: direct routing (the frame's addresses unchanged).
+pub const FORWARDING_DR: u8 = 0;
+/// `Service::forwarding`: destination NAT to the real server's address and port.
+pub const FORWARDING_NAT: u8 = 1;
+/// `Service::forwarding`: as NAT, and the source becomes the service's
+/// SNAT address and a port of the data path's choosing.
+pub const FORWARDING_SNAT: u8 = 2;
+
+/// Entries of the connection table (two per connection).
+pub const MAX_CONN_ENTRIES: u32 = 524_288;
+
+/// Interfaces a translated frame may leave by (the devmap's size).
+pub const MAX_EGRESS_INTERFACES: u32 = 64;
+
+/// How many SNAT ports a new connection tries before it is refused (each
+/// try is an atomic insert of the reply entry: two CPUs never take the
+/// same port).
+pub const SNAT_PORT_TRIES: u32 = 8;
+
+/// Key of the connection table: a frame's 5-tuple as it arrives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ConnKey {
+    /// Source address, network byte order.
+    pub src: u32,
+    /// Destination address, network byte order.
+    pub dst: u32,
+    /// Source port, network byte order.
+    pub sport: u16,
+    /// Destination port, network byte order.
+    pub dport: u16,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub protocol: u8,
+    /// Always zero.
+    pub pad: [u8; 3],
+}
+
+/// Value of the connection table: the 5-tuple the frame leaves with,
+/// and the connection's state as this direction has seen it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Conn {
+    /// New source address, network byte order.
+    pub src: u32,
+    /// New destination address, network byte order.
+    pub dst: u32,
+    /// New source port, network byte order.
+    pub sport: u16,
+    /// New destination port, network byte order.
+    pub dport: u16,
+    /// The real server's index (`REALS`).
+    pub real: u32,
+    /// When a frame of this direction was last seen (`bpf_ktime_get_ns`).
+    pub last_seen_ns: u64,
+    /// `CONN_*`: the state this direction has seen.
+    pub state: u8,
+    /// 1 on the entry of the server's direction (the replies).
+    pub reply: u8,
+    /// The service's id.
+    pub service_id: u16,
+    /// Always zero.
+    pub pad: u32,
+}
+
+/// A TCP connection of which only the SYN has been seen.
+pub const CONN_SYN: u8 = 0;
+/// A TCP connection past its handshake.
+pub const CONN_ESTABLISHED: u8 = 1;
+/// A TCP connection one side of which has sent FIN.
+pub const CONN_FIN: u8 = 2;
+/// A TCP connection reset.
+pub const CONN_CLOSED: u8 = 3;
+/// A UDP flow.
+pub const CONN_UDP: u8 = 4;
+
+/// How long a connection in `state` lives without a frame: a half-open
+/// connection 30 s; an established one 2 h 4 min (RFC 5382's minimum for
+/// NATs: long idle clinical sessions are kept); after FIN 2 min; after RST
+/// 10 s; a UDP flow 5 min.
+#[must_use]
+pub const fn conn_timeout_ns(state: u8) -> u64 {
+    const S: u64 = 1_000_000_000;
+    match state {
+        CONN_SYN => 30 * S,
+        CONN_ESTABLISHED => 7_440 * S,
+        CONN_FIN => 120 * S,
+        CONN_CLOSED => 10 * S,
+        _ => 300 * S,
+    }
+}
+
+/// Whether a connection entry last seen at `last_seen_ns` in `state` is
+/// still live at `now_ns`. An entry written after `now_ns` was read (by
+/// another CPU) is live.
+#[must_use]
+pub const fn conn_is_live(now_ns: u64, last_seen_ns: u64, state: u8) -> bool {
+    now_ns.saturating_sub(last_seen_ns) <= conn_timeout_ns(state)
+}
+
+/// NAT settings of a service, by service id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct NatService {
+    /// The SNAT source address, network byte order (SNAT only).
+    pub snat_address: u32,
+    /// The first SNAT port, host byte order.
+    pub port_lo: u16,
+    /// How many SNAT ports from `port_lo` on.
+    pub port_count: u16,
+}
+
+/// NAT settings of a real server, by real-server index.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct NatReal {
+    /// The server's port, network byte order.
+    pub port: u16,
+    /// Always zero.
+    pub pad: u16,
+}
+
+/// What the NAT path did, counted per CPU beside the verdicts (`NAT_NOTES`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NatNote {
+    /// A new connection was tracked.
+    ConnNew = 0,
+    /// A client's frame followed its tracked connection.
+    ConnHit,
+    /// A server's reply was translated back to the client.
+    Reply,
+    /// The connection's server is halted, down or gone: its entry was
+    /// replaced by a new connection's (the new server answers with a reset).
+    ConnStale,
+    /// A SNAT port was taken already; the next one was tried.
+    PortCollision,
+    /// No free SNAT port in `SNAT_PORT_TRIES` tries: the frame was dropped.
+    PortsExhausted,
+    /// The connection table is full: the frame was dropped.
+    TableFull,
+    /// No route to the frame's new destination: dropped.
+    NoRoute,
+    /// The next hop's MAC address is not known yet: the translated frame
+    /// was passed to the kernel, which forwards it and resolves the hop.
+    NoNeighbour,
+    /// The route leaves by an interface lbd has not attached: dropped.
+    EgressUnknown,
+    /// A frame to a SNAT address that matches no connection: passed.
+    NoConnection,
+    /// The frame left by another interface than it came in by.
+    Redirected,
+}
+
+/// Number of [`NatNote`] counters.
+pub const NAT_NOTE_COUNT: u32 = NatNote::Redirected as u32 + 1;
+
+impl NatNote {
+    /// Every note, in counter order.
+    pub const ALL: [NatNote; NAT_NOTE_COUNT as usize] = [
+        NatNote::ConnNew,
+        NatNote::ConnHit,
+        NatNote::Reply,
+        NatNote::ConnStale,
+        NatNote::PortCollision,
+        NatNote::PortsExhausted,
+        NatNote::TableFull,
+        NatNote::NoRoute,
+        NatNote::NoNeighbour,
+        NatNote::EgressUnknown,
+        NatNote::NoConnection,
+        NatNote::Redirected,
+    ];
+
+    /// The metric label.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            NatNote::ConnNew => "nat_conn_new",
+            NatNote::ConnHit => "nat_conn_hit",
+            NatNote::Reply => "nat_reply",
+            NatNote::ConnStale => "nat_conn_stale",
+            NatNote::PortCollision => "nat_port_collision",
+            NatNote::PortsExhausted => "nat_ports_exhausted",
+            NatNote::TableFull => "nat_table_full",
+            NatNote::NoRoute => "nat_no_route",
+            NatNote::NoNeighbour => "nat_no_neighbour",
+            NatNote::EgressUnknown => "nat_egress_unknown",
+            NatNote::NoConnection => "nat_no_connection",
+            NatNote::Redirected => "nat_redirected",
+        }
+    }
+}
+
+/// Value of the NAT notes map (one slot, per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NatCounters {
+    /// A counter per [`NatNote`], in [`NatNote::ALL`] order.
+    pub counts: [u64; NAT_NOTE_COUNT as usize],
+}
+
+const _: () = assert!(core::mem::size_of::<ConnKey>() == 16);
+const _: () = assert!(core::mem::size_of::<Conn>() == 32);
+const _: () = assert!(core::mem::size_of::<NatService>() == 8);
+const _: () = assert!(core::mem::size_of::<NatReal>() == 4);
+
+#[cfg(feature = "user")]
+mod pod {
+    //! `aya::Pod` for the NAT maps' types: `#[repr(C)]`, `Copy`, no implicit
+    //! padding (the size assertions above pin the layout).
+    use super::{Conn, ConnKey, NatCounters, NatReal, NatService};
+
+    // SAFETY: plain-old-data structs with explicit padding fields, checked sizes.
+    unsafe impl aya::Pod for ConnKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Conn {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for NatService {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for NatReal {}
+    // SAFETY: as above (an array of u64).
+    unsafe impl aya::Pod for NatCounters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_expire_by_state_and_a_later_write_is_live() {
+        let s = 1_000_000_000;
+        assert!(conn_is_live(100 * s, 90 * s, CONN_CLOSED));
+        assert!(!conn_is_live(101 * s, 90 * s, CONN_CLOSED));
+        assert!(conn_is_live(7_000 * s, 0, CONN_ESTABLISHED));
+        assert!(!conn_is_live(31 * s, 0, CONN_SYN));
+        assert!(
+            conn_is_live(5, 9, CONN_SYN),
+            "written after the clock was read"
+        );
+        assert_eq!(NatNote::ALL.len(), NAT_NOTE_COUNT as usize);
+        for (i, note) in NatNote::ALL.iter().enumerate() {
+            assert_eq!(*note as usize, i);
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! NAT and SNAT forwarding: the connection table, the rewrite with
+//! incremental checksums, and the way out (the kernel's routing table
+//! through `bpf_fib_lookup`, then `XDP_TX` or a devmap redirect).
+//!
+//! A client's frame for a NAT or SNAT service follows its tracked
+//! connection while the connection lives and its server keeps clients
+//! (online or drained: a connection outlives a drain and the persistence
+//! timeout). Otherwise the server is chosen as for direct routing (affinity,
+//! else the ring) and a connection is tracked: its reply entry first (for
+//! SNAT with a port of its own, taken with an atomic insert, so two CPUs
+//! never share one), then its client entry. A connection whose server is
+//! halted, down or gone is replaced by a new one on another server, which
+//! answers a frame of a connection it does not know with a reset: the
+//! client reconnects at once instead of waiting for its timeouts.
+//!
+//! A frame that is not for a service is looked up as a server's reply; a
+//! frame to a SNAT address that matches no connection goes to the kernel
+//! (counted). See `lb_common::nat` for the table's layout.
+
+use aya_ebpf::{
+    bindings::{
+        bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_F_NO_PREALLOC, BPF_NOEXIST,
+    },
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns},
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, PerCpuArray},
+    programs::XdpContext,
+};
+use lb_common::{
+    nat::{
+        conn_is_live, Conn, ConnKey, NatCounters, NatNote, NatReal, NatService, CONN_CLOSED,
+        CONN_ESTABLISHED, CONN_FIN, CONN_SYN, CONN_UDP, FORWARDING_SNAT, MAX_CONN_ENTRIES,
+        MAX_EGRESS_INTERFACES, SNAT_PORT_TRIES,
+    },
+    Reason, Service, IPPROTO_TCP, IPPROTO_UDP, MAX_REALS, MAX_SERVICES, REAL_F_KEEP_CLIENTS,
+};
+
+use crate::{
+    parse::{
+        ptr_at, EthHdr, Frame, Ipv4Hdr, Ports, ETH_HDR_LEN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    },
+    REALS,
+};
+
+/// Tracked connections, both directions (see the module doc). Written here
+/// for new connections and their state; lbd removes expired ones. Not
+/// preallocated: a node without NAT services pays nothing for it.
+#[map]
+static CONNS: HashMap<ConnKey, Conn> =
+    HashMap::with_max_entries(MAX_CONN_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// NAT settings by service id (SNAT address, port range). Written by lbd.
+#[map]
+static NAT_SERVICES: Array<NatService> = Array::with_max_entries(MAX_SERVICES, 0);
+
+/// NAT settings by real-server index (the server's port). Written by lbd.
+#[map]
+static NAT_REALS: Array<NatReal> = Array::with_max_entries(MAX_REALS, 0);
+
+/// The interfaces a translated frame may leave by, by ifindex: lbd's
+/// interface and its server interfaces. Written by lbd.
+#[map]
+static NAT_EGRESS: DevMapHash = DevMapHash::with_max_entries(MAX_EGRESS_INTERFACES, 0);
+
+/// The SNAT addresses of the services, network byte order: a frame to one
+/// that matches no connection is counted ([`NatNote::NoConnection`]).
+/// Written by lbd.
+#[map]
+static SNAT_ADDRESSES: HashMap<u32, u8> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// Slot 0, per CPU: a count of every [`NatNote`]. Written here.
+#[map]
+static NAT_NOTES: PerCpuArray<NatCounters> = PerCpuArray::with_max_entries(1, 0);
+
+/// `AF_INET`, for the FIB lookup.
+const AF_INET: u8 = 2;
+/// Byte offset of the checksum in the TCP and the UDP header.
+const TCP_CHECK: usize = 16;
+const UDP_CHECK: usize = 6;
+
+#[inline(always)]
+fn note(n: NatNote) {
+    if let Some(c) = NAT_NOTES.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, valid for this run.
+        unsafe { (*c).counts[n as usize] += 1 };
+    }
+}
+
+/// The state after a frame with `flags` (0 for UDP) in state `state`.
+#[inline(always)]
+fn next_state(state: u8, protocol: u8, flags: u8) -> u8 {
+    if protocol != IPPROTO_TCP {
+        CONN_UDP
+    } else if flags & TCP_RST != 0 {
+        CONN_CLOSED
+    } else if flags & TCP_FIN != 0 && state != CONN_CLOSED {
+        CONN_FIN
+    } else if state == CONN_SYN && flags & TCP_ACK != 0 {
+        CONN_ESTABLISHED
+    } else {
+        state
+    }
+}
+
+/// The 5-tuple of a client's frame as it arrives.
+#[inline(always)]
+pub fn client_key(frame: &Frame) -> ConnKey {
+    ConnKey {
+        src: frame.client,
+        dst: frame.key.vip,
+        sport: frame.sport,
+        dport: frame.key.port,
+        protocol: frame.key.protocol,
+        pad: [0; 3],
+    }
+}
+
+/// A client's frame for a NAT or SNAT service: its tracked connection, if
+/// it lives and its server keeps clients (its state and time brought up to
+/// date); else `None`, and the caller chooses a server and [`track`]s.
+#[inline(always)]
+pub fn existing(key: &ConnKey, frame: &Frame, now: u64) -> Option<Conn> {
+    let entry = CONNS.get_ptr_mut(key)?;
+    // SAFETY: a value pointer from the map, valid for this run.
+    let conn = unsafe { *entry };
+    if !conn_is_live(now, conn.last_seen_ns, conn.state) || !keeps_clients(&conn) {
+        note(NatNote::ConnStale);
+        return None;
+    }
+    note(NatNote::ConnHit);
+    // SAFETY: as above; a racing CPU writes a value as good.
+    unsafe {
+        (*entry).last_seen_ns = now;
+        (*entry).state = next_state(conn.state, key.protocol, frame.tcp_flags);
+    }
+    Some(conn)
+}
+
+/// Rewrites a frame to `conn`'s 5-tuple and sends it on; the XDP action.
+#[inline(always)]
+pub fn send(ctx: &XdpContext, frame: &Frame, conn: &Conn) -> Result<u32, Reason> {
+    translate(ctx, frame, conn)?;
+    egress(ctx, conn.src, conn.dst, frame.key.protocol)
+}
+
+/// Whether a connection's server still keeps its clients (online or drained).
+#[inline(always)]
+fn keeps_clients(conn: &Conn) -> bool {
+    matches!(REALS.get(conn.real), Some(r) if r.address == conn.dst && r.flags & REAL_F_KEEP_CLIENTS != 0)
+}
+
+/// Tracks a new connection of `key` to real server `real`; returns its
+/// client entry.
+#[inline(always)]
+pub fn track(
+    key: &ConnKey,
+    frame: &Frame,
+    service: &Service,
+    real: u32,
+    now: u64,
+) -> Result<Conn, Reason> {
+    let target = REALS.get(real).ok_or(Reason::DropInternal)?;
+    let port = match NAT_REALS.get(real) {
+        Some(r) if r.port != 0 => r.port,
+        _ => key.dport,
+    };
+    let state = next_state(
+        CONN_SYN,
+        key.protocol,
+        frame.tcp_flags & (TCP_SYN | TCP_RST | TCP_FIN),
+    );
+    let mut out = Conn {
+        src: key.src,
+        dst: target.address,
+        sport: key.sport,
+        dport: port,
+        real,
+        last_seen_ns: now,
+        state,
+        reply: 0,
+        service_id: service.id as u16,
+        pad: 0,
+    };
+    let back = Conn {
+        src: key.dst,
+        dst: key.src,
+        sport: key.dport,
+        dport: key.sport,
+        real,
+        last_seen_ns: now,
+        state,
+        reply: 1,
+        service_id: service.id as u16,
+        pad: 0,
+    };
+    let mut reply = ConnKey {
+        src: target.address,
+        dst: key.src,
+        sport: port,
+        dport: key.sport,
+        protocol: key.protocol,
+        pad: [0; 3],
+    };
+    if service.forwarding == FORWARDING_SNAT {
+        let nat = NAT_SERVICES.get(service.id).ok_or(Reason::DropInternal)?;
+        if nat.port_count == 0 {
+            return Err(Reason::DropInternal);
+        }
+        out.src = nat.snat_address;
+        reply.dst = nat.snat_address;
+        // SAFETY: a helper without arguments.
+        let start = unsafe { bpf_get_prandom_u32() };
+        let mut taken = false;
+        for i in 0..SNAT_PORT_TRIES {
+            let offset = start.wrapping_add(i.wrapping_mul(7919)) % u32::from(nat.port_count);
+            let port = (u32::from(nat.port_lo) + offset) as u16;
+            reply.dport = port.to_be();
+            if CONNS.insert(&reply, &back, u64::from(BPF_NOEXIST)).is_ok() {
+                out.sport = reply.dport;
+                taken = true;
+                break;
+            }
+            note(NatNote::PortCollision);
+        }
+        if !taken {
+            note(NatNote::PortsExhausted);
+            return Err(Reason::DropInternal);
+        }
+    } else if CONNS.insert(&reply, &back, 0).is_err() {
+        note(NatNote::TableFull);
+        return Err(Reason::DropInternal);
+    }
+    if CONNS.insert(key, &out, 0).is_err() {
+        let _ = CONNS.remove(&reply);
+        note(NatNote::TableFull);
+        return Err(Reason::DropInternal);
+    }
+    note(NatNote::ConnNew);
+    Ok(out)
+}
+
+/// A frame that is no service's: a server's reply to a tracked connection
+/// (translated back to VIP:port -> client:port), else `Err`: passed.
+#[inline(always)]
+pub fn reply(ctx: &XdpContext, frame: &Frame) -> Result<u32, Reason> {
+    let key = client_key(frame);
+    let Some(entry) = CONNS.get_ptr_mut(&key) else {
+        // SAFETY: the map value is not used.
+        if unsafe { SNAT_ADDRESSES.get(&key.dst) }.is_some() {
+            note(NatNote::NoConnection);
+        }
+        return Err(Reason::PassNotService);
+    };
+    // SAFETY: a value pointer from the map, valid for this run.
+    let conn = unsafe { *entry };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if conn.reply != 1 || !conn_is_live(now, conn.last_seen_ns, conn.state) {
+        return Err(Reason::PassNotService);
+    }
+    // SAFETY: as above.
+    unsafe {
+        (*entry).last_seen_ns = now;
+        (*entry).state = next_state(conn.state, key.protocol, frame.tcp_flags);
+    }
+    note(NatNote::Reply);
+    send(ctx, frame, &conn)
+}
+
+/// RFC 1624, eqn. 3: the checksum `check` after a 32-bit word changed from
+/// `old` to `new` (all three as they lie in the frame).
+#[inline(always)]
+fn csum_replace4(check: u16, old: u32, new: u32) -> u16 {
+    let mut sum = u32::from(!check)
+        + u32::from(!(old as u16))
+        + u32::from(!((old >> 16) as u16))
+        + u32::from(new as u16)
+        + u32::from((new >> 16) as u16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// As [`csum_replace4`] for a 16-bit word.
+#[inline(always)]
+fn csum_replace2(check: u16, old: u16, new: u16) -> u16 {
+    let mut sum = u32::from(!check) + u32::from(!old) + u32::from(new);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// Rewrites the frame's addresses and ports to `to`'s, with the IPv4 and
+/// the TCP or UDP checksum updated (a UDP checksum of 0, none, stays 0).
+#[inline(always)]
+fn translate(ctx: &XdpContext, frame: &Frame, to: &Conn) -> Result<(), Reason> {
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HDR_LEN).ok_or(Reason::DropInternal)?;
+    let ports: *mut Ports = ptr_at(ctx, frame.l4).ok_or(Reason::DropInternal)?;
+    let check_at = if frame.key.protocol == IPPROTO_UDP {
+        frame.l4 + UDP_CHECK
+    } else {
+        frame.l4 + TCP_CHECK
+    };
+    let l4_check: *mut u16 = ptr_at(ctx, check_at).ok_or(Reason::DropInternal)?;
+    // SAFETY: each pointer checked by `ptr_at`; the frame is ours to change.
+    unsafe {
+        // A router: the TTL goes down by one; a frame that would leave
+        // with none goes to the kernel, which answers "time exceeded".
+        if (*ip).ttl <= 1 {
+            return Err(Reason::PassNotService);
+        }
+        let ttl_word: *mut u16 = core::ptr::addr_of_mut!((*ip).ttl).cast();
+        let old_ttl = ttl_word.read_unaligned();
+        (*ip).ttl -= 1;
+        let (src, dst) = ((*ip).saddr, (*ip).daddr);
+        let (sport, dport) = ((*ports).src, (*ports).dst);
+        let mut check = csum_replace2((*ip).check, old_ttl, ttl_word.read_unaligned());
+        check = csum_replace4(check, src, to.src);
+        check = csum_replace4(check, dst, to.dst);
+        (*ip).check = check;
+        (*ip).saddr = to.src;
+        (*ip).daddr = to.dst;
+        (*ports).src = to.sport;
+        (*ports).dst = to.dport;
+        let old = *l4_check;
+        if frame.key.protocol == IPPROTO_TCP || old != 0 {
+            let mut c = csum_replace4(old, src, to.src);
+            c = csum_replace4(c, dst, to.dst);
+            c = csum_replace2(c, sport, to.sport);
+            c = csum_replace2(c, dport, to.dport);
+            if frame.key.protocol == IPPROTO_UDP && c == 0 {
+                c = 0xffff;
+            }
+            *l4_check = c;
+        }
+    }
+    Ok(())
+}
+
+/// Sends the rewritten frame towards `dst` as the kernel's routing table
+/// says: the next hop's MAC from its neighbour table, out of the interface
+/// it came in by (`XDP_TX`) or another lbd has attached (redirect). A next
+/// hop the kernel has not resolved yet: the kernel forwards the frame
+/// (`XDP_PASS`), which resolves it.
+#[inline(always)]
+fn egress(ctx: &XdpContext, src: u32, dst: u32, protocol: u8) -> Result<u32, Reason> {
+    let ingress = ctx.ingress_ifindex() as u32;
+    // SAFETY: all-zero is a valid value of this plain C struct.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = protocol;
+    params.ifindex = ingress;
+    params.__bindgen_anon_3.ipv4_src = src;
+    params.__bindgen_anon_4.ipv4_dst = dst;
+    // SAFETY: the context and a parameter block of the size passed.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.ctx.cast(),
+            &raw mut params,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
+        // The kernel forwards the translated frame itself, resolving the
+        // next hop on the way (later frames then take the fast path).
+        note(NatNote::NoNeighbour);
+        return Ok(xdp_action::XDP_PASS);
+    }
+    if rc != 0 {
+        note(NatNote::NoRoute);
+        return Err(Reason::DropNoReal);
+    }
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Reason::DropInternal)?;
+    // SAFETY: checked by `ptr_at`; the frame is ours to change.
+    unsafe {
+        (*eth).dst = crate::parse::mac_words(params.dmac);
+        (*eth).src = crate::parse::mac_words(params.smac);
+    }
+    if params.ifindex == ingress {
+        return Ok(xdp_action::XDP_TX);
+    }
+    match NAT_EGRESS.redirect(params.ifindex, 0) {
+        Ok(action) if action == xdp_action::XDP_REDIRECT => {
+            note(NatNote::Redirected);
+            Ok(action)
+        }
+        _ => {
+            note(NatNote::EgressUnknown);
+            Err(Reason::DropInternal)
+        }
+    }
+}

@@ -1,0 +1,466 @@
+//! NAT and SNAT through the real XDP program (`BPF_PROG_TEST_RUN`), its maps
+//! written by lbd's control plane, in a namespace of its own whose routing
+//! and neighbour tables the program's FIB lookups read: clients on `c0`
+//! (198.18.0.0/24), real servers on `v0` (198.18.1.0/24), every neighbour
+//! entry permanent and every MAC address fixed, so each output frame is
+//! known byte for byte. `BPF_PROG_TEST_RUN` runs the program as if on `lo`,
+//! so every translated frame leaves by a redirect through the devmap.
+//!
+//! Needs root.
+
+use std::net::Ipv4Addr;
+
+use aya::programs::{TestRun, TestRunOptions};
+use lb_common::nat::{Conn, ConnKey, NatNote, CONN_CLOSED, CONN_ESTABLISHED, CONN_SYN};
+use lb_common::Reason;
+use lb_tests::frames::FrameSpec;
+use lb_tests::lab::{in_netns, run};
+use lb_userspace::{
+    balancer::Balancer,
+    config::{AdminState, Config},
+    dataplane::{EbpfMaps, Program},
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+/// `c0`, the clients' side (lbd's interface).
+const C0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
+/// `v0`, the servers' side.
+const V0_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x01];
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 50);
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x50];
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+const SNAT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+const RS1: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 21);
+const RS2: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 22);
+const DNS1: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 31);
+
+const CONFIG: &str = "
+node: { name: fixture, interface: c0, server_interfaces: [v0] }
+services:
+  - name: web
+    vip: 198.18.0.100
+    port: 443
+    forwarding: snat
+    snat_address: 198.18.1.1
+    real_servers:
+      - { name: rs1, address: 198.18.1.21, port: 8443 }
+  - name: app
+    vip: 198.18.0.100
+    port: 80
+    forwarding: nat
+    real_servers:
+      - { name: rs2, address: 198.18.1.22 }
+  - name: dns
+    vip: 198.18.0.100
+    port: 53
+    protocol: udp
+    forwarding: snat
+    snat_address: 198.18.1.1
+    real_servers:
+      - { name: dns1, address: 198.18.1.31 }
+";
+
+fn server_mac(address: Ipv4Addr) -> [u8; 6] {
+    let o = address.octets();
+    [0x02, 0, 0, 0, o[2], o[3]]
+}
+
+/// The namespace, removed when dropped.
+struct Netns(String);
+
+impl Netns {
+    fn new(test: &str) -> Self {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "NAT packet tests need root");
+        let name = format!("lbnat-{test}-{}", std::process::id());
+        let _ = run(&["ip", "netns", "del", &name]);
+        let ns = Self(name);
+        let n = ns.0.as_str();
+        let mac = |m: [u8; 6]| {
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        };
+        let mut steps: Vec<Vec<String>> = vec![
+            vec!["ip".into(), "netns".into(), "add".into(), n.into()],
+            vec!["ip", "-n", n, "link", "set", "lo", "up"]
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+        ];
+        for (dev, peer, m, address) in [
+            ("c0", "c1", C0_MAC, "198.18.0.10/24"),
+            ("v0", "v1", V0_MAC, "198.18.1.1/24"),
+        ] {
+            let m = mac(m);
+            for cmd in [
+                vec![
+                    "ip", "-n", n, "link", "add", dev, "address", &m, "type", "veth", "peer",
+                    "name", peer,
+                ],
+                vec!["ip", "-n", n, "addr", "add", address, "dev", dev],
+                vec!["ip", "-n", n, "link", "set", dev, "up"],
+                vec!["ip", "-n", n, "link", "set", peer, "up"],
+            ] {
+                steps.push(cmd.into_iter().map(Into::into).collect());
+            }
+        }
+        for (address, dev) in [(CLIENT, "c0"), (RS1, "v0"), (RS2, "v0"), (DNS1, "v0")] {
+            let m = if dev == "c0" {
+                mac(CLIENT_MAC)
+            } else {
+                mac(server_mac(address))
+            };
+            let a = address.to_string();
+            steps.push(
+                vec![
+                    "ip",
+                    "-n",
+                    n,
+                    "neigh",
+                    "add",
+                    &a,
+                    "lladdr",
+                    &m,
+                    "dev",
+                    dev,
+                    "nud",
+                    "permanent",
+                ]
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+            );
+        }
+        for key in [
+            "net.ipv4.conf.all.forwarding=1",
+            "net.ipv4.conf.lo.forwarding=1",
+        ] {
+            steps.push(
+                vec!["ip", "netns", "exec", n, "sysctl", "-qw", key]
+                    .into_iter()
+                    .map(Into::into)
+                    .collect(),
+            );
+        }
+        for step in steps {
+            let args: Vec<&str> = step.iter().map(String::as_str).collect();
+            run(&args).unwrap_or_else(|e| panic!("{}: {e}", args.join(" ")));
+        }
+        ns
+    }
+
+    fn ifindex(&self, dev: &str) -> u32 {
+        let out = run(&["ip", "-n", &self.0, "-o", "link", "show", dev])
+            .unwrap_or_else(|e| panic!("{e}"));
+        out.split(':')
+            .next()
+            .and_then(|i| i.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no ifindex for {dev}: {out}"))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = run(&["ip", "netns", "del", &self.0]);
+    }
+}
+
+struct Harness {
+    program: Program,
+    balancer: Balancer<EbpfMaps>,
+}
+
+impl Harness {
+    /// Loads the program, applies [`CONFIG`] with SNAT ports `ports`
+    /// (first, count), and lets frames leave by `egress`.
+    fn new(egress: &[u32], ports: Option<(u16, u16)>) -> Self {
+        assert!(
+            !Program::object().is_empty(),
+            "no XDP object: run `cargo xtask build` first"
+        );
+        let mut program =
+            Program::load_bytes(Program::object()).unwrap_or_else(|e| panic!("loading: {e}"));
+        let maps = program.take_maps().unwrap_or_else(|e| panic!("maps: {e}"));
+        let mut balancer = Balancer::new(maps, C0_MAC).unwrap_or_else(|e| panic!("{e}"));
+        if let Some((first, count)) = ports {
+            balancer.set_snat_ports(first, count);
+        }
+        let config = Config::from_yaml(CONFIG, "nat.yaml").unwrap_or_else(|e| panic!("{e}"));
+        balancer.apply(&config).unwrap_or_else(|e| panic!("{e}"));
+        balancer
+            .maps_mut()
+            .nat_mut()
+            .set_egress(egress)
+            .unwrap_or_else(|e| panic!("{e}"));
+        Self { program, balancer }
+    }
+
+    fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0_u8; frame.len() + 256];
+        let program = self.program.xdp_program().unwrap_or_else(|e| panic!("{e}"));
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+            .unwrap_or_else(|e| panic!("test_run: {e}"));
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    fn connections(&self) -> Vec<(ConnKey, Conn)> {
+        self.balancer
+            .maps()
+            .nat()
+            .conn_table()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .connections()
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The client entry of the connection from `client:sport`.
+    fn connection(&self, client: Ipv4Addr, sport: u16) -> Conn {
+        self.connections()
+            .into_iter()
+            .find(|(k, _)| k.src == u32::from_ne_bytes(client.octets()) && k.sport == sport.to_be())
+            .map_or_else(|| panic!("no connection from {client}:{sport}"), |(_, c)| c)
+    }
+
+    fn note(&self, note: NatNote) -> u64 {
+        self.balancer
+            .maps()
+            .nat()
+            .notes()
+            .unwrap_or_else(|e| panic!("{e}"))[note as usize]
+    }
+
+    fn reason(&self, reason: Reason) -> u64 {
+        self.balancer.reasons().unwrap_or_else(|e| panic!("{e}"))[reason as usize]
+    }
+}
+
+fn client_frame(dport: u16, flags: u8) -> FrameSpec {
+    FrameSpec {
+        src_mac: CLIENT_MAC,
+        tcp_flags: flags,
+        ..FrameSpec::tcp(C0_MAC, CLIENT, VIP, dport)
+    }
+}
+
+/// `spec` as it leaves for `to` (MACs from the FIB: `v0` to the server).
+fn to_server(spec: &FrameSpec, src: Ipv4Addr, sport: u16, to: Ipv4Addr, dport: u16) -> Vec<u8> {
+    FrameSpec {
+        dst_mac: server_mac(to),
+        src_mac: V0_MAC,
+        src,
+        dst: to,
+        sport,
+        dport,
+        ttl: spec.ttl - 1,
+        ..spec.clone()
+    }
+    .build()
+}
+
+/// A server's reply from `from:sport` to `to:dport`.
+fn server_frame(from: Ipv4Addr, sport: u16, to: Ipv4Addr, dport: u16, flags: u8) -> FrameSpec {
+    FrameSpec {
+        dst_mac: V0_MAC,
+        src_mac: server_mac(from),
+        src: from,
+        dst: to,
+        sport,
+        dport,
+        tcp_flags: flags,
+        ..FrameSpec::tcp(V0_MAC, from, to, dport)
+    }
+}
+
+/// The reply as the client gets it: from VIP:`vport`, MACs of `c0`.
+fn to_client(spec: &FrameSpec, vport: u16) -> Vec<u8> {
+    FrameSpec {
+        dst_mac: CLIENT_MAC,
+        src_mac: C0_MAC,
+        src: VIP,
+        dst: CLIENT,
+        sport: vport,
+        dport: 40_000,
+        ttl: spec.ttl - 1,
+        ..spec.clone()
+    }
+    .build()
+}
+
+fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce(&Netns) -> T + Send) -> T {
+    in_netns(&ns.0, || f(ns)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn snat_and_nat_translate_both_ways_with_exact_frames() {
+    let ns = Netns::new("both");
+    let egress = [ns.ifindex("c0"), ns.ifindex("v0")];
+    in_ns(&ns, |_| {
+        let mut h = Harness::new(&egress, None);
+
+        // SNAT: the SYN leaves from the SNAT address and a port of lbd's,
+        // to the server's own port, MACs from the FIB.
+        let syn = client_frame(443, 0x02);
+        let (verdict, out) = h.run(&syn.build());
+        assert_eq!(verdict, XDP_REDIRECT, "the SYN leaves by v0");
+        let conn = h.connection(CLIENT, 40_000);
+        let port = u16::from_be(conn.sport);
+        assert!(
+            (1024..32_768).contains(&port),
+            "a port outside the ephemeral range: {port}"
+        );
+        assert_eq!(conn.state, CONN_SYN);
+        assert_eq!(
+            out,
+            to_server(&syn, SNAT, port, RS1, 8443),
+            "the SYN to rs1"
+        );
+
+        // The SYN-ACK comes back to the SNAT address and goes to the client
+        // from VIP:443.
+        let syn_ack = server_frame(RS1, 8443, SNAT, port, 0x12);
+        let (verdict, out) = h.run(&syn_ack.build());
+        assert_eq!(verdict, XDP_REDIRECT, "the SYN-ACK leaves by c0");
+        assert_eq!(out, to_client(&syn_ack, 443), "the SYN-ACK to the client");
+        assert_eq!(h.note(NatNote::Reply), 1);
+
+        // The client's ACK follows the connection: established.
+        let ack = client_frame(443, 0x10);
+        let (verdict, out) = h.run(&ack.build());
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(out, to_server(&ack, SNAT, port, RS1, 8443));
+        assert_eq!(h.connection(CLIENT, 40_000).state, CONN_ESTABLISHED);
+        assert_eq!(h.note(NatNote::ConnHit), 1);
+
+        // NAT: only the destination changes; the server sees the client.
+        let syn = client_frame(80, 0x02);
+        let (verdict, out) = h.run(&syn.build());
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(out, to_server(&syn, CLIENT, 40_000, RS2, 80), "NAT: to rs2");
+        let reply = server_frame(RS2, 80, CLIENT, 40_000, 0x12);
+        let (verdict, out) = h.run(&reply.build());
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(out, to_client(&reply, 80), "NAT: the reply from VIP:80");
+        assert_eq!(h.reason(Reason::Forwarded), 5);
+    });
+}
+
+#[test]
+fn udp_with_and_without_a_checksum_and_a_reset_ends_a_connection() {
+    let ns = Netns::new("udp");
+    let egress = [ns.ifindex("c0"), ns.ifindex("v0")];
+    in_ns(&ns, |_| {
+        let mut h = Harness::new(&egress, None);
+        let query = FrameSpec {
+            src_mac: CLIENT_MAC,
+            ..FrameSpec::udp(C0_MAC, CLIENT, VIP, 53)
+        };
+        let (verdict, out) = h.run(&query.build());
+        assert_eq!(verdict, XDP_REDIRECT);
+        let port = u16::from_be(h.connection(CLIENT, 40_000).sport);
+        assert_eq!(
+            out,
+            to_server(&query, SNAT, port, DNS1, 53),
+            "UDP, checksum updated"
+        );
+
+        // A datagram without a checksum (0) leaves without one.
+        let mut bare = query.build();
+        bare[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+        let (verdict, out) = h.run(&bare);
+        assert_eq!(verdict, XDP_REDIRECT);
+        let mut expected = to_server(&query, SNAT, port, DNS1, 53);
+        expected[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+        assert_eq!(out, expected, "UDP without a checksum keeps none");
+
+        // TCP: a reset from the client closes its connection.
+        let (verdict, _) = h.run(&client_frame(80, 0x02).build());
+        assert_eq!(verdict, XDP_REDIRECT);
+        let (verdict, _) = h.run(&client_frame(80, 0x14).build());
+        assert_eq!(verdict, XDP_REDIRECT, "the reset is forwarded");
+        let closed = h
+            .connections()
+            .into_iter()
+            .find(|(k, _)| k.dport == 80_u16.to_be())
+            .map(|(_, c)| c.state);
+        assert_eq!(closed, Some(CONN_CLOSED), "the reset closed the connection");
+    });
+}
+
+#[test]
+fn unknown_frames_to_the_snat_address_go_to_the_kernel_and_ports_run_out_cleanly() {
+    let ns = Netns::new("ports");
+    let egress = [ns.ifindex("c0"), ns.ifindex("v0")];
+    in_ns(&ns, |_| {
+        // One SNAT port only: the first client takes it, the second finds
+        // it taken on every try and is dropped.
+        let mut h = Harness::new(&egress, Some((2000, 1)));
+        let stray = server_frame(RS1, 9999, SNAT, 5555, 0x10);
+        let (verdict, out) = h.run(&stray.build());
+        assert_eq!(
+            (verdict, out),
+            (XDP_PASS, stray.build()),
+            "no connection: to the kernel"
+        );
+        assert_eq!(h.note(NatNote::NoConnection), 1);
+        assert_eq!(h.reason(Reason::PassNotService), 1);
+
+        let (verdict, _) = h.run(&client_frame(443, 0x02).build());
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(u16::from_be(h.connection(CLIENT, 40_000).sport), 2000);
+        let other = FrameSpec {
+            sport: 40_001,
+            ..client_frame(443, 0x02)
+        };
+        let (verdict, _) = h.run(&other.build());
+        assert_eq!(verdict, XDP_DROP, "no port left");
+        assert_eq!(h.note(NatNote::PortCollision), 8);
+        assert_eq!(h.note(NatNote::PortsExhausted), 1);
+    });
+}
+
+#[test]
+fn a_connection_outlives_a_drain_and_a_halted_server_takes_none() {
+    let ns = Netns::new("drain");
+    let egress = [ns.ifindex("c0"), ns.ifindex("v0")];
+    in_ns(&ns, |_| {
+        let mut h = Harness::new(&egress, None);
+        let (verdict, _) = h.run(&client_frame(80, 0x02).build());
+        assert_eq!(verdict, XDP_REDIRECT);
+        h.balancer
+            .set_admin_state("app", "rs2", AdminState::Drain)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ack = client_frame(80, 0x10);
+        let (verdict, out) = h.run(&ack.build());
+        assert_eq!(
+            verdict, XDP_REDIRECT,
+            "a drained server keeps its connection"
+        );
+        assert_eq!(out, to_server(&ack, CLIENT, 40_000, RS2, 80));
+        let new = FrameSpec {
+            sport: 40_001,
+            ..client_frame(80, 0x02)
+        };
+        assert_eq!(h.run(&new.build()).0, XDP_DROP, "but takes no new one");
+        h.balancer
+            .set_admin_state("app", "rs2", AdminState::Halt)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            h.run(&ack.build()).0,
+            XDP_DROP,
+            "a halted server keeps none"
+        );
+        assert_eq!(h.note(NatNote::ConnStale), 1);
+    });
+}

@@ -1,0 +1,209 @@
+//! Issue 14: NAT and SNAT to real servers on a subnet of their own, behind
+//! the load balancer's second interface (`eth1`, `node.server_interfaces`),
+//! with no VIP and default ARP settings: servers that need no change.
+//!
+//! Needs root. Every lab has its own names and is torn down when dropped.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
+    time::Duration,
+};
+
+use lb_tests::{
+    lab::{in_netns, DrLab, DrLabOptions, LB_SERVER_ADDR},
+    lbd::{lab_config, lbctl_ok, Lbd},
+    paths,
+};
+
+const READY: Duration = Duration::from_secs(20);
+/// Client sources of the spread test.
+const SOURCES: usize = 300;
+/// The shortest persistence timeout: the long-lived connection outlives it.
+const TIMEOUT_S: u64 = 10;
+/// The NAT service's port (its servers listen on the lab's HTTP port).
+const NAT_PORT: u16 = 8080;
+
+fn lab() -> DrLab {
+    paths::require_root("namespace tests");
+    paths::require_lbd();
+    DrLab::start(DrLabOptions {
+        real_servers: 3,
+        client_sources: SOURCES,
+        server_lan: true,
+        ..DrLabOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("lab: {e}"))
+}
+
+/// A SNAT service on the lab's HTTP port (SNAT address: the address of
+/// `eth1`, found by lbd) and a NAT service on [`NAT_PORT`].
+fn config(lab: &DrLab) -> String {
+    let mut reals = String::new();
+    for i in 0..3 {
+        reals.push_str(&format!(
+            "      - {{ name: {}, address: {}, port: {} }}\n",
+            lab.real_name(i),
+            lab.real_address(i),
+            lab.http_port()
+        ));
+    }
+    let (vip, port) = (lab.vip(), lab.http_port());
+    let check = "health_check: { type: tcp, interval_ms: 500, timeout_ms: 250 }";
+    let services = format!(
+        "  - name: web\n    vip: {vip}\n    port: {port}\n    forwarding: snat\n    \
+         persistence: {{ timeout_s: {TIMEOUT_S} }}\n    {check}\n    real_servers:\n{reals}\
+         {app}",
+        app = format!(
+            "  - name: app\n    vip: {vip}\n    port: {NAT_PORT}\n    forwarding: nat\n    \
+             health_check: {{ type: tcp, port: {port}, interval_ms: 500, timeout_ms: 250 }}\n    \
+             real_servers:\n{reals}"
+        ),
+    );
+    lab_config(lab, &services).replace(
+        "  metrics_listen:",
+        "  server_interfaces: [eth1]\n  metrics_listen:",
+    )
+}
+
+/// One HTTP/1.1 request on `stream`: the body.
+fn get(stream: &mut TcpStream, path: &str) -> Result<String, String> {
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: lab\r\n\r\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    let mut buffer = [0_u8; 512];
+    loop {
+        let n = stream.read(&mut buffer).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err(format!("closed: {}", String::from_utf8_lossy(&answer)));
+        }
+        answer.extend_from_slice(&buffer[..n]);
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .and_then(|l| l.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if body.len() >= length {
+                return Ok(body.trim().to_owned());
+            }
+        }
+    }
+}
+
+/// A connection from `source` to `to`, kept open.
+fn connect(source: Ipv4Addr, to: SocketAddrV4) -> Result<TcpStream, String> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .map_err(|e| e.to_string())?;
+    socket
+        .bind(&SocketAddr::from((source, 0)).into())
+        .map_err(|e| e.to_string())?;
+    socket
+        .connect_timeout(&SocketAddr::from(to).into(), Duration::from_secs(3))
+        .map_err(|e| format!("connecting from {source} to {to}: {e}"))?;
+    let stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(|e| e.to_string())?;
+    Ok(stream)
+}
+
+#[test]
+fn snat_to_servers_on_another_subnet_is_sticky_and_spread() {
+    let mut lab = lab();
+    let yaml = config(&lab);
+    let lbd = Lbd::start(&mut lab, &yaml).unwrap_or_else(|e| panic!("{e}"));
+    lbd.wait_ready(&mut lab, READY)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let sources: Vec<Ipv4Addr> = lab.client_sources().to_vec();
+    let report = lab
+        .run_clients_with(&sources, 2, Duration::from_secs(60), Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("{e}\n{}", lbd.log_text()));
+    assert!(
+        report.failures().is_empty(),
+        "{}\n{}\ndata path: {}",
+        report.summary(),
+        lbd.log_text(),
+        lbd.status().unwrap_or_default()["dataplane"]
+    );
+    assert_eq!(report.sticky_sources().len(), SOURCES, "{}", report.summary());
+    let shares = report.share_by_server();
+    assert_eq!(shares.len(), 3, "every server has clients: {shares:?}");
+    for (server, n) in &shares {
+        let share = *n as f64 / SOURCES as f64;
+        assert!(
+            (0.20..=0.47).contains(&share),
+            "{server} has {share:.2} of the clients: {shares:?}"
+        );
+    }
+    let status = lbd.status().unwrap_or_default();
+    assert!(
+        status["dataplane"]["nat_conn_new"].as_u64().unwrap_or(0) >= SOURCES as u64,
+        "connections tracked: {}",
+        status["dataplane"]
+    );
+}
+
+#[test]
+fn a_long_lived_connection_keeps_its_server_and_nat_keeps_the_clients_address() {
+    let mut lab = lab();
+    let yaml = config(&lab);
+    let lbd = Lbd::start(&mut lab, &yaml).unwrap_or_else(|e| panic!("{e}"));
+    lbd.wait_ready(&mut lab, READY)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let source = lab.client_sources()[7];
+    let web = SocketAddrV4::new(lab.vip(), lab.http_port());
+    let app = SocketAddrV4::new(lab.vip(), NAT_PORT);
+    let client_ns = lab.client_ns().to_owned();
+
+    // SNAT: the server sees the load balancer's address; NAT: the client's.
+    let (web_peer, app_peer, mut stream) = in_netns(&client_ns, move || {
+        let mut web_stream = connect(source, web)?;
+        let web_peer = get(&mut web_stream, "/peer")?;
+        let mut app_stream = connect(source, app)?;
+        let app_peer = get(&mut app_stream, "/peer")?;
+        Ok::<_, String>((web_peer, app_peer, web_stream))
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+    .unwrap_or_else(|e| panic!("{e}\n{}", lbd.log_text()));
+    let (server, seen) = web_peer
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("answer {web_peer:?}"));
+    assert_eq!(seen, LB_SERVER_ADDR.to_string(), "SNAT: the server sees {seen}");
+    assert!(
+        app_peer.ends_with(&format!(" {source}")),
+        "NAT: the server sees the client's address: {app_peer:?}"
+    );
+    let connections = lbctl_ok(&lbd, &["connections", "web", "--json"]);
+    let listed = String::from_utf8_lossy(&connections.stdout).into_owned();
+    assert!(
+        listed.contains(&format!("\"{source}:")) && listed.contains(server),
+        "lbctl connections lists it: {listed}"
+    );
+
+    // Drained, then past the persistence timeout: the open connection
+    // stays on its server.
+    lbctl_ok(&lbd, &["drain", "web", server]);
+    std::thread::sleep(Duration::from_secs(TIMEOUT_S + 3));
+    let again = in_netns(&client_ns, move || {
+        let answer = get(&mut stream, "/");
+        (answer, stream)
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        again.0.as_deref(),
+        Ok(server),
+        "the connection kept its drained server past the timeout\n{}",
+        lbd.log_text()
+    );
+    // A new connection from the same client goes elsewhere.
+    let fresh = in_netns(&client_ns, move || {
+        let mut s = connect(source, web)?;
+        get(&mut s, "/")
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(fresh, server, "a new connection avoids the drained server");
+}
