@@ -71,6 +71,8 @@ pub struct RealSample {
     pub up: bool,
     /// Live affinity entries.
     pub active_clients: u64,
+    /// NAT and SNAT: live tracked connections.
+    pub active_connections: Option<u64>,
     /// Whether its MAC address is known (else it gets no client).
     pub resolved: bool,
 }
@@ -200,6 +202,11 @@ impl Metrics {
             "Clients with a live affinity entry for the real server",
             &["service", "server"],
         )?;
+        let real_connections = gauge(
+            "lb_real_server_active_connections",
+            "NAT and SNAT: live tracked connections to the real server (counted every 5 s)",
+            &["service", "server"],
+        )?;
         let real_resolved = gauge(
             "lb_real_server_resolved",
             "1 if the real server's MAC address is known (an unresolved server gets no client)",
@@ -243,6 +250,11 @@ impl Metrics {
                 real_active
                     .with_label_values(&labels)
                     .set(i64::try_from(r.active_clients).unwrap_or(i64::MAX));
+                if let Some(n) = r.active_connections {
+                    real_connections
+                        .with_label_values(&labels)
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
             }
         }
         for (reason, count) in &snapshot.reasons {
@@ -395,6 +407,7 @@ mod tests {
                     new_clients: 2,
                     up: true,
                     active_clients: 2,
+                    active_connections: Some(4),
                     resolved: false,
                 }],
                 remembered_clients: 3,
@@ -411,6 +424,7 @@ mod tests {
             "lb_service_bytes_total{service=\"web\"} 1000",
             "lb_real_server_packets_total{server=\"rs1\",service=\"web\"} 10",
             "lb_real_server_up{server=\"rs1\",service=\"web\"} 1",
+            "lb_real_server_active_connections{server=\"rs1\",service=\"web\"} 4",
             "lb_real_server_active_clients{server=\"rs1\",service=\"web\"} 2",
             "lb_real_server_resolved{server=\"rs1\",service=\"web\"} 0",
             "lb_service_remembered_clients{service=\"web\"} 3",

@@ -39,27 +39,28 @@ fn lab() -> DrLab {
 /// A SNAT service on the lab's HTTP port (SNAT address: the address of
 /// `eth1`, found by lbd) and a NAT service on [`NAT_PORT`].
 fn config(lab: &DrLab) -> String {
-    let mut reals = String::new();
-    for i in 0..3 {
-        reals.push_str(&format!(
-            "      - {{ name: {}, address: {}, port: {} }}\n",
-            lab.real_name(i),
-            lab.real_address(i),
-            lab.http_port()
-        ));
-    }
+    let reals: String = (0..3)
+        .map(|i| {
+            format!(
+                "      - {{ name: {}, address: {}, port: {} }}\n",
+                lab.real_name(i),
+                lab.real_address(i),
+                lab.http_port()
+            )
+        })
+        .collect();
     let (vip, port) = (lab.vip(), lab.http_port());
     let check = "health_check: { type: tcp, interval_ms: 500, timeout_ms: 250 }";
-    let services = format!(
+    let web = format!(
         "  - name: web\n    vip: {vip}\n    port: {port}\n    forwarding: snat\n    \
-         persistence: {{ timeout_s: {TIMEOUT_S} }}\n    {check}\n    real_servers:\n{reals}\
-         {app}",
-        app = format!(
-            "  - name: app\n    vip: {vip}\n    port: {NAT_PORT}\n    forwarding: nat\n    \
-             health_check: {{ type: tcp, port: {port}, interval_ms: 500, timeout_ms: 250 }}\n    \
-             real_servers:\n{reals}"
-        ),
+         persistence: {{ timeout_s: {TIMEOUT_S} }}\n    {check}\n    real_servers:\n{reals}"
     );
+    let app = format!(
+        "  - name: app\n    vip: {vip}\n    port: {NAT_PORT}\n    forwarding: nat\n    \
+         health_check: {{ type: tcp, port: {port}, interval_ms: 500, timeout_ms: 250 }}\n    \
+         real_servers:\n{reals}"
+    );
+    let services = web + &app;
     lab_config(lab, &services).replace(
         "  metrics_listen:",
         "  server_interfaces: [eth1]\n  metrics_listen:",
@@ -197,6 +198,20 @@ fn a_long_lived_connection_keeps_its_server_and_nat_keeps_the_clients_address() 
         Ok(server),
         "the connection kept its drained server past the timeout\n{}",
         lbd.log_text()
+    );
+    // The open connection is counted on its server (every 5 s).
+    let status = lbd.status().unwrap_or_default();
+    let counted = status["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["name"] == "web")
+        .flat_map(|s| s["real_servers"].as_array().cloned().unwrap_or_default())
+        .find(|r| r["name"] == server)
+        .and_then(|r| r["active_connections"].as_u64());
+    assert!(
+        counted.is_some_and(|n| n >= 1),
+        "lbctl status counts the connection on {server}: {counted:?}"
     );
     // A new connection from the same client goes elsewhere.
     let fresh = in_netns(&client_ns, move || {

@@ -319,7 +319,10 @@ fn status(report: &StatusReport) -> String {
                     },
                     r.admin_state.to_string(),
                     r.weight.to_string(),
-                    r.active_clients.to_string(),
+                    match r.active_connections {
+                        Some(n) => format!("{} ({n} conns)", r.active_clients),
+                        None => r.active_clients.to_string(),
+                    },
                     r.packets.to_string(),
                     r.bytes.to_string(),
                 ]

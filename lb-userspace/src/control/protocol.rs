@@ -279,6 +279,9 @@ pub struct RealStatus {
     pub weight: u16,
     /// Live persistence entries on this server.
     pub active_clients: u64,
+    /// NAT and SNAT: its live tracked connections (counted every 5 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_connections: Option<u64>,
     /// Packets forwarded to it.
     pub packets: u64,
     /// Bytes forwarded to it.
@@ -575,6 +578,7 @@ mod tests {
                     admin_state: AdminState::Drain,
                     weight: 100,
                     active_clients: 1,
+                    active_connections: None,
                     packets: 2,
                     bytes: 3,
                     new_clients: 1,

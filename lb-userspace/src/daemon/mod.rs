@@ -96,6 +96,8 @@ struct Daemon {
     /// What the lbd this one re-executed handed over of the pair (taken
     /// when the cluster starts).
     handed_over: HandedOver,
+    /// Live NAT and SNAT connections per real server, as of the last sweep.
+    conn_counts: nat::ConnCounts,
 }
 
 fn attach_mode(mode: XdpMode) -> AttachMode {
@@ -211,11 +213,12 @@ pub async fn run(
     let (health_tx, health_rx) = mpsc::channel(1024);
 
     let stop_sweep = Arc::new(AtomicBool::new(false));
+    let conn_counts = nat::ConnCounts::default();
     let sweeper = {
-        let (table, stop) = (conn_table, stop_sweep.clone());
+        let (table, counts, stop) = (conn_table, conn_counts.clone(), stop_sweep.clone());
         std::thread::Builder::new()
             .name("conn-sweep".into())
-            .spawn(move || nat::sweep_thread(table, stop))
+            .spawn(move || nat::sweep_thread(table, counts, stop))
             .context("starting the connection sweeper")?
     };
     let census = Arc::new(Mutex::new(CensusShared::default()));
@@ -255,6 +258,7 @@ pub async fn run(
         exec,
         listeners: Vec::new(),
         handed_over,
+        conn_counts,
     };
     daemon.health.assume(known_health);
     let result = daemon

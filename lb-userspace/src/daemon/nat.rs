@@ -26,8 +26,11 @@ use crate::{
     monotonic_ns, neighbour,
 };
 
-/// How often expired connections are removed.
-const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// How often expired connections are removed and live ones counted.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Live connections by real-server index, as of the last sweep.
+pub(super) type ConnCounts = Arc<Mutex<BTreeMap<u32, u64>>>;
 
 /// Whether `config` has a NAT or SNAT service.
 fn translates(config: &Config) -> bool {
@@ -56,6 +59,17 @@ fn source_towards(to: Ipv4Addr) -> Option<Ipv4Addr> {
 }
 
 impl Daemon {
+    /// A real server's live connections as of the last sweep (`None`: the
+    /// service tracks none, direct routing).
+    pub(super) fn connections_of(&self, state: &crate::balancer::ServiceState, index: u32) -> Option<u64> {
+        let forwarding = state.forward().map(|f| f.forwarding)?;
+        if forwarding == Forwarding::Dr {
+            return None;
+        }
+        let counts = self.conn_counts.lock().unwrap_or_else(PoisonError::into_inner);
+        Some(counts.get(&index).copied().unwrap_or(0))
+    }
+
     /// `lbctl connections`: `service`'s tracked connections (one server's
     /// if `server`), most recently active first.
     pub(super) fn connections(
@@ -211,12 +225,13 @@ fn state_name(state: u8) -> &'static str {
     }
 }
 
-/// Removes expired connections every [`SWEEP_EVERY`] until `stop` is set.
+/// Removes expired connections and counts the live ones (into `counts`)
+/// every [`SWEEP_EVERY`] until `stop` is set.
 #[expect(
     clippy::needless_pass_by_value,
     reason = "owned by the thread it runs on"
 )]
-pub(super) fn sweep_thread(table: Arc<Mutex<ConnTable>>, stop: Arc<AtomicBool>) {
+pub(super) fn sweep_thread(table: Arc<Mutex<ConnTable>>, counts: ConnCounts, stop: Arc<AtomicBool>) {
     let mut waited = Duration::ZERO;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(200));
@@ -230,8 +245,12 @@ pub(super) fn sweep_thread(table: Arc<Mutex<ConnTable>>, stop: Arc<AtomicBool>) 
             .unwrap_or_else(PoisonError::into_inner)
             .sweep(monotonic_ns());
         match swept {
-            Ok(0) => {}
-            Ok(n) => log::debug!("removed {n} expired connection entries"),
+            Ok(swept) => {
+                if swept.removed > 0 {
+                    log::debug!("removed {} expired connection entries", swept.removed);
+                }
+                *counts.lock().unwrap_or_else(PoisonError::into_inner) = swept.live_by_real;
+            }
             Err(error) => log::warn!("sweeping expired connections: {error}"),
         }
     }

@@ -62,6 +62,7 @@ impl Daemon {
                         new_clients: c.new_clients,
                         up: r.health == Health::Up,
                         active_clients: census.per_real.get(&r.index).copied().unwrap_or(0),
+                        active_connections: self.connections_of(state, r.index),
                         resolved: r.resolved(),
                     }
                 })
@@ -81,7 +82,17 @@ impl Daemon {
             affinity_entries: census.live,
             ha_master: self.holds_vips(),
             sync_connected: self.sync_connected(),
-            reasons: Reason::ALL.iter().map(|r| r.name()).zip(reasons).collect(),
+            reasons: Reason::ALL
+                .iter()
+                .map(|r| r.name())
+                .zip(reasons)
+                .chain(
+                    lb_common::nat::NatNote::ALL
+                        .iter()
+                        .map(|n| n.as_str())
+                        .zip(self.balancer.maps().nat().notes().unwrap_or_default()),
+                )
+                .collect(),
         }
     }
 
@@ -143,6 +154,7 @@ impl Daemon {
                             admin_state: r.admin,
                             weight: r.weight,
                             active_clients: census.per_real.get(&r.index).copied().unwrap_or(0),
+                            active_connections: self.connections_of(state, r.index),
                             packets: c.packets,
                             bytes: c.bytes,
                             new_clients: c.new_clients,

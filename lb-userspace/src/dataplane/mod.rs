@@ -28,7 +28,7 @@ pub use self::ebpf::EbpfMaps;
 pub use self::fake::{FakeMaps, Write};
 pub use self::layout::{Migration, MIGRATIONS};
 pub use self::mapped::{monotonic_ns, ArpLease, ClientCounts};
-pub use self::nat::{ConnTable, NatMaps};
+pub use self::nat::{ConnTable, NatMaps, Swept};
 pub use self::program::{AttachMode, Predecessor, Program, TakenOver};
 pub use self::running::{find as find_running, retire, Found, Running};
 

@@ -159,17 +159,18 @@ impl ConnTable {
     }
 
     /// Removes the connections that have expired at `now_ns` (both entries
-    /// of each: a connection lives while either direction does). Returns
-    /// how many entries were removed.
+    /// of each, by the state and the latest time of either direction), and
+    /// counts the live ones per real server.
     ///
     /// # Errors
     /// When the map cannot be read or written.
-    pub fn sweep(&mut self, now_ns: u64) -> Result<usize> {
+    pub fn sweep(&mut self, now_ns: u64) -> Result<Swept> {
         let mut entries = std::collections::HashMap::new();
         for item in &self.0 {
             let (key, conn) = item.map_err(map_error("CONNS"))?;
             entries.insert(key, conn);
         }
+        let mut swept = Swept::default();
         let mut expired = Vec::new();
         for (key, conn) in &entries {
             let other = ConnKey {
@@ -180,10 +181,16 @@ impl ConnTable {
                 protocol: key.protocol,
                 pad: [0; 3],
             };
-            let live = |c: &Conn| conn_is_live(now_ns, c.last_seen_ns, c.state.max(conn.state));
-            let other_live = entries.get(&other).is_some_and(&live);
-            if !live(conn) && !other_live {
+            // The connection's state is the furthest either direction has
+            // seen (a reset from one side ends it), its time the latest.
+            let (state, last_seen) = entries.get(&other).map_or(
+                (conn.state, conn.last_seen_ns),
+                |o| (o.state.max(conn.state), o.last_seen_ns.max(conn.last_seen_ns)),
+            );
+            if !conn_is_live(now_ns, last_seen, state) {
                 expired.push(*key);
+            } else if conn.reply == 0 {
+                *swept.live_by_real.entry(conn.real).or_insert(0) += 1;
             }
         }
         for key in &expired {
@@ -192,6 +199,16 @@ impl ConnTable {
                 Err(e) => return Err(map_error("CONNS")(e)),
             }
         }
-        Ok(expired.len())
+        swept.removed = expired.len();
+        Ok(swept)
     }
+}
+
+/// What a sweep of the connection table did and found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Entries removed.
+    pub removed: usize,
+    /// Live connections by real-server index.
+    pub live_by_real: std::collections::BTreeMap<u32, u64>,
 }
