@@ -336,13 +336,7 @@ impl Lbd {
         config: &str,
         wrapper: &[&str],
     ) -> Result<Self, LabError> {
-        let dir = node_dir(lab, name);
-        fs::create_dir_all(&dir).map_err(|source| LabError::Io {
-            what: format!("creating {}", dir.display()),
-            source,
-        })?;
-        let log = dir.join("lbd.log");
-        Self::spawn(lab, ns, &dir, config, log, wrapper, &paths::lbd())
+        Self::named(lab, ns, name, config, wrapper, &paths::lbd())
     }
 
     /// [`Self::start_named`] with the lbd binary at `binary` (a copy the
@@ -357,13 +351,26 @@ impl Lbd {
         config: &str,
         binary: &Path,
     ) -> Result<Self, LabError> {
+        Self::named(lab, ns, name, config, &[], binary)
+    }
+
+    /// Starts `binary` (run by `wrapper`) as node `name`, its files in
+    /// [`node_dir`].
+    fn named(
+        lab: &mut DrLab,
+        ns: &str,
+        name: &str,
+        config: &str,
+        wrapper: &[&str],
+        binary: &Path,
+    ) -> Result<Self, LabError> {
         let dir = node_dir(lab, name);
         fs::create_dir_all(&dir).map_err(|source| LabError::Io {
             what: format!("creating {}", dir.display()),
             source,
         })?;
         let log = dir.join("lbd.log");
-        Self::spawn(lab, ns, &dir, config, log, &[], binary)
+        Self::spawn(lab, ns, &dir, config, log, wrapper, binary)
     }
 
     /// The namespace lbd runs in.

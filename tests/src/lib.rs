@@ -3,7 +3,7 @@
 //! ([`affinity`]), frame building ([`frames`]), spoofed-source
 //! floods sent into a lab ([`flood`]), where the built artifacts are
 //! ([`paths`]), bounded waiting ([`wait`]), who answers ARP ([`arp`]) and
-//! maps made by hand ([`bpf`]).
+//! maps made by hand ([`bpf`]) and the XDP program run on a frame ([`xdp`]).
 
 pub mod affinity;
 pub mod arp;
@@ -14,3 +14,4 @@ pub mod lab;
 pub mod lbd;
 pub mod paths;
 pub mod wait;
+pub mod xdp;

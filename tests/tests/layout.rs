@@ -11,10 +11,7 @@
 
 use std::{net::Ipv4Addr, os::fd::AsFd as _};
 
-use aya::{
-    maps::MapData,
-    programs::{TestRun, TestRunOptions},
-};
+use aya::maps::MapData;
 use lb_common::{Affinity, AffinityKey, LAYOUT_VERSION};
 use lb_tests::{bpf, frames::FrameSpec};
 use lb_userspace::{
@@ -73,19 +70,6 @@ fn widen(key: &[u8], value: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     Some((key.to_vec(), bytes.to_vec()))
 }
 
-fn run(program: &mut Program, frame: &[u8]) -> (u32, Vec<u8>) {
-    let mut out = vec![0_u8; frame.len() + 256];
-    let xdp = program.xdp_program().unwrap_or_else(|e| panic!("{e}"));
-    let result = xdp
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..TestRunOptions::default()
-        })
-        .unwrap_or_else(|e| panic!("test_run: {e}"));
-    out.truncate(result.data_size_out as usize);
-    (result.return_value, out)
-}
 
 #[test]
 fn a_table_of_a_constructed_older_layout_is_taken_over_with_its_clients() {
@@ -183,7 +167,7 @@ fn a_table_of_a_constructed_older_layout_is_taken_over_with_its_clients() {
 
     for (client, server) in placed {
         let frame = FrameSpec::tcp(IFACE_MAC, client, VIP, 80).build();
-        let (verdict, out) = run(&mut next, &frame);
+        let (verdict, out) = lb_tests::xdp::run(&mut next, &frame);
         assert_eq!(verdict, XDP_TX, "{client} is forwarded");
         assert_eq!(
             out.get(0..6),

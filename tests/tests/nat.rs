@@ -10,7 +10,6 @@
 
 use std::net::Ipv4Addr;
 
-use aya::programs::{TestRun, TestRunOptions};
 use lb_common::nat::{Conn, ConnKey, NatNote, CONN_CLOSED, CONN_ESTABLISHED, CONN_SYN};
 use lb_common::Reason;
 use lb_tests::frames::FrameSpec;
@@ -201,17 +200,7 @@ impl Harness {
     }
 
     fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0_u8; frame.len() + 256];
-        let program = self.program.xdp_program().unwrap_or_else(|e| panic!("{e}"));
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })
-            .unwrap_or_else(|e| panic!("test_run: {e}"));
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
+        lb_tests::xdp::run(&mut self.program, frame)
     }
 
     fn connections(&self) -> Vec<(ConnKey, Conn)> {

@@ -8,7 +8,6 @@
 
 use std::{collections::BTreeMap, mem::size_of, net::Ipv4Addr};
 
-use aya::programs::{TestRun, TestRunOptions};
 use lb_common::census::CensusRun;
 use lb_common::{Affinity, Reason};
 use lb_tests::frames::{self, parse_fragment, parse_service_frame, FrameSpec};
@@ -108,17 +107,7 @@ impl Harness {
 
     /// Runs one frame; returns the verdict and the output frame.
     fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0_u8; frame.len() + 256];
-        let program = self.program.xdp_program().unwrap_or_else(|e| panic!("{e}"));
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })
-            .unwrap_or_else(|e| panic!("test_run: {e}"));
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
+        lb_tests::xdp::run(&mut self.program, frame)
     }
 
     fn reasons(&self) -> BTreeMap<&'static str, u64> {
