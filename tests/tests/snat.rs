@@ -67,6 +67,42 @@ fn config(lab: &DrLab) -> String {
     )
 }
 
+/// Issue 14: a reload that brings the first SNAT service turns routing on
+/// for it (IPv4 forwarding, which the data path's routing lookups need),
+/// as a start with it does.
+#[test]
+fn a_reload_that_adds_the_first_snat_service_serves_it() {
+    let mut lab = lab();
+    let full = config(&lab);
+    let empty = format!("{}services: []\n", &full[..full.find("services:").unwrap_or(0)]);
+    let lbd = Lbd::start(&mut lab, &empty).unwrap_or_else(|e| panic!("{e}"));
+    lbd.wait_ready(&mut lab, READY)
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&lbd.config, &full).unwrap_or_else(|e| panic!("{e}"));
+    lbd.signal(&lab, libc::SIGHUP)
+        .unwrap_or_else(|e| panic!("{e}"));
+    lb_tests::wait::wait_until("the reload", READY, || {
+        if lbd.log_text().contains("SIGHUP: configuration reloaded") {
+            Ok(())
+        } else {
+            Err(lbd.log_text())
+        }
+    });
+    lbd.wait_ready(&mut lab, READY)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let sources: Vec<Ipv4Addr> = lab.client_sources()[..16].to_vec();
+    let report = lab
+        .run_clients_with(&sources, 1, Duration::from_secs(30), Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        report.failures().is_empty(),
+        "{}\n{}\ndata path: {}",
+        report.summary(),
+        lbd.log_text(),
+        lbd.status().unwrap_or_default()["dataplane"]
+    );
+}
+
 /// One HTTP/1.1 request on `stream`: the body.
 fn get(stream: &mut TcpStream, path: &str) -> Result<String, String> {
     stream

@@ -653,6 +653,7 @@ impl Daemon {
         let mut next = next;
         next.node = self.config.node.clone();
         next.cluster = self.config.cluster.clone();
+        self.enable_routing(&next)?;
         self.apply_services(&next)?;
         self.advise(&next).await;
         if let Some(Err(error)) = self.vips_changed(wanted_vips(&next).into_iter().collect()) {

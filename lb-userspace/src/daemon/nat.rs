@@ -154,33 +154,20 @@ impl Daemon {
         self.balancer.set_snat_defaults(defaults);
     }
 
-    /// At start, with NAT or SNAT services or server interfaces: the
-    /// program on each server interface (the servers' replies arrive
-    /// there), every interface a translated frame may leave by, and IPv4
-    /// forwarding on them (the data path's routing lookups need it).
+    /// At start: the program on each server interface (the servers'
+    /// replies arrive there), every interface a translated frame may leave
+    /// by, and routing enabled where the services need it.
     pub(super) async fn attach_server_side(&mut self, config: &Config) -> anyhow::Result<()> {
-        let servers = &config.node.server_interfaces;
-        if servers.is_empty() && !translates(config) {
-            return Ok(());
-        }
         let mut egress = vec![self.ifindex];
-        for name in servers {
+        for name in &config.node.server_interfaces {
             let iface = neighbour::interface(&self.handle, name)
                 .await
                 .with_context(|| format!("node.server_interfaces: {name}"))?;
             let hook = self
                 .program
-                .attach_also(
-                    &self.handle,
-                    iface.index,
-                    name,
-                    attach_mode(config.node.xdp_mode),
-                )
+                .attach_also(&self.handle, iface.index, name, attach_mode(config.node.xdp_mode))
                 .await?;
-            log::info!(
-                "XDP program attached to server interface {name} ({} mode)",
-                hook.name()
-            );
+            log::info!("XDP program attached to server interface {name} ({} mode)", hook.name());
             egress.push(iface.index);
         }
         self.balancer
@@ -188,10 +175,19 @@ impl Daemon {
             .nat_mut()
             .set_egress(&egress)
             .context("the interfaces NAT frames leave by")?;
-        // Forwarding: the data path's routing lookups need it. Local
-        // sources accepted: a translated frame whose next hop the kernel
-        // has not resolved yet is handed to it to forward, and such a frame
-        // comes from a VIP or a SNAT address, this host's own.
+        self.enable_routing(config)
+    }
+
+    /// With a NAT or SNAT service (at start and on every change): IPv4
+    /// `forwarding` on lbd's interfaces, which the data path's routing
+    /// lookups need, and `accept_local`: a translated frame whose next hop
+    /// the kernel has not resolved yet is handed to it to forward, and such
+    /// a frame comes from a VIP or a SNAT address, this host's own.
+    pub(super) fn enable_routing(&self, config: &Config) -> anyhow::Result<()> {
+        if !translates(config) {
+            return Ok(());
+        }
+        let servers = &config.node.server_interfaces;
         for name in std::iter::once(&config.node.interface).chain(servers) {
             for (setting, why) in [
                 ("forwarding", "NAT and SNAT route through this host"),
@@ -204,9 +200,8 @@ impl Daemon {
                 if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
                     continue;
                 }
-                std::fs::write(&path, "1").with_context(|| {
-                    format!("setting {path} to 1, which NAT and SNAT need")
-                })?;
+                std::fs::write(&path, "1")
+                    .with_context(|| format!("setting {path} to 1, which NAT and SNAT need"))?;
                 log::info!("{setting} enabled on {name}: {why}");
             }
         }
