@@ -36,6 +36,16 @@ fn lab() -> DrLab {
     .unwrap_or_else(|e| panic!("lab: {e}"))
 }
 
+/// The lab with lbd serving [`config`], ready.
+fn lab_with_lbd() -> (DrLab, Lbd) {
+    let mut lab = lab();
+    let yaml = config(&lab);
+    let lbd = Lbd::start(&mut lab, &yaml).unwrap_or_else(|e| panic!("{e}"));
+    lbd.wait_ready(&mut lab, READY)
+        .unwrap_or_else(|e| panic!("{e}"));
+    (lab, lbd)
+}
+
 /// A SNAT service on the lab's HTTP port (SNAT address: the address of
 /// `eth1`, found by lbd) and a NAT service on [`NAT_PORT`].
 fn config(lab: &DrLab) -> String {
@@ -149,11 +159,7 @@ fn connect(source: Ipv4Addr, to: SocketAddrV4) -> Result<TcpStream, String> {
 
 #[test]
 fn snat_to_servers_on_another_subnet_is_sticky_and_spread() {
-    let mut lab = lab();
-    let yaml = config(&lab);
-    let lbd = Lbd::start(&mut lab, &yaml).unwrap_or_else(|e| panic!("{e}"));
-    lbd.wait_ready(&mut lab, READY)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (lab, lbd) = lab_with_lbd();
     let sources: Vec<Ipv4Addr> = lab.client_sources().to_vec();
     let report = lab
         .run_clients_with(&sources, 2, Duration::from_secs(60), Duration::from_secs(2))
@@ -185,11 +191,7 @@ fn snat_to_servers_on_another_subnet_is_sticky_and_spread() {
 
 #[test]
 fn a_long_lived_connection_keeps_its_server_and_nat_keeps_the_clients_address() {
-    let mut lab = lab();
-    let yaml = config(&lab);
-    let lbd = Lbd::start(&mut lab, &yaml).unwrap_or_else(|e| panic!("{e}"));
-    lbd.wait_ready(&mut lab, READY)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (mut lab, lbd) = lab_with_lbd();
     let source = lab.client_sources()[7];
     let web = SocketAddrV4::new(lab.vip(), lab.http_port());
     let app = SocketAddrV4::new(lab.vip(), NAT_PORT);
