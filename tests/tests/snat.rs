@@ -191,7 +191,7 @@ fn snat_to_servers_on_another_subnet_is_sticky_and_spread() {
 
 #[test]
 fn a_long_lived_connection_keeps_its_server_and_nat_keeps_the_clients_address() {
-    let (mut lab, lbd) = lab_with_lbd();
+    let (lab, lbd) = lab_with_lbd();
     let source = lab.client_sources()[7];
     let web = SocketAddrV4::new(lab.vip(), lab.http_port());
     let app = SocketAddrV4::new(lab.vip(), NAT_PORT);
