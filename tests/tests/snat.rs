@@ -91,7 +91,7 @@ fn a_reload_that_adds_the_first_snat_service_serves_it() {
     std::fs::write(&lbd.config, &full).unwrap_or_else(|e| panic!("{e}"));
     lbd.signal(&lab, libc::SIGHUP)
         .unwrap_or_else(|e| panic!("{e}"));
-    lb_tests::wait::wait_until("the reload", READY, || {
+    let () = lb_tests::wait::wait_until("the reload", READY, || {
         if lbd.log_text().contains("SIGHUP: configuration reloaded") {
             Ok(())
         } else {
