@@ -15,14 +15,26 @@ impl Tally {
         Self(REASONS.get_ptr_mut(0))
     }
 
+    /// Counts a note or a verdict known where it is counted.
     #[inline(always)]
     pub fn count(self, reason: Reason) {
+        self.bump(reason as usize);
+    }
+
+    /// Counts a frame's verdict, a `Reason` taken from a `Result`: its
+    /// index is read through a volatile load, because the compiler knows a
+    /// `Reason` is below `REASON_COUNT` and would drop the bounds check the
+    /// verifier needs for a value it cannot bound itself.
+    #[inline(always)]
+    pub fn count_verdict(self, reason: Reason) {
+        // SAFETY: a read of a local.
+        let index = unsafe { core::ptr::read_volatile(&(reason as u32)) } as usize;
+        self.bump(index);
+    }
+
+    #[inline(always)]
+    fn bump(self, index: usize) {
         if let Some(tally) = self.0 {
-            // Read through a volatile load: the compiler knows a `Reason` is
-            // below `REASON_COUNT` and would drop the bounds check, which
-            // the verifier, given a value from a `Result`, needs.
-            // SAFETY: a read of a local.
-            let index = unsafe { core::ptr::read_volatile(&(reason as u32)) } as usize;
             // SAFETY: per-CPU slot, no other writer while this program runs here.
             if let Some(counter) = unsafe { (*tally).counts.get_mut(index) } {
                 *counter += 1;

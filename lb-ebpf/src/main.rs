@@ -341,7 +341,7 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
             Ok(()) => (xdp_action::XDP_TX, Reason::ArpAnswered),
             Err(reason) => (xdp_action::XDP_PASS, reason),
         };
-        tally.count(reason);
+        tally.count_verdict(reason);
         return action;
     }
     let (action, reason) = match try_lb_xdp(&ctx, tally) {
@@ -358,7 +358,7 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
             (action, reason)
         }
     };
-    tally.count(reason);
+    tally.count_verdict(reason);
     action
 }
 

@@ -68,6 +68,13 @@ static NAT_EGRESS: DevMapHash = DevMapHash::with_max_entries(MAX_EGRESS_INTERFAC
 #[map]
 static SNAT_ADDRESSES: HashMap<u32, u8> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
+/// Slot 0: 1 while a NAT or SNAT service exists. Every frame for no
+/// service is looked up as a server's reply only then, so a node without
+/// NAT services pays nothing for it (an array lookup is inlined). Written
+/// by lbd.
+#[map]
+static NAT_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Slot 0, per CPU: a count of every [`NatNote`]. Written here.
 #[map]
 static NAT_NOTES: PerCpuArray<NatCounters> = PerCpuArray::with_max_entries(1, 0);
@@ -243,6 +250,9 @@ pub fn track(
 /// (translated back to VIP:port -> client:port), else `Err`: passed.
 #[inline(always)]
 pub fn reply(ctx: &XdpContext, frame: &Frame) -> Result<u32, Reason> {
+    if NAT_ACTIVE.get(0).is_none_or(|on| *on == 0) {
+        return Err(Reason::PassNotService);
+    }
     let key = client_key(frame);
     let Some(entry) = CONNS.get_ptr_mut(&key) else {
         // SAFETY: the map value is not used.

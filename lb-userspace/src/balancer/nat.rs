@@ -85,6 +85,7 @@ impl<M: Maps> Balancer<M> {
     /// Writes the NAT settings of the services of `next`.
     pub(super) fn write_nat(&mut self, next: &BTreeMap<String, ServiceState>) -> Result<()> {
         let mut addresses = BTreeSet::new();
+        let mut active = false;
         for state in next.values() {
             let Some(f) = state.forward() else {
                 continue;
@@ -92,6 +93,7 @@ impl<M: Maps> Balancer<M> {
             if f.forwarding == Forwarding::Dr {
                 continue;
             }
+            active = true;
             let snat = if f.forwarding == Forwarding::Snat {
                 let address = self
                     .snat_address(&state.config.name, f.snat_address)
@@ -121,6 +123,7 @@ impl<M: Maps> Balancer<M> {
             }
         }
         self.maps.set_snat_addresses(&addresses)?;
+        self.maps.set_nat_active(active)?;
         Ok(())
     }
 }
@@ -161,6 +164,7 @@ mod tests {
             .collect();
         assert_eq!(ports, [8443, 443]);
         assert_eq!(b.maps().snat_addresses, [address].into());
+        assert!(b.maps().nat_active, "replies are looked up");
         assert!(b.unresolved().is_empty(), "routed servers need no MAC");
         let service = b
             .maps()

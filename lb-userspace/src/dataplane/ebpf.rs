@@ -330,6 +330,10 @@ impl Maps for EbpfMaps {
         self.nat.set_snat_addresses(addresses)
     }
 
+    fn set_nat_active(&mut self, on: bool) -> Result<()> {
+        self.nat.set_active(on)
+    }
+
     fn set_held_vips(&mut self, vips: &BTreeSet<Ipv4Addr>) -> Result<()> {
         let key = |vip: &Ipv4Addr| u32::from_ne_bytes(vip.octets());
         // Gone first: a VIP given up is answered no longer before any other

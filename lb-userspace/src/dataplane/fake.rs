@@ -50,6 +50,8 @@ pub struct FakeMaps {
     pub nat_reals: BTreeMap<u32, lb_common::nat::NatReal>,
     /// The SNAT addresses.
     pub snat_addresses: std::collections::BTreeSet<std::net::Ipv4Addr>,
+    /// Whether a NAT or SNAT service exists.
+    pub nat_active: bool,
     /// Slots, rings and services, in the order written.
     pub writes: Vec<Write>,
     /// Taken over ([`Maps::take_over`]): writing what is there is skipped,
@@ -138,6 +140,10 @@ impl Maps for FakeMaps {
         addresses: &std::collections::BTreeSet<std::net::Ipv4Addr>,
     ) -> Result<()> {
         self.snat_addresses.clone_from(addresses);
+        Ok(())
+    }
+    fn set_nat_active(&mut self, on: bool) -> Result<()> {
+        self.nat_active = on;
         Ok(())
     }
     fn set_held_vips(

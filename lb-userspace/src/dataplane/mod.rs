@@ -151,6 +151,8 @@ pub trait Maps {
     fn set_nat_real(&mut self, index: u32, nat: lb_common::nat::NatReal) -> Result<()>;
     /// Replaces the SNAT addresses of the services.
     fn set_snat_addresses(&mut self, addresses: &BTreeSet<Ipv4Addr>) -> Result<()>;
+    /// Whether a NAT or SNAT service exists.
+    fn set_nat_active(&mut self, on: bool) -> Result<()>;
     /// Zeroes the counters of a real-server index (on reuse).
     fn reset_real_counters(&mut self, index: u32) -> Result<()>;
     /// A real server's counters, summed over CPUs.

@@ -22,6 +22,7 @@ pub struct NatMaps {
     services: Array<MapData, NatService>,
     reals: Array<MapData, NatReal>,
     snat_addresses: HashMap<MapData, u32, u8>,
+    active: Array<MapData, u32>,
     conns: Arc<Mutex<ConnTable>>,
     egress: aya::maps::DevMapHash<MapData>,
     notes: PerCpuArray<MapData, NatCounters>,
@@ -42,6 +43,7 @@ impl NatMaps {
             reals: Array::try_from(take("NAT_REALS")?).map_err(map_error("NAT_REALS"))?,
             snat_addresses: HashMap::try_from(take("SNAT_ADDRESSES")?)
                 .map_err(map_error("SNAT_ADDRESSES"))?,
+            active: Array::try_from(take("NAT_ACTIVE")?).map_err(map_error("NAT_ACTIVE"))?,
             conns: Arc::new(Mutex::new(ConnTable(
                 HashMap::try_from(take("CONNS")?).map_err(map_error("CONNS"))?,
             ))),
@@ -76,6 +78,13 @@ impl NatMaps {
             .map_err(map_error("NAT_REALS"))?;
         self.reals_written.insert(index, nat);
         Ok(())
+    }
+
+    /// Whether a NAT or SNAT service exists (replies are looked up only then).
+    pub(super) fn set_active(&mut self, on: bool) -> Result<()> {
+        self.active
+            .set(0, u32::from(on), 0)
+            .map_err(map_error("NAT_ACTIVE"))
     }
 
     /// Replaces the SNAT addresses.
