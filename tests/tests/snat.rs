@@ -101,9 +101,20 @@ fn a_reload_that_adds_the_first_snat_service_serves_it() {
     lbd.wait_ready(&mut lab, READY)
         .unwrap_or_else(|e| panic!("{e}"));
     let sources: Vec<Ipv4Addr> = lab.client_sources()[..16].to_vec();
+    all_answered(&lab, &lbd, &sources, 1);
+}
+
+/// `rounds` of requests from `sources`, every one answered (else the
+/// failure, lbd's log and its data-path counters).
+fn all_answered(
+    lab: &DrLab,
+    lbd: &Lbd,
+    sources: &[Ipv4Addr],
+    rounds: usize,
+) -> lb_tests::lab::ClientReport {
     let report = lab
-        .run_clients_with(&sources, 1, Duration::from_secs(30), Duration::from_secs(2))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .run_clients_with(sources, rounds, Duration::from_secs(60), Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("{e}\n{}", lbd.log_text()));
     assert!(
         report.failures().is_empty(),
         "{}\n{}\ndata path: {}",
@@ -111,6 +122,7 @@ fn a_reload_that_adds_the_first_snat_service_serves_it() {
         lbd.log_text(),
         lbd.status().unwrap_or_default()["dataplane"]
     );
+    report
 }
 
 /// One HTTP/1.1 request on `stream`: the body.
@@ -161,16 +173,7 @@ fn connect(source: Ipv4Addr, to: SocketAddrV4) -> Result<TcpStream, String> {
 fn snat_to_servers_on_another_subnet_is_sticky_and_spread() {
     let (lab, lbd) = lab_with_lbd();
     let sources: Vec<Ipv4Addr> = lab.client_sources().to_vec();
-    let report = lab
-        .run_clients_with(&sources, 2, Duration::from_secs(60), Duration::from_secs(2))
-        .unwrap_or_else(|e| panic!("{e}\n{}", lbd.log_text()));
-    assert!(
-        report.failures().is_empty(),
-        "{}\n{}\ndata path: {}",
-        report.summary(),
-        lbd.log_text(),
-        lbd.status().unwrap_or_default()["dataplane"]
-    );
+    let report = all_answered(&lab, &lbd, &sources, 2);
     assert_eq!(report.sticky_sources().len(), SOURCES, "{}", report.summary());
     let shares = report.share_by_server();
     assert_eq!(shares.len(), 3, "every server has clients: {shares:?}");
