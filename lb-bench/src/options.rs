@@ -44,6 +44,12 @@ pub enum System {
     BareDr,
     /// The product.
     Lbd,
+    /// The product with `forwarding: snat` (from the load balancer's own
+    /// address, as masquerade does).
+    LbdSnat,
+    /// The product with `forwarding: nat` (the servers route the clients'
+    /// subnets through the load balancer for the run).
+    LbdNat,
     /// nftables DNAT + masquerade.
     Nftables,
     /// `HAProxy` in TCP mode.
@@ -52,10 +58,12 @@ pub enum System {
 
 impl System {
     /// Every system, in round order.
-    pub const ALL: [System; 5] = [
+    pub const ALL: [System; 7] = [
         System::Direct,
         System::BareDr,
         System::Lbd,
+        System::LbdSnat,
+        System::LbdNat,
         System::Nftables,
         System::Haproxy,
     ];
@@ -67,6 +75,8 @@ impl System {
             System::Direct => "direct",
             System::BareDr => "bare DR",
             System::Lbd => "lbd",
+            System::LbdSnat => "lbd SNAT",
+            System::LbdNat => "lbd NAT",
             System::Nftables => "nftables",
             System::Haproxy => "HAProxy",
         }
@@ -79,6 +89,8 @@ impl System {
             System::Direct => "direct",
             System::BareDr => "bare_dr",
             System::Lbd => "lbd",
+            System::LbdSnat => "lbd_snat",
+            System::LbdNat => "lbd_nat",
             System::Nftables => "nftables",
             System::Haproxy => "haproxy",
         }

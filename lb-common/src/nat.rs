@@ -73,6 +73,22 @@ pub struct Conn {
     pub pad: u32,
 }
 
+impl Conn {
+    /// The key of the other direction's entry: the 5-tuple this direction's
+    /// frames leave with, reversed (the frames the other side sends back).
+    #[must_use]
+    pub const fn reverse_key(&self, protocol: u8) -> ConnKey {
+        ConnKey {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            protocol,
+            pad: [0; 3],
+        }
+    }
+}
+
 /// A TCP connection of which only the SYN has been seen.
 pub const CONN_SYN: u8 = 0;
 /// A TCP connection past its handshake.

@@ -151,13 +151,31 @@ impl Vips {
         Ok(out)
     }
 
+    /// The host's IPv4 addresses, on every interface.
     async fn present(&self) -> Result<BTreeSet<Ipv4Addr>> {
-        Ok(self
-            .addresses()
-            .await?
-            .into_iter()
-            .map(|(a, _)| a)
-            .collect())
+        let mut messages = self.handle.address().get().execute();
+        let mut out = BTreeSet::new();
+        while let Some(message) =
+            messages
+                .try_next()
+                .await
+                .map_err(|source| NetlinkError::Request {
+                    what: "listing the host's addresses".into(),
+                    source,
+                })?
+        {
+            if message.header.family != AddressFamily::Inet {
+                continue;
+            }
+            for attribute in &message.attributes {
+                if let AddressAttribute::Local(std::net::IpAddr::V4(a))
+                | AddressAttribute::Address(std::net::IpAddr::V4(a)) = attribute
+                {
+                    out.insert(*a);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The interface's own IPv4 address (the first one that is not a /32 and
@@ -179,9 +197,11 @@ impl Vips {
             .map(|(a, _)| *a))
     }
 
-    /// Makes the held VIPs exactly `wanted`: adds the missing ones (as /32),
-    /// removes those lbd added that are no longer wanted, and sends gratuitous
-    /// ARP for each VIP added. Returns the VIPs added.
+    /// Makes the held VIPs exactly `wanted`: adds the missing ones (as /32;
+    /// an address the host has already, on any interface, is the host's and
+    /// is neither added nor ever removed), removes those lbd added that are
+    /// no longer wanted, and sends gratuitous ARP for each VIP added.
+    /// Returns the VIPs added.
     ///
     /// # Errors
     /// When an address cannot be added or removed, or the record written.

@@ -68,7 +68,7 @@ const SERVER_LAN_PREFIX: u8 = 24;
 /// The load balancer's address on the server LAN.
 pub const LB_SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 8, 1);
 /// The /24s holding client sources; other hosts route them via the client.
-const SOURCE_NETS: [&str; 2] = ["198.18.1.0/24", "198.18.2.0/24"];
+pub const SOURCE_NETS: [&str; 2] = ["198.18.1.0/24", "198.18.2.0/24"];
 
 /// Everything that can go wrong while building or driving a lab.
 #[derive(Debug)]
@@ -800,13 +800,11 @@ impl DrLab {
             ])?;
         }
         run_in(&self.client, &["ethtool", "-K", "eth0", "tx", "off"])?;
-        if self.opts.server_lan {
-            // veth trap 2 for the servers too: their replies pass through
-            // the load balancer's XDP (NAT), which updates the checksum in
-            // place, so it must be complete.
-            for ns in &self.reals {
-                run_in(ns, &["ethtool", "-K", "eth0", "tx", "off"])?;
-            }
+        // veth trap 2 for the servers too: with NAT or SNAT their replies
+        // pass through the load balancer's XDP, which updates the checksum
+        // in place, so it must be complete.
+        for ns in &self.reals {
+            run_in(ns, &["ethtool", "-K", "eth0", "tx", "off"])?;
         }
 
         for i in 0..self.reals.len() {

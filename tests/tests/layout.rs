@@ -70,7 +70,6 @@ fn widen(key: &[u8], value: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     Some((key.to_vec(), bytes.to_vec()))
 }
 
-
 #[test]
 fn a_table_of_a_constructed_older_layout_is_taken_over_with_its_clients() {
     // SAFETY: geteuid has no preconditions.

@@ -388,22 +388,34 @@ fn udp_with_and_without_a_checksum_and_a_reset_ends_a_connection() {
         // lbd's sweep keeps what lives and removes what expired, both
         // entries of each connection.
         let table = h.balancer.maps().nat().conn_table();
-        let mut table = table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut table = table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = lb_userspace::monotonic_ns();
         let kept = table.sweep(now).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(kept.removed, 0, "nothing has expired yet");
-        assert_eq!(kept.live_by_real.values().sum::<u64>(), 2, "two connections live");
+        assert_eq!(
+            kept.live_by_real.values().sum::<u64>(),
+            2,
+            "two connections live"
+        );
         // The reset connection (10 s) is gone 11 s on, the UDP flow (5 min) not.
         let later = table
             .sweep(now + 11_000_000_000)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(later.removed, 2, "both entries of the reset connection");
-        assert_eq!(table.connections().unwrap_or_else(|e| panic!("{e}")).len(), 1);
+        assert_eq!(
+            table.connections().unwrap_or_else(|e| panic!("{e}")).len(),
+            1
+        );
         let gone = table
             .sweep(now + 301_000_000_000)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(gone.removed, 2, "then the UDP flow's");
-        assert!(table.connections().unwrap_or_else(|e| panic!("{e}")).is_empty());
+        assert!(table
+            .connections()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_empty());
     });
 }
 

@@ -11,9 +11,10 @@ use std::{
 };
 
 use lb_tests::{
-    lab::{in_netns, DrLab, DrLabOptions, LB_SERVER_ADDR},
-    lbd::{lab_config, lbctl_ok, Lbd},
+    lab::{in_netns, run_in, DrLab, DrLabOptions, LB_SERVER_ADDR},
+    lbd::{lab_config, lab_config_named, lbctl_ok, write_key, ClusterSpec, Lbd},
     paths,
+    wait::wait_until,
 };
 
 const READY: Duration = Duration::from_secs(20);
@@ -84,14 +85,17 @@ fn config(lab: &DrLab) -> String {
 fn a_reload_that_adds_the_first_snat_service_serves_it() {
     let mut lab = lab();
     let full = config(&lab);
-    let empty = format!("{}services: []\n", &full[..full.find("services:").unwrap_or(0)]);
+    let empty = format!(
+        "{}services: []\n",
+        &full[..full.find("services:").unwrap_or(0)]
+    );
     let lbd = Lbd::start(&mut lab, &empty).unwrap_or_else(|e| panic!("{e}"));
     lbd.wait_ready(&mut lab, READY)
         .unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(&lbd.config, &full).unwrap_or_else(|e| panic!("{e}"));
     lbd.signal(&lab, libc::SIGHUP)
         .unwrap_or_else(|e| panic!("{e}"));
-    let () = lb_tests::wait::wait_until("the reload", READY, || {
+    let () = wait_until("the reload", READY, || {
         if lbd.log_text().contains("SIGHUP: configuration reloaded") {
             Ok(())
         } else {
@@ -113,7 +117,12 @@ fn all_answered(
     rounds: usize,
 ) -> lb_tests::lab::ClientReport {
     let report = lab
-        .run_clients_with(sources, rounds, Duration::from_secs(60), Duration::from_secs(2))
+        .run_clients_with(
+            sources,
+            rounds,
+            Duration::from_secs(60),
+            Duration::from_secs(2),
+        )
         .unwrap_or_else(|e| panic!("{e}\n{}", lbd.log_text()));
     assert!(
         report.failures().is_empty(),
@@ -174,7 +183,12 @@ fn snat_to_servers_on_another_subnet_is_sticky_and_spread() {
     let (lab, lbd) = lab_with_lbd();
     let sources: Vec<Ipv4Addr> = lab.client_sources().to_vec();
     let report = all_answered(&lab, &lbd, &sources, 2);
-    assert_eq!(report.sticky_sources().len(), SOURCES, "{}", report.summary());
+    assert_eq!(
+        report.sticky_sources().len(),
+        SOURCES,
+        "{}",
+        report.summary()
+    );
     let shares = report.share_by_server();
     assert_eq!(shares.len(), 3, "every server has clients: {shares:?}");
     for (server, n) in &shares {
@@ -213,7 +227,11 @@ fn a_long_lived_connection_keeps_its_server_and_nat_keeps_the_clients_address() 
     let (server, seen) = web_peer
         .split_once(' ')
         .unwrap_or_else(|| panic!("answer {web_peer:?}"));
-    assert_eq!(seen, LB_SERVER_ADDR.to_string(), "SNAT: the server sees {seen}");
+    assert_eq!(
+        seen,
+        LB_SERVER_ADDR.to_string(),
+        "SNAT: the server sees {seen}"
+    );
     assert!(
         app_peer.ends_with(&format!(" {source}")),
         "NAT: the server sees the client's address: {app_peer:?}"
@@ -262,4 +280,140 @@ fn a_long_lived_connection_keeps_its_server_and_nat_keeps_the_clients_address() 
     .unwrap_or_else(|e| panic!("{e}"))
     .unwrap_or_else(|e| panic!("{e}"));
     assert_ne!(fresh, server, "a new connection avoids the drained server");
+}
+
+/// The pair's floating SNAT address: a free address of the lab's LAN.
+const FLOATING_SNAT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 99);
+/// The pair's sync key.
+const KEY: &[u8] = b"lab-cluster-key-0123456789abcdef-0123456789abcdef\n";
+
+/// The pair's SNAT service: the lab's servers on the LAN (the same
+/// segment as both load balancers) answer [`FLOATING_SNAT`].
+fn pair_service(lab: &DrLab) -> String {
+    let reals: String = (0..3)
+        .map(|i| {
+            format!(
+                "      - {{ name: {}, address: {} }}\n",
+                lab.real_name(i),
+                lab.real_address(i)
+            )
+        })
+        .collect();
+    format!(
+        "  - name: web\n    vip: {}\n    port: {}\n    forwarding: snat\n    snat_address: {FLOATING_SNAT}\n    \
+         health_check: {{ type: tcp, interval_ms: 500, timeout_ms: 250 }}\n    real_servers:\n{reals}",
+        lab.vip(),
+        lab.http_port()
+    )
+}
+
+/// Issue 14, in a pair: the master's tracked connections reach the backup
+/// and the SNAT address floats with the VIP, so when the master dies
+/// (`kill -9` of lbd and its link down) an open connection goes on through
+/// the backup, and every client keeps its server.
+#[test]
+fn a_snat_connection_survives_the_masters_death() {
+    paths::require_root("namespace tests");
+    paths::require_lbd();
+    let mut lab = DrLab::start(DrLabOptions {
+        real_servers: 3,
+        client_sources: 64,
+        second_lb: true,
+        ..DrLabOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("lab: {e}"));
+    let key1 = write_key(&lab, "lb1.key", KEY).unwrap_or_else(|e| panic!("{e}"));
+    let key2 = write_key(&lab, "lb2.key", KEY).unwrap_or_else(|e| panic!("{e}"));
+    let service = pair_service(&lab);
+    let lb1_config = lab_config_named(
+        &lab,
+        "lb1",
+        &ClusterSpec::primary(&lab, Some(&key1)).yaml(),
+        &service,
+    );
+    let lb2_config = lab_config_named(
+        &lab,
+        "lb2",
+        &ClusterSpec::secondary(&lab, Some(&key2)).yaml(),
+        &service,
+    );
+    let (ns1, ns2) = (lab.lb_ns().to_owned(), lab.lb2_ns().to_owned());
+    let mut lb1 =
+        Lbd::start_named(&mut lab, &ns1, "lb1", &lb1_config).unwrap_or_else(|e| panic!("{e}"));
+    lb1.wait_ready(&mut lab, READY)
+        .unwrap_or_else(|e| panic!("{e}"));
+    lb1.wait_ha(&mut lab, READY, "lb1 master", |v| v["state"] == "master")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let lb2 =
+        Lbd::start_named(&mut lab, &ns2, "lb2", &lb2_config).unwrap_or_else(|e| panic!("{e}"));
+    lb2.wait_ha(&mut lab, READY, "lb2 backup and synced", |v| {
+        v["state"] == "backup" && v["sync"]["connected"] == true
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    // Clients placed, and one connection kept open.
+    let sources: Vec<Ipv4Addr> = lab.client_sources()[..32].to_vec();
+    let report = all_answered(&lab, &lb1, &sources, 2);
+    let before = report.first_servers();
+    let source = lab.client_sources()[40];
+    let web = SocketAddrV4::new(lab.vip(), lab.http_port());
+    let client_ns = lab.client_ns().to_owned();
+    let (peer, mut stream) = in_netns(&client_ns, move || {
+        let mut stream = connect(source, web)?;
+        let peer = get(&mut stream, "/peer")?;
+        Ok::<_, String>((peer, stream))
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+    .unwrap_or_else(|e| panic!("{e}\n{}", lb1.log_text()));
+    let (server, seen) = peer
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("answer {peer:?}"));
+    assert_eq!(
+        seen,
+        FLOATING_SNAT.to_string(),
+        "the servers see the floating SNAT address"
+    );
+    let server = server.to_owned();
+
+    // The backup has the connection (the master streams its table).
+    let listed = wait_until(
+        "the connection at the backup",
+        Duration::from_secs(10),
+        || {
+            let out = lbctl_ok(&lb2, &["connections", "web", "--json"]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if text.contains(&format!("\"{source}:")) {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        },
+    );
+    assert!(
+        listed.contains(&server),
+        "on its server at the backup: {listed}"
+    );
+
+    // The master dies: lbd killed, its link down.
+    lb1.crash(&mut lab).unwrap_or_else(|e| panic!("{e}"));
+    run_in(&ns1, &["ip", "link", "set", lab.lb_interface(), "down"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    lb2.wait_ha(&mut lab, READY, "lb2 master", |v| v["state"] == "master")
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let again =
+        in_netns(&client_ns, move || get(&mut stream, "/")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        again.as_deref(),
+        Ok(server.as_str()),
+        "the open connection goes on, on its server, through the new master\n{}",
+        lb2.log_text()
+    );
+    let after = all_answered(&lab, &lb2, &sources, 1).first_servers();
+    let moved: Vec<String> = before
+        .iter()
+        .filter(|(s, srv)| after.get(*s) != Some(*srv))
+        .map(|(s, srv)| format!("{s}: {srv} -> {:?}", after.get(s)))
+        .collect();
+    assert!(moved.is_empty(), "clients moved at the failover: {moved:?}");
 }

@@ -77,7 +77,7 @@ pub(super) fn markdown(found: &Findings) -> (String, Vec<Target>) {
             System::Direct => "none".to_string(),
             System::Nftables => "n/m (softirq)".to_string(),
             System::BareDr => format!("{} (XDP)", fmt2(ka.xdp_cpu_per_m)),
-            System::Lbd => format!(
+            System::Lbd | System::LbdSnat | System::LbdNat => format!(
                 "{} (XDP {} + lbd {})",
                 fmt2(ka.lb_cpu_per_m),
                 fmt2(ka.xdp_cpu_per_m),
@@ -201,10 +201,13 @@ pub(super) fn markdown(found: &Findings) -> (String, Vec<Target>) {
                 bound: 1.75,
                 at_least: true,
             }),
-            System::Direct | System::Lbd => {}
+            System::Direct | System::Lbd | System::LbdSnat | System::LbdNat => {}
         }
     }
     out.push('\n');
+    let (nat, nat_targets) = nat_ratios(found);
+    out.push_str(&nat);
+    targets.extend(nat_targets);
     let _ = writeln!(out, "Per-run rates (req/s, in round order):\n");
     for sys in System::ALL {
         let rates = |w| {
@@ -587,4 +590,76 @@ fn ha_section(out: &mut String, found: &Findings, targets: &mut Vec<Target>) {
         }
     }
     out.push('\n');
+}
+
+/// NAT and SNAT beside the kernel's NAT (nftables DNAT and masquerade,
+/// conntrack) and `HAProxy`, with issue 14's targets.
+fn nat_ratios(found: &Findings) -> (String, Vec<Target>) {
+    let summ = |sys, w| summarise(&found.runs, sys, w);
+    let mut out = String::new();
+    let mut targets = Vec::new();
+    let _ = writeln!(out, "### NAT and SNAT\n");
+    let _ = writeln!(
+        out,
+        "lbd translating (SNAT from the load balancer's own address, as masquerade does; NAT with the \
+         servers routing the clients through it) beside the kernel's own NAT and `HAProxy`, same cells \
+         as above.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| ... / ... | keep-alive req/s | new conn/s | p50 latency, 1 conn |"
+    );
+    let _ = writeln!(out, "| --- | ---: | ---: | ---: |");
+    let rate: fn(&RunResult) -> f64 = RunResult::rate;
+    let p50: fn(&RunResult) -> f64 = |r| r.p50_us;
+    for (ours, other) in [
+        (System::LbdSnat, System::Nftables),
+        (System::LbdSnat, System::Haproxy),
+        (System::LbdNat, System::Nftables),
+        (System::LbdNat, System::Haproxy),
+    ] {
+        let cell = |w: Workload, pick: fn(&RunResult) -> f64| {
+            let (a, b) = (summ(ours, w), summ(other, w));
+            let of_medians = if w == Workload::SingleConnection {
+                ratio(a.p50_us, b.p50_us)
+            } else {
+                ratio(a.rate, b.rate)
+            };
+            (
+                of_medians,
+                format!(
+                    "{} ({})",
+                    fmt2(of_medians),
+                    fmt2(paired(&found.runs, ours, other, w, pick))
+                ),
+            )
+        };
+        let (ka, ka_cell) = cell(Workload::KeepAlive, rate);
+        let (nc, nc_cell) = cell(Workload::NewConnections, rate);
+        let (_, lat_cell) = cell(Workload::SingleConnection, p50);
+        let _ = writeln!(
+            out,
+            "| {} / {} | {ka_cell} | {nc_cell} | {lat_cell} |",
+            ours.name(),
+            other.name()
+        );
+        let mut target = |what: &str, value, bound| {
+            targets.push(Target {
+                what: format!("{what}: {} / {}", ours.name(), other.name()),
+                value,
+                bound,
+                at_least: true,
+            });
+        };
+        match other {
+            System::Nftables => {
+                target("new conn/s", nc, 1.3);
+                target("keep-alive req/s", ka, 1.1);
+            }
+            System::Haproxy => target("new conn/s", nc, 1.75),
+            _ => {}
+        }
+    }
+    out.push('\n');
+    (out, targets)
 }

@@ -31,6 +31,9 @@ pub(crate) enum Active {
         lbd: RunningLbd,
         prog_id: u32,
         pid: u32,
+        /// `forwarding: nat`: the servers' routes to the clients go back
+        /// to the client host afterwards.
+        nat: bool,
     },
     Nftables,
     Haproxy {
@@ -72,6 +75,21 @@ pub(crate) fn load_bare_dr(
 }
 
 impl BenchLab {
+    /// Routes the client sources' subnets from every real server through
+    /// `gateway` (the load balancer for NAT, whose servers answer through
+    /// it; else the client host, as the lab builds it).
+    fn route_sources_via(&self, gateway: &str) -> Result<()> {
+        for i in 0..REALS {
+            for net in lb_tests::lab::SOURCE_NETS {
+                run_in(
+                    self.lab.real_ns(i),
+                    &["ip", "route", "replace", net, "via", gateway],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn start_system(&mut self, system: System) -> Result<Active> {
         let lb = self.lab.lb_ns().to_string();
         match system {
@@ -94,13 +112,29 @@ impl BenchLab {
                 let prog_id = attached_xdp_id(&lb, "eth0")?;
                 Ok(Active::BareDr { ebpf, prog_id })
             }
-            System::Lbd => {
-                let dir = self.lab.dir().join("lbd-traffic");
-                let config = lbd_config(&dir, "bench", &self.lab, "{ type: none }", "");
+            System::Lbd | System::LbdSnat | System::LbdNat => {
+                let (dir, forwarding) = match system {
+                    System::LbdSnat => ("lbd-snat", "snat"),
+                    System::LbdNat => ("lbd-nat", "nat"),
+                    _ => ("lbd-traffic", "dr"),
+                };
+                let dir = self.lab.dir().join(dir);
+                let config = lbd_config(&dir, "bench", &self.lab, "{ type: none }", "").replace(
+                    "    persistence:",
+                    &format!("    forwarding: {forwarding}\n    persistence:"),
+                );
+                if system == System::LbdNat {
+                    self.route_sources_via(&self.lab.lb_address().to_string())?;
+                }
                 let lbd = self.start_lbd(&lb, &dir, &config)?;
                 let prog_id = attached_xdp_id(&lb, "eth0")?;
                 let pid = self.lab.pid(lbd.handle).unwrap_or(0);
-                Ok(Active::Lbd { lbd, prog_id, pid })
+                Ok(Active::Lbd {
+                    lbd,
+                    prog_id,
+                    pid,
+                    nat: system == System::LbdNat,
+                })
             }
             System::Nftables => {
                 run_in(&lb, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
@@ -153,7 +187,12 @@ impl BenchLab {
                 drop(ebpf);
                 self.lb_vip(&lb, "del")?;
             }
-            Active::Lbd { lbd, .. } => self.stop_lbd(&lbd),
+            Active::Lbd { lbd, nat, .. } => {
+                self.stop_lbd(&lbd);
+                if nat {
+                    self.route_sources_via(&self.lab.client_address().to_string())?;
+                }
+            }
             Active::Nftables => {
                 run_in(&lb, &["nft", "delete", "table", "ip", "lbbench"])?;
                 self.lb_vip(&lb, "del")?;

@@ -62,8 +62,32 @@ fn shared_fragment_vips(config: &Config) -> Vec<String> {
     out
 }
 
+/// SNAT services of a pair that name no `snat_address`: they send from
+/// this node's own address, which the peer does not take over, so a
+/// failover resets their connections.
+fn unfloated_snat(config: &Config) -> Vec<String> {
+    if config.cluster.is_none() {
+        return Vec::new();
+    }
+    config
+        .services
+        .iter()
+        .filter(|s| {
+            matches!(&s.kind, ServiceKind::Forward(f)
+                if f.forwarding == Forwarding::Snat && f.snat_address.is_none())
+        })
+        .map(|s| {
+            format!(
+                "{} (forwarding: snat) names no snat_address: its servers answer this node's own                  address, which the peer does not take over, so a failover resets its                  connections; set snat_address to a free address both nodes reach (it floats                  with the VIPs)",
+                s.name
+            )
+        })
+        .collect()
+}
+
 impl Daemon {
-    /// Logs what [`off_link_servers`] and [`shared_fragment_vips`] find.
+    /// Logs what [`off_link_servers`], [`shared_fragment_vips`] and
+    /// [`unfloated_snat`] find.
     pub(super) async fn advise(&self, config: &Config) {
         match self.vips.addresses().await {
             Ok(subnets) => {
@@ -73,7 +97,10 @@ impl Daemon {
             }
             Err(error) => log::warn!("cannot list the interface's addresses: {error}"),
         }
-        for warning in shared_fragment_vips(config) {
+        for warning in shared_fragment_vips(config)
+            .into_iter()
+            .chain(unfloated_snat(config))
+        {
             log::warn!("{warning}");
         }
     }
@@ -121,5 +148,22 @@ mod tests {
         let warnings = shared_fragment_vips(&config(udp));
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].starts_with("198.18.0.100 has several udp services"));
+    }
+
+    #[test]
+    fn a_pairs_snat_service_without_a_floating_address_is_named() {
+        let snat = |address: &str, cluster: &str| {
+            let yaml = format!(
+                "node: {{ name: lb1, interface: eth0 }}\n{cluster}services:\n  - name: web\n    vip: 198.18.0.100\n    port: 80\n    forwarding: snat\n{address}    real_servers:\n      - {{ name: a, address: 198.18.0.21 }}\n"
+            );
+            Config::from_yaml(&yaml, "test.yaml").unwrap_or_else(|e| panic!("{e}"))
+        };
+        let pair = "cluster: { vrid: 51, priority: 150, role: primary }\n";
+        let floating = "    snat_address: 198.18.0.99\n";
+        assert!(unfloated_snat(&snat("", "")).is_empty(), "a single node");
+        assert!(unfloated_snat(&snat(floating, pair)).is_empty(), "floating");
+        let warnings = unfloated_snat(&snat("", pair));
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].starts_with("web (forwarding: snat) names no snat_address"));
     }
 }

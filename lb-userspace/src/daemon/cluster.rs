@@ -287,6 +287,7 @@ impl Daemon {
                     Err(error) => log::error!("sync: installing affinity entries: {error}"),
                 }
             }
+            HaAction::InstallConnections(entries) => self.install_connections(&entries),
             HaAction::StreamSessions(step) => self.stream_sessions(step),
             HaAction::SessionsConfirmed { pass } => self.stream_command(move |t| t.confirmed(pass)),
             HaAction::StateChanged { from, to } => {
@@ -315,7 +316,7 @@ impl Daemon {
     }
 
     /// Queues `message` for the peer; false when the queue refused it.
-    fn queue_for_peer(&self, message: Message) -> bool {
+    pub(super) fn queue_for_peer(&self, message: Message) -> bool {
         let Some(link) = self.cluster.as_ref().and_then(|c| c.link.as_ref()) else {
             return false;
         };
@@ -415,6 +416,7 @@ impl Daemon {
                 } else {
                     log::info!("sync: resuming the session stream to the same peer process (what it did not confirm goes again)");
                 }
+                self.start_connection_stream();
                 if let Ok(mut shared) = self.census.lock() {
                     let stream = &mut shared.stream;
                     stream.on = true;
@@ -428,7 +430,10 @@ impl Daemon {
                     });
                 }
             }
-            StreamStep::Next => self.send_stream_pass(),
+            StreamStep::Next => {
+                self.send_connections();
+                self.send_stream_pass();
+            }
         }
     }
 
@@ -492,6 +497,7 @@ impl Daemon {
 
     /// This node stopped being master: nothing more to stream.
     fn stop_stream(&self) {
+        self.stop_connection_stream();
         if let Ok(mut shared) = self.census.lock() {
             shared.stream.on = false;
             shared.stream.ready = None;

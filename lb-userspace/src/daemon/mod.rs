@@ -10,6 +10,7 @@
 mod advice;
 mod census;
 mod cluster;
+mod connections;
 mod ha_thread;
 mod nat;
 mod neighbours;
@@ -97,7 +98,7 @@ struct Daemon {
     /// when the cluster starts).
     handed_over: HandedOver,
     /// Live NAT and SNAT connections per real server, as of the last sweep.
-    conn_counts: nat::ConnCounts,
+    connections: connections::Connections,
 }
 
 fn attach_mode(mode: XdpMode) -> AttachMode {
@@ -108,9 +109,18 @@ fn attach_mode(mode: XdpMode) -> AttachMode {
     }
 }
 
-/// Every VIP of the configuration (forwarding and redirect services).
+/// Every address lbd holds for the configuration: the VIPs (forwarding and
+/// redirect services) and the SNAT addresses the file names (floating like
+/// the VIPs, so a backup taking over receives the servers' replies; one the
+/// host has already is left alone, see [`crate::vip::Vips::set`]).
 fn wanted_vips(config: &Config) -> BTreeSet<Ipv4Addr> {
-    config.services.iter().map(|s| s.vip).collect()
+    let snat = config.services.iter().filter_map(|s| match &s.kind {
+        ServiceKind::Forward(f) if f.forwarding == crate::config::Forwarding::Snat => {
+            f.snat_address
+        }
+        _ => None,
+    });
+    config.services.iter().map(|s| s.vip).chain(snat).collect()
 }
 
 /// Every (service, real server) with its health check.
@@ -213,12 +223,12 @@ pub async fn run(
     let (health_tx, health_rx) = mpsc::channel(1024);
 
     let stop_sweep = Arc::new(AtomicBool::new(false));
-    let conn_counts = nat::ConnCounts::default();
+    let connections = connections::Connections::default();
     let sweeper = {
-        let (table, counts, stop) = (conn_table, conn_counts.clone(), stop_sweep.clone());
+        let (table, shared, stop) = (conn_table, connections.clone(), stop_sweep.clone());
         std::thread::Builder::new()
             .name("conn-sweep".into())
-            .spawn(move || nat::sweep_thread(table, counts, stop))
+            .spawn(move || connections::sweep_thread(table, shared, stop))
             .context("starting the connection sweeper")?
     };
     let census = Arc::new(Mutex::new(CensusShared::default()));
@@ -258,7 +268,7 @@ pub async fn run(
         exec,
         listeners: Vec::new(),
         handed_over,
-        conn_counts,
+        connections,
     };
     daemon.health.assume(known_health);
     let result = daemon

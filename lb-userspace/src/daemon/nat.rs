@@ -2,16 +2,13 @@
 //! ephemeral range) and default addresses (the interface towards the
 //! servers) before each apply; at start, the program on each server
 //! interface, the interfaces frames may leave by, and forwarding enabled
-//! where the data path's routing lookups need it; and the thread that
-//! sweeps expired connections.
+//! where the data path's routing lookups need it; `lbctl connections`.
+//! The connection table's sweep and replication: [`super::connections`].
 
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex, PoisonError,
-    },
+    sync::PoisonError,
     time::Duration,
 };
 
@@ -22,15 +19,8 @@ use crate::{
     balancer::snat_ports,
     config::{Config, Forwarding, ServiceKind},
     control::protocol::{ConnectionEntry, ConnectionsReport},
-    dataplane::ConnTable,
     monotonic_ns, neighbour,
 };
-
-/// How often expired connections are removed and live ones counted.
-const SWEEP_EVERY: Duration = Duration::from_secs(5);
-
-/// Live connections by real-server index, as of the last sweep.
-pub(super) type ConnCounts = Arc<Mutex<BTreeMap<u32, u64>>>;
 
 /// Whether `config` has a NAT or SNAT service.
 fn translates(config: &Config) -> bool {
@@ -61,13 +51,20 @@ fn source_towards(to: Ipv4Addr) -> Option<Ipv4Addr> {
 impl Daemon {
     /// A real server's live connections as of the last sweep (`None`: the
     /// service tracks none, direct routing).
-    pub(super) fn connections_of(&self, state: &crate::balancer::ServiceState, index: u32) -> Option<u64> {
+    pub(super) fn connections_of(
+        &self,
+        state: &crate::balancer::ServiceState,
+        index: u32,
+    ) -> Option<u64> {
         let forwarding = state.forward().map(|f| f.forwarding)?;
         if forwarding == Forwarding::Dr {
             return None;
         }
-        let counts = self.conn_counts.lock().unwrap_or_else(PoisonError::into_inner);
-        Some(counts.get(&index).copied().unwrap_or(0))
+        let shared = self
+            .connections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Some(shared.counts.get(&index).copied().unwrap_or(0))
     }
 
     /// `lbctl connections`: `service`'s tracked connections (one server's
@@ -165,9 +162,17 @@ impl Daemon {
                 .with_context(|| format!("node.server_interfaces: {name}"))?;
             let hook = self
                 .program
-                .attach_also(&self.handle, iface.index, name, attach_mode(config.node.xdp_mode))
+                .attach_also(
+                    &self.handle,
+                    iface.index,
+                    name,
+                    attach_mode(config.node.xdp_mode),
+                )
                 .await?;
-            log::info!("XDP program attached to server interface {name} ({} mode)", hook.name());
+            log::info!(
+                "XDP program attached to server interface {name} ({} mode)",
+                hook.name()
+            );
             egress.push(iface.index);
         }
         self.balancer
@@ -217,36 +222,5 @@ fn state_name(state: u8) -> &'static str {
         lb_common::nat::CONN_FIN => "fin",
         lb_common::nat::CONN_CLOSED => "closed",
         _ => "udp",
-    }
-}
-
-/// Removes expired connections and counts the live ones (into `counts`)
-/// every [`SWEEP_EVERY`] until `stop` is set.
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "owned by the thread it runs on"
-)]
-pub(super) fn sweep_thread(table: Arc<Mutex<ConnTable>>, counts: ConnCounts, stop: Arc<AtomicBool>) {
-    let mut waited = Duration::ZERO;
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(200));
-        waited += Duration::from_millis(200);
-        if waited < SWEEP_EVERY {
-            continue;
-        }
-        waited = Duration::ZERO;
-        let swept = table
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .sweep(monotonic_ns());
-        match swept {
-            Ok(swept) => {
-                if swept.removed > 0 {
-                    log::debug!("removed {} expired connection entries", swept.removed);
-                }
-                *counts.lock().unwrap_or_else(PoisonError::into_inner) = swept.live_by_real;
-            }
-            Err(error) => log::warn!("sweeping expired connections: {error}"),
-        }
     }
 }

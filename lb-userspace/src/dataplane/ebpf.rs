@@ -27,7 +27,7 @@ use super::{
 const BPF_NOEXIST: u64 = 1;
 /// `EEXIST` and `E2BIG`, as a hash map's insert answers them.
 const EEXIST: i32 = 17;
-const E2BIG: i32 = 7;
+pub(super) const E2BIG: i32 = 7;
 
 /// Walks the affinity table in batches ([`super::batch`]), or one entry
 /// at a time where the kernel has no batched lookups.
@@ -119,7 +119,7 @@ fn zeroes() -> Result<PerCpuValues<Counters>> {
 }
 
 /// The errno of a failed map syscall, if that is what `error` is.
-fn errno(error: &MapError) -> Option<i32> {
+pub(super) fn errno(error: &MapError) -> Option<i32> {
     match error {
         MapError::SyscallError(e) => e.io_error.raw_os_error(),
         _ => None,

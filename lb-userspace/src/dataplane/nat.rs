@@ -15,7 +15,10 @@ use aya::{
 };
 use lb_common::nat::{conn_is_live, Conn, ConnKey, NatCounters, NatReal, NatService};
 
-use super::{ebpf::map_error, DataplaneError, Result};
+use super::{
+    ebpf::{errno, map_error, E2BIG},
+    DataplaneError, Result,
+};
 
 /// The NAT maps, taken from the loaded object.
 pub struct NatMaps {
@@ -182,24 +185,30 @@ impl ConnTable {
         let mut swept = Swept::default();
         let mut expired = Vec::new();
         for (key, conn) in &entries {
-            let other = ConnKey {
-                src: conn.dst,
-                dst: conn.src,
-                sport: conn.dport,
-                dport: conn.sport,
-                protocol: key.protocol,
-                pad: [0; 3],
-            };
+            let other = conn.reverse_key(key.protocol);
             // The connection's state is the furthest either direction has
             // seen (a reset from one side ends it), its time the latest.
-            let (state, last_seen) = entries.get(&other).map_or(
-                (conn.state, conn.last_seen_ns),
-                |o| (o.state.max(conn.state), o.last_seen_ns.max(conn.last_seen_ns)),
-            );
+            let (state, last_seen) =
+                entries
+                    .get(&other)
+                    .map_or((conn.state, conn.last_seen_ns), |o| {
+                        (
+                            o.state.max(conn.state),
+                            o.last_seen_ns.max(conn.last_seen_ns),
+                        )
+                    });
             if !conn_is_live(now_ns, last_seen, state) {
                 expired.push(*key);
             } else if conn.reply == 0 {
                 *swept.live_by_real.entry(conn.real).or_insert(0) += 1;
+                swept.live.push((
+                    *key,
+                    Conn {
+                        state,
+                        last_seen_ns: last_seen,
+                        ..*conn
+                    },
+                ));
             }
         }
         for key in &expired {
@@ -211,6 +220,24 @@ impl ConnTable {
         swept.removed = expired.len();
         Ok(swept)
     }
+
+    /// Writes connection entries (both directions of connections from the
+    /// peer), replacing any under the same keys. Returns how many did not
+    /// fit (the table is full).
+    ///
+    /// # Errors
+    /// When the map cannot be written for another reason.
+    pub fn install(&mut self, entries: &[(ConnKey, Conn)]) -> Result<usize> {
+        let mut full = 0;
+        for (key, conn) in entries {
+            match self.0.insert(key, conn, 0) {
+                Ok(()) => {}
+                Err(e) if errno(&e) == Some(E2BIG) => full += 1,
+                Err(e) => return Err(map_error("CONNS")(e)),
+            }
+        }
+        Ok(full)
+    }
 }
 
 /// What a sweep of the connection table did and found.
@@ -220,4 +247,7 @@ pub struct Swept {
     pub removed: usize,
     /// Live connections by real-server index.
     pub live_by_real: std::collections::BTreeMap<u32, u64>,
+    /// Each live connection's entry of the client's direction, with the
+    /// state and time of the whole connection (both directions).
+    pub live: Vec<(ConnKey, Conn)>,
 }

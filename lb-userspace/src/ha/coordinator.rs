@@ -40,7 +40,10 @@ use std::{
 use crate::{
     config::Role,
     control::protocol::{HaRole, HaState, HaStatus, SyncStatus},
-    sync::{self, AdminChange, LinkEvent, LinkStatsSnapshot, Message, SessionEntry, SnapshotMark},
+    sync::{
+        self, AdminChange, LinkEvent, LinkStatsSnapshot, Message, SessionEntry, SnapshotMark,
+        TrackedConnection,
+    },
     vrrp::{self, Action, State, Vrrp},
 };
 
@@ -105,6 +108,8 @@ pub enum HaAction {
     MergeAdmin(Vec<AdminChange>),
     /// Install the peer's affinity entries.
     InstallSessions(Vec<SessionEntry>),
+    /// Install the master's tracked NAT and SNAT connections.
+    InstallConnections(Vec<TrackedConnection>),
     /// Stream affinity entries to the peer.
     StreamSessions(StreamStep),
     /// The peer has installed every streamed pass up to `pass`.
@@ -614,6 +619,14 @@ impl Coordinator {
                 }
                 if snapshot == Some(SnapshotMark::End) {
                     self.release_hold(now, "the peer's session table has arrived");
+                }
+            }
+            // A master keeps its own: two masters at once (a split) each
+            // track what they forward.
+            Message::Connections { entries } => {
+                if !self.is_master() && !entries.is_empty() {
+                    self.actions
+                        .push_back(HaAction::InstallConnections(entries));
                 }
             }
         }

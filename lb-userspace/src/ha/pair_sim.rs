@@ -6,8 +6,8 @@
 //! an admin store in a temporary directory and an in-memory session table.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
-    net::Ipv4Addr,
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    net::{Ipv4Addr, SocketAddrV4},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -17,7 +17,7 @@ use super::socket::Received;
 use crate::{
     admin::AdminStore,
     config::{AdminState, Role},
-    sync::{self, LinkEvent, Message, SessionEntry, StreamTracker},
+    sync::{self, LinkEvent, Message, SessionEntry, StreamTracker, TrackedConnection},
     vrrp::{self, State},
 };
 
@@ -81,6 +81,10 @@ pub(super) struct Node {
     pub(super) synced: BTreeMap<Ipv4Addr, lb_common::Affinity>,
     /// Session entries this node has sent.
     pub(super) entries_sent: usize,
+    /// Tracked NAT connections, by client.
+    pub(super) connections: BTreeMap<SocketAddrV4, TrackedConnection>,
+    /// Connections this node's stream has sent since it (re)started.
+    pub(super) connections_sent: BTreeSet<SocketAddrV4>,
     /// This lbd process (a restart is a new one).
     pub(super) boot: u64,
     /// How far this node's wall clock is off, in milliseconds.
@@ -133,6 +137,8 @@ impl Pair {
                     tracker: StreamTracker::default(),
                     synced: BTreeMap::new(),
                     entries_sent: 0,
+                    connections: BTreeMap::new(),
+                    connections_sent: BTreeSet::new(),
                     boot: 1,
                     wall_skew_ms: 0,
                 }
@@ -373,6 +379,11 @@ impl Pair {
                     node.sessions.insert(e.client, e.server_address);
                 }
             }
+            HaAction::InstallConnections(entries) => {
+                for e in entries {
+                    node.connections.insert(e.client, e);
+                }
+            }
             HaAction::StreamSessions(step) => {
                 node.streams += 1;
                 match step {
@@ -380,6 +391,19 @@ impl Pair {
                     StreamStep::Resume => node.tracker.resume(),
                     StreamStep::Next => {}
                 }
+                // The connection stream: all again after a (re)start, then
+                // what is new.
+                if step != StreamStep::Next {
+                    node.connections_sent.clear();
+                }
+                let new: Vec<TrackedConnection> = node
+                    .connections
+                    .values()
+                    .filter(|c| !node.connections_sent.contains(&c.client))
+                    .cloned()
+                    .collect();
+                node.connections_sent.extend(new.iter().map(|c| c.client));
+                let connections = sync::connection_batches(new);
                 // One census pass over the table, by the kernel's rule.
                 let plan = node.tracker.start_pass(elapsed.as_secs());
                 for (client, server) in &node.sessions {
@@ -412,7 +436,10 @@ impl Pair {
                 let outcome = node.tracker.end_pass(behind);
                 let total = node.sessions.len() as u64;
                 node.entries_sent += entries.len();
-                for message in sync::stream_messages(entries, &outcome, total) {
+                for message in sync::stream_messages(entries, &outcome, total)
+                    .into_iter()
+                    .chain(connections)
+                {
                     self.deliver_sync(peer, message);
                 }
             }

@@ -67,6 +67,45 @@ fn rfc5798_6_4_2_backup_takes_over_when_the_master_dies() {
     assert_eq!(pair.nodes[1].sessions_at_takeover, Some(5));
 }
 
+/// Issue 14 (NAT and SNAT in a pair): the master's tracked connections
+/// reach the backup, which holds them when it takes over.
+#[test]
+fn the_masters_connections_reach_the_backup_and_outlive_the_takeover() {
+    let mut pair = Pair::steady("conns");
+    for n in 1..=3 {
+        let c = connection(n);
+        pair.nodes[0].connections.insert(c.client, c);
+    }
+    pair.advance(ADVERT * 2);
+    assert_eq!(pair.nodes[1].connections.len(), 3, "streamed to the backup");
+    let late = connection(4);
+    pair.nodes[0].connections.insert(late.client, late);
+    pair.advance(ADVERT * 2);
+    assert_eq!(pair.nodes[1].connections.len(), 4, "and each new one");
+    pair.kill(0);
+    pair.advance(master_down_of_secondary() + ADVERT);
+    assert_eq!(pair.masters(), vec![1]);
+    assert_eq!(pair.nodes[1].connections, pair.nodes[0].connections);
+}
+
+/// A tracked connection of client `n`.
+fn connection(n: u8) -> crate::sync::TrackedConnection {
+    let at = |host: std::net::Ipv4Addr, port: u16| std::net::SocketAddrV4::new(host, port);
+    crate::sync::TrackedConnection {
+        service: "web".into(),
+        protocol: 6,
+        client: at(client(n), 40_000),
+        vip: at(std::net::Ipv4Addr::new(198, 18, 0, 100), 443),
+        source: at(
+            std::net::Ipv4Addr::new(198, 18, 0, 99),
+            1_024 + u16::from(n),
+        ),
+        server: at(std::net::Ipv4Addr::new(198, 18, 0, 21), 443),
+        state: lb_common::nat::CONN_ESTABLISHED,
+        age_ms: 0,
+    }
+}
+
 /// RFC 5798 section 6.4.3 (a master hearing a higher priority becomes
 /// backup) and the coordinator's split-brain rule (a master hearing another
 /// master announces its VIPs again): cut apart, both become master; healed,

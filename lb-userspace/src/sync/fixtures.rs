@@ -147,7 +147,28 @@ pub(super) fn all_bodies() -> Vec<Body> {
             entries: vec![entry(3)],
             snapshot: None,
         }),
+        Body::Message(Message::Connections {
+            entries: vec![connection(1, 6), connection(2, 17)],
+        }),
+        Body::Message(Message::Connections { entries: vec![] }),
     ]
+}
+
+/// A tracked connection of client source `n`.
+pub(super) fn connection(n: u8, protocol: u8) -> super::TrackedConnection {
+    let at = |last: u8, port: u16| {
+        std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(198, 18, 1, last), port)
+    };
+    super::TrackedConnection {
+        service: "mychart".into(),
+        protocol,
+        client: at(n, 40_000 + u16::from(n)),
+        vip: at(100, 443),
+        source: at(11, 2_000 + u16::from(n)),
+        server: at(21, 8443),
+        state: lb_common::nat::CONN_ESTABLISHED,
+        age_ms: u32::MAX,
+    }
 }
 
 pub(super) fn payload_of(body: &Body) -> Vec<u8> {

@@ -4,7 +4,7 @@
 //! elements, options a 0/1 byte then the value. Decoding is total and its
 //! allocations are bounded by the payload's length.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::session::SendError;
 use super::{stream::PassOutcome, Nonce};
@@ -22,12 +22,15 @@ const KIND_ADMIN: u8 = 17;
 const KIND_SESSIONS: u8 = 18;
 const KIND_APPLIED: u8 = 19;
 const KIND_PASS: u8 = 20;
+const KIND_CONNECTIONS: u8 = 21;
 
 /// Smallest encodings of list elements, to bound counts by the bytes left.
 const MIN_ADMIN_CHANGE_LEN: usize = 2 + 2 + 1 + 1 + 1 + 8 + 8 + 2;
 const MIN_SESSION_ENTRY_LEN: usize = 2 + 4 + 4 + 4;
 /// Encoded size of a session entry apart from its service name.
 const SESSION_ENTRY_FIXED_LEN: usize = MIN_SESSION_ENTRY_LEN;
+/// Encoded size of a tracked connection apart from its service name.
+const CONNECTION_FIXED_LEN: usize = 2 + 1 + 4 * 6 + 1 + 4;
 
 /// What the daemon exchanges with its peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +76,13 @@ pub enum Message {
         /// Snapshot boundary, if this message starts or ends one.
         snapshot: Option<SnapshotMark>,
     },
+    /// Tracked NAT and SNAT connections, from the master (see
+    /// [`crate::sync::ConnStream`]): the backup installs them, so that a
+    /// failover keeps every connection.
+    Connections {
+        /// The connections.
+        entries: Vec<TrackedConnection>,
+    },
 }
 
 /// One server's admin change, by names (indexes differ between nodes).
@@ -107,6 +117,28 @@ pub struct SessionEntry {
     /// The real server's address.
     pub server_address: Ipv4Addr,
     /// Milliseconds since the client was last seen.
+    pub age_ms: u32,
+}
+
+/// One tracked NAT or SNAT connection: service by name and server by
+/// address (ids differ between nodes), and an age (clocks differ).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackedConnection {
+    /// Service name.
+    pub service: String,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub protocol: u8,
+    /// The client's frames arrive from here...
+    pub client: SocketAddrV4,
+    /// ...to the service's VIP and port.
+    pub vip: SocketAddrV4,
+    /// They leave from here (the client, or the SNAT address and port)...
+    pub source: SocketAddrV4,
+    /// ...to the real server's address and port.
+    pub server: SocketAddrV4,
+    /// The connection's state (`lb_common::nat::CONN_*`).
+    pub state: u8,
+    /// Milliseconds since either side last sent a frame.
     pub age_ms: u32,
 }
 
@@ -156,6 +188,30 @@ pub fn session_batches(entries: Vec<SessionEntry>, snapshot: bool) -> Vec<Messag
             entries: Vec::new(),
             snapshot: Some(SnapshotMark::End),
         });
+    }
+    messages
+}
+
+/// Splits tracked connections into [`Message::Connections`] of at most
+/// [`SESSION_BATCH_BYTES`] each.
+#[must_use]
+pub fn connection_batches(entries: Vec<TrackedConnection>) -> Vec<Message> {
+    let mut messages = Vec::new();
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    for entry in entries {
+        let len = CONNECTION_FIXED_LEN + entry.service.len();
+        if !batch.is_empty() && bytes + len > SESSION_BATCH_BYTES {
+            messages.push(Message::Connections {
+                entries: std::mem::take(&mut batch),
+            });
+            bytes = 0;
+        }
+        bytes += len;
+        batch.push(entry);
+    }
+    if !batch.is_empty() {
+        messages.push(Message::Connections { entries: batch });
     }
     messages
 }
@@ -226,6 +282,7 @@ impl Body {
             Body::Message(Message::Sessions { .. }) => KIND_SESSIONS,
             Body::Message(Message::Applied { .. }) => KIND_APPLIED,
             Body::Message(Message::Pass { .. }) => KIND_PASS,
+            Body::Message(Message::Connections { .. }) => KIND_CONNECTIONS,
         }
     }
 }
@@ -241,6 +298,7 @@ pub(super) fn kind_name(kind: u8) -> &'static str {
         KIND_SESSIONS => "Sessions",
         KIND_APPLIED => "Applied",
         KIND_PASS => "Pass",
+        KIND_CONNECTIONS => "Connections",
         _ => "unknown",
     }
 }
@@ -399,6 +457,19 @@ pub(super) fn encode_payload(w: &mut Writer, body: &Body) -> Result<(), SendErro
                 w.u32(e.age_ms);
             }
         }
+        Body::Message(Message::Connections { entries }) => {
+            w.count("connection list", entries.len())?;
+            for e in entries {
+                w.str16("service name", &e.service)?;
+                w.u8(e.protocol);
+                for address in [e.client, e.vip, e.source, e.server] {
+                    w.0.extend_from_slice(&address.ip().octets());
+                    w.u16(address.port());
+                }
+                w.u8(e.state);
+                w.u32(e.age_ms);
+            }
+        }
     }
     Ok(())
 }
@@ -504,6 +575,47 @@ impl<'a> Reader<'a> {
         Ok(changes)
     }
 
+    fn socket_address(&mut self) -> Result<SocketAddrV4, DecodeError> {
+        let ip = Ipv4Addr::from(self.array::<4>()?);
+        Ok(SocketAddrV4::new(ip, self.u16()?))
+    }
+
+    fn connection(&mut self) -> Result<TrackedConnection, DecodeError> {
+        let service = self.str16()?;
+        let protocol = match self.u8()? {
+            value @ (6 | 17) => value,
+            value => {
+                return Err(DecodeError::BadValue {
+                    field: "connection protocol",
+                    value,
+                })
+            }
+        };
+        let client = self.socket_address()?;
+        let vip = self.socket_address()?;
+        let source = self.socket_address()?;
+        let server = self.socket_address()?;
+        let state = match self.u8()? {
+            value if value <= lb_common::nat::CONN_UDP => value,
+            value => {
+                return Err(DecodeError::BadValue {
+                    field: "connection state",
+                    value,
+                })
+            }
+        };
+        Ok(TrackedConnection {
+            service,
+            protocol,
+            client,
+            vip,
+            source,
+            server,
+            state,
+            age_ms: self.u32()?,
+        })
+    }
+
     fn finish(&self) -> Result<(), DecodeError> {
         if self.0.is_empty() {
             Ok(())
@@ -588,6 +700,14 @@ pub(super) fn decode_body(kind: u8, payload: &[u8]) -> Result<Body, DecodeError>
                 });
             }
             Body::Message(Message::Sessions { entries, snapshot })
+        }
+        KIND_CONNECTIONS => {
+            let n = r.count(CONNECTION_FIXED_LEN)?;
+            let mut entries = Vec::with_capacity(n);
+            for _ in 0..n {
+                entries.push(r.connection()?);
+            }
+            Body::Message(Message::Connections { entries })
         }
         other => return Err(DecodeError::UnknownKind(other)),
     };

@@ -1,6 +1,7 @@
 //! `cluster.sync`: the authenticated replication channel between the two nodes
 //! of an HA pair. The primary sends its configuration (`services`, `defaults`)
-//! and admin changes; both nodes send admin changes and affinity entries.
+//! and admin changes; both nodes send admin changes and affinity entries; the
+//! master sends the NAT and SNAT connections it tracks.
 //!
 //! Two layers:
 //!
@@ -50,6 +51,7 @@
 
 use std::time::Duration;
 
+mod conn_stream;
 mod link;
 mod link_stats;
 mod messages;
@@ -59,11 +61,12 @@ mod session;
 mod stream;
 mod wire;
 
+pub use conn_stream::{ConnStream, CONN_REFRESH_NS};
 pub use link::{run, LinkConfig, LinkError, LinkEvent};
 pub use link_stats::{LinkStats, LinkStatsSnapshot};
 pub use messages::{
-    session_batches, stream_messages, AdminChange, DecodeError, Message, SessionEntry,
-    SnapshotMark, SESSION_BATCH_BYTES,
+    connection_batches, session_batches, stream_messages, AdminChange, DecodeError, Message,
+    SessionEntry, SnapshotMark, TrackedConnection, SESSION_BATCH_BYTES,
 };
 pub use outbox::{outbox, Outbox, OutboxReceiver, SessionsDropped, SESSION_QUEUE_BYTES};
 pub use session::{Event, Local, SendError, SessionStats, SyncError, SyncSession};

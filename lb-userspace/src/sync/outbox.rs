@@ -5,7 +5,8 @@
 //! - **Control** (`Config`, `Admin`, `Applied`): always taken, and always sent first.
 //!   They are few and small (one per `lbctl` change or reload), so the queue
 //!   needs no bound of its own.
-//! - **Sessions** and the stream's `Pass` marks, in order: batches bounded
+//! - **Sessions**, the stream's `Pass` marks and tracked connections, in
+//!   order: batches bounded
 //!   in bytes ([`SESSION_QUEUE_BYTES`]). A batch that does not fit is
 //!   refused and counted, and the daemon has the stream send its entries
 //!   again ([`crate::sync::StreamTracker`]); the stream also slows down well
@@ -21,7 +22,7 @@ use std::{
 
 use tokio::sync::Notify;
 
-use super::{Message, SessionEntry};
+use super::{Message, SessionEntry, TrackedConnection};
 
 /// Bytes of session batches that may wait for the link.
 pub const SESSION_QUEUE_BYTES: usize = 64 << 20;
@@ -75,6 +76,13 @@ fn size_of_sessions(entries: &[SessionEntry]) -> usize {
         .sum()
 }
 
+fn size_of_connections(entries: &[TrackedConnection]) -> usize {
+    entries
+        .iter()
+        .map(|e| std::mem::size_of::<TrackedConnection>() + e.service.len())
+        .sum()
+}
+
 impl Outbox {
     /// Queues `message`: control messages always, session batches while they
     /// fit in [`SESSION_QUEUE_BYTES`].
@@ -84,12 +92,18 @@ impl Outbox {
     pub fn push(&self, message: Message) -> Result<(), SessionsDropped> {
         let mut q = self.0.queues.lock().unwrap_or_else(PoisonError::into_inner);
         match &message {
-            Message::Sessions { entries, .. } => {
-                let bytes = size_of_sessions(entries);
+            Message::Sessions { .. } | Message::Connections { .. } => {
+                let (bytes, entries) = match &message {
+                    Message::Sessions { entries, .. } => (size_of_sessions(entries), entries.len()),
+                    Message::Connections { entries } => {
+                        (size_of_connections(entries), entries.len())
+                    }
+                    _ => (0, 0),
+                };
                 if q.session_bytes + bytes > SESSION_QUEUE_BYTES && !q.sessions.is_empty() {
                     return Err(SessionsDropped {
                         queued: q.session_bytes,
-                        entries: entries.len(),
+                        entries,
                     });
                 }
                 q.session_bytes += bytes;

@@ -510,8 +510,8 @@ mod tests {
         let got: Vec<Event> = events(&mut b);
         let want: Vec<Event> = messages.into_iter().map(Event::Received).collect();
         assert_eq!(got, want);
-        assert_eq!(a.stats().sent, 9);
-        assert_eq!(b.stats().received, 9);
+        assert_eq!(a.stats().sent, 11);
+        assert_eq!(b.stats().received, 11);
     }
 
     #[test]
