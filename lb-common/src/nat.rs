@@ -176,10 +176,13 @@ pub enum NatNote {
     NoConnection,
     /// The frame left by another interface than it came in by.
     Redirected,
+    /// An ICMP error about a tracked connection's packet was translated
+    /// and sent to the other side of the connection.
+    IcmpTranslated,
 }
 
 /// Number of [`NatNote`] counters.
-pub const NAT_NOTE_COUNT: u32 = NatNote::Redirected as u32 + 1;
+pub const NAT_NOTE_COUNT: u32 = NatNote::IcmpTranslated as u32 + 1;
 
 impl NatNote {
     /// Every note, in counter order.
@@ -196,6 +199,7 @@ impl NatNote {
         NatNote::EgressUnknown,
         NatNote::NoConnection,
         NatNote::Redirected,
+        NatNote::IcmpTranslated,
     ];
 
     /// The metric label.
@@ -214,6 +218,7 @@ impl NatNote {
             NatNote::EgressUnknown => "nat_egress_unknown",
             NatNote::NoConnection => "nat_no_connection",
             NatNote::Redirected => "nat_redirected",
+            NatNote::IcmpTranslated => "nat_icmp_translated",
         }
     }
 }

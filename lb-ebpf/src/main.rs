@@ -392,7 +392,8 @@ fn try_lb_xdp(ctx: &XdpContext, tally: Tally) -> Result<u32, Reason> {
         FrameKind::IcmpError => {
             // SAFETY: as above.
             if unsafe { SERVICES.get(&frame.key) }.is_none() {
-                return Err(Reason::PassIcmp);
+                // About a packet a NAT or SNAT connection's server sent.
+                return nat::icmp(ctx, &frame, Reason::PassIcmp);
             }
         }
     }
@@ -417,7 +418,7 @@ fn try_lb_xdp(ctx: &XdpContext, tally: Tally) -> Result<u32, Reason> {
             let Some(service) = (unsafe { SERVICES.get(&frame.key) }).copied() else {
                 return match frame.kind {
                     FrameKind::Datagram { .. } => nat::reply(ctx, &frame),
-                    _ => Err(Reason::PassNotService),
+                    FrameKind::Fragment | FrameKind::IcmpError => Err(Reason::PassNotService),
                 };
             };
             if frame.dst_mac != iface_mac {
@@ -447,8 +448,9 @@ fn try_lb_xdp(ctx: &XdpContext, tally: Tally) -> Result<u32, Reason> {
 }
 
 /// A frame for a NAT or SNAT service: whole datagrams follow their tracked
-/// connection (a new one's server chosen as for direct routing);
-/// fragments and ICMP errors go to the kernel (counted as such).
+/// connection (a new one's server chosen as for direct routing), ICMP
+/// errors about them go to its server ([`nat::icmp`]); fragments go to
+/// the kernel (counted as such).
 #[inline(always)]
 fn forward_nat(
     ctx: &XdpContext,
@@ -460,7 +462,7 @@ fn forward_nat(
     match frame.kind {
         FrameKind::Datagram { .. } => {}
         FrameKind::Fragment => return Err(Reason::PassFragment),
-        FrameKind::IcmpError => return Err(Reason::PassIcmp),
+        FrameKind::IcmpError => return nat::icmp(ctx, frame, Reason::PassIcmp),
     }
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };

@@ -15,7 +15,9 @@
 //!
 //! A frame that is not for a service is looked up as a server's reply; a
 //! frame to a SNAT address that matches no connection goes to the kernel
-//! (counted). See `lb_common::nat` for the table's layout.
+//! (counted). An ICMP error about a tracked connection's packet, from
+//! either side, goes to the other side, translated ([`icmp`]). See
+//! `lb_common::nat` for the table's layout.
 
 use aya_ebpf::{
     bindings::{
@@ -32,12 +34,14 @@ use lb_common::{
         CONN_ESTABLISHED, CONN_FIN, CONN_SYN, CONN_UDP, FORWARDING_SNAT, MAX_CONN_ENTRIES,
         MAX_EGRESS_INTERFACES, SNAT_PORT_TRIES,
     },
-    Reason, Service, IPPROTO_TCP, IPPROTO_UDP, MAX_REALS, MAX_SERVICES, REAL_F_KEEP_CLIENTS,
+    Reason, Service, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, MAX_REALS, MAX_SERVICES,
+    REAL_F_KEEP_CLIENTS,
 };
 
 use crate::{
     parse::{
-        ptr_at, EthHdr, Frame, Ipv4Hdr, Ports, ETH_HDR_LEN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+        ptr_at, EthHdr, Frame, Ipv4Hdr, Ports, ETH_HDR_LEN, ICMP_HDR_LEN, TCP_ACK, TCP_FIN,
+        TCP_RST, TCP_SYN,
     },
     REALS,
 };
@@ -81,6 +85,8 @@ static NAT_NOTES: PerCpuArray<NatCounters> = PerCpuArray::with_max_entries(1, 0)
 
 /// `AF_INET`, for the FIB lookup.
 const AF_INET: u8 = 2;
+/// Length of an IPv4 header without options.
+const IPV4_HDR_LEN: usize = 20;
 /// Byte offset of the checksum in the TCP and the UDP header.
 const TCP_CHECK: usize = 16;
 const UDP_CHECK: usize = 6;
@@ -93,9 +99,16 @@ fn note(n: NatNote) {
     }
 }
 
-/// The state after a frame with `flags` (0 for UDP) in state `state`.
+/// The state after a frame with `flags` (0 for UDP) in state `state`. A
+/// SYN on a closing or closed connection opens it again (a client reusing
+/// its port): the mapping stays, the state starts over.
 #[inline(always)]
 fn next_state(state: u8, protocol: u8, flags: u8) -> u8 {
+    let state = if flags & TCP_SYN != 0 && (state == CONN_FIN || state == CONN_CLOSED) {
+        CONN_SYN
+    } else {
+        state
+    };
     if protocol != IPPROTO_TCP {
         CONN_UDP
     } else if flags & TCP_RST != 0 {
@@ -106,6 +119,35 @@ fn next_state(state: u8, protocol: u8, flags: u8) -> u8 {
         CONN_ESTABLISHED
     } else {
         state
+    }
+}
+
+/// Follows a frame of the connection whose entry (of the frame's
+/// direction) is at `entry`: its time and state. A FIN when the other
+/// direction has sent its own closes both (the connection is over: its
+/// entries, and a SNAT port, are free 10 s on rather than after the 2 min
+/// a half-closed connection keeps); only FIN frames look the other up.
+#[inline(always)]
+fn follow(entry: *mut Conn, conn: &Conn, protocol: u8, flags: u8, now: u64) {
+    let state = next_state(conn.state, protocol, flags);
+    // SAFETY: a value pointer from the map, valid for this run; a racing
+    // CPU writes a value as good.
+    unsafe {
+        (*entry).last_seen_ns = now;
+        (*entry).state = state;
+    }
+    if state != CONN_FIN || flags & TCP_FIN == 0 {
+        return;
+    }
+    let Some(other) = CONNS.get_ptr_mut(&conn.reverse_key(protocol)) else {
+        return;
+    };
+    // SAFETY: as above.
+    unsafe {
+        if (*other).state == CONN_FIN {
+            (*other).state = CONN_CLOSED;
+            (*entry).state = CONN_CLOSED;
+        }
     }
 }
 
@@ -135,11 +177,7 @@ pub fn existing(key: &ConnKey, frame: &Frame, now: u64) -> Option<Conn> {
         return None;
     }
     note(NatNote::ConnHit);
-    // SAFETY: as above; a racing CPU writes a value as good.
-    unsafe {
-        (*entry).last_seen_ns = now;
-        (*entry).state = next_state(conn.state, key.protocol, frame.tcp_flags);
-    }
+    follow(entry, &conn, key.protocol, frame.tcp_flags, now);
     Some(conn)
 }
 
@@ -268,13 +306,89 @@ pub fn reply(ctx: &XdpContext, frame: &Frame) -> Result<u32, Reason> {
     if conn.reply != 1 || !conn_is_live(now, conn.last_seen_ns, conn.state) {
         return Err(Reason::PassNotService);
     }
-    // SAFETY: as above.
-    unsafe {
-        (*entry).last_seen_ns = now;
-        (*entry).state = next_state(conn.state, key.protocol, frame.tcp_flags);
-    }
+    follow(entry, &conn, key.protocol, frame.tcp_flags, now);
     note(NatNote::Reply);
     send(ctx, frame, &conn)
+}
+
+/// An ICMP error (destination unreachable, time exceeded) about a packet
+/// of a tracked connection that this node sent: from the client's side
+/// (to the VIP, quoting VIP:port -> client:port) or the server's (to the
+/// SNAT address or, with NAT, the client, quoting what went to the
+/// server). It goes on to the connection's other side as if about the
+/// packet that side sent: the outer destination, the quoted packet's
+/// addresses and ports, and every checksum but the quoted transport one
+/// (which receivers do not check, and which is often not quoted whole)
+/// translated; the outer source too when the error came from the quoted
+/// packet's destination itself. `Err`: no live connection (passed).
+#[inline(always)]
+pub fn icmp(ctx: &XdpContext, frame: &Frame, miss: Reason) -> Result<u32, Reason> {
+    if NAT_ACTIVE.get(0).is_none_or(|on| *on == 0) {
+        return Err(miss);
+    }
+    // The quoted packet answers frames arriving as its reverse: those
+    // frames' entry says how they left, so what the other side sent.
+    let key = client_key(frame);
+    // SAFETY: the map value is only read here.
+    let conn = *unsafe { CONNS.get(&key) }.ok_or(miss)?;
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !conn_is_live(now, conn.last_seen_ns, conn.state) {
+        return Err(miss);
+    }
+    let source = translate_icmp(ctx, frame, &conn)?;
+    note(NatNote::IcmpTranslated);
+    egress(ctx, source, conn.dst, IPPROTO_ICMP)
+}
+
+/// Rewrites an ICMP error for [`icmp`]: to `conn.dst`, quoting
+/// `conn.dst:dport -> conn.src:sport`. Returns the outer source it leaves
+/// with. A quoted header with options is the kernel's.
+#[inline(always)]
+fn translate_icmp(ctx: &XdpContext, frame: &Frame, conn: &Conn) -> Result<u32, Reason> {
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HDR_LEN).ok_or(Reason::DropInternal)?;
+    let icmp_check: *mut u16 = ptr_at(ctx, frame.l4 + 2).ok_or(Reason::DropInternal)?;
+    let inner: *mut Ipv4Hdr = ptr_at(ctx, frame.l4 + ICMP_HDR_LEN).ok_or(Reason::DropInternal)?;
+    let ports: *mut Ports =
+        ptr_at(ctx, frame.l4 + ICMP_HDR_LEN + IPV4_HDR_LEN).ok_or(Reason::PassIcmp)?;
+    // SAFETY: each pointer checked by `ptr_at`; the frame is ours to change.
+    unsafe {
+        if (*inner).version_ihl != 0x45 || (*ip).ttl <= 1 {
+            return Err(Reason::PassIcmp);
+        }
+        let (src, dst) = ((*ip).saddr, (*ip).daddr);
+        // The quoted packet's destination reporting on itself: the error
+        // comes from the address the other side sent to.
+        let new_src = if src == (*inner).daddr { conn.src } else { src };
+        let ttl_word: *mut u16 = core::ptr::addr_of_mut!((*ip).ttl).cast();
+        let old_ttl = ttl_word.read_unaligned();
+        (*ip).ttl -= 1;
+        let mut check = csum_replace2((*ip).check, old_ttl, ttl_word.read_unaligned());
+        check = csum_replace4(check, src, new_src);
+        check = csum_replace4(check, dst, conn.dst);
+        (*ip).check = check;
+        (*ip).saddr = new_src;
+        (*ip).daddr = conn.dst;
+
+        let (isrc, idst, icheck) = ((*inner).saddr, (*inner).daddr, (*inner).check);
+        let (isport, idport) = ((*ports).src, (*ports).dst);
+        let mut inner_check = csum_replace4(icheck, isrc, conn.dst);
+        inner_check = csum_replace4(inner_check, idst, conn.src);
+        (*inner).saddr = conn.dst;
+        (*inner).daddr = conn.src;
+        (*inner).check = inner_check;
+        (*ports).src = conn.dport;
+        (*ports).dst = conn.sport;
+        // The ICMP checksum covers the quoted bytes: each change, at an
+        // even offset from the ICMP header, enters it.
+        let mut c = csum_replace4(*icmp_check, isrc, conn.dst);
+        c = csum_replace4(c, idst, conn.src);
+        c = csum_replace2(c, icheck, inner_check);
+        c = csum_replace2(c, isport, conn.dport);
+        c = csum_replace2(c, idport, conn.sport);
+        *icmp_check = c;
+        Ok(new_src)
+    }
 }
 
 /// RFC 1624, eqn. 3: the checksum `check` after a 32-bit word changed from

@@ -26,7 +26,7 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 /// ICMP header length before the quoted datagram.
-const ICMP_HDR_LEN: usize = size_of::<IcmpHdr>();
+pub const ICMP_HDR_LEN: usize = size_of::<IcmpHdr>();
 const ICMP_DEST_UNREACHABLE: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 
@@ -124,11 +124,13 @@ pub struct Frame {
     pub dst_mac: MacWords,
     /// The frame's source MAC address.
     pub src_mac: MacWords,
-    /// A datagram's source port, network byte order (else 0).
+    /// A datagram's source port, network byte order; an ICMP error's
+    /// client port (the quoted destination port); else 0.
     pub sport: u16,
     /// A datagram's TCP flags (else 0).
     pub tcp_flags: u8,
-    /// A datagram's L4 header offset in the frame (else 0).
+    /// A datagram's L4 header offset in the frame, an ICMP error's ICMP
+    /// header offset (else 0).
     pub l4: usize,
 }
 
@@ -263,9 +265,10 @@ fn parse_icmp_error(ctx: &XdpContext, l4: usize, mut frame: Frame) -> Result<Fra
     }
     let ports: *const Ports = ptr_at(ctx, quoted + inner_len).ok_or(Reason::PassIcmpTruncated)?;
     // SAFETY: checked by `ptr_at`.
-    frame.key.port = unsafe { (*ports).src };
+    (frame.key.port, frame.sport) = unsafe { ((*ports).src, (*ports).dst) };
     frame.key.protocol = protocol;
     frame.client = daddr;
+    frame.l4 = l4;
     frame.kind = FrameKind::IcmpError;
     Ok(frame)
 }

@@ -56,7 +56,10 @@ fn quick_bench_serves_every_request_and_writes_the_report() {
         .iter()
         .filter_map(|s| s["system"].as_str())
         .collect();
-    assert_eq!(names, ["direct", "bare_dr", "lbd", "nftables", "haproxy"]);
+    assert_eq!(
+        names,
+        ["direct", "bare_dr", "lbd", "lbd_snat", "lbd_nat", "nftables", "haproxy"]
+    );
     for system in systems {
         for load in ["keep_alive", "new_connections", "single_connection"] {
             let w = &system["workloads"][load];
@@ -72,7 +75,8 @@ fn quick_bench_serves_every_request_and_writes_the_report() {
     assert!(
         report.contains("<!-- lb-bench:begin")
             && report.contains("### Traffic")
-            && report.contains("| lbd |"),
+            && report.contains("| lbd |")
+            && report.contains("| lbd SNAT / nftables |"),
         "report without results:\n{report}"
     );
     assert!(

@@ -10,9 +10,11 @@
 
 use std::net::Ipv4Addr;
 
-use lb_common::nat::{Conn, ConnKey, NatNote, CONN_CLOSED, CONN_ESTABLISHED, CONN_SYN};
+use lb_common::nat::{
+    Conn, ConnKey, NatNote, CONN_CLOSED, CONN_ESTABLISHED, CONN_FIN, CONN_SYN,
+};
 use lb_common::Reason;
-use lb_tests::frames::FrameSpec;
+use lb_tests::frames::{icmp_error, FrameSpec};
 use lb_tests::lab::{in_netns, run};
 use lb_userspace::{
     balancer::Balancer,
@@ -483,5 +485,126 @@ fn a_connection_outlives_a_drain_and_a_halted_server_takes_none() {
             "a halted server keeps none"
         );
         assert_eq!(h.note(NatNote::ConnStale), 1);
+    });
+}
+
+/// `frame` as it leaves lbd: MACs `dst_mac` and `src_mac`, TTL one less,
+/// the IPv4 checksum made again.
+fn forwarded(mut frame: Vec<u8>, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
+    frame[0..6].copy_from_slice(&dst_mac);
+    frame[6..12].copy_from_slice(&src_mac);
+    frame[22] -= 1;
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let check = lb_tests::frames::checksum(&frame[14..34], 0);
+    frame[24..26].copy_from_slice(&check.to_be_bytes());
+    frame
+}
+
+/// An ICMP error about a tracked connection's packet goes to the other
+/// side of the connection, as if about the packet that side sent: "needs
+/// fragmentation" from a router on the clients' side to the server (path
+/// MTU discovery through SNAT), "port unreachable" from the server itself
+/// to the client, from the VIP. Exact frames: outer and quoted addresses,
+/// ports and checksums. An error about no connection goes to the kernel.
+#[test]
+fn icmp_errors_about_a_connection_reach_its_other_side() {
+    const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+    let ns = Netns::new("icmp");
+    let egress = [ns.ifindex("c0"), ns.ifindex("v0")];
+    in_ns(&ns, |_| {
+        let mut h = Harness::new(&egress, None);
+        let syn = client_frame(443, 0x02);
+        let (verdict, _) = h.run(&syn.build());
+        assert_eq!(verdict, XDP_REDIRECT);
+        let port = u16::from_be(h.connection(CLIENT, 40_000).sport);
+        let syn_ack = server_frame(RS1, 8443, SNAT, port, 0x12);
+        let (verdict, _) = h.run(&syn_ack.build());
+        assert_eq!(verdict, XDP_REDIRECT);
+
+        // A router before the client cannot pass the SYN-ACK on unfragmented.
+        let too_big = icmp_error(C0_MAC, ROUTER, VIP, 3, 4, &to_client(&syn_ack, 443), 28);
+        let (verdict, out) = h.run(&too_big);
+        assert_eq!(verdict, XDP_REDIRECT, "to the server, by v0");
+        let as_sent = FrameSpec {
+            ttl: syn_ack.ttl - 1,
+            ..syn_ack.clone()
+        }
+        .build();
+        let expected = forwarded(
+            icmp_error(C0_MAC, ROUTER, RS1, 3, 4, &as_sent, 28),
+            server_mac(RS1),
+            V0_MAC,
+        );
+        assert_eq!(
+            out, expected,
+            "about RS1:8443 -> SNAT:{port}, from the router"
+        );
+
+        // The server refuses the SYN it was sent: the client hears it from the VIP.
+        let refused = icmp_error(
+            V0_MAC,
+            RS1,
+            SNAT,
+            3,
+            3,
+            &to_server(&syn, SNAT, port, RS1, 8443),
+            28,
+        );
+        let (verdict, out) = h.run(&refused);
+        assert_eq!(verdict, XDP_REDIRECT, "to the client, by c0");
+        let as_sent = FrameSpec {
+            ttl: syn.ttl - 1,
+            ..syn.clone()
+        }
+        .build();
+        let expected = forwarded(
+            icmp_error(V0_MAC, VIP, CLIENT, 3, 3, &as_sent, 28),
+            CLIENT_MAC,
+            C0_MAC,
+        );
+        assert_eq!(out, expected, "about CLIENT:40000 -> VIP:443, from the VIP");
+        assert_eq!(h.note(NatNote::IcmpTranslated), 2);
+
+        // About a connection there is not: the kernel's.
+        let other = FrameSpec {
+            sport: 443,
+            ..FrameSpec::tcp(CLIENT_MAC, VIP, CLIENT, 40_999)
+        };
+        let stray = icmp_error(C0_MAC, ROUTER, VIP, 3, 4, &other.build(), 28);
+        let (verdict, out) = h.run(&stray);
+        assert_eq!((verdict, out), (XDP_PASS, stray), "no connection: passed");
+        assert_eq!(h.reason(Reason::PassIcmp), 1);
+    });
+}
+
+/// A connection both sides have closed (FIN each way) is over at once:
+/// both entries closed (its SNAT port free 10 s on, not after the 2 min a
+/// half-closed one keeps). A client reusing the port opens it again with
+/// its SYN, on the same mapping.
+#[test]
+fn a_connection_closed_by_both_sides_is_over_and_a_syn_reopens_it() {
+    let ns = Netns::new("fin");
+    let egress = [ns.ifindex("c0"), ns.ifindex("v0")];
+    in_ns(&ns, |_| {
+        let mut h = Harness::new(&egress, None);
+        let (verdict, _) = h.run(&client_frame(443, 0x02).build());
+        assert_eq!(verdict, XDP_REDIRECT);
+        let port = u16::from_be(h.connection(CLIENT, 40_000).sport);
+        let mut send = |frame: Vec<u8>| {
+            let (verdict, _) = h.run(&frame);
+            assert_eq!(verdict, XDP_REDIRECT);
+            h.connection(CLIENT, 40_000)
+        };
+        send(server_frame(RS1, 8443, SNAT, port, 0x12).build());
+        assert_eq!(send(client_frame(443, 0x10).build()).state, CONN_ESTABLISHED);
+        assert_eq!(send(client_frame(443, 0x11).build()).state, CONN_FIN, "half closed");
+        assert_eq!(
+            send(server_frame(RS1, 8443, SNAT, port, 0x11).build()).state,
+            CONN_CLOSED,
+            "the server's FIN ends it"
+        );
+        let again = send(client_frame(443, 0x02).build());
+        assert_eq!(again.state, CONN_SYN, "a SYN on the same port opens it again");
+        assert_eq!(u16::from_be(again.sport), port, "on the same mapping");
     });
 }

@@ -31,9 +31,9 @@ pub(crate) enum Active {
         lbd: RunningLbd,
         prog_id: u32,
         pid: u32,
-        /// `forwarding: nat`: the servers' routes to the clients go back
-        /// to the client host afterwards.
-        nat: bool,
+        /// `Lbd`, `LbdSnat` or `LbdNat`: what to undo afterwards (the
+        /// servers' routes to the clients, the host's port range).
+        system: System,
     },
     Nftables,
     Haproxy {
@@ -74,7 +74,18 @@ pub(crate) fn load_bare_dr(
     Ok(ebpf)
 }
 
+/// The load balancer's ephemeral ports as `tune` sets them, and while lbd
+/// runs SNAT (which takes the ports below).
+const TUNED_PORT_RANGE: &str = "1024 65535";
+const SNAT_RUN_PORT_RANGE: &str = "32768 65535";
+
 impl BenchLab {
+    fn lb_port_range(&self, ns: &str, range: &str) -> Result<()> {
+        let setting = format!("net.ipv4.ip_local_port_range={range}");
+        run_in(ns, &["sysctl", "-q", "-w", &setting])?;
+        Ok(())
+    }
+
     /// Routes the client sources' subnets from every real server through
     /// `gateway` (the load balancer for NAT, whose servers answer through
     /// it; else the client host, as the lab builds it).
@@ -126,6 +137,11 @@ impl BenchLab {
                 if system == System::LbdNat {
                     self.route_sources_via(&self.lab.lb_address().to_string())?;
                 }
+                if system == System::LbdSnat {
+                    // SNAT takes its ports outside the host's own range,
+                    // which `tune` opened to all of them.
+                    self.lb_port_range(&lb, SNAT_RUN_PORT_RANGE)?;
+                }
                 let lbd = self.start_lbd(&lb, &dir, &config)?;
                 let prog_id = attached_xdp_id(&lb, "eth0")?;
                 let pid = self.lab.pid(lbd.handle).unwrap_or(0);
@@ -133,7 +149,7 @@ impl BenchLab {
                     lbd,
                     prog_id,
                     pid,
-                    nat: system == System::LbdNat,
+                    system,
                 })
             }
             System::Nftables => {
@@ -187,10 +203,14 @@ impl BenchLab {
                 drop(ebpf);
                 self.lb_vip(&lb, "del")?;
             }
-            Active::Lbd { lbd, nat, .. } => {
+            Active::Lbd { lbd, system, .. } => {
                 self.stop_lbd(&lbd);
-                if nat {
-                    self.route_sources_via(&self.lab.client_address().to_string())?;
+                match system {
+                    System::LbdNat => {
+                        self.route_sources_via(&self.lab.client_address().to_string())?;
+                    }
+                    System::LbdSnat => self.lb_port_range(&lb, TUNED_PORT_RANGE)?,
+                    _ => {}
                 }
             }
             Active::Nftables => {

@@ -33,7 +33,7 @@ use lb_common::{
 
 pub use self::affinity::AffinityAnswer;
 pub use self::census::{Census, CensusKey, Tally, SWEEP_MARGIN_NS, UNKNOWN_SERVICE_GRACE_NS};
-pub use self::nat::snat_ports;
+pub use self::nat::{check_snat_ports, snat_ports, MIN_SNAT_PORTS};
 pub use self::plan::plan;
 pub use self::state::{ring_for, Health, RealState, ServiceState};
 pub use self::takeover::TakeoverReport;
@@ -71,6 +71,16 @@ pub enum BalancerError {
     /// A SNAT service without an address to send from.
     #[error("service {0:?} (forwarding: snat) has no snat_address and no interface address towards its servers was found; set snat_address")]
     NoSnatAddress(String),
+    /// The host's ephemeral port range leaves SNAT too few ports.
+    #[error("service {service:?} (forwarding: snat): net.ipv4.ip_local_port_range leaves only {ports} ports of 1024-65535 for SNAT (at least {min} needed: the host's own connections take that range); narrow it, e.g. `sysctl -w net.ipv4.ip_local_port_range='32768 60999'`, and reload")]
+    TooFewSnatPorts {
+        /// The service.
+        service: String,
+        /// Ports left.
+        ports: u16,
+        /// Ports needed.
+        min: u16,
+    },
 }
 
 type Result<T, E = BalancerError> = std::result::Result<T, E>;

@@ -20,6 +20,11 @@ use crate::{
 /// 1024 up to the kernel's default `ip_local_port_range` (32768-60999).
 const DEFAULT_PORTS: (u16, u16) = (1024, 31_744);
 
+/// The fewest SNAT ports a SNAT service is run with: a port is taken again
+/// only once its connection has gone (10 s after it closed), so fewer would
+/// refuse new connections to a server beyond about 100 a second.
+pub const MIN_SNAT_PORTS: u16 = 1024;
+
 /// Where SNAT comes from: the ports, and each SNAT service's address when
 /// the file names none.
 #[derive(Clone, Debug)]
@@ -53,6 +58,27 @@ pub fn snat_ports(lo: u16, hi: u16) -> (u16, u16) {
     }
 }
 
+/// Refuses a configuration with a SNAT service when the host's ephemeral
+/// range leaves SNAT fewer than [`MIN_SNAT_PORTS`] (`ports`, from
+/// [`snat_ports`]).
+///
+/// # Errors
+/// [`BalancerError::TooFewSnatPorts`], naming the first SNAT service.
+pub fn check_snat_ports(config: &Config, ports: u16) -> Result<()> {
+    let snat = config
+        .services
+        .iter()
+        .find(|s| matches!(&s.kind, ServiceKind::Forward(f) if f.forwarding == Forwarding::Snat));
+    match snat {
+        Some(service) if ports < MIN_SNAT_PORTS => Err(BalancerError::TooFewSnatPorts {
+            service: service.name.clone(),
+            ports,
+            min: MIN_SNAT_PORTS,
+        }),
+        _ => Ok(()),
+    }
+}
+
 impl<M: Maps> Balancer<M> {
     /// Sets the SNAT ports (first, count), from the host's ephemeral range
     /// ([`snat_ports`]).
@@ -72,12 +98,14 @@ impl<M: Maps> Balancer<M> {
     /// Refuses a configuration with a SNAT service that has no address.
     pub(super) fn check_nat(&self, config: &Config) -> Result<()> {
         for service in &config.services {
-            if let ServiceKind::Forward(f) = &service.kind {
-                if f.forwarding == Forwarding::Snat
-                    && self.snat_address(&service.name, f.snat_address).is_none()
-                {
-                    return Err(BalancerError::NoSnatAddress(service.name.clone()));
-                }
+            let ServiceKind::Forward(f) = &service.kind else {
+                continue;
+            };
+            if f.forwarding != Forwarding::Snat {
+                continue;
+            }
+            if self.snat_address(&service.name, f.snat_address).is_none() {
+                return Err(BalancerError::NoSnatAddress(service.name.clone()));
             }
         }
         Ok(())
@@ -235,6 +263,15 @@ mod tests {
         );
         let address = Ipv4Addr::new(198, 18, 1, 1);
         b.set_snat_defaults([("web".to_owned(), address)].into());
+        let refused = check_snat_ports(&config, snat_ports(1024, 65_535).1)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            refused.contains("leaves only 0 ports"),
+            "an ephemeral range over every port leaves SNAT none: refused ({refused})"
+        );
+        assert!(check_snat_ports(&config, MIN_SNAT_PORTS).is_ok());
         b.apply(&config).unwrap_or_else(|e| panic!("{e}"));
         let state = b.service("web").unwrap_or_else(|e| panic!("{e}"));
         let nat = b.maps().nat_services[&state.id];

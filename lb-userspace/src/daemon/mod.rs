@@ -515,7 +515,7 @@ impl Daemon {
     /// changes) to the data path and the health checks.
     fn apply_services(&mut self, config: &Config) -> anyhow::Result<()> {
         let effective = self.admin.effective(config);
-        self.prepare_nat(&effective);
+        self.prepare_nat(&effective)?;
         // Listeners first: binding is the step that can fail on a valid file
         // (a port taken by another program), and it changes nothing if it does.
         self.redirects.set(redirect_specs(&effective))?;

@@ -16,7 +16,7 @@ use anyhow::Context as _;
 
 use super::{attach_mode, Daemon};
 use crate::{
-    balancer::snat_ports,
+    balancer::{check_snat_ports, snat_ports},
     config::{Config, Forwarding, ServiceKind},
     control::protocol::{ConnectionEntry, ConnectionsReport},
     monotonic_ns, neighbour,
@@ -123,9 +123,13 @@ impl Daemon {
 
     /// Before an apply: SNAT ports and the addresses of SNAT services that
     /// name none.
-    pub(super) fn prepare_nat(&mut self, config: &Config) {
+    ///
+    /// # Errors
+    /// When the host's ephemeral range leaves a SNAT service too few ports.
+    pub(super) fn prepare_nat(&mut self, config: &Config) -> anyhow::Result<()> {
         if let Some((lo, hi)) = ephemeral_range() {
             let (first, count) = snat_ports(lo, hi);
+            check_snat_ports(config, count)?;
             self.balancer.set_snat_ports(first, count);
         }
         let mut defaults = BTreeMap::new();
@@ -149,6 +153,7 @@ impl Daemon {
             }
         }
         self.balancer.set_snat_defaults(defaults);
+        Ok(())
     }
 
     /// At start: the program on each server interface (the servers'
