@@ -69,9 +69,16 @@ pub struct Conn {
     pub reply: u8,
     /// The service's id.
     pub service_id: u16,
-    /// Always zero.
-    pub pad: u32,
+    /// The kernel tick (`bpf_jiffies64`, low 32 bits) of the data path's
+    /// last full check of this entry, 0 for none: an entry checked less
+    /// than [`CONN_FRESH_JIFFIES`] ago is live without a clock read.
+    pub seen_jiffies: u32,
 }
+
+/// An entry the data path checked less than this many kernel ticks ago is
+/// live without reading the nanosecond clock (and its time is not written
+/// again): at most 1 s at `HZ=100`, well inside the shortest timeout (10 s).
+pub const CONN_FRESH_JIFFIES: u32 = 100;
 
 impl Conn {
     /// The key of the other direction's entry: the 5-tuple this direction's

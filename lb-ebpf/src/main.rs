@@ -417,7 +417,13 @@ fn try_lb_xdp(ctx: &XdpContext, tally: Tally) -> Result<u32, Reason> {
             // SAFETY: the map value is only read here.
             let Some(service) = (unsafe { SERVICES.get(&frame.key) }).copied() else {
                 return match frame.kind {
-                    FrameKind::Datagram { .. } => nat::reply(ctx, &frame),
+                    FrameKind::Datagram { .. } => nat::reply(
+                        ctx,
+                        &frame,
+                        nat::ConnClock {
+                            jiffies: jiffies as u32,
+                        },
+                    ),
                     FrameKind::Fragment | FrameKind::IcmpError => Err(Reason::PassNotService),
                 };
             };
@@ -464,14 +470,15 @@ fn forward_nat(
         FrameKind::Fragment => return Err(Reason::PassFragment),
         FrameKind::IcmpError => return nat::icmp(ctx, frame, Reason::PassIcmp),
     }
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let clock = nat::ConnClock {
+        jiffies: jiffies as u32,
+    };
     let key = nat::client_key(frame);
-    let (conn, new_client) = match nat::existing(&key, frame, now) {
+    let (conn, new_client) = match nat::existing(&key, frame, clock) {
         Some(conn) => (conn, false),
         None => {
             let decision = decide(frame, service, jiffies, tally)?;
-            let conn = nat::track(&key, frame, service, decision.real, now)?;
+            let conn = nat::track(&key, frame, service, decision.real, clock)?;
             (conn, decision.new_client)
         }
     };

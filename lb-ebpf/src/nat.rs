@@ -23,7 +23,7 @@ use aya_ebpf::{
     bindings::{
         bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_F_NO_PREALLOC, BPF_NOEXIST,
     },
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_jiffies64, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, DevMapHash, HashMap, PerCpuArray},
     programs::XdpContext,
@@ -31,8 +31,8 @@ use aya_ebpf::{
 use lb_common::{
     nat::{
         conn_is_live, Conn, ConnKey, NatCounters, NatNote, NatReal, NatService, CONN_CLOSED,
-        CONN_ESTABLISHED, CONN_FIN, CONN_SYN, CONN_UDP, FORWARDING_SNAT, MAX_CONN_ENTRIES,
-        MAX_EGRESS_INTERFACES, SNAT_PORT_TRIES,
+        CONN_ESTABLISHED, CONN_FIN, CONN_FRESH_JIFFIES, CONN_SYN, CONN_UDP, FORWARDING_SNAT,
+        MAX_CONN_ENTRIES, MAX_EGRESS_INTERFACES, SNAT_PORT_TRIES,
     },
     Reason, Service, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, MAX_REALS, MAX_SERVICES,
     REAL_F_KEEP_CLIENTS,
@@ -40,8 +40,8 @@ use lb_common::{
 
 use crate::{
     parse::{
-        ptr_at, EthHdr, Frame, Ipv4Hdr, Ports, ETH_HDR_LEN, ICMP_HDR_LEN, TCP_ACK, TCP_FIN,
-        TCP_RST, TCP_SYN,
+        ptr_at, EthHdr, Frame, Ipv4Hdr, MacWords, Ports, ETH_HDR_LEN, ICMP_HDR_LEN, TCP_ACK,
+        TCP_FIN, TCP_RST, TCP_SYN,
     },
     REALS,
 };
@@ -78,6 +78,33 @@ static SNAT_ADDRESSES: HashMap<u32, u8> = HashMap::with_max_entries(MAX_SERVICES
 /// by lbd.
 #[map]
 static NAT_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Per CPU, direct-mapped by destination address: the next hop the
+/// kernel's routing table gave for it, reused for [`NEXT_HOP_FRESH_JIFFIES`]
+/// (a route or neighbour change is followed within about a second), so an
+/// established connection's frame costs no FIB lookup. Written and read
+/// here only.
+#[map]
+static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(NEXT_HOP_SLOTS, 0);
+
+/// Slots of [`NEXT_HOPS`] (a power of two).
+const NEXT_HOP_SLOTS: u32 = 256;
+/// A cached next hop is used for this many kernel ticks: 1 s at `HZ=100`,
+/// less at faster ticks.
+const NEXT_HOP_FRESH_JIFFIES: u32 = 100;
+
+/// One [`NEXT_HOPS`] slot: a FIB answer for `dst` as seen from `ingress`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NextHop {
+    dst: u32,
+    ingress: u32,
+    ifindex: u32,
+    /// When it was asked (`bpf_jiffies64`, low 32 bits); 0: never.
+    seen_jiffies: u32,
+    dmac: MacWords,
+    smac: MacWords,
+}
 
 /// Slot 0, per CPU: a count of every [`NatNote`]. Written here.
 #[map]
@@ -122,18 +149,53 @@ fn next_state(state: u8, protocol: u8, flags: u8) -> u8 {
     }
 }
 
-/// Follows a frame of the connection whose entry (of the frame's
-/// direction) is at `entry`: its time and state. A FIN when the other
-/// direction has sent its own closes both (the connection is over: its
-/// entries, and a SNAT port, are free 10 s on rather than after the 2 min
-/// a half-closed connection keeps); only FIN frames look the other up.
+/// How recently the data path checked an entry, and the clock reads that
+/// cost: the kernel tick always (inlined), nanoseconds only when needed.
+#[derive(Clone, Copy)]
+pub struct ConnClock {
+    /// `bpf_jiffies64`, low 32 bits.
+    pub jiffies: u32,
+}
+
+impl ConnClock {
+    #[inline(always)]
+    fn fresh(self, conn: &Conn) -> bool {
+        conn.seen_jiffies != 0 && self.jiffies.wrapping_sub(conn.seen_jiffies) < CONN_FRESH_JIFFIES
+    }
+
+    #[inline(always)]
+    fn ns() -> u64 {
+        // SAFETY: a helper without arguments.
+        unsafe { bpf_ktime_get_ns() }
+    }
+}
+
+/// Whether a connection's entry is live: checked a moment ago, else by its
+/// state's timeout.
 #[inline(always)]
-fn follow(entry: *mut Conn, conn: &Conn, protocol: u8, flags: u8, now: u64) {
+fn live(conn: &Conn, clock: ConnClock) -> bool {
+    clock.fresh(conn) || conn_is_live(ConnClock::ns(), conn.last_seen_ns, conn.state)
+}
+
+/// Follows a frame of the connection whose entry (of the frame's
+/// direction) is at `entry`: its state, and its time unless checked a
+/// moment ago (an established connection's frames then write nothing). A
+/// FIN when the other direction has sent its own closes both (the
+/// connection is over: its entries, and a SNAT port, are free 10 s on
+/// rather than after the 2 min a half-closed connection keeps); only FIN
+/// frames look the other up.
+#[inline(always)]
+fn follow(entry: *mut Conn, conn: &Conn, protocol: u8, flags: u8, clock: ConnClock) {
     let state = next_state(conn.state, protocol, flags);
+    if state == conn.state && clock.fresh(conn) {
+        return;
+    }
     // SAFETY: a value pointer from the map, valid for this run; a racing
-    // CPU writes a value as good.
+    // CPU writes a value as good. The time first: an entry that looks
+    // fresh is live.
     unsafe {
-        (*entry).last_seen_ns = now;
+        (*entry).last_seen_ns = ConnClock::ns();
+        (*entry).seen_jiffies = clock.jiffies;
         (*entry).state = state;
     }
     if state != CONN_FIN || flags & TCP_FIN == 0 {
@@ -168,16 +230,16 @@ pub fn client_key(frame: &Frame) -> ConnKey {
 /// it lives and its server keeps clients (its state and time brought up to
 /// date); else `None`, and the caller chooses a server and [`track`]s.
 #[inline(always)]
-pub fn existing(key: &ConnKey, frame: &Frame, now: u64) -> Option<Conn> {
+pub fn existing(key: &ConnKey, frame: &Frame, clock: ConnClock) -> Option<Conn> {
     let entry = CONNS.get_ptr_mut(key)?;
     // SAFETY: a value pointer from the map, valid for this run.
     let conn = unsafe { *entry };
-    if !conn_is_live(now, conn.last_seen_ns, conn.state) || !keeps_clients(&conn) {
+    if !live(&conn, clock) || !keeps_clients(&conn) {
         note(NatNote::ConnStale);
         return None;
     }
     note(NatNote::ConnHit);
-    follow(entry, &conn, key.protocol, frame.tcp_flags, now);
+    follow(entry, &conn, key.protocol, frame.tcp_flags, clock);
     Some(conn)
 }
 
@@ -202,8 +264,9 @@ pub fn track(
     frame: &Frame,
     service: &Service,
     real: u32,
-    now: u64,
+    clock: ConnClock,
 ) -> Result<Conn, Reason> {
+    let now = ConnClock::ns();
     let target = REALS.get(real).ok_or(Reason::DropInternal)?;
     let port = match NAT_REALS.get(real) {
         Some(r) if r.port != 0 => r.port,
@@ -224,7 +287,7 @@ pub fn track(
         state,
         reply: 0,
         service_id: service.id as u16,
-        pad: 0,
+        seen_jiffies: clock.jiffies,
     };
     let back = Conn {
         src: key.dst,
@@ -236,7 +299,7 @@ pub fn track(
         state,
         reply: 1,
         service_id: service.id as u16,
-        pad: 0,
+        seen_jiffies: clock.jiffies,
     };
     let mut reply = ConnKey {
         src: target.address,
@@ -287,7 +350,7 @@ pub fn track(
 /// A frame that is no service's: a server's reply to a tracked connection
 /// (translated back to VIP:port -> client:port), else `Err`: passed.
 #[inline(always)]
-pub fn reply(ctx: &XdpContext, frame: &Frame) -> Result<u32, Reason> {
+pub fn reply(ctx: &XdpContext, frame: &Frame, clock: ConnClock) -> Result<u32, Reason> {
     if NAT_ACTIVE.get(0).is_none_or(|on| *on == 0) {
         return Err(Reason::PassNotService);
     }
@@ -301,12 +364,10 @@ pub fn reply(ctx: &XdpContext, frame: &Frame) -> Result<u32, Reason> {
     };
     // SAFETY: a value pointer from the map, valid for this run.
     let conn = unsafe { *entry };
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if conn.reply != 1 || !conn_is_live(now, conn.last_seen_ns, conn.state) {
+    if conn.reply != 1 || !live(&conn, clock) {
         return Err(Reason::PassNotService);
     }
-    follow(entry, &conn, key.protocol, frame.tcp_flags, now);
+    follow(entry, &conn, key.protocol, frame.tcp_flags, clock);
     note(NatNote::Reply);
     send(ctx, frame, &conn)
 }
@@ -469,6 +530,54 @@ fn translate(ctx: &XdpContext, frame: &Frame, to: &Conn) -> Result<(), Reason> {
 #[inline(always)]
 fn egress(ctx: &XdpContext, src: u32, dst: u32, protocol: u8) -> Result<u32, Reason> {
     let ingress = ctx.ingress_ifindex() as u32;
+    // SAFETY: a helper without arguments; the verifier inlines it.
+    let jiffies = unsafe { bpf_jiffies64() } as u32;
+    let slot = dst.wrapping_mul(0x9E37_79B1) >> (32 - NEXT_HOP_SLOTS.trailing_zeros());
+    let cached = NEXT_HOPS.get_ptr_mut(slot);
+    if let Some(hop) = cached {
+        // SAFETY: this CPU's slot, valid for this run.
+        let hop = unsafe { *hop };
+        if hop.dst == dst
+            && hop.ingress == ingress
+            && hop.seen_jiffies != 0
+            && jiffies.wrapping_sub(hop.seen_jiffies) < NEXT_HOP_FRESH_JIFFIES
+        {
+            return leave(ctx, ingress, hop.ifindex, hop.dmac, hop.smac);
+        }
+    }
+    let Some((ifindex, dmac, smac)) = fib(ctx, ingress, src, dst, protocol)? else {
+        // The kernel forwards the translated frame itself, resolving the
+        // next hop on the way (later frames then take the fast path).
+        note(NatNote::NoNeighbour);
+        return Ok(xdp_action::XDP_PASS);
+    };
+    if let Some(hop) = cached {
+        // SAFETY: as above.
+        unsafe {
+            *hop = NextHop {
+                dst,
+                ingress,
+                ifindex,
+                seen_jiffies: jiffies,
+                dmac,
+                smac,
+            };
+        }
+    }
+    leave(ctx, ingress, ifindex, dmac, smac)
+}
+
+/// Asks the kernel's routing table the way to `dst`: the interface and the
+/// MAC addresses; `None` while the next hop's MAC is not known; `Err`: no
+/// route (dropped).
+#[inline(always)]
+fn fib(
+    ctx: &XdpContext,
+    ingress: u32,
+    src: u32,
+    dst: u32,
+    protocol: u8,
+) -> Result<Option<(u32, MacWords, MacWords)>, Reason> {
     // SAFETY: all-zero is a valid value of this plain C struct.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
@@ -486,25 +595,39 @@ fn egress(ctx: &XdpContext, src: u32, dst: u32, protocol: u8) -> Result<u32, Rea
         )
     };
     if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
-        // The kernel forwards the translated frame itself, resolving the
-        // next hop on the way (later frames then take the fast path).
-        note(NatNote::NoNeighbour);
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(None);
     }
     if rc != 0 {
         note(NatNote::NoRoute);
         return Err(Reason::DropNoReal);
     }
+    Ok(Some((
+        params.ifindex,
+        crate::parse::mac_words(params.dmac),
+        crate::parse::mac_words(params.smac),
+    )))
+}
+
+/// The frame leaves by `ifindex` to `dmac` from `smac`: `XDP_TX` by the
+/// interface it came in by, else a redirect.
+#[inline(always)]
+fn leave(
+    ctx: &XdpContext,
+    ingress: u32,
+    ifindex: u32,
+    dmac: MacWords,
+    smac: MacWords,
+) -> Result<u32, Reason> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Reason::DropInternal)?;
     // SAFETY: checked by `ptr_at`; the frame is ours to change.
     unsafe {
-        (*eth).dst = crate::parse::mac_words(params.dmac);
-        (*eth).src = crate::parse::mac_words(params.smac);
+        (*eth).dst = dmac;
+        (*eth).src = smac;
     }
-    if params.ifindex == ingress {
+    if ifindex == ingress {
         return Ok(xdp_action::XDP_TX);
     }
-    match NAT_EGRESS.redirect(params.ifindex, 0) {
+    match NAT_EGRESS.redirect(ifindex, 0) {
         Ok(action) if action == xdp_action::XDP_REDIRECT => {
             note(NatNote::Redirected);
             Ok(action)

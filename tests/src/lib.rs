@@ -12,6 +12,7 @@ pub mod flood;
 pub mod frames;
 pub mod lab;
 pub mod lbd;
+pub mod natns;
 pub mod paths;
 pub mod wait;
 pub mod xdp;

@@ -1,21 +1,17 @@
 //! NAT and SNAT through the real XDP program (`BPF_PROG_TEST_RUN`), its maps
-//! written by lbd's control plane, in a namespace of its own whose routing
-//! and neighbour tables the program's FIB lookups read: clients on `c0`
-//! (198.18.0.0/24), real servers on `v0` (198.18.1.0/24), every neighbour
-//! entry permanent and every MAC address fixed, so each output frame is
-//! known byte for byte. `BPF_PROG_TEST_RUN` runs the program as if on `lo`,
-//! so every translated frame leaves by a redirect through the devmap.
+//! written by lbd's control plane, in a namespace of its own
+//! ([`lb_tests::natns`]) whose routing and neighbour tables the program's
+//! FIB lookups read, so each output frame is known byte for byte.
 //!
 //! Needs root.
 
 use std::net::Ipv4Addr;
 
-use lb_common::nat::{
-    Conn, ConnKey, NatNote, CONN_CLOSED, CONN_ESTABLISHED, CONN_FIN, CONN_SYN,
-};
+use lb_common::nat::{Conn, ConnKey, NatNote, CONN_CLOSED, CONN_ESTABLISHED, CONN_FIN, CONN_SYN};
 use lb_common::Reason;
 use lb_tests::frames::{icmp_error, FrameSpec};
-use lb_tests::lab::{in_netns, run};
+use lb_tests::lab::in_netns;
+use lb_tests::natns::{server_mac, NatNetns, C0_MAC, CLIENT, CLIENT_MAC, V0_MAC};
 use lb_userspace::{
     balancer::Balancer,
     config::{AdminState, Config},
@@ -26,12 +22,6 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
 
-/// `c0`, the clients' side (lbd's interface).
-const C0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
-/// `v0`, the servers' side.
-const V0_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x01];
-const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 50);
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x50];
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
 const SNAT: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 const RS1: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 21);
@@ -63,113 +53,6 @@ services:
     real_servers:
       - { name: dns1, address: 198.18.1.31 }
 ";
-
-fn server_mac(address: Ipv4Addr) -> [u8; 6] {
-    let o = address.octets();
-    [0x02, 0, 0, 0, o[2], o[3]]
-}
-
-/// The namespace, removed when dropped.
-struct Netns(String);
-
-impl Netns {
-    fn new(test: &str) -> Self {
-        // SAFETY: geteuid has no preconditions.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "NAT packet tests need root");
-        let name = format!("lbnat-{test}-{}", std::process::id());
-        let _ = run(&["ip", "netns", "del", &name]);
-        let ns = Self(name);
-        let n = ns.0.as_str();
-        let mac = |m: [u8; 6]| {
-            m.iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":")
-        };
-        let mut steps: Vec<Vec<String>> = vec![
-            vec!["ip".into(), "netns".into(), "add".into(), n.into()],
-            vec!["ip", "-n", n, "link", "set", "lo", "up"]
-                .into_iter()
-                .map(Into::into)
-                .collect(),
-        ];
-        for (dev, peer, m, address) in [
-            ("c0", "c1", C0_MAC, "198.18.0.10/24"),
-            ("v0", "v1", V0_MAC, "198.18.1.1/24"),
-        ] {
-            let m = mac(m);
-            for cmd in [
-                vec![
-                    "ip", "-n", n, "link", "add", dev, "address", &m, "type", "veth", "peer",
-                    "name", peer,
-                ],
-                vec!["ip", "-n", n, "addr", "add", address, "dev", dev],
-                vec!["ip", "-n", n, "link", "set", dev, "up"],
-                vec!["ip", "-n", n, "link", "set", peer, "up"],
-            ] {
-                steps.push(cmd.into_iter().map(Into::into).collect());
-            }
-        }
-        for (address, dev) in [(CLIENT, "c0"), (RS1, "v0"), (RS2, "v0"), (DNS1, "v0")] {
-            let m = if dev == "c0" {
-                mac(CLIENT_MAC)
-            } else {
-                mac(server_mac(address))
-            };
-            let a = address.to_string();
-            steps.push(
-                vec![
-                    "ip",
-                    "-n",
-                    n,
-                    "neigh",
-                    "add",
-                    &a,
-                    "lladdr",
-                    &m,
-                    "dev",
-                    dev,
-                    "nud",
-                    "permanent",
-                ]
-                .into_iter()
-                .map(Into::into)
-                .collect(),
-            );
-        }
-        for key in [
-            "net.ipv4.conf.all.forwarding=1",
-            "net.ipv4.conf.lo.forwarding=1",
-        ] {
-            steps.push(
-                vec!["ip", "netns", "exec", n, "sysctl", "-qw", key]
-                    .into_iter()
-                    .map(Into::into)
-                    .collect(),
-            );
-        }
-        for step in steps {
-            let args: Vec<&str> = step.iter().map(String::as_str).collect();
-            run(&args).unwrap_or_else(|e| panic!("{}: {e}", args.join(" ")));
-        }
-        ns
-    }
-
-    fn ifindex(&self, dev: &str) -> u32 {
-        let out = run(&["ip", "-n", &self.0, "-o", "link", "show", dev])
-            .unwrap_or_else(|e| panic!("{e}"));
-        out.split(':')
-            .next()
-            .and_then(|i| i.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no ifindex for {dev}: {out}"))
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = run(&["ip", "netns", "del", &self.0]);
-    }
-}
 
 struct Harness {
     program: Program,
@@ -289,14 +172,27 @@ fn to_client(spec: &FrameSpec, vport: u16) -> Vec<u8> {
     .build()
 }
 
-fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce(&Netns) -> T + Send) -> T {
-    in_netns(&ns.0, || f(ns)).unwrap_or_else(|e| panic!("{e}"))
+/// The namespace with this file's servers as neighbours.
+fn netns(test: &str) -> NatNetns {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "NAT packet tests need root");
+    NatNetns::new(test, &[RS1, RS2, DNS1]).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The interfaces translated frames leave by.
+fn egress(ns: &NatNetns) -> [u32; 2] {
+    let index = |dev| ns.ifindex(dev).unwrap_or_else(|e| panic!("{e}"));
+    [index("c0"), index("v0")]
+}
+
+fn in_ns<T: Send>(ns: &NatNetns, f: impl FnOnce(&NatNetns) -> T + Send) -> T {
+    in_netns(ns.name(), || f(ns)).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
 fn snat_and_nat_translate_both_ways_with_exact_frames() {
-    let ns = Netns::new("both");
-    let egress = [ns.ifindex("c0"), ns.ifindex("v0")];
+    let ns = netns("both");
+    let egress = egress(&ns);
     in_ns(&ns, |_| {
         let mut h = Harness::new(&egress, None);
 
@@ -349,8 +245,8 @@ fn snat_and_nat_translate_both_ways_with_exact_frames() {
 
 #[test]
 fn udp_with_and_without_a_checksum_and_a_reset_ends_a_connection() {
-    let ns = Netns::new("udp");
-    let egress = [ns.ifindex("c0"), ns.ifindex("v0")];
+    let ns = netns("udp");
+    let egress = egress(&ns);
     in_ns(&ns, |_| {
         let mut h = Harness::new(&egress, None);
         let query = FrameSpec {
@@ -423,8 +319,8 @@ fn udp_with_and_without_a_checksum_and_a_reset_ends_a_connection() {
 
 #[test]
 fn unknown_frames_to_the_snat_address_go_to_the_kernel_and_ports_run_out_cleanly() {
-    let ns = Netns::new("ports");
-    let egress = [ns.ifindex("c0"), ns.ifindex("v0")];
+    let ns = netns("ports");
+    let egress = egress(&ns);
     in_ns(&ns, |_| {
         // One SNAT port only: the first client takes it, the second finds
         // it taken on every try and is dropped.
@@ -455,8 +351,8 @@ fn unknown_frames_to_the_snat_address_go_to_the_kernel_and_ports_run_out_cleanly
 
 #[test]
 fn a_connection_outlives_a_drain_and_a_halted_server_takes_none() {
-    let ns = Netns::new("drain");
-    let egress = [ns.ifindex("c0"), ns.ifindex("v0")];
+    let ns = netns("drain");
+    let egress = egress(&ns);
     in_ns(&ns, |_| {
         let mut h = Harness::new(&egress, None);
         let (verdict, _) = h.run(&client_frame(80, 0x02).build());
@@ -509,8 +405,8 @@ fn forwarded(mut frame: Vec<u8>, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> 
 #[test]
 fn icmp_errors_about_a_connection_reach_its_other_side() {
     const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-    let ns = Netns::new("icmp");
-    let egress = [ns.ifindex("c0"), ns.ifindex("v0")];
+    let ns = netns("icmp");
+    let egress = egress(&ns);
     in_ns(&ns, |_| {
         let mut h = Harness::new(&egress, None);
         let syn = client_frame(443, 0x02);
@@ -583,8 +479,8 @@ fn icmp_errors_about_a_connection_reach_its_other_side() {
 /// its SYN, on the same mapping.
 #[test]
 fn a_connection_closed_by_both_sides_is_over_and_a_syn_reopens_it() {
-    let ns = Netns::new("fin");
-    let egress = [ns.ifindex("c0"), ns.ifindex("v0")];
+    let ns = netns("fin");
+    let egress = egress(&ns);
     in_ns(&ns, |_| {
         let mut h = Harness::new(&egress, None);
         let (verdict, _) = h.run(&client_frame(443, 0x02).build());
@@ -596,15 +492,67 @@ fn a_connection_closed_by_both_sides_is_over_and_a_syn_reopens_it() {
             h.connection(CLIENT, 40_000)
         };
         send(server_frame(RS1, 8443, SNAT, port, 0x12).build());
-        assert_eq!(send(client_frame(443, 0x10).build()).state, CONN_ESTABLISHED);
-        assert_eq!(send(client_frame(443, 0x11).build()).state, CONN_FIN, "half closed");
+        assert_eq!(
+            send(client_frame(443, 0x10).build()).state,
+            CONN_ESTABLISHED
+        );
+        assert_eq!(
+            send(client_frame(443, 0x11).build()).state,
+            CONN_FIN,
+            "half closed"
+        );
         assert_eq!(
             send(server_frame(RS1, 8443, SNAT, port, 0x11).build()).state,
             CONN_CLOSED,
             "the server's FIN ends it"
         );
         let again = send(client_frame(443, 0x02).build());
-        assert_eq!(again.state, CONN_SYN, "a SYN on the same port opens it again");
+        assert_eq!(
+            again.state, CONN_SYN,
+            "a SYN on the same port opens it again"
+        );
         assert_eq!(u16::from_be(again.sport), port, "on the same mapping");
+    });
+}
+
+/// The data path reuses the routing table's answer for a destination (no
+/// FIB lookup per frame) for at most about a second: a server's new MAC
+/// address is followed within that, not before.
+#[test]
+fn a_next_hop_is_reused_for_a_moment_and_then_asked_again() {
+    let ns = netns("hop");
+    let egress = egress(&ns);
+    let name = ns.name().to_owned();
+    in_ns(&ns, |_| {
+        let mut h = Harness::new(&egress, None);
+        let (verdict, out) = h.run(&client_frame(80, 0x02).build());
+        assert_eq!(verdict, XDP_REDIRECT);
+        assert_eq!(out[0..6], server_mac(RS2), "to rs2's MAC");
+        let moved = [0x02, 0, 0, 0, 0x77, 0x22];
+        let mac = moved.map(|b| format!("{b:02x}")).join(":");
+        lb_tests::lab::run(&[
+            "ip",
+            "-n",
+            &name,
+            "neigh",
+            "replace",
+            &RS2.to_string(),
+            "lladdr",
+            &mac,
+            "dev",
+            "v0",
+            "nud",
+            "permanent",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let (_, out) = h.run(&client_frame(80, 0x10).build());
+        assert_eq!(
+            out[0..6],
+            server_mac(RS2),
+            "a moment later: the cached answer"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1_100));
+        let (_, out) = h.run(&client_frame(80, 0x10).build());
+        assert_eq!(out[0..6], moved, "a second later: the new MAC");
     });
 }

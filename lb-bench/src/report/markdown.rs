@@ -320,6 +320,14 @@ pub(super) fn markdown(found: &Findings) -> (String, Vec<Target>) {
                     at_least: false,
                 });
             }
+            if let Some(snat) = find("lbd SNAT established (single)") {
+                targets.push(Target {
+                    what: "XDP established SNAT frame / XDP_TX floor, single-shot".into(),
+                    value: Some(snat.ratio),
+                    bound: 3.0,
+                    at_least: false,
+                });
+            }
         }
         Err(e) => {
             let _ = writeln!(out, "Not measured: {e}");

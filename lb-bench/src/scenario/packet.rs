@@ -9,7 +9,11 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
-use lb_tests::frames::FrameSpec;
+use lb_tests::{
+    frames::FrameSpec,
+    lab::in_netns,
+    natns::{NatNetns, C0_MAC, CLIENT, CLIENT_MAC},
+};
 use lb_userspace::{
     balancer::Balancer,
     config::Config,
@@ -81,6 +85,7 @@ fn time_single(prog: &mut Xdp, frames: &[Vec<u8>], verdict: u32) -> Result<f64> 
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
 pub(crate) const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
 
 fn mac_of(address: Ipv4Addr) -> [u8; 6] {
@@ -268,5 +273,60 @@ pub(crate) fn packet_costs(quick: bool) -> Result<Vec<PacketCost>> {
         "lb_xdp, new client: Maglev + insert, one frame per call",
         miss1,
     ));
+    let snat1 = snat_established(singles).context("lb_xdp, SNAT established")?;
+    costs.push(single(
+        "lbd SNAT established (single)",
+        "lb_xdp, an established SNAT connection's frame: `CONNS`, rewrite, FIB lookup, redirect; one frame per call",
+        snat1,
+    ));
     Ok(costs)
+}
+
+/// The SNAT service of [`snat_established`], in the namespace of
+/// `lb_tests::natns`.
+const SNAT_CONFIG: &str = "node: { name: bench, interface: c0, server_interfaces: [v0] }
+services:
+  - name: web
+    vip: 198.18.0.100
+    port: 80
+    forwarding: snat
+    snat_address: 198.18.1.1
+    real_servers:
+      - { name: rs1, address: 198.18.1.21 }
+";
+
+/// Mean time of single runs of `lb_xdp` over `count` frames of an
+/// established SNAT connection, in a namespace whose routing and neighbour
+/// tables its FIB lookups read.
+fn snat_established(count: u32) -> Result<f64> {
+    let server = Ipv4Addr::new(198, 18, 1, 21);
+    let vip = Ipv4Addr::new(198, 18, 0, 100);
+    let ns = NatNetns::new("bench", &[server]).map_err(|e| anyhow!("{e}"))?;
+    let egress = [
+        ns.ifindex("c0").map_err(|e| anyhow!("{e}"))?,
+        ns.ifindex("v0").map_err(|e| anyhow!("{e}"))?,
+    ];
+    in_netns(ns.name(), move || -> Result<f64> {
+        let mut program = Program::load_bytes(Program::object()).map_err(|e| anyhow!("{e}"))?;
+        let maps = program.take_maps().map_err(|e| anyhow!("{e}"))?;
+        let mut balancer = Balancer::new(maps, C0_MAC).map_err(|e| anyhow!("{e}"))?;
+        let config = Config::from_yaml(SNAT_CONFIG, "snat.yaml").map_err(|e| anyhow!("{e}"))?;
+        balancer.apply(&config).map_err(|e| anyhow!("{e}"))?;
+        balancer
+            .maps_mut()
+            .nat_mut()
+            .set_egress(&egress)
+            .map_err(|e| anyhow!("{e}"))?;
+        let lb = program.xdp_program().map_err(|e| anyhow!("{e}"))?;
+        let from_client = |spec: FrameSpec| FrameSpec {
+            src_mac: CLIENT_MAC,
+            ..spec
+        };
+        let syn = from_client(FrameSpec::syn(C0_MAC, CLIENT, vip, HTTP_PORT)).build();
+        run_once(lb, &syn, 1, XDP_REDIRECT).context("the SYN that opens the connection")?;
+        let ack = from_client(FrameSpec::tcp(C0_MAC, CLIENT, vip, HTTP_PORT)).build();
+        let frames = vec![ack; usize::try_from(count).unwrap_or(0)];
+        time_single(lb, &frames, XDP_REDIRECT)
+    })
+    .map_err(|e| anyhow!("{e}"))?
 }

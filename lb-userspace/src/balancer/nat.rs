@@ -180,7 +180,7 @@ impl<M: Maps> Balancer<M> {
             state: c.state,
             reply: 0,
             service_id: u16::try_from(state.id).ok()?,
-            pad: 0,
+            seen_jiffies: 0,
         };
         let back = Conn {
             src: key.dst,
@@ -345,7 +345,7 @@ mod tests {
             state: lb_common::nat::CONN_ESTABLISHED,
             reply: 0,
             service_id: u16::try_from(m_web.id).unwrap_or(0),
-            pad: 0,
+            seen_jiffies: 0,
         };
         let tracked = master
             .tracked_connection(&key, &conn, 1_250 * MS)

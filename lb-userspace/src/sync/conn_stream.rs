@@ -29,6 +29,7 @@ impl Sent {
     fn stale(&self, now: &Conn) -> bool {
         let same = Conn {
             last_seen_ns: now.last_seen_ns,
+            seen_jiffies: now.seen_jiffies,
             ..self.conn
         };
         same != *now || now.last_seen_ns.saturating_sub(self.conn.last_seen_ns) >= CONN_REFRESH_NS
@@ -95,7 +96,7 @@ mod tests {
             state,
             reply: 0,
             service_id: 1,
-            pad: 0,
+            seen_jiffies: 0,
         };
         (key, conn)
     }
@@ -107,6 +108,13 @@ mod tests {
         let b = conn(2, CONN_ESTABLISHED, 10 * S);
         assert_eq!(stream.pass(&[a, b]), vec![a, b], "new: both");
         assert!(stream.pass(&[a, b]).is_empty(), "nothing new");
+
+        let mut b_ticked = b;
+        b_ticked.1.seen_jiffies = 7;
+        assert!(
+            stream.pass(&[a, b_ticked]).is_empty(),
+            "the data path's tick is no news"
+        );
 
         let a_up = conn(1, CONN_ESTABLISHED, 11 * S);
         let b_seen = conn(2, CONN_ESTABLISHED, 30 * S);
