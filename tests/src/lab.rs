@@ -592,6 +592,9 @@ pub struct DrLabOptions {
     /// their default route), without the VIP and with default ARP
     /// settings: for NAT and SNAT.
     pub server_lan: bool,
+    /// Without `server_lan`: the last this many real servers sit on the
+    /// server subnet, the others on the LAN (direct routing beside NAT).
+    pub server_lan_servers: usize,
 }
 
 impl Default for DrLabOptions {
@@ -618,6 +621,7 @@ impl Default for DrLabOptions {
             lab_pass_obj,
             second_lb: false,
             server_lan: false,
+            server_lan_servers: 0,
         }
     }
 }
@@ -762,15 +766,16 @@ impl DrLab {
         let mut ports = hosts
             .iter()
             .fold(String::new(), |mut batch, (ns, port, _)| {
-                let bridge = if self.opts.server_lan && self.reals.contains(ns) {
-                    "br1"
-                } else {
-                    "br0"
-                };
+                let on_server_lan = self
+                    .reals
+                    .iter()
+                    .position(|r| r == ns)
+                    .is_some_and(|i| self.on_server_lan(i));
+                let bridge = if on_server_lan { "br1" } else { "br0" };
                 let _ = writeln!(batch, "link set {port} master {bridge} up");
                 batch
             });
-        if self.opts.server_lan {
+        if self.has_server_lan() {
             ip_batch(
                 &self.lb,
                 &format!(
@@ -792,7 +797,7 @@ impl DrLab {
         } else {
             &["lb"]
         };
-        let server_port: &[&str] = if self.opts.server_lan { &["lbs"] } else { &[] };
+        let server_port: &[&str] = if self.has_server_lan() { &["lbs"] } else { &[] };
         for port in lb_ports.iter().chain(server_port) {
             run(&[
                 "ip", "-n", &switch, "link", "set", "dev", port, "xdpdrv", "obj", &obj, "sec",
@@ -821,6 +826,11 @@ impl DrLab {
     fn setup_host(&self, ns: &str, port: &str, addr: Ipv4Addr) -> Result<(), LabError> {
         let is_lb = ns == self.lb || self.lb2.as_deref() == Some(ns);
         let is_real = !is_lb && ns != self.client;
+        let on_server_lan = self
+            .reals
+            .iter()
+            .position(|r| r == ns)
+            .is_some_and(|i| self.on_server_lan(i));
         let mut sysctls = vec![
             "net.ipv6.conf.default.disable_ipv6=1",
             "net.ipv4.conf.all.rp_filter=0",
@@ -829,7 +839,7 @@ impl DrLab {
         if is_lb {
             sysctls.push("net.ipv4.ip_forward=0");
         }
-        if is_real && !self.opts.server_lan {
+        if is_real && !on_server_lan {
             // Set before eth0 exists, so eth0 inherits the defaults.
             sysctls.extend([
                 "net.ipv4.conf.all.arp_ignore=1",
@@ -844,7 +854,7 @@ impl DrLab {
         cmd.extend(sysctls);
         run_in(ns, &cmd)?;
 
-        let prefix = if is_real && self.opts.server_lan {
+        let prefix = if on_server_lan {
             SERVER_LAN_PREFIX
         } else {
             LAN_PREFIX
@@ -857,7 +867,7 @@ impl DrLab {
             mac = mac_string(mac_for(addr)),
             switch = self.switch,
         );
-        if is_real && self.opts.server_lan {
+        if on_server_lan {
             let _ = writeln!(batch, "route add default via {LB_SERVER_ADDR} dev eth0");
             ip_batch(ns, &batch)?;
             return Ok(());
@@ -1108,11 +1118,26 @@ impl DrLab {
     /// Address of real server `i` (0-based): 198.18.0.21 + i.
     #[must_use]
     pub fn real_address(&self, i: usize) -> Ipv4Addr {
-        if self.opts.server_lan {
+        if self.on_server_lan(i) {
             offset(offset(SERVER_LAN, 21), i)
         } else {
             offset(FIRST_REAL, i)
         }
+    }
+
+    /// Whether real server `i` sits on the server subnet.
+    #[must_use]
+    pub fn on_server_lan(&self, i: usize) -> bool {
+        self.opts.server_lan
+            || i + self.opts.server_lan_servers.min(self.opts.real_servers)
+                >= self.opts.real_servers
+    }
+
+    /// Whether any real server sits on the server subnet (the load
+    /// balancer then has `eth1` on it).
+    #[must_use]
+    pub fn has_server_lan(&self) -> bool {
+        self.opts.server_lan || self.opts.server_lan_servers > 0
     }
 
     /// Name of real server `i` (0-based): "rs1", "rs2", ...

@@ -33,6 +33,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 const HYPERSPACE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
 const MYCHART: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 101);
+const HYPERSPACE_WEB: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 102);
 /// Hyperspace clients shown (and sending); MyChart clients.
 const CLINICIANS: usize = 6;
 const PATIENTS: usize = 3;
@@ -96,8 +97,16 @@ fn epic_config(lab: &DrLab) -> Result<String, String> {
         .replace("{ name: hs2,", &format!("{{ name: {},", lab.real_name(1)))
         .replace("{ name: hs3,", &format!("{{ name: {},", lab.real_name(2)))
         .replace("{ name: mc1,", &format!("{{ name: {},", lab.real_name(3)))
-        .replace("{ name: mc2,", &format!("{{ name: {},", lab.real_name(4)));
-    Ok(lab_config(lab, &services))
+        .replace("{ name: mc2,", &format!("{{ name: {},", lab.real_name(4)))
+        .replace("198.19.8.21", &lab.real_address(5).to_string())
+        .replace("198.19.8.22", &lab.real_address(6).to_string())
+        .replace("{ name: hsw1,", &format!("{{ name: {},", lab.real_name(5)))
+        .replace("{ name: hsw2,", &format!("{{ name: {},", lab.real_name(6)))
+        .replace("port: 8443", "port: 443");
+    Ok(lab_config(lab, &services).replace(
+        "  metrics_listen:",
+        "  server_interfaces: [eth1]\n  metrics_listen:",
+    ))
 }
 
 /// One HTTPS request through a VIP from `source`; the answering server's name.
@@ -187,6 +196,28 @@ fn fail_a_server(
     Ok(name)
 }
 
+/// The SNAT service: clients reach servers on another subnet that need no
+/// change; lbd tracks each connection. Prints a line a test can parse:
+/// `snat: answered N/M`.
+fn snat_step(lab: &DrLab, lbd: &Lbd) {
+    step(&format!(
+        "Hyperspace web on Windows servers in {} (SNAT from 198.18.0.110: the servers are unchanged)",
+        lab.real_address(5)
+    ));
+    let sources = &lab.client_sources()[CLINICIANS + PATIENTS..CLINICIANS + PATIENTS + 4];
+    let answers: Vec<String> = sources
+        .iter()
+        .map(|s| https(lab, *s, "hyperspace.example.org", HYPERSPACE_WEB))
+        .collect();
+    for (source, server) in sources.iter().zip(&answers) {
+        println!(".{} -> {server}", source.octets()[3]);
+    }
+    let answered = answers.iter().filter(|a| *a != "--").count();
+    println!("snat: answered {answered}/{}", answers.len());
+    println!("lbctl connections hyperspace-web (the connections lbd tracks, each on its server):");
+    lbctl_print(lbd, &["connections", "hyperspace-web"]);
+}
+
 fn lbctl_print(lbd: &Lbd, args: &[&str]) {
     let out = lbd.lbctl(args);
     print!("{}", String::from_utf8_lossy(&out.stdout));
@@ -200,9 +231,11 @@ fn demo(duration: Duration) -> Result<(), String> {
         return Err("the demo creates network namespaces: run it as root".into());
     }
     let started = Instant::now();
-    step("building the lab: clients, the load balancer, Hyperspace rs1-rs3 and MyChart rs4-rs5 (real TLS)");
+    step("building the lab: clients, the load balancer, Hyperspace rs1-rs3 and MyChart rs4-rs5 (real TLS), \
+          and rs6-rs7 as Windows web servers on a subnet of their own (no VIP, default ARP)");
     let mut lab = DrLab::start(DrLabOptions {
-        real_servers: 5,
+        real_servers: 7,
+        server_lan_servers: 2,
         client_sources: 32,
         vip: HYPERSPACE,
         tls_port: Some(443),
@@ -256,6 +289,8 @@ fn demo(duration: Duration) -> Result<(), String> {
         "curl -L follows it: TLS handshake with the real server's certificate, answered by {}",
         followed.trim()
     );
+
+    snat_step(&lab, &lbd);
 
     let clinicians: Vec<Ipv4Addr> = lab.client_sources()[..CLINICIANS].to_vec();
     let patients: Vec<Ipv4Addr> = lab.client_sources()[CLINICIANS..CLINICIANS + PATIENTS].to_vec();
