@@ -475,7 +475,12 @@ fn forward_nat(
     };
     let key = nat::client_key(frame);
     let (conn, new_client) = match nat::existing(&key, frame, clock) {
-        Some(conn) => (conn, false),
+        Some((conn, checked)) => {
+            if checked {
+                keep_client(frame, service, &conn, jiffies, tally);
+            }
+            (conn, false)
+        }
         None => {
             let decision = decide(frame, service, jiffies, tally)?;
             let conn = nat::track(&key, frame, service, decision.real, clock)?;
@@ -487,6 +492,45 @@ fn forward_nat(
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     count_forwarded(real, bytes, new_client);
     Ok(action)
+}
+
+/// Persistence for a NAT or SNAT connection's client, as direct routing
+/// keeps it: the client's affinity entry refreshed, or written once the
+/// client has shown it is real (the handshake's ACK; its SYN was not
+/// remembered), for its connection's server. Called when the connection's
+/// entry is checked in full, at most about once a second.
+#[inline(always)]
+fn keep_client(
+    frame: &Frame,
+    service: &Service,
+    conn: &lb_common::nat::Conn,
+    jiffies: u64,
+    tally: Tally,
+) {
+    let key = AffinityKey {
+        service_id: service.id,
+        client: frame.client & service.netmask,
+    };
+    let mut clock = Clock { jiffies, ns: None };
+    let replace = match lookup_affinity(&key, service, &mut clock, true, tally) {
+        Remembered::Live(_) => return,
+        Remembered::Replaceable => true,
+        Remembered::Absent => false,
+    };
+    if frame.kind != (FrameKind::Datagram { syn_only: false }) {
+        return;
+    }
+    let Some(real) = REALS.get(conn.real) else {
+        return;
+    };
+    let entry = Affinity {
+        real: conn.real,
+        real_address: real.address,
+        last_seen_ns: clock.ns(),
+        seen_jiffies: clock.jiffies as u32,
+        sync_pass: 0,
+    };
+    remember(&key, &entry, service, replace, tally);
 }
 
 /// The decision from the shared tables: the service, then the client's

@@ -183,12 +183,12 @@ fn live(conn: &Conn, clock: ConnClock) -> bool {
 /// FIN when the other direction has sent its own closes both (the
 /// connection is over: its entries, and a SNAT port, are free 10 s on
 /// rather than after the 2 min a half-closed connection keeps); only FIN
-/// frames look the other up.
+/// frames look the other up. Returns whether it wrote the entry.
 #[inline(always)]
-fn follow(entry: *mut Conn, conn: &Conn, protocol: u8, flags: u8, clock: ConnClock) {
+fn follow(entry: *mut Conn, conn: &Conn, protocol: u8, flags: u8, clock: ConnClock) -> bool {
     let state = next_state(conn.state, protocol, flags);
     if state == conn.state && clock.fresh(conn) {
-        return;
+        return false;
     }
     // SAFETY: a value pointer from the map, valid for this run; a racing
     // CPU writes a value as good. The time first: an entry that looks
@@ -199,18 +199,18 @@ fn follow(entry: *mut Conn, conn: &Conn, protocol: u8, flags: u8, clock: ConnClo
         (*entry).state = state;
     }
     if state != CONN_FIN || flags & TCP_FIN == 0 {
-        return;
+        return true;
     }
-    let Some(other) = CONNS.get_ptr_mut(&conn.reverse_key(protocol)) else {
-        return;
-    };
-    // SAFETY: as above.
-    unsafe {
-        if (*other).state == CONN_FIN {
-            (*other).state = CONN_CLOSED;
-            (*entry).state = CONN_CLOSED;
+    if let Some(other) = CONNS.get_ptr_mut(&conn.reverse_key(protocol)) {
+        // SAFETY: as above.
+        unsafe {
+            if (*other).state == CONN_FIN {
+                (*other).state = CONN_CLOSED;
+                (*entry).state = CONN_CLOSED;
+            }
         }
     }
+    true
 }
 
 /// The 5-tuple of a client's frame as it arrives.
@@ -228,9 +228,11 @@ pub fn client_key(frame: &Frame) -> ConnKey {
 
 /// A client's frame for a NAT or SNAT service: its tracked connection, if
 /// it lives and its server keeps clients (its state and time brought up to
-/// date); else `None`, and the caller chooses a server and [`track`]s.
+/// date), and whether this frame wrote the entry (a change of state, or
+/// its first full check in about a second); else `None`, and the caller
+/// chooses a server and [`track`]s.
 #[inline(always)]
-pub fn existing(key: &ConnKey, frame: &Frame, clock: ConnClock) -> Option<Conn> {
+pub fn existing(key: &ConnKey, frame: &Frame, clock: ConnClock) -> Option<(Conn, bool)> {
     let entry = CONNS.get_ptr_mut(key)?;
     // SAFETY: a value pointer from the map, valid for this run.
     let conn = unsafe { *entry };
@@ -239,8 +241,8 @@ pub fn existing(key: &ConnKey, frame: &Frame, clock: ConnClock) -> Option<Conn> 
         return None;
     }
     note(NatNote::ConnHit);
-    follow(entry, &conn, key.protocol, frame.tcp_flags, clock);
-    Some(conn)
+    let written = follow(entry, &conn, key.protocol, frame.tcp_flags, clock);
+    Some((conn, written))
 }
 
 /// Rewrites a frame to `conn`'s 5-tuple and sends it on; the XDP action.
@@ -367,7 +369,7 @@ pub fn reply(ctx: &XdpContext, frame: &Frame, clock: ConnClock) -> Result<u32, R
     if conn.reply != 1 || !live(&conn, clock) {
         return Err(Reason::PassNotService);
     }
-    follow(entry, &conn, key.protocol, frame.tcp_flags, clock);
+    let _ = follow(entry, &conn, key.protocol, frame.tcp_flags, clock);
     note(NatNote::Reply);
     send(ctx, frame, &conn)
 }

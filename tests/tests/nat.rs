@@ -367,11 +367,25 @@ fn a_connection_outlives_a_drain_and_a_halted_server_takes_none() {
             "a drained server keeps its connection"
         );
         assert_eq!(out, to_server(&ack, CLIENT, 40_000, RS2, 80));
-        let new = FrameSpec {
+        // The handshake showed the client is real: it is remembered, and
+        // its next connection keeps the drained server, as with direct
+        // routing.
+        let again = FrameSpec {
             sport: 40_001,
             ..client_frame(80, 0x02)
         };
-        assert_eq!(h.run(&new.build()).0, XDP_DROP, "but takes no new one");
+        let (verdict, out) = h.run(&again.build());
+        assert_eq!(verdict, XDP_REDIRECT, "the client's next connection");
+        assert_eq!(out, to_server(&again, CLIENT, 40_001, RS2, 80));
+        let stranger = FrameSpec {
+            src: Ipv4Addr::new(198, 18, 0, 51),
+            ..client_frame(80, 0x02)
+        };
+        assert_eq!(
+            h.run(&stranger.build()).0,
+            XDP_DROP,
+            "but takes no new client"
+        );
         h.balancer
             .set_admin_state("app", "rs2", AdminState::Halt)
             .unwrap_or_else(|e| panic!("{e}"));
