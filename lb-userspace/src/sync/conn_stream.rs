@@ -4,13 +4,64 @@
 //! use (the peer's copy then never expires before the master's); after a
 //! (re)pairing, all of them.
 //!
+//! A connection travels as a [`TrackedConnection`], in
+//! [`Message::Connections`] batches ([`connection_batches`]).
+//!
 //! Unlike the affinity stream there is no confirmation: connections are
 //! few beside clients, so a new pairing (or a message the link refused)
 //! simply sends the whole table again.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, net::SocketAddrV4};
 
 use lb_common::nat::{Conn, ConnKey};
+
+use super::messages::{Message, CONNECTION_FIXED_LEN, SESSION_BATCH_BYTES};
+
+/// One tracked NAT or SNAT connection: service by name and server by
+/// address (ids differ between nodes), and an age (clocks differ).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackedConnection {
+    /// Service name.
+    pub service: String,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub protocol: u8,
+    /// The client's frames arrive from here...
+    pub client: SocketAddrV4,
+    /// ...to the service's VIP and port.
+    pub vip: SocketAddrV4,
+    /// They leave from here (the client, or the SNAT address and port)...
+    pub source: SocketAddrV4,
+    /// ...to the real server's address and port.
+    pub server: SocketAddrV4,
+    /// The connection's state (`lb_common::nat::CONN_*`).
+    pub state: u8,
+    /// Milliseconds since either side last sent a frame.
+    pub age_ms: u32,
+}
+
+/// Splits tracked connections into [`Message::Connections`] of at most
+/// [`SESSION_BATCH_BYTES`] each.
+#[must_use]
+pub fn connection_batches(entries: Vec<TrackedConnection>) -> Vec<Message> {
+    let mut messages = Vec::new();
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    for entry in entries {
+        let len = CONNECTION_FIXED_LEN + entry.service.len();
+        if !batch.is_empty() && bytes + len > SESSION_BATCH_BYTES {
+            messages.push(Message::Connections {
+                entries: std::mem::take(&mut batch),
+            });
+            bytes = 0;
+        }
+        bytes += len;
+        batch.push(entry);
+    }
+    if !batch.is_empty() {
+        messages.push(Message::Connections { entries: batch });
+    }
+    messages
+}
 
 /// A connection still in use is sent again after this long (well within
 /// the shortest timeout it can be refreshed in, a UDP flow's 5 min).

@@ -7,7 +7,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::session::SendError;
-use super::{stream::PassOutcome, Nonce};
+use super::{conn_stream::TrackedConnection, stream::PassOutcome, Nonce};
 use crate::config::Role;
 
 /// Budget of encoded entries per `Sessions` message built by [`session_batches`].
@@ -30,7 +30,7 @@ const MIN_SESSION_ENTRY_LEN: usize = 2 + 4 + 4 + 4;
 /// Encoded size of a session entry apart from its service name.
 const SESSION_ENTRY_FIXED_LEN: usize = MIN_SESSION_ENTRY_LEN;
 /// Encoded size of a tracked connection apart from its service name.
-const CONNECTION_FIXED_LEN: usize = 2 + 1 + 4 * 6 + 1 + 4;
+pub(super) const CONNECTION_FIXED_LEN: usize = 2 + 1 + 4 * 6 + 1 + 4;
 
 /// What the daemon exchanges with its peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,28 +120,6 @@ pub struct SessionEntry {
     pub age_ms: u32,
 }
 
-/// One tracked NAT or SNAT connection: service by name and server by
-/// address (ids differ between nodes), and an age (clocks differ).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TrackedConnection {
-    /// Service name.
-    pub service: String,
-    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
-    pub protocol: u8,
-    /// The client's frames arrive from here...
-    pub client: SocketAddrV4,
-    /// ...to the service's VIP and port.
-    pub vip: SocketAddrV4,
-    /// They leave from here (the client, or the SNAT address and port)...
-    pub source: SocketAddrV4,
-    /// ...to the real server's address and port.
-    pub server: SocketAddrV4,
-    /// The connection's state (`lb_common::nat::CONN_*`).
-    pub state: u8,
-    /// Milliseconds since either side last sent a frame.
-    pub age_ms: u32,
-}
-
 /// Boundary of a full affinity snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SnapshotMark {
@@ -188,30 +166,6 @@ pub fn session_batches(entries: Vec<SessionEntry>, snapshot: bool) -> Vec<Messag
             entries: Vec::new(),
             snapshot: Some(SnapshotMark::End),
         });
-    }
-    messages
-}
-
-/// Splits tracked connections into [`Message::Connections`] of at most
-/// [`SESSION_BATCH_BYTES`] each.
-#[must_use]
-pub fn connection_batches(entries: Vec<TrackedConnection>) -> Vec<Message> {
-    let mut messages = Vec::new();
-    let mut batch = Vec::new();
-    let mut bytes = 0;
-    for entry in entries {
-        let len = CONNECTION_FIXED_LEN + entry.service.len();
-        if !batch.is_empty() && bytes + len > SESSION_BATCH_BYTES {
-            messages.push(Message::Connections {
-                entries: std::mem::take(&mut batch),
-            });
-            bytes = 0;
-        }
-        bytes += len;
-        batch.push(entry);
-    }
-    if !batch.is_empty() {
-        messages.push(Message::Connections { entries: batch });
     }
     messages
 }

@@ -61,12 +61,12 @@ mod session;
 mod stream;
 mod wire;
 
-pub use conn_stream::{ConnStream, CONN_REFRESH_NS};
+pub use conn_stream::{connection_batches, ConnStream, TrackedConnection, CONN_REFRESH_NS};
 pub use link::{run, LinkConfig, LinkError, LinkEvent};
 pub use link_stats::{LinkStats, LinkStatsSnapshot};
 pub use messages::{
-    connection_batches, session_batches, stream_messages, AdminChange, DecodeError, Message,
-    SessionEntry, SnapshotMark, TrackedConnection, SESSION_BATCH_BYTES,
+    session_batches, stream_messages, AdminChange, DecodeError, Message, SessionEntry,
+    SnapshotMark, SESSION_BATCH_BYTES,
 };
 pub use outbox::{outbox, Outbox, OutboxReceiver, SessionsDropped, SESSION_QUEUE_BYTES};
 pub use session::{Event, Local, SendError, SessionStats, SyncError, SyncSession};
