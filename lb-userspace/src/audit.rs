@@ -24,6 +24,8 @@ pub enum Actor {
     Lbctl(String),
     /// The peer node of the pair, by its name.
     Peer(String),
+    /// A user signed in to the web console, by their console user name.
+    Web(String),
     /// lbd itself, applying its configuration file (SIGHUP or start).
     Reload,
 }
@@ -37,7 +39,7 @@ impl Actor {
 
     fn who(&self) -> &str {
         match self {
-            Self::Lbctl(user) => user,
+            Self::Lbctl(user) | Self::Web(user) => user,
             Self::Peer(node) => node,
             Self::Reload => "lbd",
         }
@@ -47,6 +49,7 @@ impl Actor {
         match self {
             Self::Lbctl(_) => "lbctl",
             Self::Peer(_) => "peer",
+            Self::Web(_) => "web",
             Self::Reload => "reload",
         }
     }
@@ -98,6 +101,30 @@ impl AuditLog {
                 self.path.display()
             );
         }
+    }
+
+    /// The last `n` changes, newest first, as written (a torn or unreadable
+    /// line is skipped). Reads the file's tail only.
+    #[must_use]
+    pub fn tail(&self, n: usize) -> Vec<Value> {
+        use std::io::{Read as _, Seek as _, SeekFrom};
+        /// Enough bytes for the last changes of any sensible `n`.
+        const TAIL_BYTES: u64 = 256 * 1024;
+        let Ok(mut file) = std::fs::File::open(&self.path) else {
+            return Vec::new();
+        };
+        let len = file.metadata().map_or(0, |m| m.len());
+        let start = len.saturating_sub(TAIL_BYTES);
+        let mut bytes = Vec::new();
+        if file.seek(SeekFrom::Start(start)).is_err() || file.read_to_end(&mut bytes).is_err() {
+            return Vec::new();
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        let lines = text.lines().skip(usize::from(start > 0));
+        let mut out: Vec<Value> = lines.filter_map(|l| serde_json::from_str(l).ok()).collect();
+        out.reverse();
+        out.truncate(n);
+        out
     }
 
     fn append(&self, actor: &Actor, what: &str, before: &Value, after: &Value) -> io::Result<()> {
@@ -176,6 +203,12 @@ mod tests {
         );
         assert_eq!(lines[1]["who"], "lb2");
         assert_eq!(lines[1]["via"], "peer");
+        log.record(&Actor::Web("alice".into()), "online web/rs2", &Value::Null, &Value::Null);
+        let tail = log.tail(2);
+        assert_eq!(tail.len(), 2);
+        assert_eq!(tail[0]["who"], "alice");
+        assert_eq!(tail[0]["via"], "web");
+        assert_eq!(tail[1]["what"], "halt web/rs2");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -6,7 +6,7 @@
 //! only module that touches aya), [`neighbour`] follows real-server MAC
 //! addresses, [`vip`] holds the virtual addresses, [`control`] is the socket
 //! `lbctl` talks to, [`audit`] records every administrative change, and
-//! [`daemon`] ties them together.
+//! [`web`] is the HTTPS console, and [`daemon`] ties them together.
 
 pub mod admin;
 pub mod audit;
@@ -30,6 +30,7 @@ pub mod sync;
 pub mod timer;
 pub mod vip;
 pub mod vrrp;
+pub mod web;
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock the XDP program stamps
 /// affinity entries with (`bpf_ktime_get_ns`).

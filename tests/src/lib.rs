@@ -1,6 +1,6 @@
 //! Test support for the load balancer: the network-namespace lab ([`lab`]),
 //! `lbd` in it ([`lbd`]), many clients written into its table
-//! ([`affinity`]), frame building ([`frames`]), spoofed-source
+//! ([`affinity`]), the web console and a browser ([`console`]), frame building ([`frames`]), spoofed-source
 //! floods sent into a lab ([`flood`]), where the built artifacts are
 //! ([`paths`]), bounded waiting ([`wait`]), who answers ARP ([`arp`]) and
 //! maps made by hand ([`bpf`]) and the XDP program run on a frame ([`xdp`]).
@@ -8,6 +8,7 @@
 pub mod affinity;
 pub mod arp;
 pub mod bpf;
+pub mod console;
 pub mod flood;
 pub mod frames;
 pub mod lab;

@@ -174,7 +174,7 @@ fn dry_runs_change_nothing_and_a_drain_survives_plan_reload_and_restart() {
 
 /// Port of the redirect service of the connection test.
 const REDIRECT_PORT: u16 = 8081;
-/// Connections held to each of the redirect and metrics ports.
+/// Connections held to each of the redirect, metrics and console ports.
 const HELD_PER_PORT: usize = 1500;
 /// How long they are held.
 const HOLD: Duration = Duration::from_secs(20);
@@ -235,12 +235,13 @@ fn hold_connections(
     })
 }
 
-/// The contract's "Bounded resources" and issue 12's scenario: 3,000
-/// connections held open from the client's 256 addresses to a redirect port
-/// and the metrics port for 20 s. lbd starts with the open-file limit
+/// The contract's "Bounded resources" and issue 12's scenario: 4,500
+/// connections held open from the client's 256 addresses to a redirect port,
+/// the metrics port and the web console's port (issue 15) for 20 s. lbd starts with the open-file limit
 /// systemd gives a service (1024). Every real server stays up (tcp checks
 /// every 300 ms), `lbctl status` answers, forwarding goes on, and a new
-/// redirect is answered once the connections are gone.
+/// redirect and the console's sign-in page are answered once the
+/// connections are gone.
 #[test]
 #[expect(clippy::too_many_lines, reason = "one scenario, step by step")]
 fn held_connections_take_nothing_from_checks_control_or_forwarding() {
@@ -265,9 +266,13 @@ fn held_connections_take_nothing_from_checks_control_or_forwarding() {
         "  - name: to-https\n    vip: {vip}\n    port: {REDIRECT_PORT}\n    \
          redirect: {{ code: 301, scheme: https }}"
     );
-    let config = lab_config(&lab, &services).replace(
-        "metrics_listen: 127.0.0.1:9100",
-        &format!("metrics_listen: {lb}:9100"),
+    let config = lb_tests::console::with_console(
+        &lab,
+        &lab_config(&lab, &services).replace(
+            "metrics_listen: 127.0.0.1:9100",
+            &format!("metrics_listen: {lb}:9100"),
+        ),
+        900,
     );
     let lbd = Lbd::start_wrapped(&mut lab, &config, &["prlimit", "--nofile=1024:"])
         .unwrap_or_else(|e| panic!("{e}"));
@@ -276,7 +281,10 @@ fn held_connections_take_nothing_from_checks_control_or_forwarding() {
 
     let redirect = SocketAddrV4::new(vip, REDIRECT_PORT);
     let metrics = SocketAddrV4::new(lb, 9100);
-    let holder = hold_connections(&lab, vec![redirect, metrics], HELD_PER_PORT, HOLD);
+    let console = SocketAddrV4::new(lb, lb_tests::console::PORT);
+    let targets = vec![redirect, metrics, console];
+    let ports = targets.len();
+    let holder = hold_connections(&lab, targets, HELD_PER_PORT, HOLD);
     // Let the connections pile up first.
     std::thread::sleep(Duration::from_secs(3));
     let holding = Instant::now();
@@ -318,9 +326,9 @@ fn held_connections_take_nothing_from_checks_control_or_forwarding() {
     let made = holder
         .join()
         .unwrap_or_else(|_| panic!("the connection holder panicked"));
-    eprintln!("{made} connections made to the redirect and metrics ports");
+    eprintln!("{made} connections made to the redirect, metrics and console ports");
     assert!(
-        made >= 2 * HELD_PER_PORT / 2,
+        made >= ports * HELD_PER_PORT / 2,
         "only {made} connections were made"
     );
 
@@ -353,6 +361,15 @@ fn held_connections_take_nothing_from_checks_control_or_forwarding() {
         },
     );
     assert_eq!(answered.trim(), "301");
+    let page = wait_until("the console's sign-in page", Duration::from_secs(10), || {
+        let a = lb_tests::console::request(&lab, "GET", "/login", None, &[], None);
+        if a.status == 200 {
+            Ok(a)
+        } else {
+            Err(format!("{a:?}"))
+        }
+    });
+    assert!(page.body.contains("sign-in"), "{}", page.body);
 }
 
 /// Issue 12, "Durable and atomic": `lbctl apply` is all or nothing. A file

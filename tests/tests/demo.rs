@@ -64,6 +64,10 @@ fn the_demo_moves_only_the_failed_servers_clients_and_leaves_nothing_behind() {
     assert!(others > 0, "there were other clients:\n{stdout}");
     assert_eq!(others_moved, 0, "no other client moved:\n{stdout}");
     assert!(
+        stdout.contains("console: signed in as viewer (viewer)"),
+        "the demo signs in to the web console:\n{stdout}"
+    );
+    assert!(
         stdout.contains("snat: answered 4/4"),
         "every client of the SNAT service was answered by the servers on another subnet:\n{stdout}"
     );

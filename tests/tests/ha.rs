@@ -341,11 +341,16 @@ fn start_pair_with(key_choice: Keys, lb1_copy: bool) -> Pair {
     }
     .unwrap_or_else(|e| panic!("{e}"));
     let lb1_config = primary_config(&lab, &key1, 3);
-    let lb2_config = lab_config_named(
-        &lab,
-        "lb2",
-        &ClusterSpec::secondary(&lab, Some(&key2)).yaml(),
-        &web_service(&lab, 1, 300),
+    // The secondary serves the web console (to show it refuses what lbctl
+    // refuses there).
+    let lb2_config = lb_tests::console::with_console_at(
+        &lab_config_named(
+            &lab,
+            "lb2",
+            &ClusterSpec::secondary(&lab, Some(&key2)).yaml(),
+            &web_service(&lab, 1, 300),
+        ),
+        &lb_tests::console::web_yaml(&lab, lab.lb2_address(), 900),
     );
     let ns1 = lab.lb_ns().to_string();
     let ns2 = lab.lb2_ns().to_string();
@@ -1312,6 +1317,44 @@ fn a_returning_primary_takes_over_once_after_it_has_the_sessions() {
     );
 }
 
+/// An admin of the secondary's web console drains rs1 there: the refusal's
+/// message (the preview's and the change's, which must agree).
+fn console_drain_on_lb2(pair: &Pair) -> String {
+    use lb_tests::console::{add_user, request_at, sign_in_at};
+    let (lab, at) = (&pair.lab, pair.lab.lb2_address());
+    add_user(&pair.lb2, "alice", "admin", "admin-password-1").unwrap_or_else(|e| panic!("{e}"));
+    let session = sign_in_at(lab, at, "alice", "admin-password-1")
+        .session_cookie()
+        .unwrap_or_else(|| panic!("cannot sign in to lb2's console:\n{}", pair.lb2.log_text()));
+    let overview = request_at(lab, at, "GET", "/api/overview", Some(&session), &[], None).json();
+    assert_eq!(overview["can_change"], false, "{overview}");
+    let preview = request_at(
+        lab,
+        at,
+        "GET",
+        "/api/preview?service=web&server=rs1&action=drain",
+        Some(&session),
+        &[],
+        None,
+    )
+    .json();
+    let csrf = format!("X-CSRF-Token: {}", overview["csrf"].as_str().unwrap_or_default());
+    let answer = request_at(
+        lab,
+        at,
+        "POST",
+        "/api/change",
+        Some(&session),
+        &["Content-Type: application/json", &csrf],
+        Some(r#"{"service":"web","server":"rs1","action":"drain"}"#),
+    );
+    assert_eq!(answer.status, 409, "{answer:?}");
+    let said = answer.json()["error"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(preview["refused"], said, "{preview}");
+    assert_eq!(overview["refusal"], said, "{overview}");
+    said
+}
+
 /// `lbctl apply`, `drain` and `weight` on the primary reach the secondary
 /// at once (within [`SLACK`]); the secondary refuses `apply` (naming the
 /// primary) and, while the primary is reachable, `drain`.
@@ -1409,6 +1452,13 @@ fn configuration_and_admin_changes_flow_from_the_primary_only() {
         "{}",
         out_text(&out)
     );
+    // The secondary's web console refuses it too, with lbctl's words.
+    let lbctl_said = String::from_utf8_lossy(&out.stderr)
+        .trim()
+        .trim_start_matches("lbctl: ")
+        .to_owned();
+    let console_said = console_drain_on_lb2(&pair);
+    assert_eq!(console_said, lbctl_said, "the console and lbctl say the same");
     std::thread::sleep(Duration::from_millis(500));
     for lbd in [&pair.lb1, &pair.lb2] {
         let rs = lbd.status().map(|s| web_servers(&s)).unwrap_or_default();

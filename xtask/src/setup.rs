@@ -2,7 +2,8 @@
 //!
 //! - Debian packages: LLVM 22 (bpf-linker links against the same LLVM as
 //!   rustc), and the labs' tools (iproute2, ethtool, curl, python3, and
-//!   keepalived as the VRRP peer of the interoperability tests).
+//!   keepalived as the VRRP peer of the interoperability tests, Chromium
+//!   and ChromeDriver for the web console's browser tests).
 //! - nightly's `rust-src`, since the XDP program builds `core` itself.
 //! - bpf-linker 0.13 built against LLVM 22 (its default feature wants 23).
 
@@ -34,6 +35,11 @@ const PACKAGES: &[&str] = &[
     "binutils",
     "lintian",
     "systemd",
+    // the web console's browser tests: headless Chromium over WebDriver
+    "chromium",
+    "chromium-driver",
+    // a font, so the screenshots show text (Chromium only recommends one)
+    "fonts-dejavu-core",
 ];
 
 pub fn run() -> Result<()> {

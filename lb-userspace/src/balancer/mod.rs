@@ -34,7 +34,7 @@ use lb_common::{
 pub use self::affinity::AffinityAnswer;
 pub use self::census::{Census, CensusKey, Tally, SWEEP_MARGIN_NS, UNKNOWN_SERVICE_GRACE_NS};
 pub use self::nat::{check_snat_ports, snat_ports, MIN_SNAT_PORTS};
-pub use self::plan::plan;
+pub use self::plan::{plan, plan_change};
 pub use self::state::{ring_for, Health, RealState, ServiceState};
 pub use self::takeover::TakeoverReport;
 use crate::{

@@ -1,9 +1,9 @@
 //! What a configuration change would do before it is applied: for each
 //! service, the share of clients the new Maglev ring would move.
 
-use super::{ring_for, Balancer, Health, RealState};
+use super::{ring_for, Balancer, BalancerError, Health, RealState};
 use crate::{
-    config::{Config, ServiceKind},
+    config::{AdminState, Config, ServiceKind},
     dataplane::Maps,
     maglev,
 };
@@ -60,6 +60,44 @@ pub fn plan<M: Maps>(current: &Balancer<M>, next: &Config) -> Vec<(String, f64)>
     out
 }
 
+/// The share of `service`'s client addresses whose real server would
+/// change if `server` took the admin state `admin` or the weight `weight`
+/// (the console's confirmation), computed as [`plan`] computes it.
+///
+/// # Errors
+/// When the service or the server does not exist.
+pub fn plan_change<M: Maps>(
+    current: &Balancer<M>,
+    service: &str,
+    server: &str,
+    admin: Option<AdminState>,
+    weight: Option<u16>,
+) -> Result<f64, BalancerError> {
+    let state = current.service(service)?;
+    if !state.reals.iter().any(|r| r.name == server) {
+        return Err(BalancerError::UnknownServer {
+            service: service.to_owned(),
+            server: server.to_owned(),
+        });
+    }
+    let after: Vec<RealState> = state
+        .reals
+        .iter()
+        .map(|r| {
+            if r.name == server {
+                RealState {
+                    admin: admin.unwrap_or(r.admin),
+                    weight: weight.unwrap_or(r.weight),
+                    ..r.clone()
+                }
+            } else {
+                r.clone()
+            }
+        })
+        .collect();
+    Ok(maglev::moved_share(&ring_for(&state.reals), &ring_for(&after)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testing::{balancer, config, THREE};
@@ -76,5 +114,20 @@ mod tests {
             (0.30..0.40).contains(&share),
             "removing 1 of 3 moves about a third: {share}"
         );
+    }
+
+    #[test]
+    fn a_change_of_one_server_moves_its_share() {
+        let b = balancer(&THREE);
+        let rs1 = THREE[0].0;
+        let drain = plan_change(&b, "web", rs1, Some(AdminState::Drain), None);
+        assert!(
+            drain.as_ref().is_ok_and(|s| (0.30..0.40).contains(s)),
+            "draining 1 of 3 moves about a third: {drain:?}"
+        );
+        assert_eq!(plan_change(&b, "web", rs1, Some(AdminState::Online), None).ok(), Some(0.0));
+        let half = plan_change(&b, "web", rs1, None, Some(50));
+        assert!(half.as_ref().is_ok_and(|s| *s > 0.0 && *s < 0.34), "{half:?}");
+        assert!(plan_change(&b, "web", "nobody", None, None).is_err());
     }
 }

@@ -5,13 +5,16 @@ use std::{fmt::Write as _, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Parser as _;
 use lb_userspace::{
-    cli::lbctl::{Command, Lbctl as Args},
+    cli::{
+        lbctl::{Command, Lbctl as Args, UserCommand},
+        user,
+    },
     config::AdminState,
     control::{
         call,
         protocol::{
             AdminReport, AffinityReport, AffinitySource, ApplyReport, ConnectionsReport, HaRole,
-            HaStatus, PlanReport, Response, ServiceType, StatusReport,
+            HaStatus, PlanReport, Response, ServiceType, StatusReport, UserReport,
         },
         ClientError, Request,
     },
@@ -105,6 +108,49 @@ fn run(args: &Args) -> Result<String, String> {
             };
             ask(socket, &request, json, connections)
         }
+        Command::User { action } => user_command(socket, action, json),
+    }
+}
+
+/// `lbctl user add|del`: through lbd, or straight to `--users-file`.
+fn user_command(socket: &std::path::Path, action: &UserCommand, json: bool) -> Result<String, String> {
+    let direct = |report: Result<UserReport, String>| {
+        let report = report?;
+        if json {
+            serde_json::to_string_pretty(&report)
+                .map(|t| t + "\n")
+                .map_err(|e| format!("cannot print the answer: {e}"))
+        } else {
+            Ok(user::report(&report))
+        }
+    };
+    match action {
+        UserCommand::Add {
+            name,
+            role,
+            users_file,
+        } => {
+            let role = role.parse().map_err(|e| format!("{e}"))?;
+            if !lb_userspace::web::users::valid_name(name) {
+                return Err(format!(
+                    "{name:?} is not a valid user name; use 1 to 64 of A-Z a-z 0-9 . _ -"
+                ));
+            }
+            let hash = user::hash(&user::read_password(name)?)?;
+            if let Some(path) = users_file {
+                return direct(user::add_to_file(path, name, role, &hash));
+            }
+            let request = Request::UserAdd {
+                name: name.clone(),
+                role,
+                hash,
+            };
+            ask(socket, &request, json, user::report)
+        }
+        UserCommand::Del { name, users_file } => match users_file {
+            Some(path) => direct(user::del_from_file(path, name)),
+            None => ask(socket, &Request::UserDel { name: name.clone() }, json, user::report),
+        },
     }
 }
 

@@ -47,6 +47,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    if let Some(web) = &config.node.web {
+        if let Err(e) = lb_userspace::web::users::Users::load(&web.users_file) {
+            eprintln!("{}: node.web.users_file: {e}", args.config.display());
+            return ExitCode::FAILURE;
+        }
+    }
     if args.check {
         println!(
             "{}: valid ({} services)",

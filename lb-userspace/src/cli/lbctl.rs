@@ -89,4 +89,37 @@ pub enum Command {
     },
     /// Role, VRRP state, peer, sync state.
     Ha,
+    /// Web console users (`node.web.users_file`).
+    User {
+        #[command(subcommand)]
+        action: UserCommand,
+    },
+}
+
+/// `lbctl user`.
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Add a user, or set a user's role and password. The password is read
+    /// from the terminal (twice), or from the first line of stdin when it is
+    /// not a terminal.
+    Add {
+        /// The sign-in name (1 to 64 of A-Z a-z 0-9 . _ -).
+        name: String,
+        /// `admin` (also drains, halts, returns and re-weights servers) or
+        /// `viewer` (sees everything, changes nothing).
+        #[arg(long, value_parser = ["admin", "viewer"])]
+        role: String,
+        /// Write this users file directly instead of asking lbd (when lbd
+        /// is not running; mode 0600 is kept).
+        #[arg(long, value_name = "PATH")]
+        users_file: Option<PathBuf>,
+    },
+    /// Remove a user; their sessions end.
+    Del {
+        /// The sign-in name.
+        name: String,
+        /// Write this users file directly instead of asking lbd.
+        #[arg(long, value_name = "PATH")]
+        users_file: Option<PathBuf>,
+    },
 }

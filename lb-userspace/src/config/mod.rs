@@ -41,7 +41,8 @@ pub use diag::{ConfigError, ConfigErrors};
 pub use model::{
     AdminState, CheckKind, Cluster, Config, Forward, Forwarding, HealthCheck, Node,
     ParseAdminStateError, Persistence, Protocol, RealServer, Redirect, Role, Service, ServiceKind,
-    Sync, XdpMode, DEFAULT_CONTROL_SOCKET, DEFAULT_METRICS_LISTEN, DEFAULT_STATE_DIR,
+    Sync, Web, WebTls, XdpMode, DEFAULT_CONTROL_SOCKET, DEFAULT_METRICS_LISTEN,
+    DEFAULT_SESSION_TIMEOUT_S, DEFAULT_STATE_DIR,
 };
 
 use diag::{finish, Ctx};
@@ -174,6 +175,11 @@ mod tests {
   metrics_listen: 127.0.0.1:9100      # default; socket address IP:PORT
   state_dir: /var/lib/lbd             # default; absolute path
   server_interfaces: [eth1]           # optional; interfaces towards nat/snat real servers; lbd attaches to each
+  web:                                # optional; absent = no web console
+    listen: 198.18.0.11:8443          # required; socket address IP:PORT, HTTPS only
+    tls: { cert: /etc/lbd/web.crt, key: /etc/lbd/web.key }   # optional; absolute paths; absent = self-signed
+    users_file: /etc/lbd/users        # required absolute path; written by `lbctl user`; mode 0600
+    session_timeout_s: 900            # default 900; 5..86400: idle seconds before sign-in is asked again
 
 cluster:                         # optional; absent = single node
   vrid: 51                       # required, 1..255
@@ -239,6 +245,15 @@ services:                        # required (may be an empty list)
                 metrics_listen: "127.0.0.1:9100".parse().unwrap(),
                 state_dir: "/var/lib/lbd".into(),
                 server_interfaces: vec!["eth1".into()],
+                web: Some(Web {
+                    listen: "198.18.0.11:8443".parse().unwrap(),
+                    tls: Some(WebTls {
+                        cert: "/etc/lbd/web.crt".into(),
+                        key: "/etc/lbd/web.key".into(),
+                    }),
+                    users_file: "/etc/lbd/users".into(),
+                    session_timeout_s: 900,
+                }),
             }
         );
         assert_eq!(

@@ -51,6 +51,34 @@ pub struct Node {
     /// Further interfaces NAT and SNAT real servers are reached through
     /// (the kernel's routing table picks one); lbd attaches to each.
     pub server_interfaces: Vec<String>,
+    /// The web console; `None` serves none.
+    pub web: Option<Web>,
+}
+
+/// Default idle time after which a console session ends (`node.web.session_timeout_s`).
+pub const DEFAULT_SESSION_TIMEOUT_S: u32 = 900;
+
+/// The `node.web:` section: the HTTPS console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Web {
+    /// Address the console listens on (HTTPS only).
+    pub listen: SocketAddr,
+    /// Certificate and key; `None` uses a self-signed certificate generated
+    /// once into `state_dir`.
+    pub tls: Option<WebTls>,
+    /// The console's users (written by `lbctl user`).
+    pub users_file: PathBuf,
+    /// Seconds without a request after which a session ends.
+    pub session_timeout_s: u32,
+}
+
+/// `node.web.tls`: PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebTls {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
 }
 
 /// XDP attach mode.

@@ -9,8 +9,8 @@ use super::fields::{
     string, Fields,
 };
 use super::model::{
-    Cluster, Config, Node, Role, Sync, XdpMode, DEFAULT_CONTROL_SOCKET, DEFAULT_METRICS_LISTEN,
-    DEFAULT_STATE_DIR,
+    Cluster, Config, Node, Role, Sync, Web, WebTls, XdpMode, DEFAULT_CONTROL_SOCKET,
+    DEFAULT_METRICS_LISTEN, DEFAULT_SESSION_TIMEOUT_S, DEFAULT_STATE_DIR,
 };
 use super::services::services;
 use super::yaml::{Entry, Pos, Yaml};
@@ -24,7 +24,10 @@ const NODE_KEYS: &[&str] = &[
     "metrics_listen",
     "state_dir",
     "server_interfaces",
+    "web",
 ];
+const WEB_KEYS: &[&str] = &["listen", "tls", "users_file", "session_timeout_s"];
+const TLS_KEYS: &[&str] = &["cert", "key"];
 const CLUSTER_KEYS: &[&str] = &[
     "vrid",
     "priority",
@@ -126,6 +129,7 @@ fn node(ctx: &mut Ctx, entry: &Entry) -> Option<Node> {
         PathBuf::from(DEFAULT_STATE_DIR),
         absolute_path,
     );
+    let web = f.entry("web").map(|e| web(ctx, e));
     Some(Node {
         name: name?,
         interface: interface?,
@@ -134,6 +138,42 @@ fn node(ctx: &mut Ctx, entry: &Entry) -> Option<Node> {
         metrics_listen: metrics_listen?,
         state_dir: state_dir?,
         server_interfaces: server_interfaces?,
+        web: match web {
+            Some(w) => Some(w?),
+            None => None,
+        },
+    })
+}
+
+fn web(ctx: &mut Ctx, entry: &Entry) -> Option<Web> {
+    let f = Fields::open(ctx, &entry.value, "node.web", entry.key.pos, WEB_KEYS)?;
+    let listen = f.req(ctx, "listen", socket_address);
+    let users_file = f.req(ctx, "users_file", absolute_path);
+    let session_timeout_s = f.or(
+        ctx,
+        "session_timeout_s",
+        DEFAULT_SESSION_TIMEOUT_S,
+        ranged::<u32>(5, 86_400),
+    );
+    let tls = f.entry("tls").map(|e| web_tls(ctx, e));
+    Some(Web {
+        listen: listen?,
+        tls: match tls {
+            Some(t) => Some(t?),
+            None => None,
+        },
+        users_file: users_file?,
+        session_timeout_s: session_timeout_s?,
+    })
+}
+
+fn web_tls(ctx: &mut Ctx, entry: &Entry) -> Option<WebTls> {
+    let f = Fields::open(ctx, &entry.value, "node.web.tls", entry.key.pos, TLS_KEYS)?;
+    let cert = f.req(ctx, "cert", absolute_path);
+    let key = f.req(ctx, "key", absolute_path);
+    Some(WebTls {
+        cert: cert?,
+        key: key?,
     })
 }
 

@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::config::AdminState;
+use crate::{config::AdminState, web::users::Role};
 
 /// A command for `lbd`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -66,6 +66,21 @@ pub enum Request {
     },
     /// High-availability state: an [`HaStatus`].
     Ha,
+    /// Add a web console user, or set a user's role and password: a
+    /// [`UserReport`]. The password travels hashed.
+    UserAdd {
+        /// Sign-in name.
+        name: String,
+        /// `admin` or `viewer`.
+        role: Role,
+        /// The password's argon2id hash.
+        hash: String,
+    },
+    /// Remove a web console user: a [`UserReport`].
+    UserDel {
+        /// Sign-in name.
+        name: String,
+    },
 }
 
 /// A reply as it travels: a result of type `T`, or an error for the operator.
@@ -136,6 +151,21 @@ pub enum Answer {
     Ha(Box<HaStatus>),
     /// `connections`.
     Connections(ConnectionsReport),
+    /// `user_add`, `user_del`.
+    User(UserReport),
+}
+
+/// The answer to `lbctl user add|del`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UserReport {
+    /// Sign-in name.
+    pub name: String,
+    /// `added`, `updated` or `removed`.
+    pub change: String,
+    /// The role now (none once removed).
+    pub role: Option<Role>,
+    /// The users file written.
+    pub users_file: String,
 }
 
 /// Marks the reply type of each request, so a client asks for the right one.
@@ -147,6 +177,7 @@ impl Response for AffinityReport {}
 impl Response for PlanReport {}
 impl Response for HaStatus {}
 impl Response for ConnectionsReport {}
+impl Response for UserReport {}
 
 /// `lbctl connections`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -213,6 +244,9 @@ pub struct ServiceStatus {
     /// Forward or redirect.
     #[serde(rename = "type")]
     pub kind: ServiceType,
+    /// How a forward service reaches its servers: `dr`, `nat` or `snat`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarding: Option<String>,
     /// Packets forwarded (0 for a redirect service).
     pub packets: u64,
     /// Bytes forwarded (0 for a redirect service).
@@ -567,6 +601,7 @@ mod tests {
                 port: 443,
                 protocol: "tcp".into(),
                 kind: ServiceType::Forward,
+                forwarding: Some("dr".into()),
                 packets: 2,
                 bytes: 3,
                 new_clients: Some(1),

@@ -11,6 +11,7 @@ mod advice;
 mod census;
 mod cluster;
 mod connections;
+mod console;
 mod ha_thread;
 mod nat;
 mod neighbours;
@@ -99,6 +100,8 @@ struct Daemon {
     handed_over: HandedOver,
     /// Live NAT and SNAT connections per real server, as of the last sweep.
     connections: connections::Connections,
+    /// The web console, its charts' data.
+    web: console::WebState,
 }
 
 fn attach_mode(mode: XdpMode) -> AttachMode {
@@ -269,6 +272,7 @@ pub async fn run(
         listeners: Vec::new(),
         handed_over,
         connections,
+        web: console::WebState::default(),
     };
     daemon.health.assume(known_health);
     let result = daemon
@@ -384,6 +388,10 @@ impl Daemon {
         let metrics_gate = ConnectionGate::new(metrics::CAPS, Arc::clone(&self.budget));
         let metrics_server =
             tokio::spawn(metrics::serve(metrics_listener, scrape_tx, metrics_gate));
+        let (mut web_calls, web_server) = self.start_web().await?;
+        let mut history_tick = tokio::time::interval(std::time::Duration::from_secs(
+            crate::web::history::STEP_S,
+        ));
         let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let mut interrupt =
             signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -415,6 +423,8 @@ impl Daemon {
                     let _ = reply.send(answer);
                 }
                 Some(event) = health_events.recv() => self.on_health(&event),
+                Some(call) = web_calls.recv() => self.on_web_call(call).await,
+                _ = history_tick.tick() => self.sample_history(),
                 Some(scrape) = scrapes.recv() => {
                     let text = self.metrics.render(&self.snapshot()).unwrap_or_else(|e| format!("# {e}\n"));
                     let _ = scrape.send(text);
@@ -426,6 +436,9 @@ impl Daemon {
         }
         server.abort();
         metrics_server.abort();
+        if let Some(web_server) = web_server {
+            web_server.abort();
+        }
         self.stop_cluster(&mut ha_actions).await;
         Ok(())
     }
@@ -586,6 +599,12 @@ impl Daemon {
                 event.service,
                 event.server,
                 event.result.detail
+            );
+            self.mark_health(
+                &event.service,
+                &event.server,
+                event.health == Health::Up,
+                &event.result.detail,
             );
         }
         match self

@@ -73,11 +73,13 @@ impl Daemon {
                 Ok(Answer::Plan(PlanReport { services }))
             }
             Request::Ha => Ok(Answer::Ha(Box::new(self.ha_status()))),
+            Request::UserAdd { name, role, hash } => self.user_add(&name, role, &hash, actor),
+            Request::UserDel { name } => self.user_del(&name, actor),
         }
     }
 
     /// The file's weight for a server, if it exists.
-    fn file_weight(&self, service: &str, server: &str) -> Result<u16, String> {
+    pub(super) fn file_weight(&self, service: &str, server: &str) -> Result<u16, String> {
         let Some(s) = self.config.service(service) else {
             return Err(balancer::BalancerError::UnknownService(service.to_owned()).to_string());
         };

@@ -109,6 +109,7 @@ impl Daemon {
                 port: service.port,
                 protocol: service.protocol.to_string(),
                 kind: ServiceType::Forward,
+                forwarding: None,
                 packets: 0,
                 bytes: 0,
                 new_clients: None,
@@ -129,7 +130,8 @@ impl Daemon {
                     });
                     entry.requests = Some(redirected.get(&service.name).copied().unwrap_or(0));
                 }
-                ServiceKind::Forward(_) => {
+                ServiceKind::Forward(forward) => {
+                    entry.forwarding = Some(forward.forwarding.as_str().to_owned());
                     let state = self.balancer.service(&service.name)?;
                     let counters = self.balancer.service_counters(state)?;
                     entry.packets = counters.packets;

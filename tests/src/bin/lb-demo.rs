@@ -46,6 +46,40 @@ const HC_FALL: u64 = 2;
 /// clients are seen to move (the demo runs past `--duration` for them).
 const ROUNDS_AFTER_FAILURE: u32 = 2;
 
+/// The lab's console viewer: user name and password.
+const VIEWER: (&str, &str) = ("viewer", "lab-viewer-1");
+
+/// The web console: a viewer added with `lbctl user add`, signed in from
+/// the client's network, and its address and login printed.
+fn console_step(lab: &DrLab, lbd: &Lbd) -> Result<(), String> {
+    use lb_tests::console::{add_user, request, sign_in, PORT};
+    step("the web console: a viewer added with `lbctl user add`, signed in over HTTPS");
+    add_user(lbd, VIEWER.0, "viewer", VIEWER.1).map_err(|e| e.to_string())?;
+    let session = sign_in(lab, VIEWER.0, VIEWER.1)
+        .session_cookie()
+        .ok_or("the viewer could not sign in to the console")?;
+    let overview = request(lab, "GET", "/api/overview", Some(&session), &[], None).json();
+    let problems = overview["problems"].as_array().map_or(0, Vec::len);
+    let services = overview["status"]["services"].as_array().map_or(0, Vec::len);
+    println!(
+        "console: signed in as {} ({}): {services} services, {problems} problems",
+        overview["user"].as_str().unwrap_or("?"),
+        overview["role"].as_str().unwrap_or("?")
+    );
+    println!(
+        "console: https://{}:{PORT}/ (self-signed; its fingerprint is in lbd's log), user {} password {}",
+        lab.lb_address(),
+        VIEWER.0,
+        VIEWER.1
+    );
+    println!(
+        "  from the clients' network: ip netns exec {} chromium --ignore-certificate-errors https://{}:{PORT}/",
+        lab.client_ns(),
+        lab.lb_address()
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let duration = std::env::args()
         .skip_while(|a| a != "--duration")
@@ -103,7 +137,8 @@ fn epic_config(lab: &DrLab) -> Result<String, String> {
         .replace("{ name: hsw1,", &format!("{{ name: {},", lab.real_name(5)))
         .replace("{ name: hsw2,", &format!("{{ name: {},", lab.real_name(6)))
         .replace("port: 8443", "port: 443");
-    Ok(lab_config(lab, &services).replace(
+    let config = lb_tests::console::with_console(lab, &lab_config(lab, &services), 900);
+    Ok(config.replace(
         "  metrics_listen:",
         "  server_interfaces: [eth1]\n  metrics_listen:",
     ))
@@ -291,6 +326,7 @@ fn demo(duration: Duration) -> Result<(), String> {
     );
 
     snat_step(&lab, &lbd);
+    console_step(&lab, &lbd)?;
 
     let clinicians: Vec<Ipv4Addr> = lab.client_sources()[..CLINICIANS].to_vec();
     let patients: Vec<Ipv4Addr> = lab.client_sources()[CLINICIANS..CLINICIANS + PATIENTS].to_vec();

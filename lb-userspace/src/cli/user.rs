@@ -1,0 +1,95 @@
+//! `lbctl user`: the password is read and hashed here, so it never travels
+//! or reaches lbd's log; lbd writes the users file (and audits the change),
+//! or with `--users-file` lbctl writes it itself.
+
+use std::{
+    io::{BufRead as _, IsTerminal as _},
+    path::Path,
+};
+
+use crate::{
+    control::protocol::UserReport,
+    web::users::{hash_password, Role, Users},
+};
+
+/// Reads a new password: from the terminal, twice and without echo, or
+/// from the first line of stdin when stdin is not a terminal.
+///
+/// # Errors
+/// When nothing can be read, the two entries differ, or the password is
+/// empty.
+pub fn read_password(name: &str) -> Result<String, String> {
+    let stdin = std::io::stdin();
+    let password = if stdin.is_terminal() {
+        let first = rpassword::prompt_password(format!("password for {name}: "))
+            .map_err(|e| format!("cannot read the password: {e}"))?;
+        let again = rpassword::prompt_password("the same password again: ")
+            .map_err(|e| format!("cannot read the password: {e}"))?;
+        if first != again {
+            return Err("the two passwords differ; nothing changed".into());
+        }
+        first
+    } else {
+        let mut line = String::new();
+        stdin
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    };
+    if password.is_empty() {
+        return Err("no password given (type it, or pipe it on stdin); nothing changed".into());
+    }
+    Ok(password)
+}
+
+/// Hashes `password` for `lbctl user add`.
+///
+/// # Errors
+/// A password too short.
+pub fn hash(password: &str) -> Result<String, String> {
+    hash_password(password).map_err(|e| format!("{e}; nothing changed"))
+}
+
+/// `lbctl user add --users-file PATH`: writes the file directly.
+///
+/// # Errors
+/// A bad name, or a file that cannot be read (or has a loose mode) or written.
+pub fn add_to_file(path: &Path, name: &str, role: Role, hash: &str) -> Result<UserReport, String> {
+    let mut users = Users::load(path).map_err(|e| format!("{e}; nothing changed"))?;
+    let added = users
+        .set(name, role, hash)
+        .map_err(|e| format!("{e}; nothing changed"))?;
+    users.save(path).map_err(|e| format!("{e}; nothing changed"))?;
+    Ok(UserReport {
+        name: name.to_owned(),
+        change: if added { "added" } else { "updated" }.into(),
+        role: Some(role),
+        users_file: path.display().to_string(),
+    })
+}
+
+/// `lbctl user del --users-file PATH`.
+///
+/// # Errors
+/// No such user, or the file cannot be read or written.
+pub fn del_from_file(path: &Path, name: &str) -> Result<UserReport, String> {
+    let mut users = Users::load(path).map_err(|e| format!("{e}; nothing changed"))?;
+    users.remove(name).map_err(|e| format!("{e}; nothing changed"))?;
+    users.save(path).map_err(|e| format!("{e}; nothing changed"))?;
+    Ok(UserReport {
+        name: name.to_owned(),
+        change: "removed".into(),
+        role: None,
+        users_file: path.display().to_string(),
+    })
+}
+
+/// The line `lbctl user` prints.
+#[must_use]
+pub fn report(r: &UserReport) -> String {
+    match r.role {
+        Some(role) => format!("{} {} as {role} in {}\n", r.name, r.change, r.users_file),
+        None => format!("{} {} from {}\n", r.name, r.change, r.users_file),
+    }
+}
