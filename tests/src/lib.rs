@@ -1,7 +1,7 @@
 //! Test support for the load balancer: the network-namespace lab ([`lab`]),
 //! `lbd` in it ([`lbd`]), many clients written into its table
 //! ([`affinity`]), the web console and a browser ([`console`]), frame building ([`frames`]), spoofed-source
-//! floods sent into a lab ([`flood`]), where the built artifacts are
+//! floods sent into a lab ([`flood`]), connections held open ([`hold`]), where the built artifacts are
 //! ([`paths`]), bounded waiting ([`wait`]), who answers ARP ([`arp`]) and
 //! maps made by hand ([`bpf`]) and the XDP program run on a frame ([`xdp`]).
 
@@ -11,6 +11,7 @@ pub mod bpf;
 pub mod console;
 pub mod flood;
 pub mod frames;
+pub mod hold;
 pub mod lab;
 pub mod lbd;
 pub mod natns;

@@ -20,7 +20,6 @@ use lb_tests::{
     wait::wait_until,
 };
 use serde_json::Value;
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 const READY: Duration = Duration::from_secs(20);
 const RELOAD: Duration = Duration::from_secs(5);
@@ -179,66 +178,10 @@ const HELD_PER_PORT: usize = 1500;
 /// How long they are held.
 const HOLD: Duration = Duration::from_secs(20);
 
-/// Keeps up to `count` TCP connections open to each of `targets` from the
-/// client namespace for `hold`, spread over its source addresses, opening
-/// a new one whenever lbd closes one (as an attacker would); returns the
-/// number of connections made in all.
-fn hold_connections(
-    lab: &DrLab,
-    targets: Vec<SocketAddrV4>,
-    count: usize,
-    hold: Duration,
-) -> std::thread::JoinHandle<usize> {
-    let sources = lab.client_sources().to_vec();
-    let ns = lab.client_ns().to_owned();
-    std::thread::spawn(move || {
-        lb_tests::lab::in_netns(&ns, move || {
-            let connect = |i: usize, to: SocketAddrV4| -> Option<Socket> {
-                let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).ok()?;
-                let source = SocketAddrV4::new(sources[i % sources.len()], 0);
-                socket.bind(&SockAddr::from(source)).ok()?;
-                socket
-                    .connect_timeout(&SockAddr::from(to), Duration::from_millis(300))
-                    .ok()?;
-                socket.set_nonblocking(true).ok()?;
-                Some(socket)
-            };
-            let started = Instant::now();
-            let mut pool: Vec<(SocketAddrV4, Option<Socket>)> = targets
-                .iter()
-                .flat_map(|to| std::iter::repeat_n(*to, count))
-                .map(|to| (to, None))
-                .collect();
-            let mut made = 0;
-            while started.elapsed() < hold {
-                for (i, (to, slot)) in pool.iter_mut().enumerate() {
-                    if started.elapsed() >= hold {
-                        break;
-                    }
-                    let alive = slot.as_ref().is_some_and(|socket| {
-                        let mut byte = [std::mem::MaybeUninit::new(0_u8)];
-                        matches!(
-                            socket.peek(&mut byte),
-                            Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock
-                        )
-                    });
-                    if !alive {
-                        *slot = connect(i, *to);
-                        made += usize::from(slot.is_some());
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            made
-        })
-        .unwrap_or_else(|e| panic!("{e}"))
-    })
-}
-
 /// The contract's "Bounded resources" and issue 12's scenario: 4,500
 /// connections held open from the client's 256 addresses to a redirect port,
-/// the metrics port and the web console's port (issue 15) for 20 s. lbd starts with the open-file limit
-/// systemd gives a service (1024). Every real server stays up (tcp checks
+/// the metrics port and the web console's port (issue 15) for 20 s. lbd
+/// starts with the open-file limit systemd gives a service (1024). Every real server stays up (tcp checks
 /// every 300 ms), `lbctl status` answers, forwarding goes on, and a new
 /// redirect and the console's sign-in page are answered once the
 /// connections are gone.
@@ -284,7 +227,7 @@ fn held_connections_take_nothing_from_checks_control_or_forwarding() {
     let console = SocketAddrV4::new(lb, lb_tests::console::PORT);
     let targets = vec![redirect, metrics, console];
     let ports = targets.len();
-    let holder = hold_connections(&lab, targets, HELD_PER_PORT, HOLD);
+    let holder = lb_tests::hold::hold_connections(&lab, targets, HELD_PER_PORT, HOLD);
     // Let the connections pile up first.
     std::thread::sleep(Duration::from_secs(3));
     let holding = Instant::now();

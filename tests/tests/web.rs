@@ -214,6 +214,93 @@ fn the_console_serves_nothing_before_sign_in_and_changes_only_for_an_admin_with_
     assert!(held.body.contains("try again in"), "{}", held.body);
 }
 
+/// The console's listener is bounded like lbd's others (issue 15): 1,500
+/// connections held open to it from the client's 256 addresses for 15 s,
+/// with lbd limited to 1,200 open files in all, take nothing from the
+/// control socket, the metrics listener, the health checks or forwarding;
+/// once they are gone the console answers again.
+#[test]
+fn connections_held_to_the_console_take_nothing_from_control_checks_or_forwarding() {
+    let mut lab = lab();
+    let mut services = web_service(&lab, 3, 300);
+    services = services.replace(
+        "    real_servers:",
+        "    health_check: { type: tcp, interval_ms: 300, timeout_ms: 250, rise: 1, fall: 2 }\n    real_servers:",
+    );
+    let lb = lab.lb_address();
+    let config = with_console(&lab, &lab_config(&lab, &services), 900).replace(
+        "metrics_listen: 127.0.0.1:9100",
+        &format!("metrics_listen: {lb}:9100"),
+    );
+    let lbd = Lbd::start_wrapped(&mut lab, &config, &["prlimit", "--nofile=1200:1200"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    lbd.wait_ready(&mut lab, READY)
+        .unwrap_or_else(|e| panic!("{e}"));
+    console::wait_listening(&lab, READY).unwrap_or_else(|e| panic!("{e}\n{}", lbd.log_text()));
+
+    let hold = Duration::from_secs(15);
+    let target = std::net::SocketAddrV4::new(lab.lb_address(), console::PORT);
+    let holder = lb_tests::hold::hold_connections(&lab, vec![target], 1500, hold);
+    std::thread::sleep(Duration::from_secs(3));
+    let started = std::time::Instant::now();
+    let mut rounds = 0;
+    let pid = lbd.pid(&lab).unwrap_or_else(|| panic!("lbd's pid"));
+    let mut most_fds = 0;
+    while started.elapsed() < hold.saturating_sub(Duration::from_secs(5)) {
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
+        most_fds = most_fds.max(fds);
+        let status = lbd
+            .status()
+            .unwrap_or_else(|| panic!("`lbctl status` does not answer:\n{}", lbd.log_text()));
+        for server in status["services"][0]["real_servers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            assert_eq!(server["health"], "up", "{server}\n{}", lbd.log_text());
+        }
+        let report = lab
+            .run_clients_with(
+                &lab.client_sources()[..16],
+                1,
+                Duration::from_secs(10),
+                Duration::from_secs(2),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(report.failures().is_empty(), "forwarding: {}", report.summary());
+        let scrape = lb_tests::lab::run_in(
+            lab.client_ns(),
+            &[
+                "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3",
+                &format!("http://{lb}:9100/metrics"),
+            ],
+        );
+        assert_eq!(
+            scrape.as_ref().map(|code| code.trim()).ok(),
+            Some("200"),
+            "a scrape of the metrics listener during the flood: {scrape:?}"
+        );
+        rounds += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(rounds >= 2, "checked {rounds} times");
+    // The console's cap (128 connections) is all the flood may take.
+    assert!(
+        most_fds < 600,
+        "lbd held {most_fds} descriptors during the flood: the console's listener is not bounded"
+    );
+    let made = holder
+        .join()
+        .unwrap_or_else(|_| panic!("the connection holder panicked"));
+    eprintln!("{made} connections made to the console");
+    assert!(made >= 500, "only {made} connections were made");
+    let page = lb_tests::wait::wait_until("the console's sign-in page", Duration::from_secs(15), || {
+        let a = request(&lab, "GET", "/login", None, &[], None);
+        if a.status == 200 { Ok(a) } else { Err(format!("{a:?}")) }
+    });
+    assert!(page.body.contains("sign-in"), "{}", page.body);
+}
+
 /// A WebDriver session with Chromium, run by chromedriver in the client's
 /// namespace; the driver is stopped when dropped.
 struct Browser {
@@ -325,7 +412,8 @@ async fn cell_text(c: &Client, server: &str, cell: &str) -> Result<String, Strin
 }
 
 /// Issue 15's browser test: the viewer sees the overview without
-/// maintenance buttons and a forged change is refused with 403; the admin
+/// maintenance buttons and a forged change is refused with 403, and the
+/// page fits a tablet's width without spilling sideways; the admin
 /// drains a server through the confirmation, sees it drained and the
 /// change in the recent changes; `lbctl status` and the audit log agree;
 /// a screenshot of the overview is written and its size checked.
@@ -375,6 +463,26 @@ fn a_browser_signs_in_and_an_admin_drains_a_server_through_the_confirmation() {
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(status, json!(403), "a viewer's forged change");
+            // On a tablet (768 pixels wide) nothing spills sideways.
+            c.set_window_size(768, 1024).await.unwrap_or_else(|e| panic!("{e}"));
+            let spill = eventually("the page to fit a tablet's width", || async {
+                let v = c
+                    .execute(
+                        "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+                        vec![],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match v.as_i64() {
+                    Some(n) if n <= 0 => Ok(n),
+                    other => Err(format!("{other:?} pixels too wide")),
+                }
+            })
+            .await;
+            assert!(spill <= 0);
+            let tablet = c.screenshot().await.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(console::png_size(&tablet).map(|(w, _)| w), Some(768), "a tablet-wide page");
+            c.set_window_size(1280, 1000).await.unwrap_or_else(|e| panic!("{e}"));
             c.find(Locator::Css("#sign-out button"))
                 .await
                 .unwrap_or_else(|e| panic!("{e}"))
