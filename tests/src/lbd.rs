@@ -537,6 +537,30 @@ impl Lbd {
             })
     }
 
+    /// A real server's admin state in the first service, from `lbctl status`.
+    #[must_use]
+    pub fn admin_state(&self, server: &str) -> Option<String> {
+        let status = self.status()?;
+        status["services"][0]["real_servers"]
+            .as_array()?
+            .iter()
+            .find(|r| r["name"] == server)
+            .and_then(|r| r["admin_state"].as_str().map(str::to_owned))
+    }
+
+    /// The audit log's lines, parsed, oldest first.
+    ///
+    /// # Panics
+    /// On a line that is not JSON.
+    #[must_use]
+    pub fn audit_lines(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.state_dir.join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line {l:?}: {e}")))
+            .collect()
+    }
+
     /// `lbctl status --json`, parsed (None while lbd does not answer).
     #[must_use]
     pub fn status(&self) -> Option<Value> {

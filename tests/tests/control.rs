@@ -19,7 +19,6 @@ use lb_tests::{
     paths,
     wait::wait_until,
 };
-use serde_json::Value;
 
 const READY: Duration = Duration::from_secs(20);
 const RELOAD: Duration = Duration::from_secs(5);
@@ -46,23 +45,6 @@ fn snapshot(dir: &Path) -> BTreeMap<String, (String, Option<SystemTime>)> {
     out
 }
 
-fn admin_state(lbd: &Lbd, server: &str) -> Option<String> {
-    let status = lbd.status()?;
-    status["services"][0]["real_servers"]
-        .as_array()?
-        .iter()
-        .find(|r| r["name"] == server)
-        .and_then(|r| r["admin_state"].as_str().map(str::to_owned))
-}
-
-fn audit_lines(state_dir: &Path) -> Vec<Value> {
-    fs::read_to_string(state_dir.join("audit.log"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line {l:?}: {e}")))
-        .collect()
-}
-
 /// The contract's "Dry runs are dry" and "Audit", and issue 12's scenario:
 /// drain a server, `lbctl plan` a file without it, SIGHUP the original
 /// file, restart: the server stays drained and `admin.json` does not change
@@ -78,8 +60,8 @@ fn dry_runs_change_nothing_and_a_drain_survives_plan_reload_and_restart() {
     let rs3 = lab.real_name(2);
 
     lbctl_ok(&lbd, &["drain", "web", &rs3]);
-    assert_eq!(admin_state(&lbd, &rs3).as_deref(), Some("drain"));
-    let audit = audit_lines(&state_dir);
+    assert_eq!(lbd.admin_state(&rs3).as_deref(), Some("drain"));
+    let audit = lbd.audit_lines();
     assert_eq!(audit.len(), 1, "one change, one line: {audit:?}");
     assert_eq!(audit[0]["who"], "root", "the lbctl caller: {}", audit[0]);
     assert_eq!(audit[0]["via"], "lbctl");
@@ -127,7 +109,7 @@ fn dry_runs_change_nothing_and_a_drain_survives_plan_reload_and_restart() {
         config_bytes,
         "the configuration file is untouched"
     );
-    assert_eq!(admin_state(&lbd, &rs3).as_deref(), Some("drain"));
+    assert_eq!(lbd.admin_state(&rs3).as_deref(), Some("drain"));
 
     // The original file again, by SIGHUP.
     let reloads = |lbd: &Lbd| lbd.log_text().matches("configuration reloaded").count();
@@ -141,7 +123,7 @@ fn dry_runs_change_nothing_and_a_drain_survives_plan_reload_and_restart() {
             Err("not reloaded yet".to_owned())
         }
     });
-    assert_eq!(admin_state(&lbd, &rs3).as_deref(), Some("drain"));
+    assert_eq!(lbd.admin_state(&rs3).as_deref(), Some("drain"));
     assert_eq!(
         fs::read(state_dir.join("admin.json")).unwrap_or_default(),
         admin,
@@ -154,14 +136,14 @@ fn dry_runs_change_nothing_and_a_drain_survives_plan_reload_and_restart() {
     again
         .wait_ready(&mut lab, READY)
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(admin_state(&again, &rs3).as_deref(), Some("drain"));
+    assert_eq!(again.admin_state(&rs3).as_deref(), Some("drain"));
     assert_eq!(
         fs::read(state_dir.join("admin.json")).unwrap_or_default(),
         admin,
         "admin.json unchanged by the restart"
     );
     lbctl_ok(&again, &["online", "web", &rs3]);
-    let audit = audit_lines(&state_dir);
+    let audit = lbd.audit_lines();
     assert_eq!(
         audit.len(),
         2,

@@ -52,23 +52,6 @@ fn console_lab(session_timeout_s: u32) -> (DrLab, Lbd) {
     (lab, lbd)
 }
 
-fn admin_state(lbd: &Lbd, server: &str) -> Option<String> {
-    let status = lbd.status()?;
-    status["services"][0]["real_servers"]
-        .as_array()?
-        .iter()
-        .find(|r| r["name"] == server)
-        .and_then(|r| r["admin_state"].as_str().map(str::to_owned))
-}
-
-fn audit_lines(lbd: &Lbd) -> Vec<Value> {
-    std::fs::read_to_string(lbd.state_dir.join("audit.log"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 fn change(lab: &DrLab, session: &str, csrf: Option<&str>, body: &Value) -> console::Answer {
     let token = csrf.map(|c| format!("X-CSRF-Token: {c}"));
     let mut headers = vec!["Content-Type: application/json"];
@@ -152,7 +135,7 @@ fn the_console_serves_nothing_before_sign_in_and_changes_only_for_an_admin_with_
     let drain = json!({"service": "web", "server": rs2, "action": "drain"});
     assert_eq!(change(&lab, &alice, None, &drain).status, 403);
     assert_eq!(change(&lab, &alice, Some(&"f".repeat(64)), &drain).status, 403);
-    assert_eq!(admin_state(&lbd, &rs2).as_deref(), Some("online"));
+    assert_eq!(lbd.admin_state(&rs2).as_deref(), Some("online"));
     // The preview says what would happen.
     let preview = request(
         &lab,
@@ -172,8 +155,8 @@ fn the_console_serves_nothing_before_sign_in_and_changes_only_for_an_admin_with_
     // With it, the change is made, and audited with the console user.
     let done = change(&lab, &alice, Some(&csrf), &drain);
     assert_eq!(done.status, 200, "{done:?}");
-    assert_eq!(admin_state(&lbd, &rs2).as_deref(), Some("drain"));
-    let last = audit_lines(&lbd).pop().unwrap_or_default();
+    assert_eq!(lbd.admin_state(&rs2).as_deref(), Some("drain"));
+    let last = lbd.audit_lines().pop().unwrap_or_default();
     assert_eq!(last["who"], "alice", "{last}");
     assert_eq!(last["via"], "web", "{last}");
     assert_eq!(last["what"], format!("drain web/{rs2}"), "{last}");
@@ -189,7 +172,7 @@ fn the_console_serves_nothing_before_sign_in_and_changes_only_for_an_admin_with_
     let refused = change(&lab, &victor, Some(&his), &online);
     assert_eq!(refused.status, 403, "{refused:?}");
     assert!(refused.body.contains("viewer"), "{}", refused.body);
-    assert_eq!(admin_state(&lbd, &rs2).as_deref(), Some("drain"));
+    assert_eq!(lbd.admin_state(&rs2).as_deref(), Some("drain"));
 
     // An idle session ends: back to sign-in.
     std::thread::sleep(Duration::from_secs(7));
@@ -580,8 +563,8 @@ fn a_browser_signs_in_and_an_admin_drains_a_server_through_the_confirmation() {
     );
     assert!(png.len() > 30_000, "a screenshot of {} bytes is blank", png.len());
 
-    assert_eq!(admin_state(&lbd, &rs3).as_deref(), Some("drain"), "lbctl status agrees");
-    let audit = audit_lines(&lbd);
+    assert_eq!(lbd.admin_state(&rs3).as_deref(), Some("drain"), "lbctl status agrees");
+    let audit = lbd.audit_lines();
     let drained = audit
         .iter()
         .find(|l| l["what"] == format!("drain web/{rs3}"))
