@@ -252,6 +252,21 @@ fn hammer(addr: std::net::SocketAddr, until: Instant) -> (u64, u64, Vec<String>)
     (answered, refused, other)
 }
 
+/// Opens TCP connections to `addr` over and over until `until` (and closes
+/// them at once); returns (connected, refused, other failures).
+fn hammer_connect(addr: std::net::SocketAddr, until: Instant) -> (u64, u64, Vec<String>) {
+    let (mut connected, mut refused, mut other) = (0, 0, Vec::new());
+    while Instant::now() < until {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Ok(_) => connected += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused += 1,
+            Err(e) => other.push(e.to_string()),
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (connected, refused, other)
+}
+
 /// Places the file at `from` at `to` as a package upgrade does: a new
 /// file renamed over the old one (the running process keeps the old one).
 fn replace_binary(from: &std::path::Path, to: &std::path::Path) {
@@ -260,8 +275,9 @@ fn replace_binary(from: &std::path::Path, to: &std::path::Path) {
     std::fs::rename(&staged, to).unwrap_or_else(|e| panic!("renaming over {}: {e}", to.display()));
 }
 
-/// A lab whose lbd (a web service and a redirect service) runs from a copy
-/// of the binary under the lab's directory, which the test replaces.
+/// A lab whose lbd (a web service, a redirect service and the web console)
+/// runs from a copy of the binary under the lab's directory, which the test
+/// replaces.
 fn lbd_from_a_copy() -> (DrLab, std::path::PathBuf, Lbd) {
     let mut lab = lab();
     let services = format!(
@@ -269,7 +285,7 @@ fn lbd_from_a_copy() -> (DrLab, std::path::PathBuf, Lbd) {
         web_service(&lab, 3, 600),
         lab.vip()
     );
-    let config = lab_config(&lab, &services);
+    let config = lb_tests::console::with_console(&lab, &lab_config(&lab, &services), 900);
     let binary = lab.dir().join("sbin").join("lbd");
     std::fs::create_dir_all(lab.dir().join("sbin")).unwrap_or_else(|e| panic!("{e}"));
     replace_binary(&paths::lbd(), &binary);
@@ -292,6 +308,7 @@ fn sigusr2_under_load_keeps_the_pid_every_request_and_every_client() {
     lbctl_ok(&lbd, &["drain", "web", &drained]);
 
     let redirect = std::net::SocketAddr::from((lab.vip(), REDIRECT_PORT));
+    let console = std::net::SocketAddr::from((lab.lb_address(), lb_tests::console::PORT));
     let client_ns = lab.client_ns().to_owned();
     for round in 1..=ROUNDS {
         let load = lab
@@ -301,6 +318,10 @@ fn sigusr2_under_load_keeps_the_pid_every_request_and_every_client() {
         let ns = client_ns.clone();
         let hammering = std::thread::spawn(move || {
             lb_tests::lab::in_netns(&ns, move || hammer(redirect, until))
+        });
+        let ns = client_ns.clone();
+        let knocking = std::thread::spawn(move || {
+            lb_tests::lab::in_netns(&ns, move || hammer_connect(console, until))
         });
         std::thread::sleep(Duration::from_millis(500));
         replace_binary(&paths::lbd(), &binary);
@@ -334,6 +355,16 @@ fn sigusr2_under_load_keeps_the_pid_every_request_and_every_client() {
             "round {round}: redirect connections refused or failed ({answered} answered): {other:?}"
         );
         assert!(answered > 0, "round {round}: the redirect service answered");
+        let (connected, refused, other) = knocking
+            .join()
+            .unwrap_or_else(|_| panic!("the console knocker panicked"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (refused, other.len()),
+            (0, 0),
+            "round {round}: web console connections refused or failed ({connected} made): {other:?}"
+        );
+        assert!(connected > 0, "round {round}: the console accepted connections");
         let log = lbd.log_text();
         assert!(
             !log.contains("health down"),

@@ -112,6 +112,15 @@ fn run(args: &Args) -> Result<String, String> {
     }
 }
 
+/// An error reaching lbd, with the way to do without it.
+fn with_users_file_hint(message: String) -> String {
+    if message.starts_with("cannot reach lbd") {
+        format!("{message}; or pass --users-file PATH to write the users file directly")
+    } else {
+        message
+    }
+}
+
 /// `lbctl user add|del`: through lbd, or straight to `--users-file`.
 fn user_command(socket: &std::path::Path, action: &UserCommand, json: bool) -> Result<String, String> {
     let direct = |report: Result<UserReport, String>| {
@@ -145,11 +154,12 @@ fn user_command(socket: &std::path::Path, action: &UserCommand, json: bool) -> R
                 role,
                 hash,
             };
-            ask(socket, &request, json, user::report)
+            ask(socket, &request, json, user::report).map_err(with_users_file_hint)
         }
         UserCommand::Del { name, users_file } => match users_file {
             Some(path) => direct(user::del_from_file(path, name)),
-            None => ask(socket, &Request::UserDel { name: name.clone() }, json, user::report),
+            None => ask(socket, &Request::UserDel { name: name.clone() }, json, user::report)
+                .map_err(with_users_file_hint),
         },
     }
 }

@@ -44,6 +44,8 @@ pub(super) struct WebState {
     /// Without a console, the calls' sender is kept here so the loop's
     /// receiver waits instead of ending.
     idle: Option<mpsc::Sender<Call>>,
+    /// The console's listening socket, handed over on SIGUSR2.
+    pub(super) listener: Option<std::os::fd::RawFd>,
 }
 
 /// Seconds since the Unix epoch.
@@ -82,6 +84,7 @@ impl Daemon {
         );
         let acceptor = TlsAcceptor::from(identity.server_config()?);
         let listener = server::bind(cfg.listen).await?;
+        self.web.listener = Some(std::os::fd::AsRawFd::as_raw_fd(&listener));
         let console = Console::new(
             &self.config.node.name,
             cfg.users_file.clone(),

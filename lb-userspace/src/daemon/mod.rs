@@ -274,6 +274,7 @@ impl Daemon {
             self.attach_mode
         );
 
+        let (mut web_calls, web_server) = self.start_web().await?;
         self.record_listeners(&listener, &metrics_listener);
         let (tx, mut requests) = mpsc::channel::<Pending>(64);
         let control_gate = ConnectionGate::new(control::CAPS, Arc::clone(&self.budget));
@@ -282,7 +283,6 @@ impl Daemon {
         let metrics_gate = ConnectionGate::new(metrics::CAPS, Arc::clone(&self.budget));
         let metrics_server =
             tokio::spawn(metrics::serve(metrics_listener, scrape_tx, metrics_gate));
-        let (mut web_calls, web_server) = self.start_web().await?;
         let mut history_tick = tokio::time::interval(std::time::Duration::from_secs(
             crate::web::history::STEP_S,
         ));

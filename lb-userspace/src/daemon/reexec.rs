@@ -161,8 +161,8 @@ impl HandedOver {
 }
 
 impl Daemon {
-    /// Keeps the control and metrics listeners' descriptors for a SIGUSR2
-    /// to hand over, and closes what the previous lbd handed over that this
+    /// Keeps the control, metrics and web console listeners' descriptors for
+    /// a SIGUSR2 to hand over, and closes what the previous lbd handed over that this
     /// configuration does not use.
     pub(super) fn record_listeners(
         &mut self,
@@ -174,6 +174,10 @@ impl Daemon {
             ("control".to_owned(), control.as_raw_fd()),
             ("metrics".to_owned(), metrics.as_raw_fd()),
         ];
+        if let Some(fd) = self.web.listener {
+            self.listeners
+                .push((crate::web::server::INHERITED.to_owned(), fd));
+        }
         let dropped = crate::inherit::drop_untaken();
         if !dropped.is_empty() {
             log::info!("closed listeners the previous lbd handed over that this configuration has not: {dropped:?}");

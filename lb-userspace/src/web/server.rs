@@ -43,11 +43,24 @@ pub enum WebError {
     },
 }
 
-/// Binds `node.web.listen`.
+/// The name the console's listener is handed over by on SIGUSR2.
+pub const INHERITED: &str = "web";
+
+/// Binds `node.web.listen`, or takes the listener the lbd this one
+/// re-executed handed over (so no connection is refused across an upgrade).
 ///
 /// # Errors
 /// When the address cannot be bound.
 pub async fn bind(address: SocketAddr) -> Result<TcpListener, WebError> {
+    if let Some(fd) = crate::inherit::take(INHERITED) {
+        let listener = std::net::TcpListener::from(fd);
+        if listener.local_addr().ok() == Some(address) && listener.set_nonblocking(true).is_ok() {
+            if let Ok(listener) = TcpListener::from_std(listener) {
+                log::info!("web console: listening on the socket the previous lbd handed over");
+                return Ok(listener);
+            }
+        }
+    }
     TcpListener::bind(address)
         .await
         .map_err(|source| WebError::Bind { address, source })
