@@ -52,6 +52,19 @@ fn main() -> ExitCode {
             eprintln!("{}: node.web.users_file: {e}", args.config.display());
             return ExitCode::FAILURE;
         }
+        if let Some(tls) = &web.tls {
+            // Reads the files only; nothing is generated or written.
+            let loaded = lb_userspace::web::tls::Identity::load(
+                Some(tls),
+                &config.node.state_dir,
+                web.listen,
+            )
+            .and_then(lb_userspace::web::tls::Identity::server_config);
+            if let Err(e) = loaded {
+                eprintln!("{}: node.web.tls: {e}", args.config.display());
+                return ExitCode::FAILURE;
+            }
+        }
     }
     if args.check {
         println!(

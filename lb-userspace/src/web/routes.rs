@@ -166,15 +166,7 @@ impl Console {
         let Some(body) = body(request).await else {
             return self.login_page(StatusCode::BAD_REQUEST, "The sign-in form was too large.");
         };
-        let mut user = String::new();
-        let mut password = String::new();
-        for (k, v) in form_urlencoded::parse(&body) {
-            match k.as_ref() {
-                "user" => user = v.into_owned(),
-                "password" => password = v.into_owned(),
-                _ => {}
-            }
-        }
+        let (user, password) = credentials(&body);
         if user.is_empty() || password.is_empty() {
             return self.login_page(StatusCode::BAD_REQUEST, "Give a user name and a password.");
         }
@@ -428,6 +420,33 @@ impl Change {
     }
 }
 
+/// The user name and password of a sign-in: the page's form
+/// (`user`, or `username`, and `password`, URL-encoded), or the same as a
+/// JSON object (for scripts).
+fn credentials(body: &[u8]) -> (String, String) {
+    #[derive(Deserialize)]
+    struct Json {
+        #[serde(alias = "username")]
+        user: String,
+        password: String,
+    }
+    if body.first() == Some(&b'{') {
+        return serde_json::from_slice::<Json>(body)
+            .map(|j| (j.user, j.password))
+            .unwrap_or_default();
+    }
+    let mut user = String::new();
+    let mut password = String::new();
+    for (k, v) in form_urlencoded::parse(body) {
+        match k.as_ref() {
+            "user" | "username" => user = v.into_owned(),
+            "password" => password = v.into_owned(),
+            _ => {}
+        }
+    }
+    (user, password)
+}
+
 /// A parsed query string.
 struct Query(Vec<(String, String)>);
 
@@ -566,6 +585,15 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+        for body in [
+            &b"user=alice&password=p%40ss+word"[..],
+            b"username=alice&password=p%40ss+word",
+            br#"{"user":"alice","password":"p@ss word"}"#,
+            br#"{"username":"alice","password":"p@ss word"}"#,
+        ] {
+            assert_eq!(credentials(body), ("alice".into(), "p@ss word".into()));
+        }
+        assert_eq!(credentials(b"{not json"), (String::new(), String::new()));
         assert!(same("abc", "abc"));
         assert!(!same("abc", "abd"));
         assert!(!same("abc", "abcd"));

@@ -103,7 +103,7 @@ impl Identity {
 fn pem_error(path: &Path, e: &rustls::pki_types::pem::Error) -> TlsError {
     TlsError::File {
         path: path.to_owned(),
-        message: format!("cannot read it as PEM: {e:?}; give node.web.tls a PEM certificate and key"),
+        message: format!("cannot read it as PEM ({e}); give node.web.tls a PEM certificate and key"),
     }
 }
 
