@@ -7,6 +7,7 @@
 //! installs them). Every lab has its own names and is torn down when dropped.
 
 use std::{
+    os::unix::process::CommandExt as _,
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -284,15 +285,25 @@ fn connections_held_to_the_console_take_nothing_from_control_checks_or_forwardin
     assert!(page.body.contains("sign-in"), "{}", page.body);
 }
 
-/// A WebDriver session with Chromium, run by chromedriver in the client's
-/// namespace; the driver is stopped when dropped.
+/// ChromeDriver in the client's namespace, in a process group of its own
+/// with the Chromium it starts: when dropped (the test passed or failed),
+/// the whole group is ended, so no browser outlives its test.
 struct Browser {
     driver: Child,
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = lb_tests::lab::terminate(&mut self.driver, Duration::from_secs(3));
+        let Ok(group) = i32::try_from(self.driver.id()) else {
+            return;
+        };
+        // SAFETY: kill(2) on the process group this test started (its
+        // leader is the driver, by `process_group(0)`).
+        unsafe { libc::kill(-group, libc::SIGTERM) };
+        std::thread::sleep(Duration::from_millis(500));
+        // SAFETY: as above; whatever did not stop.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+        let _ = self.driver.wait();
     }
 }
 
@@ -310,6 +321,7 @@ fn start_browser(lab: &DrLab) -> Browser {
         .args(["netns", "exec", lab.client_ns(), "/usr/bin/chromedriver"])
         .arg(format!("--port={DRIVER_PORT}"))
         .env("HOME", lab.dir())
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(err)
