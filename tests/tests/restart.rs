@@ -309,6 +309,12 @@ fn sigusr2_under_load_keeps_the_pid_every_request_and_every_client() {
 
     let redirect = std::net::SocketAddr::from((lab.vip(), REDIRECT_PORT));
     let console = std::net::SocketAddr::from((lab.lb_address(), lb_tests::console::PORT));
+    // Someone is signed in to the console throughout.
+    lb_tests::console::add_user(&lbd, "alice", "admin", "admin-password-1")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let session = lb_tests::console::sign_in(&lab, "alice", "admin-password-1")
+        .session_cookie()
+        .unwrap_or_else(|| panic!("cannot sign in:\n{}", lbd.log_text()));
     let client_ns = lab.client_ns().to_owned();
     for round in 1..=ROUNDS {
         let load = lab
@@ -365,6 +371,12 @@ fn sigusr2_under_load_keeps_the_pid_every_request_and_every_client() {
             "round {round}: web console connections refused or failed ({connected} made): {other:?}"
         );
         assert!(connected > 0, "round {round}: the console accepted connections");
+        let still = lb_tests::console::request(&lab, "GET", "/api/overview", Some(&session), &[], None);
+        assert_eq!(
+            still.status, 200,
+            "round {round}: the console's user is still signed in: {still:?}\n{}",
+            lbd.log_text()
+        );
         let log = lbd.log_text();
         assert!(
             !log.contains("health down"),

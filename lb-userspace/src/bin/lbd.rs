@@ -11,7 +11,8 @@ fn main() -> ExitCode {
     // re-executing lbd handed over.
     let inherited = lb_userspace::inherit::from_env();
     let reexecuted = daemon::was_reexecuted();
-    let (handed_over, unreadable) = daemon::handed_over();
+    let (mut handed_over, unreadable) = daemon::handed_over();
+    handed_over.reexecuted = reexecuted;
     let exec = daemon::Exec::at_start();
     let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))

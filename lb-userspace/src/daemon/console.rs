@@ -98,8 +98,57 @@ impl Daemon {
             Arc::clone(&console),
             gate,
         ));
+        self.take_over_sessions(&console);
         self.web.console = Some(console);
         Ok((rx, Some(task)))
+    }
+
+    /// The file a SIGUSR2 hands the console's sessions over in, so people
+    /// stay signed in across an upgrade (mode 0600; read and removed by the
+    /// next lbd at once).
+    fn sessions_file(&self) -> std::path::PathBuf {
+        self.config.node.state_dir.join("web-sessions.json")
+    }
+
+    /// Before a re-execution: the console's sessions, for the next lbd.
+    pub(super) fn hand_over_sessions(&self) {
+        let Some(console) = &self.web.console else {
+            return;
+        };
+        let saved = console.export_sessions();
+        let written = serde_json::to_vec(&saved)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| crate::state_file::write_atomically(&self.sessions_file(), &bytes));
+        if let Err(e) = written {
+            log::warn!(
+                "SIGUSR2: the web console's sessions cannot be handed over ({e}): people sign in again"
+            );
+        }
+    }
+
+    /// After a failed re-execution: the handed-over sessions are not needed.
+    pub(super) fn forget_handed_over_sessions(&self) {
+        let _ = std::fs::remove_file(self.sessions_file());
+    }
+
+    /// At start: the sessions a re-executed lbd handed over (a start that
+    /// is not a re-execution begins with none, and removes a stale file).
+    fn take_over_sessions(&self, console: &Console) {
+        let path = self.sessions_file();
+        let Ok(bytes) = std::fs::read(&path) else {
+            return;
+        };
+        let _ = std::fs::remove_file(&path);
+        if !self.handed_over.reexecuted {
+            return;
+        }
+        match serde_json::from_slice::<Vec<web::sessions::Saved>>(&bytes) {
+            Ok(saved) => {
+                log::info!("web console: {} sessions taken over", saved.len());
+                console.import_sessions(saved);
+            }
+            Err(e) => log::warn!("web console: the handed-over sessions are unreadable ({e}); people sign in again"),
+        }
     }
 
     /// Answers one of the console's calls.

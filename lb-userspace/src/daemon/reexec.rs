@@ -126,6 +126,9 @@ pub struct HandedOver {
     pub handover: Option<Handover>,
     /// The advertisement relay to stop once this lbd advertises.
     pub relay: Option<u32>,
+    /// Whether this lbd was started by a re-execution (see
+    /// [`was_reexecuted`]); the web console then takes its sessions over.
+    pub reexecuted: bool,
 }
 
 /// Reads what the lbd this one re-executed handed over, and why the
@@ -148,7 +151,14 @@ pub fn handed_over() -> (HandedOver, Option<HandoverError>) {
         Some(Ok(handover)) => (Some(handover), None),
         Some(Err(error)) => (None, Some(error)),
     };
-    (HandedOver { handover, relay }, error)
+    (
+        HandedOver {
+            handover,
+            relay,
+            reexecuted: false,
+        },
+        error,
+    )
 }
 
 impl HandedOver {
@@ -219,7 +229,12 @@ impl Daemon {
         listeners.extend(self.redirects.listening());
         let why = match check(&self.exec, &self.config_path) {
             Err(why) => why,
-            Ok(()) => self.execute_with_handover(&listeners),
+            Ok(()) => {
+                self.hand_over_sessions();
+                let why = self.execute_with_handover(&listeners);
+                self.forget_handed_over_sessions();
+                why
+            }
         };
         self.redirects.resume();
         log::error!("SIGUSR2: not re-executed, this lbd carries on: {why}");

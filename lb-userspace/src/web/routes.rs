@@ -93,6 +93,22 @@ impl Console {
         })
     }
 
+    /// The live sessions, for the lbd a SIGUSR2 executes.
+    #[must_use]
+    pub fn export_sessions(&self) -> Vec<super::sessions::Saved> {
+        self.sessions
+            .lock()
+            .map(|s| s.export(Instant::now()))
+            .unwrap_or_default()
+    }
+
+    /// Takes over the sessions of the lbd this one re-executed.
+    pub fn import_sessions(&self, saved: Vec<super::sessions::Saved>) {
+        if let Ok(mut s) = self.sessions.lock() {
+            s.import(Instant::now(), saved);
+        }
+    }
+
     /// Ends every session of `user` (deleted or changed by `lbctl user`).
     pub fn end_user(&self, user: &str) {
         if let Ok(mut s) = self.sessions.lock() {

@@ -146,6 +146,55 @@ impl Sessions {
     }
 }
 
+/// A session as handed to the next lbd on SIGUSR2: its times as ages, since
+/// an `Instant` does not cross an exec.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Saved {
+    token: String,
+    user: String,
+    role: Role,
+    csrf: String,
+    age_ms: u64,
+    idle_ms: u64,
+}
+
+impl Sessions {
+    /// The live sessions, for the next lbd.
+    #[must_use]
+    pub fn export(&self, now: Instant) -> Vec<Saved> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.by_token
+            .iter()
+            .filter(|(_, s)| self.live(s, now))
+            .map(|(token, s)| Saved {
+                token: token.clone(),
+                user: s.user.clone(),
+                role: s.role,
+                csrf: s.csrf.clone(),
+                age_ms: ms(now.saturating_duration_since(s.started)),
+                idle_ms: ms(now.saturating_duration_since(s.last_seen)),
+            })
+            .collect()
+    }
+
+    /// Takes over the sessions the previous lbd exported (those still live).
+    pub fn import(&mut self, now: Instant, saved: Vec<Saved>) {
+        for s in saved.into_iter().take(MAX_SESSIONS) {
+            let back = |ms: u64| now.checked_sub(Duration::from_millis(ms)).unwrap_or(now);
+            let session = Session {
+                user: s.user,
+                role: s.role,
+                csrf: s.csrf,
+                started: back(s.age_ms),
+                last_seen: back(s.idle_ms),
+            };
+            if self.live(&session, now) && s.token.len() == 64 {
+                self.by_token.insert(s.token, session);
+            }
+        }
+    }
+}
+
 /// Failed sign-ins allowed per client address, and per user name, in
 /// [`WINDOW`].
 pub const MAX_FAILURES: usize = 5;
@@ -261,6 +310,30 @@ mod tests {
         let token = s.start(t0, "dave", Role::Viewer);
         s.end_user("dave");
         assert!(s.touch(t0, &token).is_none());
+    }
+
+    #[test]
+    fn sessions_cross_a_re_execution_with_their_times() {
+        let t0 = Instant::now();
+        let mut old = Sessions::new(Duration::from_secs(60));
+        let alice = old.start(t0, "alice", Role::Admin);
+        let bob = old.start(t0, "bob", Role::Viewer);
+        let t1 = t0 + Duration::from_secs(50);
+        assert!(old.touch(t1, &alice).is_some());
+        let saved = old.export(t1);
+        let text = serde_json::to_string(&saved).unwrap_or_default();
+        let read: Vec<Saved> = serde_json::from_str(&text).unwrap_or_default();
+        assert_eq!(read, saved);
+
+        let mut new = Sessions::new(Duration::from_secs(60));
+        new.import(t1, read);
+        let kept = new.touch(t1, &alice);
+        assert_eq!(kept.as_ref().map(|s| s.csrf.clone()), old.touch(t1, &alice).map(|s| s.csrf));
+        assert_eq!(kept.map(|s| s.role), Some(Role::Admin));
+        assert!(
+            new.touch(t1 + Duration::from_secs(11), &bob).is_none(),
+            "bob's idle time went on across the exec"
+        );
     }
 
     #[test]
