@@ -9,7 +9,7 @@ use std::{
 
 use crate::{
     control::protocol::UserReport,
-    web::users::{hash_password, Role, Users},
+    web::users::{hash_password, Role, Users, MIN_PASSWORD_LEN},
 };
 
 /// Reads a new password: from the terminal, twice and without echo, or
@@ -43,11 +43,18 @@ pub fn read_password(name: &str) -> Result<String, String> {
     Ok(password)
 }
 
-/// Hashes `password` for `lbctl user add`.
+/// Hashes `password` for `lbctl user add`, warning on stderr when it is
+/// shorter than [`MIN_PASSWORD_LEN`].
 ///
 /// # Errors
-/// A password too short.
+/// An empty password.
 pub fn hash(password: &str) -> Result<String, String> {
+    let len = password.chars().count();
+    if len > 0 && len < MIN_PASSWORD_LEN {
+        eprintln!(
+            "lbctl: warning: a password of {len} characters is easy to guess; use {MIN_PASSWORD_LEN} or more"
+        );
+    }
     hash_password(password).map_err(|e| format!("{e}; nothing changed"))
 }
 
