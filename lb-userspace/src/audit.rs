@@ -203,7 +203,12 @@ mod tests {
         );
         assert_eq!(lines[1]["who"], "lb2");
         assert_eq!(lines[1]["via"], "peer");
-        log.record(&Actor::Web("alice".into()), "online web/rs2", &Value::Null, &Value::Null);
+        log.record(
+            &Actor::Web("alice".into()),
+            "online web/rs2",
+            &Value::Null,
+            &Value::Null,
+        );
         let tail = log.tail(2);
         assert_eq!(tail.len(), 2);
         assert_eq!(tail[0]["who"], "alice");

@@ -43,7 +43,9 @@ pub fn with_console(lab: &DrLab, config: &str, session_timeout_s: u32) -> String
 /// `config` with the `web:` lines `web` (from [`web_yaml`]) under `node:`.
 #[must_use]
 pub fn with_console_at(config: &str, web: &str) -> String {
-    let at = config.find("\ncluster:\n").or_else(|| config.find("\nservices:\n"));
+    let at = config
+        .find("\ncluster:\n")
+        .or_else(|| config.find("\nservices:\n"));
     match at {
         Some(i) => format!("{}\n{}{}", &config[..i], web, &config[i + 1..]),
         None => config.to_owned(),
@@ -146,12 +148,10 @@ pub fn request_at(
     body: Option<&str>,
 ) -> Answer {
     let url = format!("https://{address}:{PORT}{path}");
-    let mut cmd: Vec<String> = [
-        "curl", "-sk", "-i", "--max-time", "10", "-X", method,
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
+    let mut cmd: Vec<String> = ["curl", "-sk", "-i", "--max-time", "10", "-X", method]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
     if let Some(token) = session {
         cmd.push("-b".into());
         cmd.push(format!("lbd_session={token}"));
@@ -172,9 +172,7 @@ pub fn request_at(
 
 /// Splits curl's `-i` output.
 fn parse(out: &str) -> Answer {
-    let (head, body) = out
-        .split_once("\r\n\r\n")
-        .unwrap_or((out, ""));
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((out, ""));
     let status = head
         .lines()
         .next()
@@ -263,6 +261,9 @@ pub fn chromium_args(profile: &Path) -> Vec<String> {
     ]
     .iter()
     .map(|s| (*s).to_owned())
-    .chain(std::iter::once(format!("--user-data-dir={}", profile.display())))
+    .chain(std::iter::once(format!(
+        "--user-data-dir={}",
+        profile.display()
+    )))
     .collect()
 }

@@ -286,14 +286,18 @@ fn held_connections_take_nothing_from_checks_control_or_forwarding() {
         },
     );
     assert_eq!(answered.trim(), "301");
-    let page = wait_until("the console's sign-in page", Duration::from_secs(10), || {
-        let a = lb_tests::console::request(&lab, "GET", "/login", None, &[], None);
-        if a.status == 200 {
-            Ok(a)
-        } else {
-            Err(format!("{a:?}"))
-        }
-    });
+    let page = wait_until(
+        "the console's sign-in page",
+        Duration::from_secs(10),
+        || {
+            let a = lb_tests::console::request(&lab, "GET", "/login", None, &[], None);
+            if a.status == 200 {
+                Ok(a)
+            } else {
+                Err(format!("{a:?}"))
+            }
+        },
+    );
     assert!(page.body.contains("sign-in"), "{}", page.body);
 }
 

@@ -1338,7 +1338,10 @@ fn console_drain_on_lb2(pair: &Pair) -> String {
         None,
     )
     .json();
-    let csrf = format!("X-CSRF-Token: {}", overview["csrf"].as_str().unwrap_or_default());
+    let csrf = format!(
+        "X-CSRF-Token: {}",
+        overview["csrf"].as_str().unwrap_or_default()
+    );
     let answer = request_at(
         lab,
         at,
@@ -1349,7 +1352,10 @@ fn console_drain_on_lb2(pair: &Pair) -> String {
         Some(r#"{"service":"web","server":"rs1","action":"drain"}"#),
     );
     assert_eq!(answer.status, 409, "{answer:?}");
-    let said = answer.json()["error"].as_str().unwrap_or_default().to_owned();
+    let said = answer.json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert_eq!(preview["refused"], said, "{preview}");
     assert_eq!(overview["refusal"], said, "{overview}");
     said
@@ -1458,7 +1464,10 @@ fn configuration_and_admin_changes_flow_from_the_primary_only() {
         .trim_start_matches("lbctl: ")
         .to_owned();
     let console_said = console_drain_on_lb2(&pair);
-    assert_eq!(console_said, lbctl_said, "the console and lbctl say the same");
+    assert_eq!(
+        console_said, lbctl_said,
+        "the console and lbctl say the same"
+    );
     std::thread::sleep(Duration::from_millis(500));
     for lbd in [&pair.lb1, &pair.lb2] {
         let rs = lbd.status().map(|s| web_servers(&s)).unwrap_or_default();

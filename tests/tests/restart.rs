@@ -370,10 +370,15 @@ fn sigusr2_under_load_keeps_the_pid_every_request_and_every_client() {
             (0, 0),
             "round {round}: web console connections refused or failed ({connected} made): {other:?}"
         );
-        assert!(connected > 0, "round {round}: the console accepted connections");
-        let still = lb_tests::console::request(&lab, "GET", "/api/overview", Some(&session), &[], None);
+        assert!(
+            connected > 0,
+            "round {round}: the console accepted connections"
+        );
+        let still =
+            lb_tests::console::request(&lab, "GET", "/api/overview", Some(&session), &[], None);
         assert_eq!(
-            still.status, 200,
+            still.status,
+            200,
             "round {round}: the console's user is still signed in: {still:?}\n{}",
             lbd.log_text()
         );

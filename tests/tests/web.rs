@@ -74,7 +74,10 @@ fn change(lab: &DrLab, session: &str, csrf: Option<&str>, body: &Value) -> conso
 /// CSRF token and an admin; a wrong password is refused and, after a few,
 /// even the right one is held back; an idle session goes back to sign-in.
 #[test]
-#[expect(clippy::too_many_lines, reason = "one operator's session, step by step")]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one operator's session, step by step"
+)]
 fn the_console_serves_nothing_before_sign_in_and_changes_only_for_an_admin_with_its_token() {
     let (lab, lbd) = console_lab(6);
     let rs2 = lab.real_name(1);
@@ -102,7 +105,10 @@ fn the_console_serves_nothing_before_sign_in_and_changes_only_for_an_admin_with_
     assert_eq!(page.status, 303, "{page:?}");
     assert_eq!(page.header("location").as_deref(), Some("/login"));
     let csp = page.header("content-security-policy").unwrap_or_default();
-    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"), "{csp}");
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
     for path in ["/api/overview", "/api/history?service=web&server=rs1"] {
         let a = request(&lab, "GET", path, None, &[], None);
         assert_eq!(a.status, 401, "{path}: {a:?}");
@@ -114,8 +120,14 @@ fn the_console_serves_nothing_before_sign_in_and_changes_only_for_an_admin_with_
     let login = request(&lab, "GET", "/login", None, &[], None);
     assert_eq!(login.status, 200);
     assert!(login.body.contains("id=\"sign-in\""), "{}", login.body);
-    assert!(login.body.contains(&lab.tag().to_string()), "the node's name is shown");
-    assert_eq!(request(&lab, "GET", "/assets/style.css", None, &[], None).status, 200);
+    assert!(
+        login.body.contains(&lab.tag().to_string()),
+        "the node's name is shown"
+    );
+    assert_eq!(
+        request(&lab, "GET", "/assets/style.css", None, &[], None).status,
+        200
+    );
 
     // The admin signs in; the cookie is locked down.
     let signed = sign_in(&lab, "alice", ADMIN_PASSWORD);
@@ -124,7 +136,9 @@ fn the_console_serves_nothing_before_sign_in_and_changes_only_for_an_admin_with_
     for flag in ["Secure", "HttpOnly", "SameSite=Strict", "Max-Age="] {
         assert!(cookie.contains(flag), "{flag} missing in {cookie}");
     }
-    let alice = signed.session_cookie().unwrap_or_else(|| panic!("no session: {signed:?}"));
+    let alice = signed
+        .session_cookie()
+        .unwrap_or_else(|| panic!("no session: {signed:?}"));
     let overview = request(&lab, "GET", "/api/overview", Some(&alice), &[], None).json();
     assert_eq!(overview["user"], "alice");
     assert_eq!(overview["role"], "admin");
@@ -135,7 +149,10 @@ fn the_console_serves_nothing_before_sign_in_and_changes_only_for_an_admin_with_
     // A change without the token, or with another, changes nothing.
     let drain = json!({"service": "web", "server": rs2, "action": "drain"});
     assert_eq!(change(&lab, &alice, None, &drain).status, 403);
-    assert_eq!(change(&lab, &alice, Some(&"f".repeat(64)), &drain).status, 403);
+    assert_eq!(
+        change(&lab, &alice, Some(&"f".repeat(64)), &drain).status,
+        403
+    );
     assert_eq!(lbd.admin_state(&rs2).as_deref(), Some("online"));
     // The preview says what would happen.
     let preview = request(
@@ -150,7 +167,9 @@ fn the_console_serves_nothing_before_sign_in_and_changes_only_for_an_admin_with_
     let share = preview["moved_share"].as_f64().unwrap_or(-1.0);
     assert!(share > 0.0 && share < 1.0, "{preview}");
     assert!(
-        preview["summary"].as_str().is_some_and(|s| s.contains("Draining it")),
+        preview["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("Draining it")),
         "{preview}"
     );
     // With it, the change is made, and audited with the console user.
@@ -190,7 +209,11 @@ fn the_console_serves_nothing_before_sign_in_and_changes_only_for_an_admin_with_
         let wrong = sign_in(&lab, "victor", "not-his-password");
         assert_eq!(wrong.status, 401, "attempt {i}: {wrong:?}");
         assert!(wrong.session_cookie().is_none());
-        assert!(wrong.body.contains("Wrong user name or password"), "{}", wrong.body);
+        assert!(
+            wrong.body.contains("Wrong user name or password"),
+            "{}",
+            wrong.body
+        );
     }
     let held = sign_in(&lab, "victor", VIEWER_PASSWORD);
     assert_eq!(held.status, 429, "{held:?}");
@@ -251,11 +274,22 @@ fn connections_held_to_the_console_take_nothing_from_control_checks_or_forwardin
                 Duration::from_secs(2),
             )
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(report.failures().is_empty(), "forwarding: {}", report.summary());
+        assert!(
+            report.failures().is_empty(),
+            "forwarding: {}",
+            report.summary()
+        );
         let scrape = lb_tests::lab::run_in(
             lab.client_ns(),
             &[
-                "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3",
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "3",
                 &format!("http://{lb}:9100/metrics"),
             ],
         );
@@ -278,10 +312,18 @@ fn connections_held_to_the_console_take_nothing_from_control_checks_or_forwardin
         .unwrap_or_else(|_| panic!("the connection holder panicked"));
     eprintln!("{made} connections made to the console");
     assert!(made >= 500, "only {made} connections were made");
-    let page = lb_tests::wait::wait_until("the console's sign-in page", Duration::from_secs(15), || {
-        let a = request(&lab, "GET", "/login", None, &[], None);
-        if a.status == 200 { Ok(a) } else { Err(format!("{a:?}")) }
-    });
+    let page = lb_tests::wait::wait_until(
+        "the console's sign-in page",
+        Duration::from_secs(15),
+        || {
+            let a = request(&lab, "GET", "/login", None, &[], None);
+            if a.status == 200 {
+                Ok(a)
+            } else {
+                Err(format!("{a:?}"))
+            }
+        },
+    );
     assert!(page.body.contains("sign-in"), "{}", page.body);
 }
 
@@ -311,11 +353,13 @@ const DRIVER_PORT: u16 = 9515;
 
 fn start_browser(lab: &DrLab) -> Browser {
     for tool in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
-        paths::require_file(std::path::Path::new(tool), "run `cargo xtask setup` (apt: chromium chromium-driver)");
+        paths::require_file(
+            std::path::Path::new(tool),
+            "run `cargo xtask setup` (apt: chromium chromium-driver)",
+        );
     }
     let _ = lb_tests::lab::run_in(lab.client_ns(), &["ip", "link", "set", "lo", "up"]);
-    let log = std::fs::File::create(lab.log_path("chromedriver"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let log = std::fs::File::create(lab.log_path("chromedriver")).unwrap_or_else(|e| panic!("{e}"));
     let err = log.try_clone().unwrap_or_else(|e| panic!("{e}"));
     let driver = Command::new("ip")
         .args(["netns", "exec", lab.client_ns(), "/usr/bin/chromedriver"])
@@ -379,12 +423,21 @@ where
 }
 
 async fn sign_in_with_browser(c: &Client, base: &str, user: &str, password: &str) {
-    c.goto(&format!("{base}/")).await.unwrap_or_else(|e| panic!("{e}"));
+    c.goto(&format!("{base}/"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let url = c.current_url().await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(url.path(), "/login", "before sign-in only the sign-in page");
-    let form = c.form(Locator::Id("sign-in")).await.unwrap_or_else(|e| panic!("{e}"));
-    form.set_by_name("user", user).await.unwrap_or_else(|e| panic!("{e}"));
-    form.set_by_name("password", password).await.unwrap_or_else(|e| panic!("{e}"));
+    let form = c
+        .form(Locator::Id("sign-in"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    form.set_by_name("user", user)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    form.set_by_name("password", password)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     c.find(Locator::Id("sign-in-button"))
         .await
         .unwrap_or_else(|e| panic!("{e}"))
@@ -395,15 +448,27 @@ async fn sign_in_with_browser(c: &Client, base: &str, user: &str, password: &str
         c.find_all(Locator::Css("tr[data-server]"))
             .await
             .map_err(|e| e.to_string())
-            .and_then(|rows| if rows.len() == 3 { Ok(()) } else { Err(format!("{} rows", rows.len())) })
+            .and_then(|rows| {
+                if rows.len() == 3 {
+                    Ok(())
+                } else {
+                    Err(format!("{} rows", rows.len()))
+                }
+            })
     })
     .await;
 }
 
 async fn cell_text(c: &Client, server: &str, cell: &str) -> Result<String, String> {
     let css = format!("tr[data-server=\"{server}\"] td{cell}");
-    let e = c.find(Locator::Css(&css)).await.map_err(|e| e.to_string())?;
-    e.text().await.map(|t| t.trim().to_owned()).map_err(|e| e.to_string())
+    let e = c
+        .find(Locator::Css(&css))
+        .await
+        .map_err(|e| e.to_string())?;
+    e.text()
+        .await
+        .map(|t| t.trim().to_owned())
+        .map_err(|e| e.to_string())
 }
 
 /// Issue 15's browser test: the viewer sees the overview without
@@ -573,9 +638,17 @@ fn a_browser_signs_in_and_an_admin_drains_a_server_through_the_confirmation() {
         size.is_some_and(|(w, h)| w >= 1000 && h >= 600),
         "the screenshot is {size:?}"
     );
-    assert!(png.len() > 30_000, "a screenshot of {} bytes is blank", png.len());
+    assert!(
+        png.len() > 30_000,
+        "a screenshot of {} bytes is blank",
+        png.len()
+    );
 
-    assert_eq!(lbd.admin_state(&rs3).as_deref(), Some("drain"), "lbctl status agrees");
+    assert_eq!(
+        lbd.admin_state(&rs3).as_deref(),
+        Some("drain"),
+        "lbctl status agrees"
+    );
     let audit = lbd.audit_lines();
     let drained = audit
         .iter()

@@ -95,7 +95,10 @@ pub fn plan_change<M: Maps>(
             }
         })
         .collect();
-    Ok(maglev::moved_share(&ring_for(&state.reals), &ring_for(&after)))
+    Ok(maglev::moved_share(
+        &ring_for(&state.reals),
+        &ring_for(&after),
+    ))
 }
 
 #[cfg(test)]
@@ -125,9 +128,15 @@ mod tests {
             drain.as_ref().is_ok_and(|s| (0.30..0.40).contains(s)),
             "draining 1 of 3 moves about a third: {drain:?}"
         );
-        assert_eq!(plan_change(&b, "web", rs1, Some(AdminState::Online), None).ok(), Some(0.0));
+        assert_eq!(
+            plan_change(&b, "web", rs1, Some(AdminState::Online), None).ok(),
+            Some(0.0)
+        );
         let half = plan_change(&b, "web", rs1, None, Some(50));
-        assert!(half.as_ref().is_ok_and(|s| *s > 0.0 && *s < 0.34), "{half:?}");
+        assert!(
+            half.as_ref().is_ok_and(|s| *s > 0.0 && *s < 0.34),
+            "{half:?}"
+        );
         assert!(plan_change(&b, "web", "nobody", None, None).is_err());
     }
 }

@@ -122,7 +122,11 @@ fn with_users_file_hint(message: String) -> String {
 }
 
 /// `lbctl user add|del`: through lbd, or straight to `--users-file`.
-fn user_command(socket: &std::path::Path, action: &UserCommand, json: bool) -> Result<String, String> {
+fn user_command(
+    socket: &std::path::Path,
+    action: &UserCommand,
+    json: bool,
+) -> Result<String, String> {
     let direct = |report: Result<UserReport, String>| {
         let report = report?;
         if json {
@@ -158,8 +162,13 @@ fn user_command(socket: &std::path::Path, action: &UserCommand, json: bool) -> R
         }
         UserCommand::Del { name, users_file } => match users_file {
             Some(path) => direct(user::del_from_file(path, name)),
-            None => ask(socket, &Request::UserDel { name: name.clone() }, json, user::report)
-                .map_err(with_users_file_hint),
+            None => ask(
+                socket,
+                &Request::UserDel { name: name.clone() },
+                json,
+                user::report,
+            )
+            .map_err(with_users_file_hint),
         },
     }
 }

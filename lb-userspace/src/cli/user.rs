@@ -67,7 +67,9 @@ pub fn add_to_file(path: &Path, name: &str, role: Role, hash: &str) -> Result<Us
     let added = users
         .set(name, role, hash)
         .map_err(|e| format!("{e}; nothing changed"))?;
-    users.save(path).map_err(|e| format!("{e}; nothing changed"))?;
+    users
+        .save(path)
+        .map_err(|e| format!("{e}; nothing changed"))?;
     Ok(UserReport {
         name: name.to_owned(),
         change: if added { "added" } else { "updated" }.into(),
@@ -82,8 +84,12 @@ pub fn add_to_file(path: &Path, name: &str, role: Role, hash: &str) -> Result<Us
 /// No such user, or the file cannot be read or written.
 pub fn del_from_file(path: &Path, name: &str) -> Result<UserReport, String> {
     let mut users = Users::load(path).map_err(|e| format!("{e}; nothing changed"))?;
-    users.remove(name).map_err(|e| format!("{e}; nothing changed"))?;
-    users.save(path).map_err(|e| format!("{e}; nothing changed"))?;
+    users
+        .remove(name)
+        .map_err(|e| format!("{e}; nothing changed"))?;
+    users
+        .save(path)
+        .map_err(|e| format!("{e}; nothing changed"))?;
     Ok(UserReport {
         name: name.to_owned(),
         change: "removed".into(),

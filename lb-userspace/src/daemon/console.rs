@@ -147,7 +147,9 @@ impl Daemon {
                 log::info!("web console: {} sessions taken over", saved.len());
                 console.import_sessions(saved);
             }
-            Err(e) => log::warn!("web console: the handed-over sessions are unreadable ({e}); people sign in again"),
+            Err(e) => log::warn!(
+                "web console: the handed-over sessions are unreadable ({e}); people sign in again"
+            ),
         }
     }
 
@@ -259,7 +261,12 @@ impl Daemon {
         }
         let held = Held {
             server: server.to_owned(),
-            active_clients: self.census().per_real.get(&real.index).copied().unwrap_or(0),
+            active_clients: self
+                .census()
+                .per_real
+                .get(&real.index)
+                .copied()
+                .unwrap_or(0),
             active_connections: self.connections_of(state, real.index),
             weight: real.weight,
         };
@@ -341,7 +348,9 @@ impl Daemon {
         let added = users
             .set(name, role, hash)
             .map_err(|e| format!("{e}; nothing changed"))?;
-        users.save(&path).map_err(|e| format!("{e}; nothing changed"))?;
+        users
+            .save(&path)
+            .map_err(|e| format!("{e}; nothing changed"))?;
         self.end_sessions(name);
         self.audit.record(
             actor,
@@ -361,8 +370,12 @@ impl Daemon {
     pub(super) fn user_del(&mut self, name: &str, actor: &Actor) -> Result<Answer, String> {
         let path = self.users_file()?;
         let mut users = Users::load(&path).map_err(|e| format!("{e}; nothing changed"))?;
-        let gone = users.remove(name).map_err(|e| format!("{e}; nothing changed"))?;
-        users.save(&path).map_err(|e| format!("{e}; nothing changed"))?;
+        let gone = users
+            .remove(name)
+            .map_err(|e| format!("{e}; nothing changed"))?;
+        users
+            .save(&path)
+            .map_err(|e| format!("{e}; nothing changed"))?;
         self.end_sessions(name);
         self.audit.record(
             actor,

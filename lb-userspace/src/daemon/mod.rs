@@ -283,9 +283,8 @@ impl Daemon {
         let metrics_gate = ConnectionGate::new(metrics::CAPS, Arc::clone(&self.budget));
         let metrics_server =
             tokio::spawn(metrics::serve(metrics_listener, scrape_tx, metrics_gate));
-        let mut history_tick = tokio::time::interval(std::time::Duration::from_secs(
-            crate::web::history::STEP_S,
-        ));
+        let mut history_tick =
+            tokio::time::interval(std::time::Duration::from_secs(crate::web::history::STEP_S));
         let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let mut interrupt =
             signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;

@@ -132,7 +132,8 @@ impl History {
 
     /// Forgets servers `keep` says are gone from the configuration.
     pub fn retain(&mut self, keep: impl Fn(&str, &str) -> bool) {
-        self.rings.retain(|(service, server), _| keep(service, server));
+        self.rings
+            .retain(|(service, server), _| keep(service, server));
     }
 
     /// One server's series.
@@ -172,14 +173,20 @@ mod tests {
         assert_eq!(s.points[0].packets_per_s, 20.0);
         assert_eq!(s.points[0].bytes_per_s, 500.0);
         assert_eq!(s.points[0].active_clients, 7);
-        assert_eq!(s.points[1].packets_per_s, 0.0, "a reset counter is no growth");
+        assert_eq!(
+            s.points[1].packets_per_s, 0.0,
+            "a reset counter is no growth"
+        );
 
         for i in 0..(POINTS as u64 + 50) {
             h.record(2000 + i * STEP_S, "web", "rs1", at(i, i, 1));
         }
         let s = h.series("web", "rs1").unwrap_or_else(|| panic!("a series"));
         assert_eq!(s.points.len(), POINTS);
-        assert_eq!(s.points.last().map(|p| p.t), Some(2000 + (POINTS as u64 + 49) * STEP_S));
+        assert_eq!(
+            s.points.last().map(|p| p.t),
+            Some(2000 + (POINTS as u64 + 49) * STEP_S)
+        );
 
         let now = 2000 + (POINTS as u64 + 49) * STEP_S;
         h.mark(now - 4000, "web", "rs1", false, "old");

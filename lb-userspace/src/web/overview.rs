@@ -151,9 +151,9 @@ pub struct Held {
 pub fn summary(action: Action, held: &Held, new_weight: Option<u16>, moved_share: f64) -> String {
     let name = &held.server;
     let clients = plural(held.active_clients, "active client");
-    let conns = held
-        .active_connections
-        .map_or_else(String::new, |n| format!(" and {}", plural(n, "open connection")));
+    let conns = held.active_connections.map_or_else(String::new, |n| {
+        format!(" and {}", plural(n, "open connection"))
+    });
     let moved = format!("{:.1} %", moved_share * 100.0);
     match action {
         Action::Drain => format!(

@@ -157,8 +157,11 @@ impl Console {
             (Method::GET, "/api/history") => self.history(&query).await,
             (Method::GET, "/api/preview") => self.preview(&query).await,
             (Method::POST, "/api/change") => self.change(request, &session).await,
-            (_, "/" | "/index.html" | "/assets/console.js" | "/api/overview" | "/api/history"
-                | "/api/preview") => error(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
+            (
+                _,
+                "/" | "/index.html" | "/assets/console.js" | "/api/overview" | "/api/history"
+                | "/api/preview",
+            ) => error(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
             (_, "/api/change" | "/logout") => error(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
             _ => error(StatusCode::NOT_FOUND, "no such page"),
         }
@@ -192,7 +195,9 @@ impl Console {
             .ok()
             .and_then(|mut l| l.check(Instant::now(), client, &user));
         if let Some(wait) = held {
-            log::warn!("web console: sign-in as {user:?} from {client} refused: too many failed attempts");
+            log::warn!(
+                "web console: sign-in as {user:?} from {client} refused: too many failed attempts"
+            );
             return self.login_page(
                 StatusCode::TOO_MANY_REQUESTS,
                 &format!(
@@ -256,7 +261,10 @@ impl Console {
             .find(|(k, _)| k == "csrf")
             .map(|(_, v)| v.into_owned());
         if !csrf.is_some_and(|c| same(&c, &session.csrf)) {
-            return error(StatusCode::FORBIDDEN, "the sign-out form's CSRF token is not this session's");
+            return error(
+                StatusCode::FORBIDDEN,
+                "the sign-out form's CSRF token is not this session's",
+            );
         }
         if let Ok(mut s) = self.sessions.lock() {
             s.end(token);
@@ -264,7 +272,9 @@ impl Console {
         let mut reply = see_other("/login");
         reply.headers_mut().insert(
             header::SET_COOKIE,
-            HeaderValue::from_static("lbd_session=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0"),
+            HeaderValue::from_static(
+                "lbd_session=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0",
+            ),
         );
         reply
     }
@@ -313,7 +323,10 @@ impl Console {
             .await;
         match answer {
             Some(Some(series)) => json_reply(StatusCode::OK, &series),
-            Some(None) => error(StatusCode::NOT_FOUND, &format!("no real server {server:?} in service {service:?}")),
+            Some(None) => error(
+                StatusCode::NOT_FOUND,
+                &format!("no real server {server:?} in service {service:?}"),
+            ),
             None => unavailable(),
         }
     }
@@ -323,7 +336,10 @@ impl Console {
         let (Some(service), Some(server), Some(action)) =
             (q.get("service"), q.get("server"), q.get("action"))
         else {
-            return error(StatusCode::BAD_REQUEST, "give service=, server= and action=");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "give service=, server= and action=",
+            );
         };
         let action: Action = match action.parse() {
             Ok(a) => a,
@@ -357,12 +373,24 @@ impl Console {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         if !token.is_some_and(|t| same(&t, &session.csrf)) {
-            log::warn!("web console: a change by {} without this session's CSRF token was refused", session.user);
-            return error(StatusCode::FORBIDDEN, "missing or wrong CSRF token; reload the page");
+            log::warn!(
+                "web console: a change by {} without this session's CSRF token was refused",
+                session.user
+            );
+            return error(
+                StatusCode::FORBIDDEN,
+                "missing or wrong CSRF token; reload the page",
+            );
         }
         if session.role != Role::Admin {
-            log::warn!("web console: viewer {} tried a change; refused", session.user);
-            return error(StatusCode::FORBIDDEN, &format!("{} is a viewer: only admins change anything", session.user));
+            log::warn!(
+                "web console: viewer {} tried a change; refused",
+                session.user
+            );
+            return error(
+                StatusCode::FORBIDDEN,
+                &format!("{} is a viewer: only admins change anything", session.user),
+            );
         }
         let Some(body) = body(request).await else {
             return error(StatusCode::PAYLOAD_TOO_LARGE, "the request is too large");
@@ -468,11 +496,18 @@ struct Query(Vec<(String, String)>);
 
 impl Query {
     fn parse(query: &str) -> Self {
-        Self(form_urlencoded::parse(query.as_bytes()).into_owned().collect())
+        Self(
+            form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect(),
+        )
     }
 
     fn get(&self, key: &str) -> Option<String> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
     }
 }
 
@@ -500,7 +535,11 @@ fn cookie(request: &Request<Incoming>, name: &str) -> Option<String> {
 
 /// Compares two tokens in time independent of where they differ.
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// HTML-escapes text for the sign-in page.
@@ -541,7 +580,10 @@ fn error(status: StatusCode, message: &str) -> Reply {
 }
 
 fn unavailable() -> Reply {
-    error(StatusCode::SERVICE_UNAVAILABLE, "lbd did not answer in time; try again")
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "lbd did not answer in time; try again",
+    )
 }
 
 fn see_other(location: &'static str) -> Reply {
@@ -554,10 +596,19 @@ fn see_other(location: &'static str) -> Reply {
 /// The headers every answer carries.
 fn secure(reply: &mut Reply) {
     let h = reply.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
         header::STRICT_TRANSPORT_SECURITY,

@@ -93,8 +93,9 @@ pub async fn serve(
         let console = Arc::clone(&console);
         tokio::spawn(async move {
             let _admission = admission;
-            let _ = tokio::time::timeout(MAX_CONNECTION_AGE, connection(stream, peer, tls, console))
-                .await;
+            let _ =
+                tokio::time::timeout(MAX_CONNECTION_AGE, connection(stream, peer, tls, console))
+                    .await;
         });
     }
 }

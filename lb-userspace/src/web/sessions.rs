@@ -234,7 +234,11 @@ impl SignInLimiter {
         self.by_user.remove(user);
     }
 
-    fn wait<K, Q>(map: &mut HashMap<K, VecDeque<Instant>>, key: &Q, now: Instant) -> Option<Duration>
+    fn wait<K, Q>(
+        map: &mut HashMap<K, VecDeque<Instant>>,
+        key: &Q,
+        now: Instant,
+    ) -> Option<Duration>
     where
         K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
         Q: std::hash::Hash + Eq + ?Sized,
@@ -256,9 +260,16 @@ impl SignInLimiter {
         })
     }
 
-    fn push<K: std::hash::Hash + Eq>(map: &mut HashMap<K, VecDeque<Instant>>, key: K, now: Instant) {
+    fn push<K: std::hash::Hash + Eq>(
+        map: &mut HashMap<K, VecDeque<Instant>>,
+        key: K,
+        now: Instant,
+    ) {
         if map.len() >= MAX_TRACKED {
-            map.retain(|_, f| f.back().is_some_and(|t| now.saturating_duration_since(*t) < WINDOW));
+            map.retain(|_, f| {
+                f.back()
+                    .is_some_and(|t| now.saturating_duration_since(*t) < WINDOW)
+            });
         }
         if map.len() >= MAX_TRACKED {
             return;
@@ -328,7 +339,10 @@ mod tests {
         let mut new = Sessions::new(Duration::from_secs(60));
         new.import(t1, read);
         let kept = new.touch(t1, &alice);
-        assert_eq!(kept.as_ref().map(|s| s.csrf.clone()), old.touch(t1, &alice).map(|s| s.csrf));
+        assert_eq!(
+            kept.as_ref().map(|s| s.csrf.clone()),
+            old.touch(t1, &alice).map(|s| s.csrf)
+        );
         assert_eq!(kept.map(|s| s.role), Some(Role::Admin));
         assert!(
             new.touch(t1 + Duration::from_secs(11), &bob).is_none(),
@@ -347,15 +361,26 @@ mod tests {
             l.failed(t0, a, &format!("user{i}"));
         }
         let wait = l.check(t0 + Duration::from_secs(60), a, "someone");
-        assert_eq!(wait, Some(WINDOW - Duration::from_secs(60)), "the address is held");
+        assert_eq!(
+            wait,
+            Some(WINDOW - Duration::from_secs(60)),
+            "the address is held"
+        );
         assert_eq!(l.check(t0, b, "someone"), None, "another address is not");
-        assert_eq!(l.check(t0 + WINDOW, a, "someone"), None, "until the window passes");
+        assert_eq!(
+            l.check(t0 + WINDOW, a, "someone"),
+            None,
+            "until the window passes"
+        );
 
         for _ in 0..MAX_FAILURES {
             l.failed(t0, [198, 18, 1, 1].into(), "alice");
             l.failed(t0, [198, 18, 1, 2].into(), "alice");
         }
-        assert!(l.check(t0, b, "alice").is_some(), "the name is held from anywhere");
+        assert!(
+            l.check(t0, b, "alice").is_some(),
+            "the name is held from anywhere"
+        );
         l.succeeded("alice");
         assert_eq!(l.check(t0, b, "alice"), None);
     }

@@ -52,7 +52,11 @@ impl Identity {
     ///
     /// # Errors
     /// When a file cannot be read or written, or holds no certificate or key.
-    pub fn load(tls: Option<&WebTls>, state_dir: &Path, listen: SocketAddr) -> Result<Self, TlsError> {
+    pub fn load(
+        tls: Option<&WebTls>,
+        state_dir: &Path,
+        listen: SocketAddr,
+    ) -> Result<Self, TlsError> {
         let (cert, key) = if let Some(t) = tls {
             (t.cert.clone(), t.key.clone())
         } else {
@@ -103,7 +107,9 @@ impl Identity {
 fn pem_error(path: &Path, e: &rustls::pki_types::pem::Error) -> TlsError {
     TlsError::File {
         path: path.to_owned(),
-        message: format!("cannot read it as PEM ({e}); give node.web.tls a PEM certificate and key"),
+        message: format!(
+            "cannot read it as PEM ({e}); give node.web.tls a PEM certificate and key"
+        ),
     }
 }
 
@@ -127,8 +133,8 @@ fn generate(cert: &Path, key: &Path, listen: SocketAddr) -> Result<(), TlsError>
             names.push(host.to_owned());
         }
     }
-    let made = rcgen::generate_simple_self_signed(names)
-        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    let made =
+        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
     let write = |path: &Path, text: String| {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| TlsError::File {
@@ -173,7 +179,9 @@ mod tests {
             cert: dir.join("absent.crt"),
             key: dir.join("web.key"),
         };
-        let e = Identity::load(Some(&tls), &dir, listen).err().map(|e| e.to_string());
+        let e = Identity::load(Some(&tls), &dir, listen)
+            .err()
+            .map(|e| e.to_string());
         assert!(e.is_some_and(|e| e.contains("absent.crt")));
         let _ = std::fs::remove_dir_all(&dir);
     }

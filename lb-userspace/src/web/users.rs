@@ -210,7 +210,9 @@ impl Users {
             if !valid_name(name) {
                 return Err(line_error(UsersError::Name(name.to_owned()).to_string()));
             }
-            let role = role.parse().map_err(|e: UsersError| line_error(e.to_string()))?;
+            let role = role
+                .parse()
+                .map_err(|e: UsersError| line_error(e.to_string()))?;
             if !valid_hash(hash) {
                 return Err(line_error(format!(
                     "the password of {name:?} is not an argon2id hash; set it again with lbctl user add"
@@ -231,7 +233,9 @@ impl Users {
     /// The file's text.
     #[must_use]
     pub fn render(&self) -> String {
-        let mut out = String::from("# lbd web console users: NAME ROLE ARGON2ID-HASH (written by lbctl user)\n");
+        let mut out = String::from(
+            "# lbd web console users: NAME ROLE ARGON2ID-HASH (written by lbctl user)\n",
+        );
         for u in &self.users {
             out.push_str(&format!("{} {} {}\n", u.name, u.role, u.hash));
         }
@@ -275,7 +279,9 @@ impl Users {
             return Err(UsersError::Name(name.to_owned()));
         }
         if !valid_hash(hash) {
-            return Err(UsersError::Password("the password hash is not argon2id".into()));
+            return Err(UsersError::Password(
+                "the password hash is not argon2id".into(),
+            ));
         }
         let user = User {
             name: name.to_owned(),
@@ -361,7 +367,9 @@ mod tests {
         let path = temp("mode");
         let mut users = Users::default();
         let hash = hash_password("password1").unwrap_or_else(|e| panic!("{e}"));
-        users.set("bob", Role::Viewer, &hash).unwrap_or_else(|e| panic!("{e}"));
+        users
+            .set("bob", Role::Viewer, &hash)
+            .unwrap_or_else(|e| panic!("{e}"));
         users.save(&path).unwrap_or_else(|e| panic!("{e}"));
         let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644));
         let e = Users::load(&path).unwrap_err().to_string();
@@ -373,7 +381,10 @@ mod tests {
             ("bob viewer\n", "1: expected NAME ROLE HASH"),
             ("bob root $argon2id$x\n", "\"root\" is not a role"),
             ("b/b viewer x\n", "not a valid user name"),
-            ("bob viewer $2b$10$abcdefghijklmnopqrstuv\n", "not an argon2id hash"),
+            (
+                "bob viewer $2b$10$abcdefghijklmnopqrstuv\n",
+                "not an argon2id hash",
+            ),
             (
                 &format!("# c\nbob viewer {hash}\nbob admin {hash}\n"),
                 "3: user \"bob\" is listed twice",
@@ -383,9 +394,15 @@ mod tests {
             assert!(e.contains(wanted), "{text:?}: {e}");
         }
         assert!(hash_password("").is_err());
-        assert!(valid_hash(DUMMY_HASH), "unknown names must cost a real verification");
+        assert!(
+            valid_hash(DUMMY_HASH),
+            "unknown names must cost a real verification"
+        );
         assert!(users.set("a b", Role::Admin, &hash).is_err());
-        assert_eq!(users.remove("nobody"), Err(UsersError::Unknown("nobody".into())));
+        assert_eq!(
+            users.remove("nobody"),
+            Err(UsersError::Unknown("nobody".into()))
+        );
         assert!(users.remove("bob").is_ok());
     }
 }

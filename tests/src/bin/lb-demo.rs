@@ -60,7 +60,9 @@ fn console_step(lab: &DrLab, lbd: &Lbd) -> Result<(), String> {
         .ok_or("the viewer could not sign in to the console")?;
     let overview = request(lab, "GET", "/api/overview", Some(&session), &[], None).json();
     let problems = overview["problems"].as_array().map_or(0, Vec::len);
-    let services = overview["status"]["services"].as_array().map_or(0, Vec::len);
+    let services = overview["status"]["services"]
+        .as_array()
+        .map_or(0, Vec::len);
     println!(
         "console: signed in as {} ({}): {services} services, {problems} problems",
         overview["user"].as_str().unwrap_or("?"),
