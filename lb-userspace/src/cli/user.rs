@@ -9,7 +9,7 @@ use std::{
 
 use crate::{
     control::protocol::UserReport,
-    web::users::{hash_password, Role, Users, MIN_PASSWORD_LEN},
+    web::users::{self, hash_password, Role, MIN_PASSWORD_LEN},
 };
 
 /// Reads a new password: from the terminal, twice and without echo, or
@@ -63,19 +63,9 @@ pub fn hash(password: &str) -> Result<String, String> {
 /// # Errors
 /// A bad name, or a file that cannot be read (or has a loose mode) or written.
 pub fn add_to_file(path: &Path, name: &str, role: Role, hash: &str) -> Result<UserReport, String> {
-    let mut users = Users::load(path).map_err(|e| format!("{e}; nothing changed"))?;
-    let added = users
-        .set(name, role, hash)
-        .map_err(|e| format!("{e}; nothing changed"))?;
-    users
-        .save(path)
-        .map_err(|e| format!("{e}; nothing changed"))?;
-    Ok(UserReport {
-        name: name.to_owned(),
-        change: if added { "added" } else { "updated" }.into(),
-        role: Some(role),
-        users_file: path.display().to_string(),
-    })
+    users::add_to_file(path, name, role, hash)
+        .map(|before| UserReport::added(name, before, role, path))
+        .map_err(|e| format!("{e}; nothing changed"))
 }
 
 /// `lbctl user del --users-file PATH`.
@@ -83,19 +73,9 @@ pub fn add_to_file(path: &Path, name: &str, role: Role, hash: &str) -> Result<Us
 /// # Errors
 /// No such user, or the file cannot be read or written.
 pub fn del_from_file(path: &Path, name: &str) -> Result<UserReport, String> {
-    let mut users = Users::load(path).map_err(|e| format!("{e}; nothing changed"))?;
-    users
-        .remove(name)
-        .map_err(|e| format!("{e}; nothing changed"))?;
-    users
-        .save(path)
-        .map_err(|e| format!("{e}; nothing changed"))?;
-    Ok(UserReport {
-        name: name.to_owned(),
-        change: "removed".into(),
-        role: None,
-        users_file: path.display().to_string(),
-    })
+    users::remove_from_file(path, name)
+        .map(|_| UserReport::removed(name, path))
+        .map_err(|e| format!("{e}; nothing changed"))
 }
 
 /// The line `lbctl user` prints.

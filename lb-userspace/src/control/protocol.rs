@@ -168,6 +168,30 @@ pub struct UserReport {
     pub users_file: String,
 }
 
+impl UserReport {
+    /// `name` added as `role` (`before`: the role it had, if it existed).
+    #[must_use]
+    pub fn added(name: &str, before: Option<Role>, role: Role, file: &std::path::Path) -> Self {
+        Self {
+            name: name.to_owned(),
+            change: if before.is_some() { "updated" } else { "added" }.into(),
+            role: Some(role),
+            users_file: file.display().to_string(),
+        }
+    }
+
+    /// `name` removed.
+    #[must_use]
+    pub fn removed(name: &str, file: &std::path::Path) -> Self {
+        Self {
+            name: name.to_owned(),
+            change: "removed".into(),
+            role: None,
+            users_file: file.display().to_string(),
+        }
+    }
+}
+
 /// Marks the reply type of each request, so a client asks for the right one.
 pub trait Response: DeserializeOwned {}
 impl Response for StatusReport {}

@@ -22,7 +22,7 @@ use crate::{
         routes::Console,
         server,
         tls::Identity,
-        users::{Role, Users},
+        users::{self, Role, Users},
         Action, Call, Overview, Preview,
     },
 };
@@ -343,13 +343,7 @@ impl Daemon {
         actor: &Actor,
     ) -> Result<Answer, String> {
         let path = self.users_file()?;
-        let mut users = Users::load(&path).map_err(|e| format!("{e}; nothing changed"))?;
-        let before = users.get(name).map(|u| u.role);
-        let added = users
-            .set(name, role, hash)
-            .map_err(|e| format!("{e}; nothing changed"))?;
-        users
-            .save(&path)
+        let before = users::add_to_file(&path, name, role, hash)
             .map_err(|e| format!("{e}; nothing changed"))?;
         self.end_sessions(name);
         self.audit.record(
@@ -358,37 +352,22 @@ impl Daemon {
             &before.map_or(serde_json::Value::Null, |r| serde_json::json!({"role": r})),
             &serde_json::json!({"role": role}),
         );
-        Ok(Answer::User(UserReport {
-            name: name.to_owned(),
-            change: if added { "added" } else { "updated" }.into(),
-            role: Some(role),
-            users_file: path.display().to_string(),
-        }))
+        Ok(Answer::User(UserReport::added(name, before, role, &path)))
     }
 
     /// `lbctl user del`.
     pub(super) fn user_del(&mut self, name: &str, actor: &Actor) -> Result<Answer, String> {
         let path = self.users_file()?;
-        let mut users = Users::load(&path).map_err(|e| format!("{e}; nothing changed"))?;
-        let gone = users
-            .remove(name)
-            .map_err(|e| format!("{e}; nothing changed"))?;
-        users
-            .save(&path)
-            .map_err(|e| format!("{e}; nothing changed"))?;
+        let gone =
+            users::remove_from_file(&path, name).map_err(|e| format!("{e}; nothing changed"))?;
         self.end_sessions(name);
         self.audit.record(
             actor,
             &format!("user del {name}"),
-            &serde_json::json!({"role": gone.role}),
+            &serde_json::json!({"role": gone}),
             &serde_json::Value::Null,
         );
-        Ok(Answer::User(UserReport {
-            name: name.to_owned(),
-            change: "removed".into(),
-            role: None,
-            users_file: path.display().to_string(),
-        }))
+        Ok(Answer::User(UserReport::removed(name, &path)))
     }
 
     fn users_file(&self) -> Result<std::path::PathBuf, String> {

@@ -325,6 +325,37 @@ impl Users {
     }
 }
 
+/// Adds `name` to the users file at `path`, or sets its role and hash;
+/// the role it had before (`None`: a new user). Written atomically, mode
+/// 0600; on any error the file is unchanged.
+///
+/// # Errors
+/// A bad name or hash, or a file that cannot be read (or others may read) or
+/// written.
+pub fn add_to_file(
+    path: &Path,
+    name: &str,
+    role: Role,
+    hash: &str,
+) -> Result<Option<Role>, UsersError> {
+    let mut users = Users::load(path)?;
+    let before = users.get(name).map(|u| u.role);
+    users.set(name, role, hash)?;
+    users.save(path)?;
+    Ok(before)
+}
+
+/// Removes `name` from the users file at `path`; the role it had.
+///
+/// # Errors
+/// No such user, or a file that cannot be read or written.
+pub fn remove_from_file(path: &Path, name: &str) -> Result<Role, UsersError> {
+    let mut users = Users::load(path)?;
+    let gone = users.remove(name)?;
+    users.save(path)?;
+    Ok(gone.role)
+}
+
 /// The hash of a random password nobody knows, with the default
 /// parameters: checked against for unknown names.
 const DUMMY_HASH: &str =
