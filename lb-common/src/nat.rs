@@ -28,6 +28,25 @@ pub const MAX_EGRESS_INTERFACES: u32 = 64;
 /// same port).
 pub const SNAT_PORT_TRIES: u32 = 8;
 
+/// A SNAT port whose connection both sides have closed (FIN both ways, or
+/// a reset) is taken for a new connection once the connection's frames
+/// have stopped this long, rather than after the closed state's 10 s: by
+/// then the last ACK and any repeated FIN have passed, and at a high rate
+/// of short connections the 10 s would hold more ports than the range has
+/// (a refused SYN costs its client a second).
+pub const SNAT_RECLAIM_AFTER_NS: u64 = 2_000_000_000;
+
+/// How many of the [`SNAT_PORT_TRIES`] take the server's next port in order
+/// (the rest are random, so a run of taken ports, such as the peer's
+/// connections after a takeover, costs no refusal). In order, a port
+/// comes back to the same server as late as the range allows: a server
+/// that closed the port's last connection first holds it in TIME_WAIT
+/// (60 s on Linux, up to 4 min on Windows) and, while it does, refuses
+/// about half the new SYNs from it (those whose sequence number or
+/// timestamp reads earlier than the last connection's). Random ports come
+/// back at random, so some always come back within the TIME_WAIT.
+pub const SNAT_PORT_TRIES_IN_ORDER: u32 = 4;
+
 /// Key of the connection table: a frame's 5-tuple as it arrives.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -186,10 +205,13 @@ pub enum NatNote {
     /// An ICMP error about a tracked connection's packet was translated
     /// and sent to the other side of the connection.
     IcmpTranslated,
+    /// A SNAT port was taken from a connection both sides closed at least
+    /// [`SNAT_RECLAIM_AFTER_NS`] ago, before its entries expired.
+    PortReclaimed,
 }
 
 /// Number of [`NatNote`] counters.
-pub const NAT_NOTE_COUNT: u32 = NatNote::IcmpTranslated as u32 + 1;
+pub const NAT_NOTE_COUNT: u32 = NatNote::PortReclaimed as u32 + 1;
 
 impl NatNote {
     /// Every note, in counter order.
@@ -207,6 +229,7 @@ impl NatNote {
         NatNote::NoConnection,
         NatNote::Redirected,
         NatNote::IcmpTranslated,
+        NatNote::PortReclaimed,
     ];
 
     /// The metric label.
@@ -226,6 +249,7 @@ impl NatNote {
             NatNote::NoConnection => "nat_no_connection",
             NatNote::Redirected => "nat_redirected",
             NatNote::IcmpTranslated => "nat_icmp_translated",
+            NatNote::PortReclaimed => "nat_port_reclaimed",
         }
     }
 }

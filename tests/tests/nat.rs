@@ -349,6 +349,136 @@ fn unknown_frames_to_the_snat_address_go_to_the_kernel_and_ports_run_out_cleanly
     });
 }
 
+/// SNAT ports go round the range in order, per server: a port freed comes
+/// back only after the others (a server may still hold its last
+/// connection in TIME_WAIT), and a taken one is passed over.
+#[test]
+fn snat_ports_go_round_the_range_in_order_and_a_freed_one_comes_back_last() {
+    let ns = netns("order");
+    let egress = egress(&ns);
+    in_ns(&ns, |_| {
+        let mut h = Harness::new(&egress, Some((2000, 4)));
+        let syn = |sport: u16| {
+            FrameSpec {
+                sport,
+                ..client_frame(443, 0x02)
+            }
+            .build()
+        };
+        let mut open = |h: &mut Harness, sport: u16| {
+            let (verdict, _) = h.run(&syn(sport));
+            assert_eq!(verdict, XDP_REDIRECT, "SYN from port {sport}");
+            u16::from_be(h.connection(CLIENT, sport).sport)
+        };
+        let ports: Vec<u16> = (40_000..40_003).map(|p| open(&mut h, p)).collect();
+        assert_eq!(ports, [2000, 2001, 2002], "in order");
+
+        // The connection on 2001 is reset, and swept once expired.
+        let reset = FrameSpec {
+            sport: 40_001,
+            ..client_frame(443, 0x04)
+        };
+        assert_eq!(h.run(&reset.build()).0, XDP_REDIRECT);
+        let table = h.balancer.maps().nat().conn_table();
+        let swept = table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .sweep(lb_userspace::monotonic_ns() + 11_000_000_000)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(swept.removed, 2, "the reset connection's entries");
+
+        assert_eq!(
+            open(&mut h, 40_003),
+            2003,
+            "the next one, not the freed one"
+        );
+        assert_eq!(h.note(NatNote::PortCollision), 0);
+        assert_eq!(
+            open(&mut h, 40_004),
+            2001,
+            "round again: 2000 is taken and passed over, 2001 is free"
+        );
+        assert_eq!(h.note(NatNote::PortCollision), 1);
+    });
+}
+
+/// A SNAT port is taken again from a connection both sides have closed
+/// once it has been quiet for `SNAT_RECLAIM_AFTER_NS` (2 s), not after
+/// the closed state's 10 s; never from one that is open or closed just now.
+#[test]
+fn a_closed_connections_snat_port_is_taken_again_after_two_quiet_seconds() {
+    let ns = netns("reclaim");
+    let egress = egress(&ns);
+    in_ns(&ns, |_| {
+        // One port: each connection needs the last one's.
+        let mut h = Harness::new(&egress, Some((2000, 1)));
+        let from = |sport: u16, flags: u8| {
+            FrameSpec {
+                sport,
+                ..client_frame(443, flags)
+            }
+            .build()
+        };
+        let forward = |h: &mut Harness, frame: Vec<u8>| {
+            let (verdict, _) = h.run(&frame);
+            assert_eq!(verdict, XDP_REDIRECT);
+        };
+        // Make every entry look `secs` older.
+        let age = |h: &Harness, secs: u64| {
+            let table = h.balancer.maps().nat().conn_table();
+            let mut table = table
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let older: Vec<(ConnKey, Conn)> = table
+                .entries()
+                .unwrap_or_else(|e| panic!("{e}"))
+                .into_iter()
+                .map(|(k, c)| {
+                    let last_seen_ns = c.last_seen_ns.saturating_sub(secs * 1_000_000_000);
+                    (k, Conn { last_seen_ns, ..c })
+                })
+                .collect();
+            table.install(&older).unwrap_or_else(|e| panic!("{e}"));
+        };
+
+        // An open connection holds its port, however quiet.
+        forward(&mut h, from(40_000, 0x02));
+        forward(&mut h, server_frame(RS1, 8443, SNAT, 2000, 0x12).build());
+        forward(&mut h, from(40_000, 0x10));
+        age(&h, 3);
+        assert_eq!(h.run(&from(40_001, 0x02)).0, XDP_DROP, "open: not taken");
+
+        // Closed both ways just now: still held.
+        forward(&mut h, from(40_000, 0x11));
+        forward(&mut h, server_frame(RS1, 8443, SNAT, 2000, 0x11).build());
+        assert_eq!(h.connection(CLIENT, 40_000).state, CONN_CLOSED);
+        assert_eq!(h.run(&from(40_001, 0x02)).0, XDP_DROP, "closed just now");
+        assert_eq!(h.note(NatNote::PortsExhausted), 2);
+        assert_eq!(h.note(NatNote::PortReclaimed), 0);
+
+        // Quiet for 3 s: the new connection takes the port, and the old
+        // connection's entries are gone.
+        age(&h, 3);
+        forward(&mut h, from(40_001, 0x02));
+        assert_eq!(u16::from_be(h.connection(CLIENT, 40_001).sport), 2000);
+        assert_eq!(h.note(NatNote::PortReclaimed), 1);
+        let table = h.balancer.maps().nat().conn_table();
+        let entries = table
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entries()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(entries.len(), 2, "only the new connection's two entries");
+
+        // A reset from one side ends a connection as well.
+        forward(&mut h, from(40_001, 0x04));
+        age(&h, 3);
+        forward(&mut h, from(40_002, 0x02));
+        assert_eq!(u16::from_be(h.connection(CLIENT, 40_002).sport), 2000);
+        assert_eq!(h.note(NatNote::PortReclaimed), 2);
+    });
+}
+
 #[test]
 fn a_connection_outlives_a_drain_and_a_halted_server_takes_none() {
     let ns = netns("drain");

@@ -19,7 +19,7 @@ impl RunResult {
             "p50_us": self.p50_us, "p99_us": self.p99_us,
             "machine_cpu_s": self.machine_cpu_s, "lb_cpu_s": self.lb_cpu_s,
             "xdp_cpu_s": self.xdp_cpu_s, "process_cpu_s": self.process_cpu_s,
-            "load_after": self.load_after,
+            "syn_retransmits": self.syn_retransmits, "load_after": self.load_after,
         })
     }
 }

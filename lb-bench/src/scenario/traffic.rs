@@ -130,8 +130,13 @@ impl BenchLab {
         self.runs += 1;
         let log = self.lab.dir().join(format!("wrk-{}.out", self.runs));
         let before = Self::cpu_sample(active);
+        let retransmits_before = syn_retransmits(self.lab.client_ns());
         let status = run_bounded(&mut cmd, Duration::from_secs(secs + 15), &log)?;
         let after = Self::cpu_sample(active);
+        let syn_retransmits = match (retransmits_before, syn_retransmits(self.lab.client_ns())) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        };
         let text = fs::read_to_string(&log).unwrap_or_default();
         if !status.success() {
             bail!("wrk against {} failed ({status}): {text}", system.name());
@@ -177,9 +182,26 @@ impl BenchLab {
             lb_cpu_s,
             xdp_cpu_s: xdp_s,
             process_cpu_s: proc_s,
+            syn_retransmits,
             load_after: None,
         })
     }
+}
+
+/// The SYN retransmissions counted in namespace `ns` so far.
+fn syn_retransmits(ns: &str) -> Option<u64> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/net/netstat"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut tcp_ext = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (tcp_ext.next()?, tcp_ext.next()?);
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "TCPSynRetrans")
+        .and_then(|(_, value)| value.parse().ok())
 }
 
 /// One wrk run.
@@ -197,6 +219,10 @@ pub(crate) struct RunResult {
     pub(crate) lb_cpu_s: Option<f64>,
     pub(crate) xdp_cpu_s: Option<f64>,
     pub(crate) process_cpu_s: Option<f64>,
+    /// SYNs the clients sent again during the run (`TcpExtTCPSynRetrans`):
+    /// connections that waited a second or more to be accepted, as when a
+    /// server refuses a SYN for a port it holds in TIME_WAIT.
+    pub(crate) syn_retransmits: Option<u64>,
     /// The machine's 1-minute load average when the run ended.
     pub(crate) load_after: Option<f64>,
 }
@@ -266,12 +292,13 @@ pub(crate) fn traffic(
                         .next()
                         .and_then(|l| l.parse().ok());
                     eprintln!(
-                        "bench:   {:<18} {:>9.0}/s  p50 {:>6.0} us  p99 {:>6.0} us  errors {}",
+                        "bench:   {:<18} {:>9.0}/s  p50 {:>6.0} us  p99 {:>6.0} us  errors {}  SYN retransmits {}",
                         workload.key(),
                         r.rate(),
                         r.p50_us,
                         r.p99_us,
-                        r.errors
+                        r.errors,
+                        r.syn_retransmits.map_or_else(|| "?".into(), |n| n.to_string())
                     );
                     runs.push((round, r));
                 }

@@ -160,14 +160,20 @@ impl ConnTable {
     /// # Errors
     /// When the map cannot be read.
     pub fn connections(&self) -> Result<Vec<(ConnKey, Conn)>> {
-        let mut out = Vec::new();
-        for item in &self.0 {
-            let (key, conn) = item.map_err(map_error("CONNS"))?;
-            if conn.reply == 0 {
-                out.push((key, conn));
-            }
-        }
+        let mut out = self.entries()?;
+        out.retain(|(_, conn)| conn.reply == 0);
         Ok(out)
+    }
+
+    /// Every entry, both directions.
+    ///
+    /// # Errors
+    /// When the map cannot be read.
+    pub fn entries(&self) -> Result<Vec<(ConnKey, Conn)>> {
+        self.0
+            .iter()
+            .map(|item| item.map_err(map_error("CONNS")))
+            .collect()
     }
 
     /// Removes the connections that have expired at `now_ns` (both entries
