@@ -40,11 +40,11 @@ pub const SNAT_RECLAIM_AFTER_NS: u64 = 2_000_000_000;
 /// (the rest are random, so a run of taken ports, such as the peer's
 /// connections after a takeover, costs no refusal). In order, a port
 /// comes back to the same server as late as the range allows: a server
-/// that closed the port's last connection first holds it in TIME_WAIT
+/// that closed the port's last connection first holds it in TIME-WAIT
 /// (60 s on Linux, up to 4 min on Windows) and, while it does, refuses
 /// about half the new SYNs from it (those whose sequence number or
 /// timestamp reads earlier than the last connection's). Random ports come
-/// back at random, so some always come back within the TIME_WAIT.
+/// back at random, so some always come back within the TIME-WAIT.
 pub const SNAT_PORT_TRIES_IN_ORDER: u32 = 4;
 
 /// Key of the connection table: a frame's 5-tuple as it arrives.

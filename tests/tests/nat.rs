@@ -351,7 +351,7 @@ fn unknown_frames_to_the_snat_address_go_to_the_kernel_and_ports_run_out_cleanly
 
 /// SNAT ports go round the range in order, per server: a port freed comes
 /// back only after the others (a server may still hold its last
-/// connection in TIME_WAIT), and a taken one is passed over.
+/// connection in TIME-WAIT), and a taken one is passed over.
 #[test]
 fn snat_ports_go_round_the_range_in_order_and_a_freed_one_comes_back_last() {
     let ns = netns("order");
@@ -365,7 +365,7 @@ fn snat_ports_go_round_the_range_in_order_and_a_freed_one_comes_back_last() {
             }
             .build()
         };
-        let mut open = |h: &mut Harness, sport: u16| {
+        let open = |h: &mut Harness, sport: u16| {
             let (verdict, _) = h.run(&syn(sport));
             assert_eq!(verdict, XDP_REDIRECT, "SYN from port {sport}");
             u16::from_be(h.connection(CLIENT, sport).sport)

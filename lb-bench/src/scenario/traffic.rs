@@ -220,8 +220,8 @@ pub(crate) struct RunResult {
     pub(crate) xdp_cpu_s: Option<f64>,
     pub(crate) process_cpu_s: Option<f64>,
     /// SYNs the clients sent again during the run (`TcpExtTCPSynRetrans`):
-    /// connections that waited a second or more to be accepted, as when a
-    /// server refuses a SYN for a port it holds in TIME_WAIT.
+    /// a first SYN dropped (a second's wait) or refused, as by a server
+    /// holding the port in TIME-WAIT (a reset and a prompt retry).
     pub(crate) syn_retransmits: Option<u64>,
     /// The machine's 1-minute load average when the run ended.
     pub(crate) load_after: Option<f64>,
