@@ -19,7 +19,8 @@
 //! on a hit the frame costs no hash-table lookup and no clock read.
 //!
 //! Modules: `parse` (what a frame is), `cache` (the flow cache), `count`
-//! (counters); here: the maps, the lookups and the pipeline.
+//! (counters), `nat` and `snat` (NAT and SNAT forwarding); here: the maps,
+//! the lookups and the pipeline.
 #![no_std]
 #![no_main]
 // The BPF target has no compare-and-swap, so `core::sync::atomic` offers no
@@ -34,6 +35,7 @@ mod census;
 mod count;
 mod nat;
 mod parse;
+mod snat;
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 

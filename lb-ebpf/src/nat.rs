@@ -7,11 +7,10 @@
 //! (online or drained: a connection outlives a drain and the persistence
 //! timeout). Otherwise the server is chosen as for direct routing (affinity,
 //! else the ring) and a connection is tracked: its reply entry first (for
-//! SNAT with a port of its own: the server's next one in order, taken
-//! with an atomic insert, so two CPUs never share one), then its client
-//! entry. A connection whose server is halted, down or gone is replaced by
-//! a new one on another server, which answers a frame of a connection it
-//! does not know with a reset: the client reconnects at once instead of
+//! SNAT with a port of its own, see `snat`), then its client entry. A
+//! connection whose server is halted, down or gone is replaced by a new
+//! one on another server, which answers a frame of a connection it does
+//! not know with a reset: the client reconnects at once instead of
 //! waiting for its timeouts.
 //!
 //! A frame that is not for a service is looked up as a server's reply; a
@@ -21,10 +20,8 @@
 //! `lb_common::nat` for the table's layout.
 
 use aya_ebpf::{
-    bindings::{
-        bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_F_NO_PREALLOC, BPF_NOEXIST,
-    },
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_jiffies64, bpf_ktime_get_ns},
+    bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_F_NO_PREALLOC},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_jiffies64, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, DevMapHash, HashMap, PerCpuArray},
     programs::XdpContext,
@@ -33,8 +30,7 @@ use lb_common::{
     nat::{
         conn_is_live, Conn, ConnKey, NatCounters, NatNote, NatReal, NatService, CONN_CLOSED,
         CONN_ESTABLISHED, CONN_FIN, CONN_FRESH_JIFFIES, CONN_SYN, CONN_UDP, FORWARDING_SNAT,
-        MAX_CONN_ENTRIES, MAX_EGRESS_INTERFACES, SNAT_PORT_TRIES, SNAT_PORT_TRIES_IN_ORDER,
-        SNAT_RECLAIM_AFTER_NS,
+        MAX_CONN_ENTRIES, MAX_EGRESS_INTERFACES,
     },
     Reason, Service, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, MAX_REALS, MAX_SERVICES,
     REAL_F_KEEP_CLIENTS,
@@ -45,25 +41,19 @@ use crate::{
         ptr_at, EthHdr, Frame, Ipv4Hdr, MacWords, Ports, ETH_HDR_LEN, ICMP_HDR_LEN, TCP_ACK,
         TCP_FIN, TCP_RST, TCP_SYN,
     },
-    REALS,
+    snat, REALS,
 };
 
 /// Tracked connections, both directions (see the module doc). Written here
 /// for new connections and their state; lbd removes expired ones. Not
 /// preallocated: a node without NAT services pays nothing for it.
 #[map]
-static CONNS: HashMap<ConnKey, Conn> =
+pub(crate) static CONNS: HashMap<ConnKey, Conn> =
     HashMap::with_max_entries(MAX_CONN_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// NAT settings by service id (SNAT address, port range). Written by lbd.
 #[map]
 static NAT_SERVICES: Array<NatService> = Array::with_max_entries(MAX_SERVICES, 0);
-
-/// The next SNAT port to offer each real server, by real-server index: a
-/// counter, so a service's ports go round its range in order and a port comes back to the same server only after all
-/// the others (see [`track`]). Written here only.
-#[map]
-static SNAT_CURSORS: Array<u32> = Array::with_max_entries(MAX_REALS, 0);
 
 /// NAT settings by real-server index (the server's port). Written by lbd.
 #[map]
@@ -127,7 +117,7 @@ const TCP_CHECK: usize = 16;
 const UDP_CHECK: usize = 6;
 
 #[inline(always)]
-fn note(n: NatNote) {
+pub(crate) fn note(n: NatNote) {
     if let Some(c) = NAT_NOTES.get_ptr_mut(0) {
         // SAFETY: this CPU's slot, valid for this run.
         unsafe { (*c).counts[n as usize] += 1 };
@@ -172,7 +162,7 @@ impl ConnClock {
     }
 
     #[inline(always)]
-    fn ns() -> u64 {
+    pub(crate) fn ns() -> u64 {
         // SAFETY: a helper without arguments.
         unsafe { bpf_ktime_get_ns() }
     }
@@ -266,44 +256,6 @@ fn keeps_clients(conn: &Conn) -> bool {
     matches!(REALS.get(conn.real), Some(r) if r.address == conn.dst && r.flags & REAL_F_KEEP_CLIENTS != 0)
 }
 
-/// Frees the SNAT port of the reply entry at `reply` if its connection is
-/// over: closed (by FIN both ways, or a reset from either side), and no
-/// frame of it for at least [`SNAT_RECLAIM_AFTER_NS`]. Both entries are
-/// removed (the client's only while it still names this port). Returns
-/// whether the port is free.
-#[inline(always)]
-fn reclaim(reply: &ConnKey, protocol: u8) -> bool {
-    // SAFETY: the map value is copied out at once.
-    let Some(old) = (unsafe { CONNS.get(reply) }).copied() else {
-        return true;
-    };
-    if old.reply != 1 {
-        return false;
-    }
-    let now = ConnClock::ns();
-    let quiet = |c: &Conn| now.saturating_sub(c.last_seen_ns) >= SNAT_RECLAIM_AFTER_NS;
-    let client_key = old.reverse_key(protocol);
-    // SAFETY: as above.
-    let client = (unsafe { CONNS.get(&client_key) })
-        .copied()
-        .filter(|c| c.src == reply.dst && c.sport == reply.dport);
-    let (closed, quiet) = match &client {
-        Some(c) => (
-            old.state == CONN_CLOSED || c.state == CONN_CLOSED,
-            quiet(&old) && quiet(c),
-        ),
-        None => (old.state == CONN_CLOSED, quiet(&old)),
-    };
-    if !closed || !quiet {
-        return false;
-    }
-    if client.is_some() {
-        let _ = CONNS.remove(&client_key);
-    }
-    let _ = CONNS.remove(reply);
-    true
-}
-
 /// Tracks a new connection of `key` to real server `real`; returns its
 /// client entry.
 #[inline(always)]
@@ -359,51 +311,10 @@ pub fn track(
     };
     if service.forwarding == FORWARDING_SNAT {
         let nat = NAT_SERVICES.get(service.id).ok_or(Reason::DropInternal)?;
-        if nat.port_count == 0 {
-            return Err(Reason::DropInternal);
-        }
         out.src = nat.snat_address;
         reply.dst = nat.snat_address;
-        let cursor = SNAT_CURSORS.get_ptr_mut(real);
-        let mut taken = false;
-        for i in 0..SNAT_PORT_TRIES {
-            let n = match cursor {
-                // Read and written back, not fetched and added atomically
-                // (an instruction the BPF instruction set built for lacks):
-                // two CPUs may read the same number, and the insert below
-                // gives the port to one of them; the other goes on.
-                // SAFETY: a value pointer into an array map, valid for this
-                // run; an aligned 4-byte access never tears.
-                Some(c) if i < SNAT_PORT_TRIES_IN_ORDER => unsafe {
-                    let n = core::ptr::read_volatile(c);
-                    core::ptr::write_volatile(c, n.wrapping_add(1));
-                    n
-                },
-                // SAFETY: a helper without arguments.
-                _ => unsafe { bpf_get_prandom_u32() },
-            };
-            let offset = n % u32::from(nat.port_count);
-            let port = (u32::from(nat.port_lo) + offset) as u16;
-            reply.dport = port.to_be();
-            if CONNS.insert(&reply, &back, u64::from(BPF_NOEXIST)).is_ok() {
-                out.sport = reply.dport;
-                taken = true;
-                break;
-            }
-            if reclaim(&reply, key.protocol)
-                && CONNS.insert(&reply, &back, u64::from(BPF_NOEXIST)).is_ok()
-            {
-                note(NatNote::PortReclaimed);
-                out.sport = reply.dport;
-                taken = true;
-                break;
-            }
-            note(NatNote::PortCollision);
-        }
-        if !taken {
-            note(NatNote::PortsExhausted);
-            return Err(Reason::DropInternal);
-        }
+        reply.dport = snat::take_port(&reply, &back, real, &nat)?;
+        out.sport = reply.dport;
     } else if CONNS.insert(&reply, &back, 0).is_err() {
         note(NatNote::TableFull);
         return Err(Reason::DropInternal);
