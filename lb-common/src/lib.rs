@@ -151,6 +151,19 @@ pub struct VipProtocol {
     pub pad: [u8; 3],
 }
 
+impl VipProtocol {
+    /// A key with its padding zeroed (written out, as in
+    /// [`nat::ConnKey::new`], so the BPF target makes no `memset` call).
+    #[must_use]
+    pub const fn new(vip: u32, protocol: u8) -> Self {
+        Self {
+            vip,
+            protocol,
+            pad: [0, 0, 0],
+        }
+    }
+}
+
 /// Entries of the fragments map: one per VIP and protocol.
 pub const MAX_FRAGMENT_TARGETS: u32 = MAX_SERVICES;
 

@@ -99,19 +99,31 @@ pub struct Conn {
 /// again): at most 1 s at `HZ=100`, well inside the shortest timeout (10 s).
 pub const CONN_FRESH_JIFFIES: u32 = 100;
 
+impl ConnKey {
+    /// A key with its padding zeroed.
+    ///
+    /// The padding is written as `[0, 0, 0]`: for the BPF target, the
+    /// repeat form `[0; 3]` becomes a call of `memset`, a function of its
+    /// own, on every frame that builds a key.
+    #[must_use]
+    pub const fn new(src: u32, dst: u32, sport: u16, dport: u16, protocol: u8) -> Self {
+        Self {
+            src,
+            dst,
+            sport,
+            dport,
+            protocol,
+            pad: [0, 0, 0],
+        }
+    }
+}
+
 impl Conn {
     /// The key of the other direction's entry: the 5-tuple this direction's
     /// frames leave with, reversed (the frames the other side sends back).
     #[must_use]
     pub const fn reverse_key(&self, protocol: u8) -> ConnKey {
-        ConnKey {
-            src: self.dst,
-            dst: self.src,
-            sport: self.dport,
-            dport: self.sport,
-            protocol,
-            pad: [0; 3],
-        }
+        ConnKey::new(self.dst, self.src, self.dport, self.sport, protocol)
     }
 }
 

@@ -334,20 +334,21 @@ fn rewrite_macs(ctx: &XdpContext, dst: MacWords, src: MacWords) -> Result<(), Re
 
 // ----------------------------------------------------------------- pipeline
 
-/// The program attached to `node.interface`.
+/// The program attached to `node.interface`. Inlined into the entry point
+/// the macro wraps it in: as a function of its own it would cost every
+/// frame a BPF-to-BPF call.
 #[xdp]
+#[inline(always)]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let tally = Tally::this_cpu();
-    if let Some(arp) = answer_arp(&ctx) {
-        let (action, reason) = match arp {
-            Ok(()) => (xdp_action::XDP_TX, Reason::ArpAnswered),
-            Err(reason) => (xdp_action::XDP_PASS, reason),
-        };
-        tally.count_verdict(reason);
-        return action;
-    }
     let (action, reason) = match try_lb_xdp(&ctx, tally) {
         Ok(action) => (action, Reason::Forwarded),
+        // Looked at only now, so an IPv4 frame does not pay for it.
+        Err(Reason::PassNotIpv4) => match answer_arp(&ctx) {
+            Some(Ok(())) => (xdp_action::XDP_TX, Reason::ArpAnswered),
+            Some(Err(reason)) => (xdp_action::XDP_PASS, reason),
+            None => (xdp_action::XDP_PASS, Reason::PassNotIpv4),
+        },
         Err(reason) => {
             let action = match reason {
                 Reason::DropNoReal
@@ -383,11 +384,7 @@ fn try_lb_xdp(ctx: &XdpContext, tally: Tally) -> Result<u32, Reason> {
     match frame.kind {
         FrameKind::Datagram { .. } => {}
         FrameKind::Fragment => {
-            let target = VipProtocol {
-                vip: frame.key.vip,
-                protocol: frame.key.protocol,
-                pad: [0; 3],
-            };
+            let target = VipProtocol::new(frame.key.vip, frame.key.protocol);
             // SAFETY: the map value is only read here.
             frame.key.port = *unsafe { FRAGMENTS.get(&target) }.ok_or(Reason::PassFragment)?;
         }

@@ -214,14 +214,13 @@ fn follow(entry: *mut Conn, conn: &Conn, protocol: u8, flags: u8, clock: ConnClo
 /// The 5-tuple of a client's frame as it arrives.
 #[inline(always)]
 pub fn client_key(frame: &Frame) -> ConnKey {
-    ConnKey {
-        src: frame.client,
-        dst: frame.key.vip,
-        sport: frame.sport,
-        dport: frame.key.port,
-        protocol: frame.key.protocol,
-        pad: [0; 3],
-    }
+    ConnKey::new(
+        frame.client,
+        frame.key.vip,
+        frame.sport,
+        frame.key.port,
+        frame.key.protocol,
+    )
 }
 
 /// A client's frame for a NAT or SNAT service: its tracked connection, if
@@ -301,14 +300,7 @@ pub fn track(
         service_id: service.id as u16,
         seen_jiffies: clock.jiffies,
     };
-    let mut reply = ConnKey {
-        src: target.address,
-        dst: key.src,
-        sport: port,
-        dport: key.sport,
-        protocol: key.protocol,
-        pad: [0; 3],
-    };
+    let mut reply = ConnKey::new(target.address, key.src, port, key.sport, key.protocol);
     if service.forwarding == FORWARDING_SNAT {
         let nat = NAT_SERVICES.get(service.id).ok_or(Reason::DropInternal)?;
         out.src = nat.snat_address;
@@ -548,6 +540,15 @@ fn egress(ctx: &XdpContext, src: u32, dst: u32, protocol: u8) -> Result<u32, Rea
     leave(ctx, ingress, ifindex, dmac, smac)
 }
 
+/// The FIB lookup's parameter block, or the words it is zeroed by.
+#[repr(C)]
+union FibParams {
+    words: [u64; 8],
+    params: bpf_fib_lookup,
+}
+
+const _: () = assert!(core::mem::size_of::<FibParams>() == core::mem::size_of::<bpf_fib_lookup>());
+
 /// Asks the kernel's routing table the way to `dst`: the interface and the
 /// MAC addresses; `None` while the next hop's MAC is not known; `Err`: no
 /// route (dropped).
@@ -559,8 +560,18 @@ fn fib(
     dst: u32,
     protocol: u8,
 ) -> Result<Option<(u32, MacWords, MacWords)>, Reason> {
+    // Zeroed by eight volatile word stores: `mem::zeroed()`, or plain
+    // stores LLVM merges back into one, becomes a call of `memset` (a
+    // byte loop in a function of its own) for the BPF target.
+    let mut zeroed = FibParams { words: [0; 8] };
+    // SAFETY: `words` is the field just written; each store is in bounds.
+    unsafe {
+        for word in &mut zeroed.words {
+            core::ptr::write_volatile(word, 0);
+        }
+    }
     // SAFETY: all-zero is a valid value of this plain C struct.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    let params = unsafe { &mut zeroed.params };
     params.family = AF_INET;
     params.l4_protocol = protocol;
     params.ifindex = ingress;
@@ -570,7 +581,7 @@ fn fib(
     let rc = unsafe {
         fib_lookup(
             ctx.ctx.cast(),
-            &raw mut params,
+            &raw mut *params,
             core::mem::size_of::<bpf_fib_lookup>() as i32,
             0,
         )

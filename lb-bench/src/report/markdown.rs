@@ -312,9 +312,20 @@ pub(super) fn markdown(found: &Findings) -> (String, Vec<Target>) {
                     at_least: false,
                 });
             }
+            if let Some(ack) = find("lbd new ACK (single)") {
+                targets.push(Target {
+                    what: "XDP new client's handshake ACK (insert) / XDP_TX floor, single-shot"
+                        .into(),
+                    value: Some(ack.ratio),
+                    bound: 5.0,
+                    at_least: false,
+                });
+            }
             if let Some(miss) = find("lbd miss (single)") {
                 targets.push(Target {
-                    what: "XDP new client / XDP_TX floor, single-shot".into(),
+                    what:
+                        "XDP new client, first frame an ACK, cold table / XDP_TX floor, single-shot"
+                            .into(),
                     value: Some(miss.ratio),
                     bound: 5.0,
                     at_least: false,

@@ -130,7 +130,7 @@ fn loaded_product() -> Result<(Program, Balancer<EbpfMaps>)> {
     if Program::object().is_empty() {
         bail!("this lb-bench was built without the XDP object: run `cargo xtask build`");
     }
-    let mut program = Program::load_bytes(Program::object()).map_err(|e| anyhow!("{e}"))?;
+    let mut program = Program::load_bytes(product_object()?).map_err(|e| anyhow!("{e}"))?;
     let maps = program.take_maps().map_err(|e| anyhow!("{e}"))?;
     let mut balancer = Balancer::new(maps, LB_MAC).map_err(|e| anyhow!("{e}"))?;
     let config = Config::from_yaml(&small_config(), "bench.yaml").map_err(|e| anyhow!("{e}"))?;
@@ -146,6 +146,20 @@ fn loaded_product() -> Result<(Program, Balancer<EbpfMaps>)> {
         .disable_flow_cache(uncached)
         .map_err(|e| anyhow!("{e}"))?;
     Ok((program, balancer))
+}
+
+/// The `lb_xdp` object to time: the one built into this binary, or the
+/// file `LB_BENCH_OBJECT` names (a build to compare, timed beside the same
+/// floor and bare forwarder without rebuilding the bench).
+fn product_object() -> Result<&'static [u8]> {
+    match std::env::var_os("LB_BENCH_OBJECT") {
+        Some(path) => {
+            let bytes = fs::read(&path)
+                .with_context(|| format!("reading LB_BENCH_OBJECT {}", path.to_string_lossy()))?;
+            Ok(Box::leak(bytes.into_boxed_slice()))
+        }
+        None => Ok(Program::object()),
+    }
 }
 
 /// `bench-floor` loaded into the kernel.
@@ -170,12 +184,18 @@ pub(crate) fn packet_costs(quick: bool) -> Result<Vec<PacketCost>> {
     let syn = FrameSpec::tcp(LB_MAC, client, vip, HTTP_PORT).build();
     let uncached_syn = FrameSpec::tcp(LB_MAC, client, vip, UNCACHED_PORT).build();
     let other = FrameSpec::tcp(LB_MAC, client, Ipv4Addr::new(198, 18, 0, 10), 22).build();
-    // New clients from 198.19.0.0/16, each an ACK (a bare SYN is not remembered).
-    let miss_frames: Vec<Vec<u8>> = (0..singles)
-        .map(|i| {
-            let source = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + i);
-            FrameSpec::tcp(LB_MAC, source, vip, HTTP_PORT).build()
-        })
+    // New clients from 198.19.0.0/16. The first half opens as TCP does: a
+    // SYN (looked up, placed by the ring, not remembered), then the
+    // handshake's ACK (remembered). The second half's first frame is an ACK.
+    let source = |i: u32| Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + i);
+    let new_syns: Vec<Vec<u8>> = (0..singles)
+        .map(|i| FrameSpec::syn(LB_MAC, source(i), vip, HTTP_PORT).build())
+        .collect();
+    let new_acks: Vec<Vec<u8>> = (0..singles)
+        .map(|i| FrameSpec::tcp(LB_MAC, source(i), vip, HTTP_PORT).build())
+        .collect();
+    let miss_frames: Vec<Vec<u8>> = (singles..2 * singles)
+        .map(|i| FrameSpec::tcp(LB_MAC, source(i), vip, HTTP_PORT).build())
         .collect();
     let hit_frames: Vec<Vec<u8>> = (0..singles).map(|_| syn.clone()).collect();
 
@@ -218,6 +238,8 @@ pub(crate) fn packet_costs(quick: bool) -> Result<Vec<PacketCost>> {
     let floor_ns = median(&floor_r).unwrap_or(f64::NAN);
     let floor1 = time_single(floor, &hit_frames, XDP_TX).context("bench-floor, single")?;
     let hit1 = time_single(lb, &hit_frames, XDP_TX).context("lb_xdp, single hit")?;
+    let syn1 = time_single(lb, &new_syns, XDP_TX).context("lb_xdp, new clients' SYNs")?;
+    let ack1 = time_single(lb, &new_acks, XDP_TX).context("lb_xdp, their ACKs")?;
     let miss1 = time_single(lb, &miss_frames, XDP_TX).context("lb_xdp, single miss")?;
     let big = |name, what, v: &[f64]| {
         let ratios: Vec<f64> = v.iter().zip(&floor_r).map(|(ns, f)| ns / f).collect();
@@ -269,8 +291,18 @@ pub(crate) fn packet_costs(quick: bool) -> Result<Vec<PacketCost>> {
         hit1,
     ));
     costs.push(single(
+        "lbd new SYN (single)",
+        "lb_xdp, new client's SYN: lookup in a cold table, Maglev, not remembered; one frame per call",
+        syn1,
+    ));
+    costs.push(single(
+        "lbd new ACK (single)",
+        "lb_xdp, the same client's handshake ACK: Maglev + insert; one frame per call",
+        ack1,
+    ));
+    costs.push(single(
         "lbd miss (single)",
-        "lb_xdp, new client: Maglev + insert, one frame per call",
+        "lb_xdp, new client whose first frame is an ACK: cold table, Maglev + insert; one frame per call",
         miss1,
     ));
     let snat1 = snat_established(singles).context("lb_xdp, SNAT established")?;
@@ -306,8 +338,9 @@ fn snat_established(count: u32) -> Result<f64> {
         ns.ifindex("c0").map_err(|e| anyhow!("{e}"))?,
         ns.ifindex("v0").map_err(|e| anyhow!("{e}"))?,
     ];
+    let object = product_object()?;
     in_netns(ns.name(), move || -> Result<f64> {
-        let mut program = Program::load_bytes(Program::object()).map_err(|e| anyhow!("{e}"))?;
+        let mut program = Program::load_bytes(object).map_err(|e| anyhow!("{e}"))?;
         let maps = program.take_maps().map_err(|e| anyhow!("{e}"))?;
         let mut balancer = Balancer::new(maps, C0_MAC).map_err(|e| anyhow!("{e}"))?;
         let config = Config::from_yaml(SNAT_CONFIG, "snat.yaml").map_err(|e| anyhow!("{e}"))?;
