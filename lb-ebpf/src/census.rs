@@ -8,7 +8,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::BPF_F_MMAPABLE,
+    bindings::{BPF_F_MMAPABLE, BPF_RB_NO_WAKEUP},
     helpers::{bpf_for_each_map_elem, bpf_ktime_get_ns},
     macros::{map, xdp},
     maps::{Array, RingBuf},
@@ -49,6 +49,11 @@ static STREAM_OUT: RingBuf = RingBuf::with_byte_size(STREAM_RING_BYTES, 0);
 #[map]
 static NEW_ENTRIES: RingBuf = RingBuf::with_byte_size(NEW_RING_BYTES, 0);
 
+/// Ring-buffer records are committed without waking a reader: lbd reads
+/// both rings on its own schedule and never waits on them, and a wakeup
+/// is an interrupt (`irq_work`) on the first record after each read.
+const NO_WAKEUP: u64 = BPF_RB_NO_WAKEUP as u64;
+
 /// Announces an entry the data path has just written.
 #[inline(always)]
 pub(crate) fn announce(key: &AffinityKey, value: &Affinity) {
@@ -56,7 +61,7 @@ pub(crate) fn announce(key: &AffinityKey, value: &Affinity) {
         key: *key,
         value: *value,
     };
-    let _ = NEW_ENTRIES.output::<StreamedEntry>(&record, 0);
+    let _ = NEW_ENTRIES.output::<StreamedEntry>(&record, NO_WAKEUP);
 }
 
 /// What the walk carries from entry to entry (on the program's stack).
@@ -143,7 +148,10 @@ extern "C" fn census_entry(
             key: *key,
             value: entry,
         };
-        if STREAM_OUT.output::<StreamedEntry>(&record, 0).is_ok() {
+        if STREAM_OUT
+            .output::<StreamedEntry>(&record, NO_WAKEUP)
+            .is_ok()
+        {
             // SAFETY: the current element's value; the data path writes
             // other fields of it, never this one.
             unsafe { (*value).sync_pass = run.pass };
