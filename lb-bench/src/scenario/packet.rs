@@ -162,17 +162,86 @@ fn product_object() -> Result<&'static [u8]> {
     }
 }
 
+/// The XDP program `name` of a loaded object.
+fn xdp_of<'a>(object: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    Ok(object
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("no {name} program"))?
+        .try_into()?)
+}
+
 /// `bench-floor` loaded into the kernel.
 fn load_floor() -> Result<Ebpf> {
     let bytes = fs::read(ebpf_dir().join("bench-floor"))
         .context("reading bench-floor (run `cargo xtask build-ebpf`)")?;
     let mut obj = Ebpf::load(&bytes).context("loading bench-floor")?;
-    let floor: &mut Xdp = obj
-        .program_mut("bench_floor")
-        .ok_or_else(|| anyhow!("no bench_floor program"))?
-        .try_into()?;
-    floor.load()?;
+    xdp_of(&mut obj, "bench_floor")?.load()?;
     Ok(obj)
+}
+
+/// The rows of the programs timed `repeat` times a call, from each
+/// round's figures in the order floor, bare DR, hit, table hit, pass.
+fn repeated_rows(rounds: &[Vec<f64>; 5], repeat: u32) -> Vec<PacketCost> {
+    let [floor_r, bare_r, ..] = rounds;
+    let floor_ns = median(floor_r).unwrap_or(f64::NAN);
+    let what = [
+        ("floor", "`return XDP_TX` (bench-floor)"),
+        ("bare DR", "bench-bare-dr, VIP frame"),
+        ("lbd hit", "lb_xdp, persistence hit (from the flow cache)"),
+        (
+            "lbd table hit",
+            "lb_xdp, persistence hit from `AFFINITY` (flow cache off for its service)",
+        ),
+        ("lbd pass", "lb_xdp, non-VIP frame (to the kernel)"),
+    ];
+    what.into_iter()
+        .zip(rounds)
+        .map(|((name, what), v)| {
+            let ratios: Vec<f64> = v.iter().zip(floor_r).map(|(ns, f)| ns / f).collect();
+            let bare_ratios: Vec<f64> = v.iter().zip(bare_r).map(|(ns, b)| ns / b).collect();
+            PacketCost {
+                name,
+                what,
+                repeat,
+                ns: median(v).unwrap_or(f64::NAN),
+                floor_ns,
+                ratio: median(&ratios).unwrap_or(f64::NAN),
+                bare_ratio: median(&bare_ratios).unwrap_or(f64::NAN),
+            }
+        })
+        .collect()
+}
+
+/// New clients from 198.19.0.0/16, one frame per call. `syns` and `acks`
+/// open as TCP does: a SYN (looked up, placed by the ring, not
+/// remembered), then the same source's handshake ACK (remembered);
+/// `first_acks` are other sources whose first frame is an ACK.
+struct NewClients {
+    syns: Vec<Vec<u8>>,
+    acks: Vec<Vec<u8>>,
+    first_acks: Vec<Vec<u8>>,
+}
+
+impl NewClients {
+    fn new(count: u32) -> Self {
+        let source = |i: u32| Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + i);
+        let syn = |i| FrameSpec::syn(LB_MAC, source(i), BENCH_VIP, HTTP_PORT).build();
+        let ack = |i| FrameSpec::tcp(LB_MAC, source(i), BENCH_VIP, HTTP_PORT).build();
+        Self {
+            syns: (0..count).map(syn).collect(),
+            acks: (0..count).map(ack).collect(),
+            first_acks: (count..2 * count).map(ack).collect(),
+        }
+    }
+
+    /// Mean ns per frame of the SYNs, then their ACKs, then the others.
+    fn time(&self, lb: &mut Xdp) -> Result<[f64; 3]> {
+        Ok([
+            time_single(lb, &self.syns, XDP_TX).context("lb_xdp, new clients' SYNs")?,
+            time_single(lb, &self.acks, XDP_TX).context("lb_xdp, their ACKs")?,
+            time_single(lb, &self.first_acks, XDP_TX).context("lb_xdp, first-frame ACKs")?,
+        ])
+    }
 }
 
 pub(crate) fn packet_costs(quick: bool) -> Result<Vec<PacketCost>> {
@@ -184,34 +253,15 @@ pub(crate) fn packet_costs(quick: bool) -> Result<Vec<PacketCost>> {
     let syn = FrameSpec::tcp(LB_MAC, client, vip, HTTP_PORT).build();
     let uncached_syn = FrameSpec::tcp(LB_MAC, client, vip, UNCACHED_PORT).build();
     let other = FrameSpec::tcp(LB_MAC, client, Ipv4Addr::new(198, 18, 0, 10), 22).build();
-    // New clients from 198.19.0.0/16. The first half opens as TCP does: a
-    // SYN (looked up, placed by the ring, not remembered), then the
-    // handshake's ACK (remembered). The second half's first frame is an ACK.
-    let source = |i: u32| Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + i);
-    let new_syns: Vec<Vec<u8>> = (0..singles)
-        .map(|i| FrameSpec::syn(LB_MAC, source(i), vip, HTTP_PORT).build())
-        .collect();
-    let new_acks: Vec<Vec<u8>> = (0..singles)
-        .map(|i| FrameSpec::tcp(LB_MAC, source(i), vip, HTTP_PORT).build())
-        .collect();
-    let miss_frames: Vec<Vec<u8>> = (singles..2 * singles)
-        .map(|i| FrameSpec::tcp(LB_MAC, source(i), vip, HTTP_PORT).build())
-        .collect();
+    let new_clients = NewClients::new(singles);
     let hit_frames: Vec<Vec<u8>> = (0..singles).map(|_| syn.clone()).collect();
 
     let mut floor_obj = load_floor()?;
-    let floor: &mut Xdp = floor_obj
-        .program_mut("bench_floor")
-        .ok_or_else(|| anyhow!("no bench_floor program"))?
-        .try_into()?;
-
+    let floor = xdp_of(&mut floor_obj, "bench_floor")?;
     // The bare forwarder.
     let real_macs: Vec<[u8; 6]> = reals.iter().map(|a| mac_of(*a)).collect();
     let mut bare_obj = load_bare_dr(&ebpf_dir().join("bench-bare-dr"), vip, LB_MAC, &real_macs)?;
-    let bare: &mut Xdp = bare_obj
-        .program_mut("bench_bare_dr")
-        .ok_or_else(|| anyhow!("no bench_bare_dr program"))?
-        .try_into()?;
+    let bare = xdp_of(&mut bare_obj, "bench_bare_dr")?;
 
     let (mut program, _balancer) = loaded_product()?;
     let lb = program.xdp_program().map_err(|e| anyhow!("{e}"))?;
@@ -219,59 +269,23 @@ pub(crate) fn packet_costs(quick: bool) -> Result<Vec<PacketCost>> {
     time_run(lb, &syn, 1, 1, XDP_TX).context("lb_xdp, first VIP frame")?;
     time_run(lb, &uncached_syn, 1, 1, XDP_TX).context("lb_xdp, first uncached frame")?;
 
-    let mut costs = Vec::new();
     // Interleave the programs so drift hits all alike.
-    let mut floor_r = Vec::new();
-    let mut bare_r = Vec::new();
-    let mut hit_r = Vec::new();
-    let mut table_r = Vec::new();
-    let mut pass_r = Vec::new();
+    let mut rounds: [Vec<f64>; 5] = Default::default();
     for _ in 0..reps {
         check_stop()?;
+        let [floor_r, bare_r, hit_r, table_r, pass_r] = &mut rounds;
         floor_r.push(time_run(floor, &syn, repeat, 1, XDP_TX).context("bench-floor")?);
         bare_r.push(time_run(bare, &syn, repeat, 1, XDP_TX).context("bench-bare-dr")?);
         hit_r.push(time_run(lb, &syn, repeat, 1, XDP_TX).context("lb_xdp, hit")?);
-        table_r
-            .push(time_run(lb, &uncached_syn, repeat, 1, XDP_TX).context("lb_xdp, uncached hit")?);
+        let uncached = time_run(lb, &uncached_syn, repeat, 1, XDP_TX);
+        table_r.push(uncached.context("lb_xdp, uncached hit")?);
         pass_r.push(time_run(lb, &other, repeat, 1, XDP_PASS).context("lb_xdp, pass")?);
     }
-    let floor_ns = median(&floor_r).unwrap_or(f64::NAN);
+    let mut costs = repeated_rows(&rounds, repeat);
     let floor1 = time_single(floor, &hit_frames, XDP_TX).context("bench-floor, single")?;
     let hit1 = time_single(lb, &hit_frames, XDP_TX).context("lb_xdp, single hit")?;
-    let syn1 = time_single(lb, &new_syns, XDP_TX).context("lb_xdp, new clients' SYNs")?;
-    let ack1 = time_single(lb, &new_acks, XDP_TX).context("lb_xdp, their ACKs")?;
-    let miss1 = time_single(lb, &miss_frames, XDP_TX).context("lb_xdp, single miss")?;
-    let big = |name, what, v: &[f64]| {
-        let ratios: Vec<f64> = v.iter().zip(&floor_r).map(|(ns, f)| ns / f).collect();
-        let bare_ratios: Vec<f64> = v.iter().zip(&bare_r).map(|(ns, b)| ns / b).collect();
-        PacketCost {
-            name,
-            what,
-            repeat,
-            ns: median(v).unwrap_or(f64::NAN),
-            floor_ns,
-            ratio: median(&ratios).unwrap_or(f64::NAN),
-            bare_ratio: median(&bare_ratios).unwrap_or(f64::NAN),
-        }
-    };
-    costs.push(big("floor", "`return XDP_TX` (bench-floor)", &floor_r));
-    costs.push(big("bare DR", "bench-bare-dr, VIP frame", &bare_r));
-    costs.push(big(
-        "lbd hit",
-        "lb_xdp, persistence hit (from the flow cache)",
-        &hit_r,
-    ));
-    costs.push(big(
-        "lbd table hit",
-        "lb_xdp, persistence hit from `AFFINITY` (flow cache off for its service)",
-        &table_r,
-    ));
-    costs.push(big(
-        "lbd pass",
-        "lb_xdp, non-VIP frame (to the kernel)",
-        &pass_r,
-    ));
-    let single = |name, what, ns: f64| PacketCost {
+    let [syn1, ack1, miss1] = new_clients.time(lb)?;
+    let single = |(name, what, ns): (&'static str, &'static str, f64)| PacketCost {
         name,
         what,
         repeat: 1,
@@ -280,37 +294,34 @@ pub(crate) fn packet_costs(quick: bool) -> Result<Vec<PacketCost>> {
         ratio: ns / floor1,
         bare_ratio: f64::NAN,
     };
-    costs.push(single(
-        "floor (single)",
-        "`return XDP_TX`, one frame per call",
-        floor1,
-    ));
-    costs.push(single(
-        "lbd hit (single)",
-        "lb_xdp, persistence hit, one frame per call",
-        hit1,
-    ));
-    costs.push(single(
-        "lbd new SYN (single)",
-        "lb_xdp, new client's SYN: lookup in a cold table, Maglev, not remembered; one frame per call",
-        syn1,
-    ));
-    costs.push(single(
-        "lbd new ACK (single)",
-        "lb_xdp, the same client's handshake ACK: Maglev + insert; one frame per call",
-        ack1,
-    ));
-    costs.push(single(
-        "lbd miss (single)",
-        "lb_xdp, new client whose first frame is an ACK: cold table, Maglev + insert; one frame per call",
-        miss1,
-    ));
     let snat1 = snat_established(singles).context("lb_xdp, SNAT established")?;
-    costs.push(single(
-        "lbd SNAT established (single)",
-        "lb_xdp, an established SNAT connection's frame: `CONNS`, rewrite, FIB lookup, redirect; one frame per call",
-        snat1,
-    ));
+    costs.extend(
+        [
+            ("floor (single)", "`return XDP_TX`, one frame per call", floor1),
+            ("lbd hit (single)", "lb_xdp, persistence hit, one frame per call", hit1),
+            (
+                "lbd new SYN (single)",
+                "lb_xdp, new client's SYN: lookup in a cold table, Maglev, not remembered; one frame per call",
+                syn1,
+            ),
+            (
+                "lbd new ACK (single)",
+                "lb_xdp, the same client's handshake ACK: Maglev + insert; one frame per call",
+                ack1,
+            ),
+            (
+                "lbd miss (single)",
+                "lb_xdp, new client whose first frame is an ACK: cold table, Maglev + insert; one frame per call",
+                miss1,
+            ),
+            (
+                "lbd SNAT established (single)",
+                "lb_xdp, an established SNAT connection's frame: `CONNS`, rewrite, FIB lookup, redirect; one frame per call",
+                snat1,
+            ),
+        ]
+        .map(single),
+    );
     Ok(costs)
 }
 
