@@ -80,7 +80,8 @@ pub struct Conn {
     pub dport: u16,
     /// The real server's index (`REALS`).
     pub real: u32,
-    /// When a frame of this direction was last seen (`bpf_ktime_get_ns`).
+    /// When a frame of this direction was last seen (the monotonic clock
+    /// in ns, as of the kernel's last tick: `bpf_ktime_get_coarse_ns`).
     pub last_seen_ns: u64,
     /// `CONN_*`: the state this direction has seen.
     pub state: u8,

@@ -21,7 +21,7 @@
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_F_NO_PREALLOC},
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_jiffies64, bpf_ktime_get_ns},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_jiffies64},
     macros::map,
     maps::{Array, DevMapHash, HashMap, PerCpuArray},
     programs::XdpContext,
@@ -161,10 +161,10 @@ impl ConnClock {
         conn.seen_jiffies != 0 && self.jiffies.wrapping_sub(conn.seen_jiffies) < CONN_FRESH_JIFFIES
     }
 
+    /// See [`crate::now_ns`].
     #[inline(always)]
     pub(crate) fn ns() -> u64 {
-        // SAFETY: a helper without arguments.
-        unsafe { bpf_ktime_get_ns() }
+        crate::now_ns()
     }
 }
 
@@ -365,8 +365,7 @@ pub fn icmp(ctx: &XdpContext, frame: &Frame, miss: Reason) -> Result<u32, Reason
     let key = client_key(frame);
     // SAFETY: the map value is only read here.
     let conn = *unsafe { CONNS.get(&key) }.ok_or(miss)?;
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = ConnClock::ns();
     if !conn_is_live(now, conn.last_seen_ns, conn.state) {
         return Err(miss);
     }

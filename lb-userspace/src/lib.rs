@@ -33,7 +33,8 @@ pub mod vrrp;
 pub mod web;
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock the XDP program stamps
-/// affinity entries with (`bpf_ktime_get_ns`).
+/// affinity and connection entries with (`bpf_ktime_get_coarse_ns`: the
+/// same clock as of the kernel's last tick).
 #[must_use]
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
