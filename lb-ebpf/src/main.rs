@@ -18,9 +18,10 @@
 //! A client that keeps sending is served from [`FLOW_CACHE`] (see `cache`):
 //! on a hit the frame costs no hash-table lookup and no clock read.
 //!
-//! Modules: `parse` (what a frame is), `cache` (the flow cache), `count`
-//! (counters), `nat` and `snat` (NAT and SNAT forwarding); here: the maps,
-//! the lookups and the pipeline.
+//! Modules: `parse` (what a frame is), `cache` (the flow cache), `clock`
+//! (the entries' time), `count` (counters), `arp` (answers for held VIPs),
+//! `census` (the walk of the affinity table), `nat` and `snat` (NAT and
+//! SNAT forwarding); here: the maps, the lookups and the pipeline.
 #![no_std]
 #![no_main]
 // The BPF target has no compare-and-swap, so `core::sync::atomic` offers no
@@ -32,6 +33,7 @@
 mod arp;
 mod cache;
 mod census;
+mod clock;
 mod count;
 mod nat;
 mod parse;
@@ -41,7 +43,7 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_EXIST, BPF_F_MMAPABLE, BPF_NOEXIST},
-    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
+    helpers::bpf_jiffies64,
     macros::{map, xdp},
     maps::{Array, HashMap, PerCpuArray},
     programs::XdpContext,
@@ -56,6 +58,7 @@ use lb_common::{
 
 use crate::{
     cache::CachedFlow,
+    clock::Clock,
     count::{count_forwarded, Tally},
     parse::{mac_words, parse, ptr_at, EthHdr, Frame, FrameKind, MacWords},
 };
@@ -163,43 +166,6 @@ enum Remembered {
     Replaceable,
     /// No entry.
     Absent,
-}
-
-/// The time entries are stamped and aged with: the kernel's monotonic
-/// clock as of the last tick (`bpf_ktime_get_coarse_ns`), the clock of
-/// `bpf_ktime_get_ns` and of lbd's `CLOCK_MONOTONIC`, at most a tick
-/// (4 ms at `HZ=250`) behind. It reads what the tick stored instead of the
-/// time source (a new client's insert took about 50 ns less in quick
-/// packet runs); an entry read against the exact clock (lbd's census)
-/// looks up to a tick older, against timeouts of seconds. The ARP lease
-/// keeps the exact clock: its margin to the peer's takeover can be under
-/// a millisecond.
-#[inline(always)]
-pub(crate) fn now_ns() -> u64 {
-    // SAFETY: a helper without arguments.
-    unsafe { bpf_ktime_get_coarse_ns() }
-}
-
-/// The clocks of a decision: the kernel tick, always read (the verifier
-/// inlines it), and [`now_ns`], a helper call, read only when an entry is
-/// not known to be fresh or a new one is written.
-struct Clock {
-    jiffies: u64,
-    ns: Option<u64>,
-}
-
-impl Clock {
-    #[inline(always)]
-    fn ns(&mut self) -> u64 {
-        match self.ns {
-            Some(ns) => ns,
-            None => {
-                let ns = now_ns();
-                self.ns = Some(ns);
-                ns
-            }
-        }
-    }
 }
 
 /// The client's affinity entry. `refresh`: bring a live entry's last-seen

@@ -161,10 +161,10 @@ impl ConnClock {
         conn.seen_jiffies != 0 && self.jiffies.wrapping_sub(conn.seen_jiffies) < CONN_FRESH_JIFFIES
     }
 
-    /// See [`crate::now_ns`].
+    /// See [`crate::clock::now_ns`].
     #[inline(always)]
     pub(crate) fn ns() -> u64 {
-        crate::now_ns()
+        crate::clock::now_ns()
     }
 }
 
