@@ -2,7 +2,7 @@
 //! (`BPF_PROG_TEST_RUN`): `lb_xdp` beside `bench-bare-dr` and `bench-floor`,
 //! whose maps are filled outside any lab.
 
-use std::{fmt::Write as _, fs, net::Ipv4Addr};
+use std::{borrow::Cow, fmt::Write as _, fs, net::Ipv4Addr};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
@@ -130,7 +130,7 @@ fn loaded_product() -> Result<(Program, Balancer<EbpfMaps>)> {
     if Program::object().is_empty() {
         bail!("this lb-bench was built without the XDP object: run `cargo xtask build`");
     }
-    let mut program = Program::load_bytes(product_object()?).map_err(|e| anyhow!("{e}"))?;
+    let mut program = Program::load_bytes(&product_object()?).map_err(|e| anyhow!("{e}"))?;
     let maps = program.take_maps().map_err(|e| anyhow!("{e}"))?;
     let mut balancer = Balancer::new(maps, LB_MAC).map_err(|e| anyhow!("{e}"))?;
     let config = Config::from_yaml(&small_config(), "bench.yaml").map_err(|e| anyhow!("{e}"))?;
@@ -151,14 +151,14 @@ fn loaded_product() -> Result<(Program, Balancer<EbpfMaps>)> {
 /// The `lb_xdp` object to time: the one built into this binary, or the
 /// file `LB_BENCH_OBJECT` names (a build to compare, timed beside the same
 /// floor and bare forwarder without rebuilding the bench).
-fn product_object() -> Result<&'static [u8]> {
+fn product_object() -> Result<Cow<'static, [u8]>> {
     match std::env::var_os("LB_BENCH_OBJECT") {
         Some(path) => {
             let bytes = fs::read(&path)
                 .with_context(|| format!("reading LB_BENCH_OBJECT {}", path.to_string_lossy()))?;
-            Ok(Box::leak(bytes.into_boxed_slice()))
+            Ok(Cow::Owned(bytes))
         }
-        None => Ok(Program::object()),
+        None => Ok(Cow::Borrowed(Program::object())),
     }
 }
 
@@ -351,7 +351,7 @@ fn snat_established(count: u32) -> Result<f64> {
     ];
     let object = product_object()?;
     in_netns(ns.name(), move || -> Result<f64> {
-        let mut program = Program::load_bytes(object).map_err(|e| anyhow!("{e}"))?;
+        let mut program = Program::load_bytes(&object).map_err(|e| anyhow!("{e}"))?;
         let maps = program.take_maps().map_err(|e| anyhow!("{e}"))?;
         let mut balancer = Balancer::new(maps, C0_MAC).map_err(|e| anyhow!("{e}"))?;
         let config = Config::from_yaml(SNAT_CONFIG, "snat.yaml").map_err(|e| anyhow!("{e}"))?;
