@@ -61,8 +61,10 @@ struct Harness {
 
 impl Harness {
     /// Loads the program, applies [`CONFIG`] with SNAT ports `ports`
-    /// (first, count), and lets frames leave by `egress`.
+    /// (first, count), and lets frames leave by `egress`. The thread stays
+    /// on its CPU: the next-hop cache is per CPU.
     fn new(egress: &[u32], ports: Option<(u16, u16)>) -> Self {
+        lb_tests::xdp::pin_to_one_cpu();
         assert!(
             !Program::object().is_empty(),
             "no XDP object: run `cargo xtask build` first"

@@ -826,25 +826,9 @@ fn a_slot_handed_to_another_service_does_not_keep_the_first_services_clients() {
     );
 }
 
-/// Keeps the calling thread on one CPU, so that consecutive test runs meet
-/// the same per-CPU flow cache.
-fn pin_to_one_cpu() {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        let cpu = usize::try_from(libc::sched_getcpu()).unwrap_or(0);
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set),
-            0,
-            "sched_setaffinity"
-        );
-    }
-}
-
 #[test]
 fn the_flow_cache_serves_repeat_frames_and_never_outlives_a_change() {
-    pin_to_one_cpu();
+    lb_tests::xdp::pin_to_one_cpu();
     let mut h = Harness::new();
     let c = client(70);
     let frame = FrameSpec::tcp(IFACE_MAC, c, VIP, 80).build();
@@ -905,7 +889,7 @@ fn the_flow_cache_serves_repeat_frames_and_never_outlives_a_change() {
 
 #[test]
 fn cached_clients_stay_fresh_in_the_table() {
-    pin_to_one_cpu();
+    lb_tests::xdp::pin_to_one_cpu();
     let mut h = Harness::new();
     let c = client(80);
     let frame = FrameSpec::tcp(IFACE_MAC, c, VIP, 80).build();
@@ -1617,7 +1601,7 @@ fn all_fragments_of_a_udp_datagram_reach_the_same_server() {
 
 #[test]
 fn a_change_to_one_service_leaves_the_others_cached() {
-    pin_to_one_cpu();
+    lb_tests::xdp::pin_to_one_cpu();
     let mut h = Harness::new();
     let c = client(110);
     let frame = FrameSpec::udp(IFACE_MAC, c, VIP, 53).build();
