@@ -285,6 +285,33 @@ fn lbctl_reports_errors_in_one_line_with_exit_codes() {
     let out = lbd.lbctl(&["drain", "nope", "rs1"]);
     assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
 
+    // A file with errors: one line per error, each `FILE:LINE:COLUMN:
+    // message` as lbd --check prints it; a file that is not UTF-8 text:
+    // the place of its first bad byte.
+    let bad = lab.dir().join("bad.yaml");
+    let text = lab_config(&lab, &web_service(&lab, 3, 0)) + "bogus: 1\n";
+    std::fs::write(&bad, text).unwrap_or_else(|e| panic!("{e}"));
+    let binary = lab.dir().join("binary.yaml");
+    std::fs::write(&binary, b"node:\n  name: \xff\n").unwrap_or_else(|e| panic!("{e}"));
+    let positioned = |line: &str, file: &std::path::Path| {
+        let rest = line.strip_prefix(&format!("{}:", file.display()));
+        rest.and_then(|r| r.split_once(": "))
+            .is_some_and(|(at, _)| {
+                let numbers: Vec<&str> = at.split(':').collect();
+                numbers.len() == 2 && numbers.iter().all(|n| n.parse::<usize>().is_ok())
+            })
+    };
+    for (command, file, errors) in [("apply", &bad, 2), ("plan", &bad, 2), ("apply", &binary, 1)] {
+        let out = lbd.lbctl(&[command, &file.display().to_string()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "lbctl {command}: {stderr}");
+        assert_eq!(stderr.lines().count(), errors, "lbctl {command}: {stderr}");
+        assert!(
+            stderr.lines().all(|line| positioned(line, file)),
+            "lbctl {command}: every line FILE:LINE:COLUMN: message: {stderr}"
+        );
+    }
+
     let affinity = lbd.lbctl(&["affinity", "web", "198.18.1.9", "--json"]);
     assert!(affinity.status.success());
     let v: serde_json::Value = serde_json::from_slice(&affinity.stdout).unwrap_or_default();

@@ -9,7 +9,7 @@ use lb_userspace::{
         lbctl::{Command, Lbctl as Args, UserCommand},
         user,
     },
-    config::AdminState,
+    config::{AdminState, Config},
     control::{
         call,
         protocol::{
@@ -22,9 +22,22 @@ use lb_userspace::{
 use serde::Serialize;
 
 fn read(file: &PathBuf) -> Result<(String, String), String> {
-    std::fs::read_to_string(file)
+    Config::read_text(file)
         .map(|text| (file.display().to_string(), text))
-        .map_err(|e| format!("cannot read {}: {e}", file.display()))
+        .map_err(|e| e.to_string())
+}
+
+/// Whether `line` is a configuration error at its place in the file
+/// (`FILE:LINE:COLUMN: message`): printed as it is, the same line
+/// `lbd --check` prints, so that editors and scripts find the place.
+fn positioned(line: &str) -> bool {
+    let number =
+        |s: Option<&str>| s.is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
+    line.match_indices(": ").any(|(at, _)| {
+        let mut parts = line[..at].rsplitn(3, ':');
+        let (column, line, file) = (parts.next(), parts.next(), parts.next());
+        number(column) && number(line) && file.is_some_and(|f| !f.is_empty())
+    })
 }
 
 /// How long lbctl waits for lbd's answer.
@@ -40,7 +53,11 @@ fn main() -> ExitCode {
         Err(message) => {
             // Configuration errors come one per line, each already positioned.
             for line in message.lines() {
-                eprintln!("lbctl: {line}");
+                if positioned(line) {
+                    eprintln!("{line}");
+                } else {
+                    eprintln!("lbctl: {line}");
+                }
             }
             ExitCode::FAILURE
         }
@@ -409,4 +426,27 @@ fn status(report: &StatusReport) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::positioned;
+
+    #[test]
+    fn only_errors_at_a_place_in_a_file_are_printed_without_the_prefix() {
+        assert!(positioned(
+            "/etc/lbd/lbd.yaml:4:3: node: unknown key \"nmae\""
+        ));
+        assert!(positioned("a:b.yaml:12:1: services: expected a list"));
+        assert!(!positioned(
+            "/etc/lbd/lbd.yaml: cannot read the configuration: denied"
+        ));
+        assert!(!positioned(
+            "no service named \"web\"; `lbctl status` lists them"
+        ));
+        assert!(!positioned(
+            "applying failed: 198.18.0.1:80: address in use; nothing changed"
+        ));
+        assert!(!positioned(":4:3: no file"));
+    }
 }

@@ -80,10 +80,20 @@ impl Config {
     ///
     /// # Errors
     ///
-    /// An error without position when the file cannot be read, one at the
-    /// first bad byte when it is not UTF-8 text, otherwise as for
-    /// [`Config::from_yaml`].
+    /// As [`Config::read_text`], otherwise as for [`Config::from_yaml`].
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = Self::read_text(path)?;
+        Self::from_yaml(&text, &path.display().to_string())
+    }
+
+    /// Reads the configuration file at `path` as text (what `lbctl apply`
+    /// and `lbctl plan` send to lbd).
+    ///
+    /// # Errors
+    ///
+    /// An error without position when the file cannot be read, one at the
+    /// first bad byte when it is not UTF-8 text.
+    pub fn read_text(path: &Path) -> Result<String, ConfigErrors> {
         let file = path.display().to_string();
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
@@ -96,10 +106,10 @@ impl Config {
                 }]))
             }
         };
-        match std::str::from_utf8(&bytes) {
-            Ok(text) => Self::from_yaml(text, &file),
-            Err(e) => Err(finish(&file, vec![not_utf8(&bytes, e.valid_up_to())])),
-        }
+        String::from_utf8(bytes).map_err(|e| {
+            let valid_up_to = e.utf8_error().valid_up_to();
+            finish(&file, vec![not_utf8(e.as_bytes(), valid_up_to)])
+        })
     }
 }
 
