@@ -7,7 +7,10 @@
 //! text format every Prometheus and most parsers read). The HTTP side only
 //! moves bytes: each scrape asks the daemon's loop for a rendering.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    cell::RefCell, collections::BTreeSet, convert::Infallible, fmt::Write as _, net::SocketAddr,
+    sync::Arc, time::Duration,
+};
 
 use http_body_util::Full;
 use hyper::{
@@ -19,8 +22,8 @@ use hyper::{
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    core::Collector as _, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio::{
     net::TcpListener,
@@ -140,12 +143,38 @@ impl Metrics {
             .observe(duration.as_secs_f64());
     }
 
-    /// Forgets the checks of servers that are gone.
-    pub fn forget_check(&self, service: &str, server: &str) {
-        let _ = self.health_duration.remove_label_values(&[service, server]);
+    /// Forgets the checks of servers `snapshot` no longer has (removed by
+    /// a reload or an apply), so that their histograms do not stay forever.
+    fn forget_gone_checks(&self, snapshot: &Snapshot) {
+        let current: BTreeSet<(&str, &str)> = snapshot
+            .services
+            .iter()
+            .flat_map(|s| s.reals.iter().map(|r| (s.name.as_str(), r.name.as_str())))
+            .collect();
+        for family in self.health_duration.collect() {
+            for metric in family.get_metric() {
+                let label = |name: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_owned())
+                        .unwrap_or_default()
+                };
+                let (service, server) = (label("service"), label("server"));
+                if !current.contains(&(service.as_str(), server.as_str())) {
+                    let _ = self
+                        .health_duration
+                        .remove_label_values(&[&service, &server]);
+                }
+            }
+        }
     }
 
-    /// The text exposition of `snapshot` plus the kept histograms.
+    /// The text exposition of `snapshot` plus the kept histograms. Every
+    /// family is named with its help and type even while it has no sample
+    /// (no service yet, no check made yet), so a scrape always shows what
+    /// lbd exports.
     ///
     /// # Errors
     /// Never in practice (fixed, valid metric names).
@@ -154,15 +183,24 @@ impl Metrics {
         reason = "one registration and one fill per metric, in contract order"
     )]
     pub fn render(&self, snapshot: &Snapshot) -> Result<String, MetricsError> {
+        self.forget_gone_checks(snapshot);
         let registry = Registry::new();
+        let declared: RefCell<Vec<(String, String, &str)>> = RefCell::new(Vec::new());
+        let declare = |name: &str, help: &str, kind: &'static str| {
+            declared
+                .borrow_mut()
+                .push((name.to_owned(), help.to_owned(), kind));
+        };
         let counter =
             |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, MetricsError> {
+                declare(name, help, "counter");
                 let c = IntCounterVec::new(Opts::new(name, help), labels)?;
                 registry.register(Box::new(c.clone()))?;
                 Ok(c)
             };
         let gauge =
             |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, MetricsError> {
+                declare(name, help, "gauge");
                 let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
                 registry.register(Box::new(g.clone()))?;
                 Ok(g)
@@ -282,10 +320,21 @@ impl Metrics {
             i64::from(snapshot.sync_connected),
         )?;
         registry.register(Box::new(self.health_duration.clone()))?;
+        for desc in self.health_duration.desc() {
+            declare(&desc.fq_name, &desc.help, "histogram");
+        }
 
+        let families = registry.gather();
         let mut out = Vec::new();
-        TextEncoder::new().encode(&registry.gather(), &mut out)?;
-        Ok(String::from_utf8_lossy(&out).into_owned())
+        TextEncoder::new().encode(&families, &mut out)?;
+        let mut text = String::from_utf8_lossy(&out).into_owned();
+        // The encoder leaves out a family without samples.
+        for (name, help, kind) in declared.take() {
+            if !families.iter().any(|f| f.name() == name) {
+                let _ = write!(text, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+            }
+        }
+        Ok(text)
     }
 }
 
@@ -440,5 +489,61 @@ mod tests {
                 "missing {line:?} in:\n{text}"
             );
         }
+    }
+
+    /// The contract's metrics are named from the first scrape: before any
+    /// service, real server or health check exists.
+    #[test]
+    fn every_family_is_named_before_it_has_a_sample() {
+        let metrics = Metrics::new().unwrap_or_else(|e| panic!("{e}"));
+        let text = metrics
+            .render(&Snapshot::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        for (name, kind) in [
+            ("lb_service_packets_total", "counter"),
+            ("lb_service_bytes_total", "counter"),
+            ("lb_real_server_packets_total", "counter"),
+            ("lb_real_server_up", "gauge"),
+            ("lb_real_server_active_clients", "gauge"),
+            ("lb_affinity_entries", "gauge"),
+            ("lb_ha_master", "gauge"),
+            ("lb_sync_connected", "gauge"),
+            ("lb_health_check_duration_seconds", "histogram"),
+        ] {
+            let line = format!("# TYPE {name} {kind}");
+            assert_eq!(
+                text.lines().filter(|l| *l == line).count(),
+                1,
+                "{line:?} once in:\n{text}"
+            );
+        }
+    }
+
+    /// A server a reload removed leaves the health-check histogram.
+    #[test]
+    fn a_removed_servers_checks_are_forgotten() {
+        let metrics = Metrics::new().unwrap_or_else(|e| panic!("{e}"));
+        metrics.observe_check("web", "rs1", Duration::from_millis(3));
+        metrics.observe_check("web", "rs2", Duration::from_millis(3));
+        let real = |name: &str| RealSample {
+            name: name.into(),
+            ..RealSample::default()
+        };
+        let snapshot = Snapshot {
+            services: vec![ServiceSample {
+                name: "web".into(),
+                reals: vec![real("rs1")],
+                ..ServiceSample::default()
+            }],
+            ..Snapshot::default()
+        };
+        let text = metrics.render(&snapshot).unwrap_or_else(|e| panic!("{e}"));
+        let count = |server: &str| {
+            format!(
+                "lb_health_check_duration_seconds_count{{server=\"{server}\",service=\"web\"}} 1"
+            )
+        };
+        assert!(text.lines().any(|l| l == count("rs1")), "{text}");
+        assert!(!text.lines().any(|l| l == count("rs2")), "{text}");
     }
 }

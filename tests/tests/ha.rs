@@ -1413,6 +1413,26 @@ fn configuration_and_admin_changes_flow_from_the_primary_only() {
         pair.lb1.ha().map(|v| v["sync"].clone())
     );
 
+    // The secondary's audit log: each configuration from the primary's
+    // "before" is what the one before it left.
+    let received: Vec<Value> = pair
+        .lb2
+        .audit_lines()
+        .into_iter()
+        .filter(|line| line["what"] == "configuration from the primary")
+        .collect();
+    assert!(received.len() >= 2, "pairing and apply: {received:?}");
+    for pair_of_lines in received.windows(2) {
+        assert_eq!(
+            pair_of_lines[1]["before"], pair_of_lines[0]["after"],
+            "a receipt's before is the previous one's after: {received:?}"
+        );
+        assert_ne!(
+            pair_of_lines[1]["before"], pair_of_lines[1]["after"],
+            "{received:?}"
+        );
+    }
+
     lbctl_ok(&pair.lb1, &["weight", "web", "rs1", "50"]);
     wait_lb2("weight", &|rs| {
         rs.get("rs1").is_some_and(|r| r["weight"] == 50)

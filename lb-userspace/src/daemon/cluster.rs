@@ -378,7 +378,11 @@ impl Daemon {
         let path = replicated_path(&self.config.node.state_dir);
         let mut next = self.config.clone();
         next.services = primary.services;
-        let before = super::config_summary(&self.config_text);
+        // What this node ran until now: the primary's last configuration it
+        // kept, else its own file's.
+        let before = super::config_summary(
+            &std::fs::read_to_string(&path).unwrap_or_else(|_| self.config_text.clone()),
+        );
         // Applied first and kept only then: the secondary never keeps a
         // configuration it could not apply.
         let previous = self.config.clone();

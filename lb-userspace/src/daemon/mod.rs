@@ -530,6 +530,7 @@ impl Daemon {
                 }
                 let text = std::fs::read_to_string(&self.config_path).unwrap_or_default();
                 let before = config_summary(&self.config_text);
+                let previous = self.config.clone();
                 match self.apply(next).await {
                     Ok(note) => {
                         let after = config_summary(&text);
@@ -546,7 +547,13 @@ impl Daemon {
                         }
                     }
                     Err(error) => {
-                        log::error!("SIGHUP: applying the configuration failed: {error:#}");
+                        // All or nothing, as `lbctl apply`: a step that
+                        // failed may have left part of the new one.
+                        self.restore(previous).await;
+                        log::error!(
+                            "SIGHUP: applying the configuration failed: {error:#}; \
+                             the configuration in force before is applied again"
+                        );
                     }
                 }
             }
