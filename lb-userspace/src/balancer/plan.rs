@@ -8,9 +8,10 @@ use crate::{
     maglev,
 };
 
-/// For each forwarding service of `next` that exists in `current`, the share
-/// of client addresses whose real server would change (by the ring alone;
-/// clients with live affinity entries keep theirs on a real apply).
+/// For each forwarding service of `next`, and each of `current` that `next`
+/// no longer forwards, the share of client addresses whose real server
+/// would change (by the ring alone; clients with live affinity entries keep
+/// theirs on a real apply): all of them for a new or a removed service.
 #[must_use]
 pub fn plan<M: Maps>(current: &Balancer<M>, next: &Config) -> Vec<(String, f64)> {
     let mut out = Vec::new();
@@ -56,6 +57,11 @@ pub fn plan<M: Maps>(current: &Balancer<M>, next: &Config) -> Vec<(String, f64)>
             .collect();
         let after = by_address(&after_reals);
         out.push((service.name.clone(), maglev::moved_share(&before, &after)));
+    }
+    for gone in current.services() {
+        if !out.iter().any(|(name, _)| *name == gone.config.name) {
+            out.push((gone.config.name.clone(), 1.0));
+        }
     }
     out
 }
@@ -116,6 +122,13 @@ mod tests {
         assert!(
             (0.30..0.40).contains(&share),
             "removing 1 of 3 moves about a third: {share}"
+        );
+        let mut none = config(&THREE);
+        none.services.clear();
+        assert_eq!(
+            plan(&b, &none),
+            vec![("web".to_owned(), 1.0)],
+            "a removed service moves every client"
         );
     }
 

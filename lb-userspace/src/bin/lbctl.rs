@@ -276,7 +276,15 @@ fn plan(p: &PlanReport) -> String {
     let rows: Vec<Vec<String>> = p
         .services
         .iter()
-        .map(|s| vec![s.name.clone(), format!("{:.1}%", s.moved_share * 100.0)])
+        .map(|s| {
+            let moved = format!("{:.1}%", s.moved_share * 100.0);
+            let moved = if s.removed {
+                moved + " (removed)"
+            } else {
+                moved
+            };
+            vec![s.name.clone(), moved]
+        })
         .collect();
     table(&["SERVICE", "CLIENTS MOVED"], &rows)
 }

@@ -451,6 +451,9 @@ pub struct PlanService {
     pub name: String,
     /// Share of client addresses whose server would change, 0..=1.
     pub moved_share: f64,
+    /// The planned file no longer has it (as a forwarding service).
+    #[serde(default)]
+    pub removed: bool,
 }
 
 /// This node's place in the pair.

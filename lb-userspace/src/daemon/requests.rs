@@ -68,7 +68,14 @@ impl Daemon {
                 let next = self.admin.effective(&next);
                 let services = balancer::plan(&self.balancer, &next)
                     .into_iter()
-                    .map(|(name, moved_share)| PlanService { name, moved_share })
+                    .map(|(name, moved_share)| PlanService {
+                        removed: !next
+                            .services
+                            .iter()
+                            .any(|s| s.name == name && matches!(s.kind, ServiceKind::Forward(_))),
+                        name,
+                        moved_share,
+                    })
                     .collect();
                 Ok(Answer::Plan(PlanReport { services }))
             }
