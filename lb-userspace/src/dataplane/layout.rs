@@ -8,7 +8,9 @@
 //! layout, lbd then reuses every map no step changed (same shape), carries
 //! the entries of every changed map through its steps in order, and starts
 //! empty (and says so) only a map it cannot carry: a changed shape with no
-//! migration, or a data path of a newer layout than its own (a downgrade).
+//! migration, a per-CPU map (counters and caches: a migration converts one
+//! value, and such a map holds one per CPU), or a data path of a newer
+//! layout than its own (a downgrade).
 //!
 //! [`LAYOUT_VERSION`]: lb_common::LAYOUT_VERSION
 
@@ -65,7 +67,9 @@ pub fn fate(
         .copied()
         .collect();
     steps.sort_by_key(|m| m.from);
-    if !steps.is_empty() {
+    if running.per_cpu() && !steps.is_empty() {
+        Fate::Lost
+    } else if !steps.is_empty() {
         Fate::Carry(steps)
     } else if running == wanted {
         Fate::Reuse
@@ -122,6 +126,7 @@ mod tests {
         value: 24,
         max_entries: 10,
         flags: 0,
+        kind: aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32,
     };
 
     #[expect(clippy::unnecessary_wraps, reason = "a migration's signature")]
@@ -179,6 +184,25 @@ mod tests {
             matches!(fate(STEPS, Some(1), 3, "REALS", SHAPE, SHAPE), Fate::Reuse),
             "a map no step changed is reused"
         );
+    }
+
+    /// A migration converts one value; a per-CPU map holds one per CPU
+    /// (and a lookup returns them all): it starts empty, never mis-sized.
+    #[test]
+    fn a_changed_per_cpu_map_is_lost_not_carried() {
+        let per_cpu = Shape {
+            kind: aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY as u32,
+            ..SHAPE
+        };
+        assert!(per_cpu.per_cpu() && !SHAPE.per_cpu());
+        assert!(matches!(
+            fate(STEPS, Some(1), 3, "AFFINITY", per_cpu, per_cpu),
+            Fate::Lost
+        ));
+        assert!(matches!(
+            fate(STEPS, Some(3), 3, "AFFINITY", per_cpu, per_cpu),
+            Fate::Reuse
+        ));
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct Shape {
     pub max_entries: u32,
     /// Creation flags (`BPF_F_MMAPABLE`, ...).
     pub flags: u32,
+    /// The map type (`bpf_map_type`; `u32::MAX` if aya does not know it).
+    pub kind: u32,
 }
 
 impl Shape {
@@ -59,7 +61,23 @@ impl Shape {
             value: info.value_size(),
             max_entries: info.max_entries(),
             flags: info.map_flags(),
+            kind: info.map_type().map_or(u32::MAX, |kind| kind as u32),
         }
+    }
+
+    /// Whether the map holds one value per CPU for each key.
+    #[must_use]
+    pub fn per_cpu(&self) -> bool {
+        use aya_obj::generated::bpf_map_type::{
+            BPF_MAP_TYPE_LRU_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_PERCPU_HASH,
+        };
+        [
+            BPF_MAP_TYPE_PERCPU_HASH,
+            BPF_MAP_TYPE_PERCPU_ARRAY,
+            BPF_MAP_TYPE_LRU_PERCPU_HASH,
+        ]
+        .iter()
+        .any(|kind| *kind as u32 == self.kind)
     }
 }
 
@@ -286,6 +304,7 @@ pub fn shapes(object: &[u8]) -> Result<BTreeMap<String, Shape>> {
                     value: map.value_size(),
                     max_entries: map.max_entries(),
                     flags: map.map_flags(),
+                    kind: map.map_type(),
                 },
             )
         })
