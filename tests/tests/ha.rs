@@ -2396,3 +2396,65 @@ fn sigusr2_on_the_master_keeps_it_master_without_an_advert_gap() {
     );
     wait_table(&pair.lb2, &servers, session_sync());
 }
+
+/// keepalived's FAULT: the master's interface loses its link. lbd says
+/// `fault` (`lbctl ha`, `lbctl status`), gives the VIP up, and the backup
+/// takes over; with the link back lb1 is a backup and then, as a returning
+/// primary, master again (after the peer's sessions, or the preempt hold).
+#[test]
+fn a_master_whose_link_goes_down_is_in_fault_until_it_returns() {
+    let pair = start_pair(Keys::Same);
+    let lab = &pair.lab;
+    wait_for_primary_services(&pair);
+    let state = |lbd: &Lbd| lbd.ha_state().unwrap_or_default();
+    assert_eq!(state(&pair.lb1), "master");
+    let link = |how: &str| {
+        run(&[
+            "ip",
+            "-n",
+            lab.lb_ns(),
+            "link",
+            "set",
+            "dev",
+            lab.lb_interface(),
+            how,
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+    };
+
+    link("down");
+    let fault = poll(SLACK, || state(&pair.lb1) == "fault");
+    assert!(fault.is_some(), "lb1 says fault: {}", state(&pair.lb1));
+    eprintln!("fault after {fault:?}");
+    assert_eq!(
+        pair.lb1.status().map(|s| s["ha"]["state"].clone()),
+        Some(Value::from("fault")),
+        "lbctl status says it too"
+    );
+    assert!(
+        poll(SLACK, || !holds(lab.lb_ns(), lab.vip())).is_some(),
+        "lb1 gave the VIP up"
+    );
+    assert!(
+        poll(SLACK, || state(&pair.lb2) == "master"
+            && holds(lab.lb2_ns(), lab.vip()))
+        .is_some(),
+        "lb2 took over: {}",
+        state(&pair.lb2)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(state(&pair.lb1), "fault", "for as long as the link is gone");
+
+    link("up");
+    let back = poll(Duration::from_secs(15) + SLACK, || {
+        state(&pair.lb1) == "master" && state(&pair.lb2) == "backup"
+    });
+    assert!(
+        back.is_some(),
+        "lb1 master again, lb2 backup: {} / {}",
+        state(&pair.lb1),
+        state(&pair.lb2)
+    );
+    eprintln!("master again after {back:?}");
+    assert!(poll(SLACK, || holds(lab.lb_ns(), lab.vip())).is_some());
+}

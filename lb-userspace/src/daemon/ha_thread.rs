@@ -54,6 +54,10 @@ pub(super) struct Lease {
     pub(super) span: Duration,
 }
 
+/// How often the interface's link is looked at (a node without link is in
+/// fault: [`Coordinator::link_changed`]).
+const LINK_CHECK_EVERY: Duration = Duration::from_millis(100);
+
 /// Byte 2 of a VRRP version 3 advertisement: the sender's priority.
 const PRIORITY_BYTE: usize = 2;
 
@@ -232,8 +236,9 @@ impl Drop for HaThread {
     }
 }
 
-/// The thread's loop: received advertisements first, then the sync link,
-/// the daemon's wake-ups and the coordinator's timers.
+/// The thread's loop: received advertisements first, then the
+/// coordinator's timers, the sync link, the interface's link and the
+/// daemon's wake-ups.
 async fn serve(
     coordinator: &Mutex<Coordinator>,
     drain: &Drain<'_>,
@@ -243,6 +248,9 @@ async fn serve(
 ) {
     let (socket, to_daemon) = (drain.socket, drain.to_daemon);
     let mut sync_open = true;
+    let mut link_check = tokio::time::interval(LINK_CHECK_EVERY);
+    link_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut link_unknown = false;
     loop {
         let deadline = lock(coordinator).poll_timeout();
         let room = to_daemon.capacity() >= RESERVED_FOR_VRRP;
@@ -273,6 +281,19 @@ async fn serve(
                     drain.drain(&mut c);
                 }
                 None => sync_open = false,
+            },
+            _ = link_check.tick() => match socket.link_up() {
+                Ok(up) => {
+                    link_unknown = false;
+                    let mut c = lock(coordinator);
+                    c.link_changed(Instant::now(), up);
+                    drain.drain(&mut c);
+                }
+                Err(error) if !link_unknown => {
+                    link_unknown = true;
+                    log::warn!("VRRP: cannot read the interface's link state: {error}");
+                }
+                Err(_) => {}
             },
             () = wake.notified() => {}
             // The daemon took actions: there may be room for the link again.

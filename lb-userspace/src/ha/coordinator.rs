@@ -30,6 +30,10 @@
 //! - **Split brain heals loudly**: a master hearing another master's
 //!   advertisement announces its VIPs again (at most every
 //!   [`CONFLICT_GARP_EVERY`]) so neighbours learn where they are.
+//! - **No link, no VRRP** (keepalived's FAULT): while the node's interface
+//!   has no link, VRRP stops as at shutdown (a master gives the VIPs up)
+//!   and the node says `fault`; with the link back it starts again as a
+//!   returning node does, in Backup with the preempt hold.
 
 use std::{
     collections::VecDeque,
@@ -93,6 +97,8 @@ pub struct Coordinator {
     configured_priority: u8,
     /// Set while the priority is held at 1 (see the module doc).
     hold_until: Option<Instant>,
+    /// Set while the node's interface has no link: VRRP is stopped.
+    fault: bool,
     last_conflict: Option<Instant>,
     sync: Option<SyncView>,
     next_stream: Option<Instant>,
@@ -186,6 +192,7 @@ impl Coordinator {
             garp: GarpSchedule::default(),
             configured_priority,
             hold_until: hold.then_some(now + SYNC_HOLD),
+            fault: false,
             last_conflict: None,
             sync: settings.sync.then(SyncView::default),
             next_stream: settings.sync.then_some(now + STREAM_EVERY),
@@ -317,6 +324,39 @@ impl Coordinator {
         });
     }
 
+    /// The node's interface lost its link (`up` false) or has it again.
+    /// Lost: VRRP stops as at shutdown (a master gives the VIPs up; its
+    /// goodbye cannot leave, so the peer takes over when the advertisements
+    /// stop) and the node is in fault. Back: VRRP starts in Backup, with the
+    /// priority held as for a returning node (the peer may have served new
+    /// clients meanwhile). A repeated report changes nothing.
+    pub fn link_changed(&mut self, now: Instant, up: bool) {
+        if up != self.fault {
+            return;
+        }
+        self.fault = !up;
+        if up {
+            log::warn!("cluster: the interface has its link again; VRRP starts in Backup");
+            if self.sync.is_some() {
+                self.hold_until = Some(now + SYNC_HOLD);
+                self.vrrp.set_priority(now, 1);
+            }
+            self.vrrp.startup(now);
+        } else {
+            log::error!(
+                "cluster: the interface has no link; fault: VRRP stopped and the VIPs given up until it returns"
+            );
+            self.vrrp.shutdown(now);
+        }
+        self.pump(now);
+    }
+
+    /// Whether the node is in fault (its interface has no link).
+    #[must_use]
+    pub fn fault(&self) -> bool {
+        self.fault
+    }
+
     /// At shutdown: a master says priority 0 so the peer takes over at once.
     pub fn shutdown(&mut self, now: Instant) {
         self.vrrp.shutdown(now);
@@ -434,6 +474,7 @@ impl Coordinator {
                 Role::Secondary => HaRole::Secondary,
             },
             state: match self.vrrp.state() {
+                _ if self.fault => HaState::Fault,
                 State::Initialize => HaState::Init,
                 State::Backup => HaState::Backup,
                 State::Master => HaState::Master,

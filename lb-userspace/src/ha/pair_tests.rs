@@ -373,3 +373,52 @@ fn a_re_executed_master_stays_master_and_resumes_its_stream() {
     pair.advance(ADVERT * 10);
     assert_eq!(pair.nodes[1].sessions.len(), 21, "the stream goes on");
 }
+
+/// The coordinator's "no link, no VRRP" rule (keepalived's FAULT): the
+/// master's interface loses its link; it gives the VIPs up at once and says
+/// `fault` (not master) for as long as the link is gone, while the peer
+/// takes over; with the link back it is a backup and, a returning primary,
+/// takes over again only with the peer's sessions.
+#[test]
+fn a_master_without_link_is_in_fault_and_gives_the_vips_up() {
+    use crate::control::protocol::HaState;
+    let mut pair = Pair::steady("fault");
+    assert_eq!(pair.masters(), vec![0]);
+    pair.partition();
+    let now = pair.now;
+    pair.nodes[0].c.link_changed(now, false);
+    pair.run();
+    assert!(!pair.nodes[0].vips_held, "the VIPs are given up at once");
+    pair.advance(ADVERT * 6);
+    assert_eq!(pair.masters(), vec![1], "the peer took over");
+    assert!(pair.nodes[0].c.fault());
+    assert_eq!(pair.nodes[0].c.status(pair.now, None).state, HaState::Fault);
+    pair.nodes[0].c.link_changed(pair.now, false);
+    pair.run();
+    assert_eq!(pair.masters(), vec![1], "a repeated report changes nothing");
+
+    for n in 1..=7 {
+        pair.nodes[1].sessions.insert(client(n), address(8));
+    }
+    let now = pair.now;
+    pair.nodes[0].c.link_changed(now, true);
+    pair.vrrp_cut = false;
+    pair.run();
+    assert_eq!(pair.nodes[0].c.state(), State::Backup);
+    assert_eq!(
+        pair.nodes[0].c.status(pair.now, None).state,
+        HaState::Backup
+    );
+    pair.advance(SYNC_HOLD / 2);
+    assert_eq!(
+        pair.masters(),
+        vec![1],
+        "no preemption without the sessions"
+    );
+    assert!(pair.nodes[0].c.preempt_held());
+    pair.sync_cut = false;
+    pair.connect();
+    pair.advance(ADVERT * 5);
+    assert_eq!(pair.masters(), vec![0], "back with the sessions");
+    assert_eq!(pair.nodes[0].sessions_at_takeover, Some(7));
+}

@@ -69,6 +69,7 @@ pub fn parse_ipv4(packet: &[u8], at: Instant) -> Option<Received> {
 /// The raw socket VRRP advertisements travel on.
 pub struct VrrpSocket {
     fd: AsyncFd<Socket>,
+    interface: String,
 }
 
 impl VrrpSocket {
@@ -112,7 +113,34 @@ impl VrrpSocket {
         // SAFETY: the AsyncFd owns the socket, so its descriptor stays open
         // and the same for the AsyncFd's whole life.
         let fd = unsafe { AsyncFd::register(socket) }.map_err(|e| error(e.into()))?;
-        Ok(Self { fd })
+        Ok(Self {
+            fd,
+            interface: interface.to_owned(),
+        })
+    }
+
+    /// Whether the interface is up with a carrier (`IFF_UP` and
+    /// `IFF_RUNNING`), as this network namespace's kernel says. By hand:
+    /// one `SIOCGIFFLAGS` ioctl, which neither `socket2` nor `nix` wraps (a
+    /// netlink dump would do the same at more cost, ten times a second).
+    ///
+    /// # Errors
+    /// When the kernel cannot say (the interface is gone).
+    pub fn link_up(&self) -> io::Result<bool> {
+        // SAFETY: a zeroed ifreq is a valid one (an empty name, no flags).
+        let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+        let name = self.interface.bytes().take(libc::IFNAMSIZ - 1);
+        for (to, from) in request.ifr_name.iter_mut().zip(name) {
+            *to = from.cast_signed();
+        }
+        // SAFETY: SIOCGIFFLAGS reads the NUL-terminated name of `request`
+        // and writes its flags; the descriptor is this socket's, open.
+        if unsafe { libc::ioctl(self.raw_fd(), libc::SIOCGIFFLAGS, &raw mut request) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+        let flags = i32::from(unsafe { request.ifr_ifru.ifru_flags });
+        Ok(flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0)
     }
 
     /// The socket's descriptor (for the advertisement relay).
