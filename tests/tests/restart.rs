@@ -451,3 +451,62 @@ fn a_sigusr2_that_cannot_execute_leaves_lbd_serving() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(report.failures().is_empty(), "{}", report.summary());
 }
+
+/// An exec health check running when lbd executes itself is ended and
+/// reaped first: the next lbd (the same process) would neither time it out
+/// nor reap it, so without this it ran on, then stayed a zombie.
+#[test]
+fn exec_checks_running_at_a_sigusr2_are_ended_not_left_behind() {
+    let mut lab = lab();
+    let pids = lab.dir().join("check-pids");
+    let check = format!(
+        "    health_check: {{ type: exec, command: [\"/bin/sh\", \"-c\", \"echo $$ >> {}; exec sleep 50\"], \
+         interval_ms: 60000, timeout_ms: 60000 }}\n",
+        pids.display()
+    );
+    let services = web_service(&lab, 3, 600).replacen(
+        "    real_servers:\n",
+        &format!("{check}    real_servers:\n"),
+        1,
+    );
+    let config = lab_config(&lab, &services);
+    let lbd = Lbd::start(&mut lab, &config).unwrap_or_else(|e| panic!("{e}"));
+    lbd.wait_answering(&mut lab, READY)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let started: Vec<u32> = lb_tests::wait::wait_until("three checks running", READY, || {
+        let pids: Vec<u32> = std::fs::read_to_string(&pids)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        if pids.len() >= 3 {
+            Ok(pids)
+        } else {
+            Err(format!("{pids:?}"))
+        }
+    });
+    let gone = |pid: &u32| !std::path::Path::new(&format!("/proc/{pid}")).exists();
+    assert!(!started.iter().any(gone), "the checks run: {started:?}");
+
+    lbd.signal(&lab, libc::SIGUSR2)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let () = lb_tests::wait::wait_until("lbd re-executed", READY, || {
+        if lbd.log_text().contains(REEXEC_LOGGED) && lbd.status().is_some() {
+            Ok(())
+        } else {
+            Err("not yet".to_owned())
+        }
+    });
+    let state = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or_else(
+            |_| "gone".to_owned(),
+            |s| s.split(") ").nth(1).unwrap_or("").chars().take(1).collect(),
+        )
+    };
+    assert!(
+        started.iter().all(gone),
+        "the checks running at the SIGUSR2 are gone (not running, not zombies): {:?}\n{}",
+        started.iter().map(|p| (p, state(p))).collect::<Vec<_>>(),
+        lbd.log_text()
+    );
+}

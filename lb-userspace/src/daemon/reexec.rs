@@ -231,7 +231,13 @@ impl Daemon {
             Err(why) => why,
             Ok(()) => {
                 self.hand_over_sessions();
+                // The next lbd would neither time out nor reap them.
+                let ended = crate::health::end_running_checks();
+                if ended > 0 {
+                    log::info!("SIGUSR2: {ended} exec health checks in progress ended; the next lbd checks again");
+                }
                 let why = self.execute_with_handover(&listeners);
+                crate::health::resume_checks();
                 self.forget_handed_over_sessions();
                 why
             }

@@ -29,6 +29,7 @@ mod testing;
 
 pub use self::hysteresis::Hysteresis;
 pub use self::probe::{
-    probe, HealthError, ProbeResult, ProbeSpec, ProbeTarget, HEALTH_USER_AGENT, MAX_BODY,
+    end_running_checks, probe, resume_checks, HealthError, ProbeResult, ProbeSpec, ProbeTarget,
+    HEALTH_USER_AGENT, MAX_BODY,
 };
 pub use self::schedule::{next_start, CheckTarget, HealthEvent, HealthMonitor, ServerHealth};

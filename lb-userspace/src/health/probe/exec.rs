@@ -1,9 +1,15 @@
 //! The `exec` check: runs a program with the server in its environment
 //! (`LB_SERVER_ADDRESS`, `LB_SERVER_PORT`, `LB_SERVICE`, `LB_SERVER_NAME`)
 //! and passes on exit status 0; on timeout its whole process group is killed.
+//! Checks running when lbd executes itself (SIGUSR2) are ended first
+//! ([`end_running_checks`]): the next lbd would neither time them out nor
+//! reap them.
 
+use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -16,6 +22,59 @@ const MAX_STDERR: usize = 4096;
 /// Longest reason taken from an exec check's standard error, in characters.
 const MAX_STDERR_LINE: usize = 200;
 
+/// The exec checks running now.
+struct Running {
+    /// Each check's program (the leader of its process group), and whether
+    /// [`end_running_checks`] ended it.
+    groups: BTreeMap<i32, bool>,
+    /// Set from [`end_running_checks`] to [`resume_checks`]: no check starts.
+    ending: bool,
+}
+
+static RUNNING: Mutex<Running> = Mutex::new(Running {
+    groups: BTreeMap::new(),
+    ending: false,
+});
+
+fn running() -> MutexGuard<'static, Running> {
+    RUNNING.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Just before lbd executes itself: kills every exec check's process group
+/// and reaps its program, and starts no other until [`resume_checks`].
+/// A check so ended reports a local error (never counted) if lbd carries
+/// on. Returns how many were ended.
+pub fn end_running_checks() -> usize {
+    let mut running = running();
+    running.ending = true;
+    for (group, ended) in &mut running.groups {
+        *ended = true;
+        // SAFETY: killpg(2) only sends a signal, to the group this check's
+        // program leads.
+        unsafe { libc::killpg(*group, libc::SIGKILL) };
+        reap(*group);
+    }
+    running.groups.len()
+}
+
+/// lbd did not execute itself after all: checks start again.
+pub fn resume_checks() {
+    running().ending = false;
+}
+
+/// Reaps `pid`, killed a moment ago, waiting at most 100 ms for it to die
+/// (it may have been reaped already: then there is nothing to do).
+fn reap(pid: i32) {
+    for _ in 0..100 {
+        let mut status = 0;
+        // SAFETY: waitpid(2) with WNOHANG writes the status and never blocks.
+        match unsafe { libc::waitpid(pid, &raw mut status, libc::WNOHANG) } {
+            0 => std::thread::sleep(Duration::from_millis(1)),
+            _ => return,
+        }
+    }
+}
+
 /// Runs the exec check's program in its own process group; on timeout the
 /// whole group is killed and the program reaped. The check is complete when
 /// the program has exited and its standard error is closed.
@@ -27,7 +86,8 @@ pub(super) async fn exec_probe(
     let Some((program, args)) = command.split_first() else {
         return Ok(Err("no command configured".to_owned()));
     };
-    let spawned = tokio::process::Command::new(program)
+    let mut command = tokio::process::Command::new(program);
+    command
         .args(args)
         .env("LB_SERVER_ADDRESS", target.address.to_string())
         .env("LB_SERVER_PORT", check.port.to_string())
@@ -37,14 +97,29 @@ pub(super) async fn exec_probe(
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn();
+        .kill_on_drop(true);
+    // Started and listed at once, so that an ending re-execution finds it.
+    let (spawned, mut group) = {
+        let mut running = running();
+        if running.ending {
+            return Err(LocalError("lbd is executing itself (SIGUSR2)".to_owned()));
+        }
+        let spawned = command.spawn();
+        let group = spawned
+            .as_ref()
+            .ok()
+            .and_then(tokio::process::Child::id)
+            .and_then(|pid| i32::try_from(pid).ok());
+        if let Some(group) = group {
+            running.groups.insert(group, false);
+        }
+        (spawned, GroupKiller(group))
+    };
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) if is_local(&e) => return Err(LocalError(format!("cannot run {program} now: {e}"))),
         Err(e) => return Ok(Err(format!("cannot run {program}: {e}"))),
     };
-    let mut group = GroupKiller(child.id().and_then(|pid| i32::try_from(pid).ok()));
     let stderr = child.stderr.take();
     let finished = tokio::time::timeout(check.timeout, async {
         tokio::join!(child.wait(), read_tail(stderr, MAX_STDERR))
@@ -56,7 +131,11 @@ pub(super) async fn exec_probe(
         let _ = child.kill().await;
         return Ok(Err(timed_out(check.timeout)));
     };
-    group.disarm();
+    if group.disarm() {
+        return Err(LocalError(
+            "ended when lbd executed itself (SIGUSR2)".to_owned(),
+        ));
+    }
     Ok(match done {
         (Ok(status), _) if status.success() => Ok("exit 0".to_owned()),
         (Ok(status), stderr) => Err(describe_exit(status, &stderr)),
@@ -72,14 +151,20 @@ struct GroupKiller(Option<i32>);
 impl GroupKiller {
     fn kill(&mut self) {
         if let Some(group) = self.0.take() {
+            running().groups.remove(&group);
             // SAFETY: killpg(2) only sends a signal; `group` is the process
             // group that this check's program leads (`process_group(0)`).
             unsafe { libc::killpg(group, libc::SIGKILL) };
         }
     }
 
-    fn disarm(&mut self) {
-        self.0 = None;
+    /// The program has finished: nothing to kill. Whether
+    /// [`end_running_checks`] ended it.
+    fn disarm(&mut self) -> bool {
+        self.0
+            .take()
+            .and_then(|group| running().groups.remove(&group))
+            .unwrap_or(false)
     }
 }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use self::exec::exec_probe;
+pub use self::exec::{end_running_checks, resume_checks};
 use self::http::HttpProbe;
 pub use self::http::{HEALTH_USER_AGENT, MAX_BODY};
 use self::tcp::network_probe;
