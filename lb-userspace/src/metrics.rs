@@ -242,7 +242,7 @@ impl Metrics {
         )?;
         let real_connections = gauge(
             "lb_real_server_active_connections",
-            "NAT and SNAT: live tracked connections to the real server (counted every 5 s)",
+            "NAT and SNAT: live tracked connections to the real server (counted every second, every 5 s on a table too large to count that often)",
             &["service", "server"],
         )?;
         let real_resolved = gauge(

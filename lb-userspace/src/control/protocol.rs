@@ -337,7 +337,8 @@ pub struct RealStatus {
     pub weight: u16,
     /// Live persistence entries on this server.
     pub active_clients: u64,
-    /// NAT and SNAT: its live tracked connections (counted every 5 s).
+    /// NAT and SNAT: its live tracked connections (counted every second;
+    /// every 5 s while a count costs more than 20 ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_connections: Option<u64>,
     /// Packets forwarded to it.

@@ -23,12 +23,33 @@ use crate::{
     sync::{self, ConnStream, TrackedConnection},
 };
 
-/// How often expired connections are removed and live ones counted.
-const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// How often expired connections are removed and live ones counted: every
+/// second (the live counts `lbctl status` and the metrics show are then at
+/// most about a second old) while a sweep takes at most [`CHEAP_SWEEP`];
+/// past that (a table of hundreds of thousands), every [`SLOW_SWEEP_EVERY`].
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// How often while this node streams to its peer: a new connection
-/// reaches the backup within about this (plus the stream's beat).
+/// The longest sweep repeated every [`SWEEP_EVERY`] (2 % of a CPU).
+const CHEAP_SWEEP: Duration = Duration::from_millis(20);
+
+/// How often a costlier sweep runs, unless this node streams to its peer.
+const SLOW_SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// How often while this node streams to its peer, whatever a sweep costs:
+/// a new connection reaches the backup within about this (plus the
+/// stream's beat).
 const STREAM_SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// The time between two sweeps, the last having taken `last`.
+fn sweep_every(streaming: bool, last: Duration) -> Duration {
+    if streaming {
+        STREAM_SWEEP_EVERY
+    } else if last <= CHEAP_SWEEP {
+        SWEEP_EVERY
+    } else {
+        SLOW_SWEEP_EVERY
+    }
+}
 
 /// Connections found to send that may wait for the daemon; past this the
 /// stream starts over once the daemon has caught up.
@@ -64,6 +85,7 @@ pub(super) fn sweep_thread(
     const TICK: Duration = Duration::from_millis(200);
     let mut stream = ConnStream::default();
     let mut waited = Duration::ZERO;
+    let mut last = Duration::ZERO;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(TICK);
         waited += TICK;
@@ -71,19 +93,16 @@ pub(super) fn sweep_thread(
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .streaming;
-        let every = if streaming {
-            STREAM_SWEEP_EVERY
-        } else {
-            SWEEP_EVERY
-        };
-        if waited < every {
+        if waited < sweep_every(streaming, last) {
             continue;
         }
         waited = Duration::ZERO;
+        let began = std::time::Instant::now();
         let swept = table
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .sweep(monotonic_ns());
+        last = began.elapsed();
         let swept = match swept {
             Ok(swept) => swept,
             Err(error) => {
@@ -194,5 +213,26 @@ impl Daemon {
             ),
             Err(error) => log::error!("sync: installing connections from the peer: {error}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_a_second_old_unless_a_sweep_is_costly() {
+        assert_eq!(sweep_every(false, Duration::ZERO), Duration::from_secs(1));
+        assert_eq!(sweep_every(false, CHEAP_SWEEP), Duration::from_secs(1));
+        assert_eq!(
+            sweep_every(false, CHEAP_SWEEP * 2),
+            Duration::from_secs(5),
+            "a large table is swept less often"
+        );
+        assert_eq!(
+            sweep_every(true, Duration::from_millis(300)),
+            Duration::from_secs(1),
+            "while streaming, every second whatever it costs"
+        );
     }
 }
