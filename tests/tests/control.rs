@@ -49,6 +49,26 @@ fn snapshot(dir: &Path) -> BTreeMap<String, (String, Option<SystemTime>)> {
 /// drain a server, `lbctl plan` a file without it, SIGHUP the original
 /// file, restart: the server stays drained and `admin.json` does not change
 /// by a byte.
+/// `lbctl plan` of a file whose one service is renamed: the new name's
+/// clients all arrive, the old name's all leave, and the plan says it is
+/// removed.
+fn plan_of_a_renamed_service(lab: &DrLab, lbd: &Lbd) {
+    let renamed = lab.dir().join("renamed.yaml");
+    let portal = web_service(lab, 3, 300).replacen("name: web", "name: portal", 1);
+    fs::write(&renamed, lab_config(lab, &portal)).unwrap_or_else(|e| panic!("{e}"));
+    let out = lbctl_ok(lbd, &["plan", &renamed.display().to_string(), "--json"]);
+    let plan: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        plan["services"],
+        serde_json::json!([
+            {"name": "portal", "moved_share": 1.0, "removed": false},
+            {"name": "web", "moved_share": 1.0, "removed": true},
+        ]),
+        "{plan}"
+    );
+}
+
 #[test]
 fn dry_runs_change_nothing_and_a_drain_survives_plan_reload_and_restart() {
     let mut lab = lab();
@@ -98,22 +118,7 @@ fn dry_runs_change_nothing_and_a_drain_survives_plan_reload_and_restart() {
             "lbctl {args:?} changed a file"
         );
     }
-    // A renamed service: the new name's clients all arrive, the old name's
-    // all leave, and the plan says it is removed.
-    let renamed = lab.dir().join("renamed.yaml");
-    let portal = web_service(&lab, 3, 300).replacen("name: web", "name: portal", 1);
-    fs::write(&renamed, lab_config(&lab, &portal)).unwrap_or_else(|e| panic!("{e}"));
-    let out = lbctl_ok(&lbd, &["plan", &renamed.display().to_string(), "--json"]);
-    let plan: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        plan["services"],
-        serde_json::json!([
-            {"name": "portal", "moved_share": 1.0, "removed": false},
-            {"name": "web", "moved_share": 1.0, "removed": true},
-        ]),
-        "{plan}"
-    );
+    plan_of_a_renamed_service(&lab, &lbd);
     assert_eq!(snapshot(&state_dir), before, "lbctl plan changed a file");
 
     let check = std::process::Command::new(paths::lbd())

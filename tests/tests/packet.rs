@@ -6,7 +6,7 @@
 //! Needs root (loading BPF programs). The kernel refuses test frames shorter
 //! than an Ethernet header, so truncation starts at 14 bytes.
 
-use std::{collections::BTreeMap, mem::size_of, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use lb_common::census::CensusRun;
 use lb_common::{Affinity, Reason};

@@ -1,7 +1,7 @@
 //! `lbctl`: the control tool for `lbd`. Exit 0 on success, 1 on an error
 //! (one line on stderr), 2 on a usage error.
 
-use std::{fmt::Write as _, path::PathBuf, process::ExitCode, time::Duration};
+use std::{fmt::Write as _, path::Path, process::ExitCode, time::Duration};
 
 use clap::Parser as _;
 use lb_userspace::{
@@ -21,7 +21,7 @@ use lb_userspace::{
 };
 use serde::Serialize;
 
-fn read(file: &PathBuf) -> Result<(String, String), String> {
+fn read(file: &Path) -> Result<(String, String), String> {
     Config::read_text(file)
         .map(|text| (file.display().to_string(), text))
         .map_err(|e| e.to_string())

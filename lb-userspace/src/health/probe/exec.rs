@@ -44,6 +44,7 @@ fn running() -> MutexGuard<'static, Running> {
 /// and reaps its program, and starts no other until [`resume_checks`].
 /// A check so ended reports a local error (never counted) if lbd carries
 /// on. Returns how many were ended.
+#[must_use = "lbd logs how many checks it ended"]
 pub fn end_running_checks() -> usize {
     let mut running = running();
     running.ending = true;
