@@ -378,3 +378,46 @@ fn an_apply_that_fails_changes_neither_the_service_nor_the_file() {
         "saved once applied"
     );
 }
+
+/// `lbd --check` refuses a cluster key other users can read, at the place
+/// of the key naming it (`FILE:LINE:COLUMN: cluster.sync.key_file: ...`,
+/// as every configuration error), and accepts it once it is mode 0600.
+#[test]
+fn a_readable_cluster_key_is_refused_at_its_place_in_the_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    paths::require_lbd();
+    let dir = std::env::temp_dir().join(format!("lbd-key-check-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let key = dir.join("cluster.key");
+    fs::write(&key, "k".repeat(40)).unwrap_or_else(|e| panic!("{e}"));
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap_or_else(|e| panic!("{e}"));
+    let config = dir.join("lbd.yaml");
+    fs::write(
+        &config,
+        format!(
+            "node:\n  name: lb1\n  interface: eth9\ncluster:\n  vrid: 51\n  priority: 150\n  \
+             peer: 198.18.0.12\n  role: primary\n  sync:\n    listen: 198.18.0.11:7946\n    \
+             peer: 198.18.0.12:7946\n    key_file: {}\nservices: []\n",
+            key.display()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let check = || {
+        std::process::Command::new(paths::lbd())
+            .args(["--config", &config.display().to_string(), "--check"])
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let refused = check();
+    let stderr = String::from_utf8_lossy(&refused.stderr).into_owned();
+    let expected = format!("{}:12:15: cluster.sync.key_file: ", config.display());
+    let _ = fs::set_permissions(&key, fs::Permissions::from_mode(0o600));
+    let accepted = check();
+    let _ = fs::remove_dir_all(&dir);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(&expected) && stderr.contains("chmod 600"),
+        "{expected}...: {stderr}"
+    );
+    assert!(accepted.status.success(), "{accepted:?}");
+}

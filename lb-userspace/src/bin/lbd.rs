@@ -3,7 +3,7 @@
 use std::{io::Write as _, process::ExitCode};
 
 use clap::Parser as _;
-use lb_userspace::config::{check_key_file, Config};
+use lb_userspace::config::{check_key_file, error_at, Config};
 use lb_userspace::{cli::lbd::Lbd as Args, daemon};
 
 fn main() -> ExitCode {
@@ -39,19 +39,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Errors about the files the configuration names, at the key naming each.
+    let file = args.config.display().to_string();
+    let text = Config::read_text(&args.config).unwrap_or_default();
+    let refuse = |path: &[&str], message: &str| {
+        eprintln!("{}", error_at(&file, &text, path, message));
+        ExitCode::FAILURE
+    };
     if let Some(sync) = config.cluster.as_ref().and_then(|c| c.sync.as_ref()) {
         if let Err(message) = check_key_file(&sync.key_file) {
-            eprintln!(
-                "{}: cluster.sync.key_file: {message}",
-                args.config.display()
-            );
-            return ExitCode::FAILURE;
+            return refuse(&["cluster", "sync", "key_file"], &message);
         }
     }
     if let Some(web) = &config.node.web {
         if let Err(e) = lb_userspace::web::users::Users::load(&web.users_file) {
-            eprintln!("{}: node.web.users_file: {e}", args.config.display());
-            return ExitCode::FAILURE;
+            return refuse(&["node", "web", "users_file"], &e.to_string());
         }
         if let Some(tls) = &web.tls {
             // Reads the files only; nothing is generated or written.
@@ -62,8 +64,7 @@ fn main() -> ExitCode {
             )
             .and_then(lb_userspace::web::tls::Identity::server_config);
             if let Err(e) = loaded {
-                eprintln!("{}: node.web.tls: {e}", args.config.display());
-                return ExitCode::FAILURE;
+                return refuse(&["node", "web", "tls"], &e.to_string());
             }
         }
     }

@@ -126,6 +126,38 @@ fn not_utf8(bytes: &[u8], valid_up_to: usize) -> (Pos, String) {
     )
 }
 
+/// An error about what the value at `path` (keys from the top, as
+/// `["cluster", "sync", "key_file"]`) names, such as a key file lbd cannot
+/// use: at that value's place in the configuration `text` of `file`, as
+/// every configuration error (without a place if `text` has no such key).
+#[must_use]
+pub fn error_at(file: &str, text: &str, path: &[&str], message: &str) -> ConfigError {
+    fn value_pos(node: &yaml::Yaml, path: &[&str]) -> Option<Pos> {
+        let Some((first, rest)) = path.split_first() else {
+            return Some(node.pos());
+        };
+        let yaml::Yaml::Map { entries, .. } = node else {
+            return None;
+        };
+        let entry = entries
+            .iter()
+            .find(|e| e.key.name.as_deref() == Some(*first))?;
+        value_pos(&entry.value, rest)
+    }
+    let pos = parse_yaml(text, &mut Ctx::default())
+        .ok()
+        .flatten()
+        .and_then(|root| value_pos(&root, path));
+    let key = path.join(".");
+    let message = message.strip_prefix(&format!("{key}: ")).unwrap_or(message);
+    ConfigError {
+        file: file.to_owned(),
+        line: pos.map_or(0, |p| p.line),
+        column: pos.map_or(0, |p| p.column),
+        message: format!("{key}: {message}"),
+    }
+}
+
 /// Reads the cluster sync key from `path`: the file's bytes without trailing
 /// whitespace.
 ///
@@ -241,6 +273,38 @@ services:                        # required (may be an empty list)
     port: 80
     redirect: { code: 301, scheme: https }   # code 301|302|303|307|308 (default 301); scheme http|https (default https); optional port 1..=65535
 "#;
+
+    /// An error about a file the configuration names points at the key
+    /// naming it, as every configuration error does.
+    #[test]
+    fn an_error_about_a_named_file_is_at_its_key() {
+        let line = FULL
+            .lines()
+            .position(|l| l.contains("key_file:"))
+            .map_or(0, |i| i + 1);
+        let column = FULL
+            .lines()
+            .nth(line - 1)
+            .and_then(|l| l.find("/etc/lbd/cluster.key"))
+            .map_or(0, |c| c + 1);
+        let error = error_at(
+            "lbd.yaml",
+            FULL,
+            &["cluster", "sync", "key_file"],
+            "cluster.sync.key_file: mode 0644 lets other users read it",
+        );
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "lbd.yaml:{line}:{column}: cluster.sync.key_file: mode 0644 lets other users read it"
+            )
+        );
+        assert_eq!(
+            error_at("lbd.yaml", "node: {}\n", &["node", "web", "tls"], "bad").to_string(),
+            "lbd.yaml: node.web.tls: bad",
+            "no such key: the file alone"
+        );
+    }
 
     #[test]
     fn full_example_parses() {
