@@ -40,9 +40,9 @@ fn main() -> ExitCode {
         }
     };
     // Errors about the files the configuration names, at the key naming each.
-    let file = args.config.display().to_string();
-    let text = Config::read_text(&args.config).unwrap_or_default();
     let refuse = |path: &[&str], message: &str| {
+        let text = Config::read_text(&args.config).unwrap_or_default();
+        let file = args.config.display().to_string();
         eprintln!("{}", error_at(&file, &text, path, message));
         ExitCode::FAILURE
     };

@@ -25,8 +25,10 @@ use crate::{
 
 /// How often expired connections are removed and live ones counted: every
 /// second (the live counts `lbctl status` and the metrics show are then at
-/// most about a second old) while a sweep takes at most [`CHEAP_SWEEP`];
-/// past that (a table of hundreds of thousands), every [`SLOW_SWEEP_EVERY`].
+/// most about a second old) while a sweep takes at most [`CHEAP_SWEEP`] or
+/// this node streams to its peer (a new connection then reaches the backup
+/// within about this, plus the stream's beat); else (a table of hundreds
+/// of thousands) every [`SLOW_SWEEP_EVERY`].
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// The longest sweep repeated every [`SWEEP_EVERY`] (2 % of a CPU).
@@ -35,16 +37,9 @@ const CHEAP_SWEEP: Duration = Duration::from_millis(20);
 /// How often a costlier sweep runs, unless this node streams to its peer.
 const SLOW_SWEEP_EVERY: Duration = Duration::from_secs(5);
 
-/// How often while this node streams to its peer, whatever a sweep costs:
-/// a new connection reaches the backup within about this (plus the
-/// stream's beat).
-const STREAM_SWEEP_EVERY: Duration = Duration::from_secs(1);
-
 /// The time between two sweeps, the last having taken `last`.
 fn sweep_every(streaming: bool, last: Duration) -> Duration {
-    if streaming {
-        STREAM_SWEEP_EVERY
-    } else if last <= CHEAP_SWEEP {
+    if streaming || last <= CHEAP_SWEEP {
         SWEEP_EVERY
     } else {
         SLOW_SWEEP_EVERY
@@ -71,8 +66,7 @@ pub(super) struct ConnShared {
 /// Shared between the daemon and the sweep thread.
 pub(super) type Connections = Arc<Mutex<ConnShared>>;
 
-/// Sweeps the connection table every [`SWEEP_EVERY`] ([`STREAM_SWEEP_EVERY`]
-/// while streaming) until `stop` is set.
+/// Sweeps the connection table as [`sweep_every`] says until `stop` is set.
 #[expect(
     clippy::needless_pass_by_value,
     reason = "owned by the thread it runs on"

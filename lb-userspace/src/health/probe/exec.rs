@@ -53,6 +53,9 @@ pub fn end_running_checks() -> usize {
         // SAFETY: killpg(2) only sends a signal, to the group this check's
         // program leads.
         unsafe { libc::killpg(*group, libc::SIGKILL) };
+    }
+    // All killed first: they die together, each reap waits for no other.
+    for group in running.groups.keys() {
         reap(*group);
     }
     running.groups.len()
